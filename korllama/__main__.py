@@ -1,0 +1,5 @@
+import sys
+
+from korllama.cli import main
+
+sys.exit(main())

@@ -1,0 +1,108 @@
+"""One validated config travels through the whole pipeline: RunConfig = data + prompt + model + lora + train.
+
+YAML in, YAML out (`load_config`, `save_config`); `key=value` overrides from the command line
+(`train.epochs=1`). An unknown key or a bad value is a ConfigError naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from korllama.errors import ConfigError
+from korllama.schema import describe_validation_error
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    train: Path | None = Field(None, description="labelled CSV/Parquet; none = a synthetic loan table")
+    spec: str = Field("loan", description="built-in spec name or a YAML spec file")
+    synth_rows: int = Field(4000, ge=10, description="rows of the synthetic table when `train` is empty")
+    synth_seed: int = 0
+    valid_fraction: float = Field(0.2, gt=0, lt=1, description="stratified share held out for evaluation")
+    split_seed: int = 0
+
+
+class PromptConfig(_Section):
+    template: str = Field("compact", description="seed, seed-clear, ko, compact (or one from the spec)")
+
+
+class TinyModelConfig(_Section):
+    """The embedded base model korllama builds itself (no download): a small LlamaForCausalLM."""
+
+    hidden_size: int = Field(128, ge=8)
+    num_hidden_layers: int = Field(4, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(384, ge=8)
+    vocab_size: int = Field(1024, ge=64, description="BPE vocabulary trained on the rendered prompts")
+    max_position_embeddings: int = Field(1024, ge=64)
+
+
+class ModelConfig(_Section):
+    base: str = Field("tiny", description="'tiny' (embedded, built here), a local folder or a hub id")
+    architecture: str | None = Field(
+        None, description="config.json (or a built-in name like 'llama-2-ko-7b') for `lora-info` without weights")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    load_in_4bit: bool = Field(False, description="bitsandbytes 4-bit base weights (CUDA only)")
+    trust_remote_code: bool = False
+    tiny: TinyModelConfig = TinyModelConfig()
+
+
+class LoraConfig(_Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] | None = Field(None, description="none = PEFT's default for the architecture")
+
+
+class RunConfig(_Section):
+    """The whole run. Sections not used yet by a stage keep their defaults."""
+
+    name: str = "run"
+    data: DataConfig = DataConfig()
+    prompt: PromptConfig = PromptConfig()
+    model: ModelConfig = ModelConfig()
+    lora: LoraConfig | None = Field(None, description="null = train all weights (the tiny random-weight base)")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults), apply `a.b=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist.")
+        try:
+            raw = yaml.safe_load(path.read_text("utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must be a mapping of sections (data, prompt, model, lora, train).")
+        source = str(path)
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"Override {item!r} must look like section.key=value (e.g. train.epochs=1).")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"Override {item!r}: {part!r} is not a section.")
+        node[leaf] = yaml.safe_load(value)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,234 @@
+"""Read a table (CSV in utf-8 / utf-8-sig / cp949, or Parquet), validate it against its spec, clean it.
+
+`read_table(path, spec)` -> `Table`: a clean frame whose columns are the spec's aliases (plus `id`, the label
+and the derived features), with the spec and any warnings. Every problem with the file is a DataError whose
+message names the file, the line, the column, the value and what is allowed; nothing is half-read.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings as _warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from korllama.errors import DataError
+from korllama.features import OPS
+from korllama.schema import TableSpec, load_spec, parse_column
+
+ENCODINGS = ("utf-8-sig", "cp949")  # utf-8-sig reads plain utf-8 too
+DELIMITERS = (";", "\t", "|")
+
+
+class DataWarning(UserWarning):
+    """Odd but usable input (a category never seen in training); the CLI prints these in yellow."""
+
+
+@dataclass
+class Table:
+    """A validated, clean table: `frame` columns are id, the spec's aliases, the label (if any), derived."""
+
+    frame: pd.DataFrame
+    spec: TableSpec
+    source: str = "<memory>"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.spec.label.alias in self.frame
+
+    @property
+    def labels(self) -> pd.Series:
+        return self.frame[self.spec.label.alias]
+
+    @property
+    def ids(self) -> pd.Series:
+        return self.frame[self.spec.id.alias]
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def subset(self, index) -> "Table":
+        return Table(self.frame.loc[index].reset_index(drop=True), self.spec, self.source, list(self.warnings))
+
+
+def read_table(path: str | Path, spec: TableSpec | str | Path | None = None) -> Table:
+    """Read, validate and clean a CSV or Parquet file."""
+    spec = spec if isinstance(spec, TableSpec) else load_spec(spec)
+    path = Path(path)
+    raw, line_of_first_row = _read_raw(path)
+    return clean(raw, spec, source=path.name, first_line=line_of_first_row)
+
+
+def _read_raw(path: Path) -> tuple[pd.DataFrame, int]:
+    """All cells as strings, so that parsing (and its error messages) is ours. Returns (frame, first row's line)."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file.")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a table file (CSV or Parquet).")
+    head = path.open("rb").read(65536)
+    if not head.strip():
+        raise DataError(f"{path.name} is empty: expected a header line and at least one row.")
+    if head.startswith(b"PAR1") or path.suffix.lower() in (".parquet", ".pq"):
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises many types for a broken file
+            raise DataError(f"{path.name} could not be read as Parquet: {exc}") from None
+        frame = frame.astype(object).where(frame.notna(), "").astype(str)
+        return frame.astype(object), 1
+    if b"\x00" in head:
+        raise DataError(f"{path.name} is not a text file (it contains binary data); expected CSV or Parquet.")
+    text = _decode(path)
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path.name} is empty: expected a header line and at least one row.") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path.name} is not a well-formed comma-separated file: {exc}") from None
+    return frame.astype(object), 2
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    for encoding in ENCODINGS:
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise DataError(f"{path.name} is not text in UTF-8 or CP949 (Korean Excel); save it as UTF-8 CSV.")
+
+
+def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_line: int = 2) -> Table:
+    """Validate and clean a frame of raw strings (headers in Korean or as aliases) into a Table.
+
+    `first_line` is the line number of the first row in the source, so errors point at the real line.
+    """
+    def where(i: int) -> str:
+        return f"{source}, line {first_line + i}" if first_line > 1 else f"{source}, row {i + 1}"
+
+    headers = {str(h).strip(): h for h in raw.columns}
+    if len(headers) == 1:
+        only = next(iter(headers))
+        for sep in DELIMITERS:
+            if sep in only:
+                raise DataError(f"{source}: the header is one column separated by {sep!r}; "
+                                "korllama reads comma-separated files (save as CSV with commas).")
+
+    def find(name: str, alias: str):
+        for key in (name, alias):
+            if key in headers:
+                return headers[key]
+        lower = {h.casefold(): h for h in headers}
+        return lower.get(alias.casefold())
+
+    absent = [f"{c.name} ({c.alias})" for c in spec.columns if find(c.name, c.alias) is None]
+    if absent:
+        raise DataError(f"{source} is missing required column{'s' * (len(absent) > 1)}: {', '.join(absent)}.")
+    if raw.empty:
+        raise DataError(f"{source} has a header but no rows.")
+
+    out: dict[str, pd.Series | np.ndarray] = {}
+    warns: list[str] = []
+    id_col = find(spec.id.name, spec.id.alias)
+    if id_col is None:
+        ids = pd.Series([f"ROW_{i:05d}" for i in range(len(raw))], dtype=object)
+    else:
+        ids = raw[id_col].astype(str).str.strip()
+        dup = ids.duplicated(keep=False)
+        if dup.any():
+            first = np.flatnonzero(dup.to_numpy())
+            twin = np.flatnonzero((ids == ids.iloc[first[0]]).to_numpy())
+            raise DataError(f"{where(twin[1])}, column {id_col}: duplicate ID {ids.iloc[first[0]]!r} "
+                            f"(also on line {first_line + twin[0]}); {dup.sum()} rows share an ID. IDs must be unique.")
+    out[spec.id.alias] = ids.to_numpy(dtype=object)
+
+    for col in spec.columns:
+        header = find(col.name, col.alias)
+        values, missing, bad = parse_column(raw[header], col)
+        if not col.nullable:
+            bad = bad | missing
+        if bad.any():
+            rows = np.flatnonzero(bad.to_numpy())
+            value = raw[header].iloc[rows[0]]
+            more = f" ({len(rows) - 1} more rows like it)" if len(rows) > 1 else ""
+            raise DataError(f"{where(rows[0])}, column {header}: {value!r} is not allowed; expected {col.allowed}{more}.")
+        if col.parser == "category" and col.seen is not None and col.unseen is not None:
+            unseen = values.notna() & ~values.isin(col.seen)
+            if unseen.any():
+                kinds = sorted(set(values[unseen]))
+                warns.append(f"{source}, column {header}: {unseen.sum()} rows have values never seen in training "
+                             f"({', '.join(kinds)}); treated as {col.unseen!r}.")
+                values = values.where(~unseen, col.unseen)
+        if col.parser == "category":
+            out[col.alias] = values.to_numpy(dtype=object)
+        elif col.integer:
+            out[col.alias] = values.astype("Int64")
+        else:
+            out[col.alias] = values.to_numpy(dtype=float)
+
+    label_col = find(spec.label.name, spec.label.alias)
+    if label_col is not None:
+        labels = raw[label_col].astype(str).str.strip()
+        bad = ~labels.isin(spec.label.classes)
+        if bad.any():
+            rows = np.flatnonzero(bad.to_numpy())
+            raise DataError(f"{where(rows[0])}, column {label_col}: {raw[label_col].iloc[rows[0]]!r} is not a grade; "
+                            f"expected one of {', '.join(spec.label.classes)}"
+                            + (f" ({len(rows) - 1} more rows like it)." if len(rows) > 1 else "."))
+        out[spec.label.alias] = labels.to_numpy(dtype=object)
+
+    frame = pd.DataFrame(out)
+    add_derived(frame, spec)
+    for w in warns:
+        _warnings.warn(w, DataWarning, stacklevel=2)
+    return Table(frame, spec, source, warns)
+
+
+def add_derived(frame: pd.DataFrame, spec: TableSpec) -> None:
+    """Add the spec's derived features to a clean frame, in place (vectorised)."""
+    for d in spec.derived:
+        args = [frame[a].to_numpy(dtype=float, na_value=np.nan) for a in d.args]
+        frame[d.alias] = OPS[d.op](*args)
+
+
+def split(table: Table, valid_fraction: float = 0.2, seed: int = 0) -> tuple[Table, Table]:
+    """Stratified train/validation split by label (rows keep their order within each part)."""
+    from sklearn.model_selection import train_test_split
+
+    if not table.has_labels:
+        raise DataError(f"{table.source} has no {table.spec.label.name} column: a split needs labelled rows.")
+    counts = table.labels.value_counts()
+    stratify = table.labels if counts.min() >= 2 else None
+    train_idx, valid_idx = train_test_split(
+        np.arange(len(table)), test_size=valid_fraction, random_state=seed, stratify=stratify)
+    return table.subset(np.sort(train_idx)), table.subset(np.sort(valid_idx))
+
+
+def profile(table: Table) -> dict:
+    """What `korllama data check` prints: rows, per-column summary, label distribution, derived by label."""
+    frame, spec = table.frame, table.spec
+    columns = []
+    for col in [*spec.columns, *spec.derived]:
+        s = frame[col.alias]
+        entry = {"column": col.alias, "header": getattr(col, "name", "(derived)"), "missing": int(s.isna().sum())}
+        if getattr(col, "parser", None) == "category":
+            top = s.value_counts().head(3)
+            entry["summary"] = ", ".join(f"{k} {v / len(s):.0%}" for k, v in top.items())
+            entry["distinct"] = int(s.nunique())
+        else:
+            x = s.astype(float)
+            entry.update(min=float(x.min()), median=float(x.median()), max=float(x.max()))
+        columns.append(entry)
+    result = {"source": table.source, "spec": spec.name, "rows": len(frame), "columns": columns,
+              "warnings": table.warnings}
+    if table.has_labels:
+        counts = table.labels.value_counts().reindex(spec.label.classes, fill_value=0)
+        result["labels"] = {k: int(v) for k, v in counts.items()}
+        result["derived_median_by_label"] = {
+            d.alias: {k: (None if pd.isna(v) else float(v)) for k, v in
+                      frame.groupby(spec.label.alias)[d.alias].median().reindex(spec.label.classes).items()}
+            for d in spec.derived}
+    return result

@@ -1,0 +1,61 @@
+"""Derived analyst features, computed for the whole table at once (numpy, no row loops).
+
+The key one is the *implied annual interest rate*: a loan of amount P over n monthly payments at monthly rate i
+has the payment M = P·i / (1 - (1+i)^-n). After k payments the borrower has paid k·M in total, of which
+P - B_k is principal (B_k the balance left). Principal and interest repaid so far give two equations in the two
+unknowns (i, k); for a fixed total paid, a higher rate moves money from principal to interest, so the principal
+explained is monotone in i and a vectorised bisection finds it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RATE_BOUNDS = (1e-4, 1.0)  # annual rate searched between 0.01% and 100%
+
+
+def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, missing where the denominator is zero or missing."""
+    num = np.asarray(numerator, dtype=float)
+    den = np.asarray(denominator, dtype=float)
+    out = np.full(num.shape, np.nan)
+    ok = np.isfinite(num) & np.isfinite(den) & (den != 0)
+    out[ok] = num[ok] / den[ok]
+    return out
+
+
+def _principal_explained(amount, months, monthly, total_paid):
+    """Principal repaid after paying `total_paid` on an amortising loan at `monthly` rate."""
+    growth = (1.0 + monthly) ** months
+    payment = amount * monthly * growth / (growth - 1.0)
+    k = total_paid / payment  # payments made (fractional)
+    grown = (1.0 + monthly) ** k
+    balance = amount * grown - payment * (grown - 1.0) / monthly
+    return amount - balance
+
+
+def implied_annual_rate(amount, months, principal_repaid, interest_repaid, iterations: int = 60) -> np.ndarray:
+    """Annual rate (0.098 = 9.8%) that explains principal and interest repaid; NaN when nothing was repaid."""
+    amount = np.asarray(amount, dtype=float)
+    months = np.asarray(months, dtype=float)
+    principal = np.asarray(principal_repaid, dtype=float)
+    interest = np.asarray(interest_repaid, dtype=float)
+    total = principal + interest
+    valid = (
+        np.isfinite(amount) & np.isfinite(months) & np.isfinite(total)
+        & (amount > 0) & (months > 0) & (principal > 0) & (interest >= 0)
+    )
+    lo = np.full(amount.shape, RATE_BOUNDS[0] / 12)
+    hi = np.full(amount.shape, RATE_BOUNDS[1] / 12)
+    a, n, p, t = (np.where(valid, x, 1.0) for x in (amount, months, principal, total))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            too_much_principal = _principal_explained(a, n, mid, t) > p
+            lo = np.where(too_much_principal, mid, lo)
+            hi = np.where(too_much_principal, hi, mid)
+    rate = 12 * 0.5 * (lo + hi)
+    return np.where(valid, rate, np.nan)
+
+
+OPS = {"ratio": ratio, "implied_annual_rate": implied_annual_rate}

@@ -1,0 +1,227 @@
+"""A table's spec as data: columns (header, alias, parser, allowed values), the id column and the label set.
+
+The loan table is the built-in spec (korllama/specs/loan.yaml); any other table is a YAML file of the same
+shape (see examples/students/spec.yaml). The parsers turn raw CSV strings into clean values for a whole
+column at once and return a mask of the values they could not read, so errors can name the row.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from korllama.errors import ConfigError
+
+BUILTIN_SPECS = ("loan",)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Strict):
+    name: str = Field(description="header in the file (e.g. the Korean one)")
+    alias: str = Field(description="English name used in the clean table and accepted as a header")
+    parser: Literal["number", "months", "years", "category"] = "number"
+    integer: bool = False
+    min: float | None = None
+    max: float | None = None
+    nullable: bool = False
+    missing: list[str] = ["Unknown", "unknown", "NA", "N/A", "n/a"]
+    # category: a list of allowed values, or a mapping raw -> clean value (clean values are accepted too).
+    # number/months: a list of allowed numbers.
+    values: list | dict[str, str] | None = None
+    seen: list[str] | None = Field(None, description="category values seen in training; others map to `unseen`")
+    unseen: str | None = None
+    text: str = ""
+    format: str = Field("", description="format spec for the `compact` template, e.g. '.1%' or ',d'")
+
+    @model_validator(mode="after")
+    def _category_has_values(self):
+        if self.parser == "category" and not self.values:
+            raise ValueError(f"column {self.alias!r}: a category column needs `values`")
+        return self
+
+    @property
+    def allowed(self) -> str:
+        """What a user may write in this column, for error messages."""
+        if self.parser == "category":
+            vals = list(self.values) + (list(self.values.values()) if isinstance(self.values, dict) else [])
+            return ", ".join(dict.fromkeys(str(v) for v in vals))
+        if self.values:
+            return ", ".join(str(v) for v in self.values)
+        kind = {"months": "a number of months like ' 36 months' or 36",
+                "years": "a number of years like '10+ years', '< 1 year', '3 years' or 'Unknown'"}.get(
+            self.parser, "a whole number" if self.integer else "a number")
+        if self.min is not None:
+            kind += f" >= {self.min:g}"
+        if self.max is not None:
+            kind += f" <= {self.max:g}"
+        return kind
+
+
+class IdSpec(_Strict):
+    name: str = "ID"
+    alias: str = "id"
+
+
+class LabelSpec(_Strict):
+    name: str
+    alias: str = "label"
+    classes: list[str] = Field(min_length=2)
+
+
+class DerivedSpec(_Strict):
+    alias: str
+    op: Literal["ratio", "implied_annual_rate"]
+    args: list[str]
+    text: str = ""
+    format: str = ".4g"
+
+
+class TemplateSpec(_Strict):
+    """A prompt template: a format string over the aliases, inline (`text`) or in a file beside the spec."""
+
+    text: str | None = None
+    file: str | None = None
+    missing: str = Field("Unknown", description="what a missing value is written as")
+    about: str = ""
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.text is None) == (self.file is None):
+            raise ValueError("a template needs exactly one of `text` or `file`")
+        return self
+
+
+class TableSpec(_Strict):
+    name: str
+    description: str = ""
+    id: IdSpec = IdSpec()
+    label: LabelSpec
+    columns: list[ColumnSpec] = Field(min_length=1)
+    derived: list[DerivedSpec] = []
+    templates: dict[str, TemplateSpec] = Field({}, description="prompt templates besides the built-in `compact`")
+
+    @model_validator(mode="after")
+    def _names_are_known(self):
+        aliases = [c.alias for c in self.columns]
+        dupes = {a for a in aliases if aliases.count(a) > 1}
+        if dupes:
+            raise ValueError(f"column aliases appear twice: {sorted(dupes)}")
+        for d in self.derived:
+            unknown = [a for a in d.args if a not in aliases]
+            if unknown:
+                raise ValueError(f"derived {d.alias!r} uses unknown columns {unknown}; known: {aliases}")
+        return self
+
+    @property
+    def label2int(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.label.classes)}
+
+    @property
+    def int2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label.classes))
+
+    def column(self, alias: str) -> ColumnSpec:
+        return next(c for c in self.columns if c.alias == alias)
+
+
+def load_spec(spec: str | Path | None = None) -> TableSpec:
+    """The built-in spec by name ("loan", the default) or a YAML spec file."""
+    if spec is None or str(spec) in BUILTIN_SPECS:
+        folder = resources.files("korllama.specs")
+        path, source = folder.joinpath(f"{spec or 'loan'}.yaml"), f"built-in spec {spec or 'loan'!r}"
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"Spec file {path} does not exist (built-in specs: {', '.join(BUILTIN_SPECS)}).")
+        folder, source = path.parent, str(path)
+    try:
+        parsed = TableSpec.model_validate(yaml.safe_load(path.read_text("utf-8")))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+    templates = {}
+    for name, t in parsed.templates.items():
+        if t.file is not None:
+            file = folder.joinpath(t.file)
+            if not file.is_file():
+                raise ConfigError(f"{source}: template {name!r} names {t.file}, which does not exist.")
+            t = t.model_copy(update={"text": file.read_text("utf-8"), "file": None})
+        templates[name] = t
+    return parsed.model_copy(update={"templates": templates})
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """pydantic's first error as one sentence: the key path, what is wrong, what is allowed."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {where!r}"
+    if err["type"] == "literal_error":
+        return f"{where}: {err['input']!r} is not allowed ({err['ctx']['expected']})"
+    return f"{where}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else "")
+
+
+# --- parsers: raw strings (a whole column) -> (clean values, mask of unreadable values) -----------------
+
+_MONTHS = re.compile(r"^\s*(\d+)\s*(?:months?)?\s*$", re.IGNORECASE)
+_YEARS = re.compile(r"^\s*(<\s*1|\d+\s*\+?)\s*(?:years?)?\s*$", re.IGNORECASE)
+
+
+def _number(raw: pd.Series, col: ColumnSpec) -> tuple[pd.Series, pd.Series]:
+    values = pd.to_numeric(raw.str.strip().str.replace(",", "", regex=False), errors="coerce")
+    return values.astype(float), values.isna()
+
+
+def _months(raw: pd.Series, col: ColumnSpec) -> tuple[pd.Series, pd.Series]:
+    values = pd.to_numeric(raw.str.extract(_MONTHS, expand=False), errors="coerce")
+    return values.astype(float), values.isna()
+
+
+def _years(raw: pd.Series, col: ColumnSpec) -> tuple[pd.Series, pd.Series]:
+    token = raw.str.extract(_YEARS, expand=False).str.replace(r"\s|\+", "", regex=True)
+    values = pd.to_numeric(token.where(~token.str.startswith("<", na=False), "0"), errors="coerce")
+    return values.astype(float), values.isna()
+
+
+def _category(raw: pd.Series, col: ColumnSpec) -> tuple[pd.Series, pd.Series]:
+    mapping = dict(col.values) if isinstance(col.values, dict) else {v: v for v in col.values}
+    mapping.update({v: v for v in mapping.values()})  # clean values are accepted as they are
+    lookup = {k.strip().casefold(): v for k, v in mapping.items()}
+    values = raw.str.strip().str.casefold().map(lookup)
+    return values.astype(object), values.isna()
+
+
+PARSERS: dict[str, Callable[[pd.Series, ColumnSpec], tuple[pd.Series, pd.Series]]] = {
+    "number": _number, "months": _months, "years": _years, "category": _category,
+}
+
+
+def parse_column(raw: pd.Series, col: ColumnSpec) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Parse one raw string column: (values, missing mask, bad mask). Missing = empty or a `missing` token."""
+    stripped = raw.fillna("").astype(str)
+    missing = stripped.str.strip().eq("") | stripped.str.strip().isin(col.missing)
+    values, unreadable = PARSERS[col.parser](stripped, col)
+    bad = unreadable & ~missing
+    if col.parser != "category":
+        num = values.to_numpy(dtype=float)
+        with np.errstate(invalid="ignore"):
+            if col.integer:
+                bad |= ~missing & (np.mod(num, 1) != 0) & np.isfinite(num)
+            if col.min is not None:
+                bad |= ~missing & (num < col.min)
+            if col.max is not None:
+                bad |= ~missing & (num > col.max)
+            if col.values:
+                bad |= ~missing & ~np.isin(num, np.asarray(col.values, dtype=float))
+    return values.where(~missing), missing, bad

@@ -1,0 +1,273 @@
+"""Load a base model + tokenizer, build the embedded tiny Llama, wrap it in LoRA, report parameters.
+
+One loading path for everything: the tiny model is written to a folder with `save_pretrained`, so it is read back
+exactly like any local checkpoint or hub id (AutoModelForCausalLM / AutoTokenizer). `skeleton` builds a model on
+the meta device from a config alone, so `korllama lora-info` can count a 7B model's parameters without weights.
+
+Tokeniser convention for every base: padding on the RIGHT. Positions then start at 0 for every row in training and
+in scoring alike (Llama does not derive positions from the attention mask), and prediction reads the logits at the
+last real token, `attention_mask.sum(1) - 1`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from korllama.config import LoraConfig, ModelConfig, TinyModelConfig
+from korllama.errors import ConfigError, KorllamaError
+from korllama.prompts import answer
+
+LABELS = list("ABCDEFG")
+PAD, BOS, EOS = "<pad>", "<s>", "</s>"  # ids 0, 1, 2; pad != eos so an EOS target is never mistaken for padding
+PADDING_SIDE = "right"
+
+# config.json of beomi/open-llama-2-ko-7b (Llama-2 7B with a 46,336-token Korean-extended vocabulary, untied
+# embeddings). Checked by its parameter count: with LoRA r=8 on q_proj/v_proj it gives the original project's
+# "Trainable: 4194304 | total: 6860050432" (Llama-2-7B's 6,738,415,616 + 2 x 4096 x (46336 - 32000) + LoRA).
+BUILTIN_ARCHITECTURES: dict[str, dict] = {
+    "llama-2-ko-7b": {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "hidden_act": "silu",
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "initializer_range": 0.02,
+        "max_position_embeddings": 2048,
+        "num_attention_heads": 32,
+        "num_hidden_layers": 32,
+        "num_key_value_heads": 32,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float16",
+        "use_cache": True,
+        "vocab_size": 46336,
+    },
+}
+
+
+# --- the embedded tiny model -------------------------------------------------------------------------------------
+
+def build_tiny(texts: list[str], out_dir: Path, cfg: TinyModelConfig, seed: int = 0) -> Path:
+    """Train a byte-level BPE on the prompts, build a seeded random LlamaForCausalLM, save both into out_dir."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    answers = [answer(label) for label in LABELS]
+
+    bpe = Tokenizer(models.BPE())
+    # Digits first, one per token: "19200000" stays 8 readable tokens instead of arbitrary merged chunks.
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size, special_tokens=[PAD, BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: any text encodes, no <unk>
+        show_progress=False)
+    # Each prompt is followed by its answer in training, so the answers are as frequent as the prompts.
+    bpe.train_from_iterator([*texts, *(answers * max(1, len(texts) // len(answers)))], trainer=trainer)
+    bpe = _force_single_tokens(bpe, answers)
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        add_bos_token=True, add_eos_token=False,  # like Llama: <s> prompt; EOS is appended after the answer
+        padding_side=PADDING_SIDE, model_max_length=cfg.max_position_embeddings)
+    for a in answers:
+        ids = tokenizer(a, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1, f"label {a!r} is {len(ids)} tokens in the tiny tokenizer"
+    tokenizer.save_pretrained(out_dir)
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,  # fewer params, same head
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)  # weights are initialised in the constructor: same seed, same model
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir)  # safetensors
+    return out_dir
+
+
+def _force_single_tokens(bpe, pieces: list[str]):
+    """Make sure each piece (e.g. " A") is one BPE token: append it and the merge that builds it if missing.
+
+    The ByteLevel pre-tokenizer isolates " A" before a newline / end of text, so that merge is the only one that
+    can apply to it: appending it at the lowest priority is enough.
+    """
+    from tokenizers import Tokenizer
+
+    spec = json.loads(bpe.to_str())
+    vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
+    next_id = max([*vocab.values(), *(t["id"] for t in spec["added_tokens"])]) + 1
+    for piece in pieces:
+        tokens = [t for t, _ in bpe.pre_tokenizer.pre_tokenize_str(piece)]
+        assert len(tokens) == 1, f"{piece!r} is split by the pre-tokenizer into {tokens}"
+        token = tokens[0]  # byte-level form, " A" -> "ĠA"
+        for i in range(2, len(token) + 1):  # build it left to right from single bytes (all in the alphabet)
+            if token[:i] not in vocab:
+                vocab[token[:i]], next_id = next_id, next_id + 1
+                merges.append([token[:i - 1], token[i - 1]])
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+# --- loading a base model ----------------------------------------------------------------------------------------
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device is 'cuda' but no CUDA GPU is available; use model.device=auto or cpu.")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("model.device is 'mps' but Apple's MPS backend is not available; use model.device=auto.")
+    return torch.device(requested)
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.type == "cuda":  # bf16 where the GPU has it (Ampere+), else fp16 (T4, V100)
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32  # CPU / MPS: half precision is slow or partial there
+
+
+def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_training: bool = True):
+    """(model, tokenizer) from a local folder (the built tiny model included) or a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = str(path_or_id or model_cfg.base)
+    if source == "tiny":
+        raise ConfigError("model.base 'tiny' is built, not downloaded: build it with korllama.model.build_tiny "
+                          "and pass its folder to load_base.")
+    local = Path(source).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise KorllamaError(f"Base model folder {local} has no config.json; expected a save_pretrained folder.")
+        source = str(local)
+    elif local.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1:
+        # clearly a path, not "owner/name": do not ask the hub about it
+        raise KorllamaError(f"Base model {source!r} does not exist: no such folder.")
+
+    device = pick_device(model_cfg.device)
+    dtype = pick_dtype(model_cfg.dtype, device)
+    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=model_cfg.trust_remote_code)
+    if model_cfg.load_in_4bit:
+        if device.type != "cuda":
+            raise ConfigError(f"model.load_in_4bit needs a CUDA GPU (bitsandbytes 4-bit), but the device is "
+                              f"{device.type}; set model.load_in_4bit=false.")
+        from transformers import BitsAndBytesConfig
+        from transformers.utils import is_bitsandbytes_available
+        if not is_bitsandbytes_available():
+            raise ConfigError("model.load_in_4bit needs the bitsandbytes package; install it or set "
+                              "model.load_in_4bit=false.")
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True)
+        kwargs["device_map"] = {"": device.index or 0}  # quantised weights are placed while loading
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:  # not on disk and not reachable (offline), no safetensors, gated repo, ...
+        raise KorllamaError(f"Could not load base model {source!r}: it is not a local model folder and could not "
+                            f"be fetched from the Hugging Face Hub (offline, wrong id or no safetensors weights). "
+                            f"Details: {exc}") from None
+    except ValueError as exc:  # huggingface_hub's HFValidationError: a malformed repo id
+        if type(exc).__name__ != "HFValidationError":
+            raise
+        raise KorllamaError(f"Base model {source!r} is neither a local folder nor a valid hub id.") from None
+
+    if "device_map" not in kwargs:
+        model.to(device)
+    if tokenizer.pad_token is None:  # Llama-2 ships without one; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = PADDING_SIDE
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+    if for_training:
+        model.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
+        if model_cfg.load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+            model = prepare_model_for_kbit_training(model)  # fp32 norms, input grads for LoRA on frozen 4-bit
+        model.train()
+    else:
+        model.eval()
+    return model, tokenizer
+
+
+# --- LoRA and parameter counts -----------------------------------------------------------------------------------
+
+def wrap_lora(model, lora_cfg: LoraConfig):
+    """The base frozen, low-rank adapters on target_modules (None = PEFT's default: q_proj, v_proj for Llama)."""
+    from peft import LoraConfig as PeftLoraConfig, TaskType, get_peft_model
+
+    peft_cfg = PeftLoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_cfg.r, lora_alpha=lora_cfg.alpha,
+                              lora_dropout=lora_cfg.dropout, target_modules=lora_cfg.target_modules)
+    with warnings.catch_warnings():  # peft 0.21 still calls a name transformers 5 deprecated; not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        try:
+            return get_peft_model(model, peft_cfg)
+        except ValueError as exc:  # e.g. a target module name that is not in the model
+            raise ConfigError(f"lora: {exc}") from None
+
+
+def parameter_report(model) -> tuple[int, int]:
+    """(trainable, total) parameters, counted as PEFT does (tied weights once, bitsandbytes 4-bit unpacked)."""
+    trainable = total = 0
+    for _, param in model.named_parameters():  # named_parameters yields a tied weight only once
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":  # two 4-bit values per byte of the storage dtype
+            n *= 2 * (param.quant_storage.itemsize if hasattr(param, "quant_storage") else 1)
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def format_parameter_report(trainable: int, total: int) -> str:
+    """The original project's line, exactly: `Trainable: 4194304 | total: 6860050432 | Percentage: 0.0611%`."""
+    return f"Trainable: {trainable} | total: {total} | Percentage: {trainable / total * 100:.4f}%"
+
+
+def skeleton(architecture: str):
+    """A model with the architecture's shapes on the meta device: no weights, no memory, no download."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if architecture in BUILTIN_ARCHITECTURES:
+        raw = dict(BUILTIN_ARCHITECTURES[architecture])
+    else:
+        path = Path(architecture).expanduser()
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise ConfigError(f"model.architecture {architecture!r} is neither a config.json (or a folder with one) "
+                              f"nor a built-in name ({', '.join(BUILTIN_ARCHITECTURES)}).")
+        try:
+            raw = json.loads(path.read_text("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    model_type = raw.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise ConfigError(f"model.architecture {architecture!r}: model_type {model_type!r} is not a transformers "
+                          f"architecture korllama can build without remote code.")
+    config = CONFIG_MAPPING[model_type].from_dict(raw)
+    with torch.device("meta"):  # every tensor created here is shape-only
+        return AutoModelForCausalLM.from_config(config)

@@ -9,10 +9,11 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from korllama import __version__
@@ -27,18 +28,23 @@ app = typer.Typer(
 data_app = typer.Typer(help="Check a table against its spec, or make a synthetic loan table.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-SpecOption = Annotated[Optional[str], typer.Option(
+SpecOption = Annotated[str | None, typer.Option(
     "--schema", help="Table spec: built-in 'loan' (default) or a YAML spec file (see examples/students).")]
+
+
+def _print_version(value: bool) -> None:
+    if value:  # eager: runs before click asks for a command
+        console.print(f"korllama {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
 ):
-    if version:
-        console.print(f"korllama {__version__}")
-        raise typer.Exit()
+    pass
 
 
 @data_app.command("check")
@@ -62,7 +68,7 @@ def data_check(
 
 
 def _print_profile(prof: dict) -> None:
-    console.print(f"[bold]{prof['source']}[/]: {prof['rows']:,} rows, valid for spec [cyan]{prof['spec']}[/]")
+    console.print(f"[bold]{escape(prof['source'])}[/]: {prof['rows']:,} rows, valid for spec [cyan]{prof['spec']}[/]")
     cols = RichTable("column", "header", "missing", "summary", box=None, header_style="bold")
     for c in prof["columns"]:
         summary = c.get("summary") or "  ".join(f"{k} {_num(c[k])}" for k in ("min", "median", "max"))
@@ -99,8 +105,11 @@ def data_synth(
     from korllama.synth import synthesize
 
     frame = synthesize(rows, seed)
-    write_csv(out, frame)
-    console.print(f"wrote {out} ({len(frame):,} rows, seed {seed})")
+    try:
+        write_csv(out, frame)
+    except OSError as exc:  # --out is a folder, or under a file, or not writable: a user error, not a bug
+        raise KorllamaError(f"Could not write {out}: {exc.strerror or exc}.") from None
+    console.print(f"wrote {escape(str(out))} ({len(frame):,} rows, seed {seed})")
 
 
 @app.command("templates")
@@ -150,7 +159,7 @@ def demo(
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    err_console.print(f"[yellow]warning:[/] {message}")
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,11 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     except KorllamaError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
+    except SystemExit as exc:  # standalone mode ends every run (success included) with SystemExit
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
 
 

@@ -51,7 +51,7 @@ class Table:
     def __len__(self) -> int:
         return len(self.frame)
 
-    def subset(self, index) -> "Table":
+    def subset(self, index) -> Table:
         return Table(self.frame.loc[index].reset_index(drop=True), self.spec, self.source, list(self.warnings))
 
 
@@ -69,7 +69,8 @@ def _read_raw(path: Path) -> tuple[pd.DataFrame, int]:
         raise DataError(f"{path}: no such file.")
     if path.is_dir():
         raise DataError(f"{path} is a folder, not a table file (CSV or Parquet).")
-    head = path.open("rb").read(65536)
+    with path.open("rb") as fh:
+        head = fh.read(65536)
     if not head.strip():
         raise DataError(f"{path.name} is empty: expected a header line and at least one row.")
     if head.startswith(b"PAR1") or path.suffix.lower() in (".parquet", ".pq"):
@@ -154,7 +155,8 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
             rows = np.flatnonzero(bad.to_numpy())
             value = raw[header].iloc[rows[0]]
             more = f" ({len(rows) - 1} more rows like it)" if len(rows) > 1 else ""
-            raise DataError(f"{where(rows[0])}, column {header}: {value!r} is not allowed; expected {col.allowed}{more}.")
+            raise DataError(f"{where(rows[0])}, column {header}: {value!r} is not allowed; "
+                            f"expected {col.allowed}{more}.")
         if col.parser == "category" and col.seen is not None and col.unseen is not None:
             unseen = values.notna() & ~values.isin(col.seen)
             if unseen.any():

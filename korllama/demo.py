@@ -30,7 +30,7 @@ def run_demo(out: Path, rows: int = 4000, seed: int = 0, console: Console | None
     table = read_table(data_path)
     prof = profile(table)
     rates = prof["derived_median_by_label"]["implied_rate"]
-    console.print(f"[bold]2. check[/]    valid; median implied rate by grade: "
+    console.print("[bold]2. check[/]    valid; median implied rate by grade: "
                   + "  ".join(f"{g} {r:.1%}" for g, r in rates.items() if r is not None))
 
     prompts_path = out / "prompts.jsonl"

@@ -187,7 +187,7 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
     except OSError as exc:  # not on disk and not reachable (offline), no safetensors, gated repo, ...
         raise KorllamaError(f"Could not load base model {source!r}: it is not a local model folder and could not "
                             f"be fetched from the Hugging Face Hub (offline, wrong id or no safetensors weights). "
-                            f"Details: {exc}") from None
+                            f"Details: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     except ValueError as exc:  # huggingface_hub's HFValidationError: a malformed repo id
         if type(exc).__name__ != "HFValidationError":
             raise
@@ -216,7 +216,8 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
 
 def wrap_lora(model, lora_cfg: LoraConfig):
     """The base frozen, low-rank adapters on target_modules (None = PEFT's default: q_proj, v_proj for Llama)."""
-    from peft import LoraConfig as PeftLoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import TaskType, get_peft_model
 
     peft_cfg = PeftLoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_cfg.r, lora_alpha=lora_cfg.alpha,
                               lora_dropout=lora_cfg.dropout, target_modules=lora_cfg.target_modules)

@@ -8,9 +8,10 @@ column at once and return a mask of the values they could not read, so errors ca
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -169,7 +170,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         return f"unknown key {where!r}"
     if err["type"] == "literal_error":
         return f"{where}: {err['input']!r} is not allowed ({err['ctx']['expected']})"
-    return f"{where}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else "")
+    got = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
+    return f"{where}: {err['msg']}{got}"
 
 
 # --- parsers: raw strings (a whole column) -> (clean values, mask of unreadable values) -----------------

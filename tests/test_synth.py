@@ -70,8 +70,8 @@ def test_quirky_employment_strings_present(small):
 
 
 def test_no_negative_amounts_and_repaid_within_loan(big):
-    money = ["대출금액", "연간소득", "부채_대비_소득_비율", "총계좌수", "최근_2년간_연체_횟수", "총상환원금", "총상환이자",
-             "총연체금액", "연체계좌수"]
+    money = ["대출금액", "연간소득", "부채_대비_소득_비율", "총계좌수", "최근_2년간_연체_횟수", "총상환원금",
+             "총상환이자", "총연체금액", "연체계좌수"]
     assert (big[money] >= 0).all().all()
     assert (big["총상환원금"] <= big["대출금액"]).all()
     unpaid = big["총상환원금"] == 0

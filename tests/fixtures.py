@@ -1,0 +1,143 @@
+"""Small fixture tables written by the tests themselves: every quirk of the real loan file, and every bad case.
+
+`quirky_frame()` is a synthetic table (korllama.synth) whose cells are overwritten so that it holds every raw
+format the real file has: each employment string, each home-ownership value (ANY included), each Korean purpose,
+every grade, a debt-to-income of 9999, an income of 0, a row with nothing repaid. `write_table` writes it as
+utf-8, utf-8 with BOM, cp949 or Parquet, with Korean or English headers. `write_bad` writes one corrupted copy
+per bad case, with the pieces its error message must contain. Row i of a frame is on line i + 2 of its CSV.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from korllama.schema import load_spec
+from korllama.synth import synthesize
+
+ROWS = 60
+
+# raw employment string -> clean value (None = missing)
+EMPLOYMENT = {"10+ years": 10, "10+years": 10, "< 1 year": 0, "<1 year": 0, "1 year": 1, "1 years": 1, "3": 3,
+              "7 years": 7, "Unknown": None}
+HOMES = ["MORTGAGE", "RENT", "OWN", "ANY"]
+PURPOSES = {"부채 통합": "debt consolidation", "신용 카드": "credit card", "주택 개선": "housing improvement",
+            "기타": "other", "주요 구매": "major purchase", "의료": "medical", "자동차": "car",
+            "소규모 사업": "small business", "이사": "moving", "휴가": "vacation", "주택": "house",
+            "재생 에너지": "renewable energy"}
+GRADES = list("ABCDEFG")
+DTI_ROW, INCOME_ROW, UNPAID_ROW = 12, 13, 14  # 9999 debt-to-income, 0 income, nothing repaid
+GRADE_ROWS = range(20, 27)  # A..G in order
+
+ENGLISH = {c.name: c.alias for c in load_spec().columns} | {"ID": "id", "대출등급": "grade"}
+
+
+def quirky_frame(rows: int = ROWS, seed: int = 1) -> pd.DataFrame:
+    """A raw table (all cells strings, Korean headers) holding every quirk of the real file."""
+    frame = synthesize(rows, seed=seed).astype(str)
+    for i, raw in enumerate(EMPLOYMENT):
+        frame.loc[i, "근로기간"] = raw
+    for i, home in enumerate(HOMES):
+        frame.loc[i, "주택소유상태"] = home
+    for i, purpose in enumerate(PURPOSES):
+        frame.loc[i, "대출목적"] = purpose
+    frame.loc[0, "대출기간"], frame.loc[1, "대출기간"] = " 36 months", " 60 months"
+    frame.loc[DTI_ROW, "부채_대비_소득_비율"] = "9999"
+    frame.loc[INCOME_ROW, "연간소득"] = "0"
+    frame.loc[UNPAID_ROW, ["총상환원금", "총상환이자"]] = ["0", "0.0"]
+    for i, grade in zip(GRADE_ROWS, GRADES, strict=True):
+        frame.loc[i, "대출등급"] = grade
+    return frame
+
+
+def write_table(folder: Path, name: str = "loan.csv", frame: pd.DataFrame | None = None,
+                encoding: str = "utf-8", english: bool = False) -> Path:
+    """Write `frame` (default: quirky_frame()) as CSV in `encoding`, or as Parquet when `encoding` is 'parquet'."""
+    frame = quirky_frame() if frame is None else frame
+    if english:
+        frame = frame.rename(columns=ENGLISH)
+    path = Path(folder) / name
+    if encoding == "parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        path.write_bytes(frame.to_csv(index=False, lineterminator="\n").encode(encoding))
+    return path
+
+
+def write_variants(folder: Path) -> dict[str, Path]:
+    """The same table in every form korllama must read: utf-8, utf-8-sig, cp949, Parquet, English headers."""
+    return {
+        "utf-8": write_table(folder, "utf8.csv"),
+        "utf-8-sig": write_table(folder, "bom.csv", encoding="utf-8-sig"),
+        "cp949": write_table(folder, "cp949.csv", encoding="cp949"),
+        "parquet": write_table(folder, "table.parquet", encoding="parquet"),
+        "english": write_table(folder, "english.csv", english=True),
+    }
+
+
+def _with(row: int, column: str, value: str):
+    def corrupt(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.copy()
+        frame.loc[row, column] = value
+        return frame
+    return corrupt
+
+
+def _duplicate_id(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame.loc[9, "ID"] = frame.loc[2, "ID"]
+    return frame
+
+
+# case -> (how to corrupt the frame, pieces the error message must contain). Line of row i = i + 2.
+FRAME_CASES = {
+    "missing_columns": (lambda f: f.drop(columns=["대출기간", "총상환이자", "대출목적"]),
+                        ["missing_columns.csv", "대출기간 (term)", "총상환이자 (interest_repaid)",
+                         "대출목적 (purpose)"]),
+    "bad_term": (_with(7, "대출기간", " 48 months"), ["bad_term.csv", "line 9", "대출기간", "' 48 months'", "36, 60"]),
+    "not_a_number": (_with(4, "대출금액", "abc"), ["not_a_number.csv", "line 6", "대출금액", "'abc'", "whole number"]),
+    "negative_amount": (_with(10, "총상환원금", "-12"),
+                        ["negative_amount.csv", "line 12", "총상환원금", "'-12'", ">= 0"]),
+    "negative_loan": (_with(30, "대출금액", "-1200000"),
+                      ["negative_loan.csv", "line 32", "대출금액", "'-1200000'", ">= 0"]),
+    "bad_grade": (_with(3, "대출등급", "H"), ["bad_grade.csv", "line 5", "대출등급", "'H'", "A, B, C, D, E, F, G"]),
+    "bad_employment": (_with(15, "근로기간", "ten years"),
+                       ["bad_employment.csv", "line 17", "근로기간", "'ten years'", "10+ years"]),
+    "bad_home": (_with(16, "주택소유상태", "CONDO"),
+                 ["bad_home.csv", "line 18", "주택소유상태", "'CONDO'", "MORTGAGE, RENT, OWN, ANY"]),
+    "bad_purpose": (_with(17, "대출목적", "여행"), ["bad_purpose.csv", "line 19", "대출목적", "'여행'", "부채 통합"]),
+    "empty_required": (_with(18, "총계좌수", ""), ["empty_required.csv", "line 20", "총계좌수", "''"]),
+    "duplicate_id": (_duplicate_id,
+                     ["duplicate_id.csv", "line 11", "ID", "SYN_00002", "line 4", "unique"]),
+}
+
+# case -> (raw bytes of the file, pieces the error message must contain)
+def _byte_cases(frame: pd.DataFrame) -> dict[str, tuple[bytes, list[str]]]:
+    text = frame.to_csv(index=False, lineterminator="\n")
+    header = text.splitlines()[0] + "\n"
+    return {
+        "empty": (b"", ["empty.csv", "empty"]),
+        "blank_lines": (b"\n\n  \n", ["blank_lines.csv", "empty"]),
+        "header_only": (header.encode(), ["header_only.csv", "header but no rows"]),
+        "semicolon": (text.replace(",", ";").encode(), ["semicolon.csv", "';'", "comma"]),
+        "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8, ["binary.csv", "not a text file"]),
+        "not_utf8": (header.encode() + b"\x80\xff\xfe\x80,\xff\n", ["not_utf8.csv", "UTF-8 or CP949"]),
+    }
+
+
+BYTE_CASES = list(_byte_cases(pd.DataFrame({"a": [1]})))
+BAD_CASES = [*FRAME_CASES, *BYTE_CASES]
+
+
+def write_bad(folder: Path, case: str) -> tuple[Path, list[str]]:
+    """Write the fixture corrupted for `case` as `<case>.csv`; return its path and the message's expected pieces."""
+    frame = quirky_frame()
+    path = Path(folder) / f"{case}.csv"
+    if case in FRAME_CASES:
+        corrupt, expected = FRAME_CASES[case]
+        path.write_text(corrupt(frame).to_csv(index=False, lineterminator="\n"), "utf-8")
+    else:
+        data, expected = _byte_cases(frame)[case]
+        path.write_bytes(data)
+    return path, expected

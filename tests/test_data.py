@@ -1,0 +1,295 @@
+"""Reading, cleaning and validating tables: encodings, headers, quirks, derived features and every bad case."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from fixtures import (
+    BAD_CASES,
+    DTI_ROW,
+    EMPLOYMENT,
+    GRADE_ROWS,
+    GRADES,
+    HOMES,
+    INCOME_ROW,
+    PURPOSES,
+    ROWS,
+    UNPAID_ROW,
+    quirky_frame,
+    write_bad,
+    write_table,
+    write_variants,
+)
+
+from korllama.data import DataWarning, read_table, split
+from korllama.errors import DataError
+from korllama.features import implied_annual_rate, ratio
+from korllama.io import atomic_path
+from korllama.schema import load_spec
+
+ALIASES = ["loan_amount", "term", "employment_length", "home_ownership", "annual_income", "debt_to_income",
+           "total_accounts", "purpose", "delinquencies_2y", "principal_repaid", "interest_repaid", "overdue_amount",
+           "delinquent_accounts", "grade"]
+DERIVED = ["principal_ratio", "interest_ratio", "interest_per_principal", "implied_rate"]
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory):
+    return write_variants(tmp_path_factory.mktemp("variants"))
+
+
+@pytest.fixture(scope="module")
+def table(variants):
+    return read_table(variants["utf-8"])
+
+
+# --- reading ----------------------------------------------------------------------------------------------------
+
+def test_clean_frame_has_id_aliases_label_and_derived(table):
+    assert list(table.frame.columns) == ["id", *ALIASES, *DERIVED]
+    assert len(table) == ROWS
+    assert table.ids.iloc[0] == "SYN_00000" and table.ids.is_unique
+    assert table.has_labels
+    assert table.warnings == []
+
+
+@pytest.mark.parametrize("form", ["utf-8-sig", "cp949", "parquet", "english"])
+def test_every_form_reads_to_the_same_table(variants, table, form):
+    other = read_table(variants[form])
+    pd.testing.assert_frame_equal(other.frame, table.frame, check_dtype=False)
+    assert other.source == variants[form].name
+
+
+def test_encodings_really_differ_on_disk(variants):
+    utf8, bom, cp949 = (variants[k].read_bytes() for k in ("utf-8", "utf-8-sig", "cp949"))
+    assert bom.startswith(b"\xef\xbb\xbf") and not utf8.startswith(b"\xef\xbb\xbf")
+    assert cp949 != utf8
+    with pytest.raises(UnicodeDecodeError):
+        cp949.decode("utf-8")
+    assert variants["parquet"].read_bytes()[:4] == b"PAR1"
+    assert variants["english"].read_text("utf-8").startswith("id,loan_amount,term,employment_length,")
+
+
+def test_english_headers_in_any_case_are_accepted(tmp_path, table):
+    frame = quirky_frame().rename(columns={c.name: c.alias.upper() for c in load_spec().columns})
+    assert "LOAN_AMOUNT" in frame.columns
+    pd.testing.assert_frame_equal(read_table(write_table(tmp_path, frame=frame)).frame, table.frame)
+
+
+# --- cleaning the quirks ----------------------------------------------------------------------------------------
+
+def test_term_months_with_leading_space(table):
+    raw = quirky_frame()["대출기간"]
+    assert set(raw) == {" 36 months", " 60 months"}
+    assert table.frame["term"].tolist() == [36 if r == " 36 months" else 60 for r in raw]
+    assert table.frame.loc[0, "term"] == 36 and table.frame.loc[1, "term"] == 60
+
+
+def test_employment_strings(table):
+    for i, (raw, expected) in enumerate(EMPLOYMENT.items()):
+        value = table.frame.loc[i, "employment_length"]
+        if expected is None:
+            assert pd.isna(value), raw
+        else:
+            assert value == expected, raw
+    assert table.frame["employment_length"].dropna().between(0, 10).all()
+
+
+def test_home_ownership_values(table):
+    assert table.frame.loc[: len(HOMES) - 1, "home_ownership"].tolist() == HOMES
+
+
+def test_purpose_korean_to_english(table):
+    assert table.frame.loc[: len(PURPOSES) - 1, "purpose"].tolist() == list(PURPOSES.values())
+    assert set(table.frame["purpose"]) <= set(PURPOSES.values())
+
+
+def test_english_purpose_values_accepted(tmp_path):
+    frame = quirky_frame()
+    frame["대출목적"] = frame["대출목적"].map(PURPOSES)
+    clean = read_table(write_table(tmp_path, frame=frame)).frame["purpose"]
+    assert clean.tolist() == frame["대출목적"].tolist()
+
+
+def test_grades_and_label_maps(table):
+    spec = load_spec()
+    assert table.labels.loc[list(GRADE_ROWS)].tolist() == GRADES
+    assert spec.label2int == {g: i for i, g in enumerate("ABCDEFG")}
+    assert spec.int2label == {i: g for i, g in enumerate("ABCDEFG")}
+    assert all(spec.int2label[spec.label2int[g]] == g for g in GRADES)
+
+
+def test_odd_but_real_values_pass(table):
+    assert table.frame.loc[DTI_ROW, "debt_to_income"] == 9999
+    assert table.frame.loc[INCOME_ROW, "annual_income"] == 0
+
+
+def test_wedding_maps_to_other_with_a_warning(tmp_path):
+    frame = quirky_frame().drop(columns=["대출등급"])
+    frame.loc[40, "대출목적"] = "결혼"
+    path = write_table(tmp_path, "wedding.csv", frame=frame)
+    with pytest.warns(DataWarning, match="wedding") as record:
+        t = read_table(path)
+    assert len([w for w in record if issubclass(w.category, DataWarning)]) == 1
+    assert t.frame.loc[40, "purpose"] == "other"
+    assert len(t.warnings) == 1 and "other" in t.warnings[0] and "대출목적" in t.warnings[0]
+    assert not t.has_labels
+
+
+def test_clean_table_gives_no_warning(variants):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_table(variants["utf-8"])
+        read_table(variants["parquet"])
+    assert [str(w.message) for w in caught] == []  # no DataWarning, no unclosed-file ResourceWarning
+
+
+# --- derived features -------------------------------------------------------------------------------------------
+
+def test_ratios(table):
+    f = table.frame
+    np.testing.assert_allclose(f["principal_ratio"], f["principal_repaid"] / f["loan_amount"].astype(float))
+    np.testing.assert_allclose(f["interest_ratio"], f["interest_repaid"] / f["loan_amount"].astype(float))
+    paid = f["principal_repaid"] > 0
+    np.testing.assert_allclose(f.loc[paid, "interest_per_principal"],
+                               f.loc[paid, "interest_repaid"] / f.loc[paid, "principal_repaid"])
+    assert np.isnan(ratio(np.array([1.0, 1.0]), np.array([0.0, np.nan]))).all()
+
+
+def test_implied_rate_nan_when_nothing_repaid(table):
+    f = table.frame
+    assert np.isnan(f.loc[UNPAID_ROW, "implied_rate"])
+    assert np.isnan(f.loc[UNPAID_ROW, "interest_per_principal"])
+    assert f.loc[UNPAID_ROW, "principal_ratio"] == 0
+    repaid = f["principal_repaid"] > 0
+    assert f.loc[repaid, "implied_rate"].between(0.02, 0.40).all()
+    assert f.loc[~repaid, "implied_rate"].isna().all()
+
+
+def _amortised(amount: float, months: int, annual: float, k: int) -> tuple[float, float]:
+    """Principal and interest repaid after k payments (textbook annuity formula)."""
+    i = annual / 12
+    payment = amount * i / (1 - (1 + i) ** -months)
+    balance = amount * (1 + i) ** k - payment * ((1 + i) ** k - 1) / i
+    principal = amount - balance
+    return principal, k * payment - principal
+
+
+def test_implied_rate_hand_computed_amortisation(tmp_path):
+    principal, interest = _amortised(12_000_000, 36, 0.12, 3)
+    # the same by hand, month by month: payment 398,571.72; interest 1% of the balance, the rest is principal
+    payment, balance, paid_interest = 12_000_000 * 0.01 / (1 - 1.01 ** -36), 12_000_000.0, 0.0
+    for _ in range(3):
+        paid_interest += balance * 0.01
+        balance -= payment - balance * 0.01
+    assert payment == pytest.approx(398_571.72, abs=0.01)
+    assert principal == pytest.approx(12_000_000 - balance) == pytest.approx(844_100, abs=1)
+    assert interest == pytest.approx(paid_interest) == pytest.approx(351_615, abs=1)
+    rate = implied_annual_rate([12_000_000], [36], [principal], [interest])
+    assert rate[0] == pytest.approx(0.12, abs=1e-6)
+    # the same loan through a CSV, repaid sums rounded to whole won as the real file has them
+    frame = quirky_frame()
+    frame.loc[0, ["대출금액", "대출기간", "총상환원금", "총상환이자"]] = [
+        "12000000", " 36 months", f"{principal:.0f}", f"{interest:.1f}"]
+    t = read_table(write_table(tmp_path, frame=frame))
+    assert t.frame.loc[0, "implied_rate"] == pytest.approx(0.12, abs=5e-4)
+
+
+@pytest.mark.parametrize("annual,months,k", [(0.06, 36, 1), (0.18, 60, 4), (0.265, 60, 2), (0.09, 36, 30)])
+def test_implied_rate_recovers_other_rates(annual, months, k):
+    principal, interest = _amortised(16_800_000, months, annual, k)
+    assert implied_annual_rate([16_800_000], [months], [principal], [interest])[0] == pytest.approx(annual, abs=1e-6)
+
+
+# --- bad input --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_one_clear_sentence(tmp_path, case):
+    path, expected = write_bad(tmp_path, case)
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(DataError) as info:
+        read_table(path)
+    message = str(info.value)
+    for piece in expected:
+        assert piece in message, (piece, message)
+    assert "\n" not in message and message.endswith(".")
+    assert sorted(tmp_path.iterdir()) == before  # nothing written
+
+
+def test_missing_columns_lists_all_in_one_message(tmp_path):
+    frame = quirky_frame().drop(columns=["대출금액", "근로기간", "연체계좌수"])
+    with pytest.raises(DataError, match="missing required columns") as info:
+        read_table(write_table(tmp_path, frame=frame))
+    for header in ["대출금액 (loan_amount)", "근로기간 (employment_length)", "연체계좌수 (delinquent_accounts)"]:
+        assert header in str(info.value)
+
+
+def test_line_number_counts_the_header_as_line_one(tmp_path):
+    for row in (0, 1, 37, ROWS - 1):
+        frame = quirky_frame()
+        frame.loc[row, "대출기간"] = " 48 months"
+        path = write_table(tmp_path, f"row{row}.csv", frame=frame)
+        lines = path.read_text("utf-8").splitlines()
+        line = next(n for n, text in enumerate(lines, start=1) if " 48 months" in text)  # header is line 1
+        assert line == row + 2
+        with pytest.raises(DataError, match=rf"row{row}\.csv, line {line}, column 대출기간: ' 48 months'"):
+            read_table(path)
+
+
+def test_line_numbers_in_cp949_and_bom_files(tmp_path):
+    frame = quirky_frame()
+    frame.loc[5, "대출금액"] = "abc"
+    for encoding in ("utf-8-sig", "cp949"):
+        with pytest.raises(DataError, match=r"line 7, column 대출금액: 'abc'"):
+            read_table(write_table(tmp_path, f"{encoding}.csv", frame=frame, encoding=encoding))
+
+
+def test_parquet_errors_name_the_row(tmp_path):
+    frame = quirky_frame()
+    frame.loc[5, "대출등급"] = "Z"
+    with pytest.raises(DataError, match=r"bad\.parquet, row 6, column 대출등급: 'Z'"):
+        read_table(write_table(tmp_path, "bad.parquet", frame=frame, encoding="parquet"))
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(DataError, match="broken.parquet could not be read as Parquet"):
+        read_table(broken)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_table(tmp_path / "nope.csv")
+    with pytest.raises(DataError, match="is a folder"):
+        read_table(tmp_path)
+
+
+def test_more_bad_rows_are_counted(tmp_path):
+    frame = quirky_frame()
+    frame.loc[[3, 8, 9], "대출기간"] = " 48 months"
+    with pytest.raises(DataError, match=r"line 5, .*\(2 more rows like it\)"):
+        read_table(write_table(tmp_path, frame=frame))
+
+
+# --- split and atomic writes ------------------------------------------------------------------------------------
+
+def test_split_is_stratified_and_deterministic(table):
+    train, valid = split(table, valid_fraction=0.25, seed=3)
+    again, _ = split(table, valid_fraction=0.25, seed=3)
+    assert len(train) + len(valid) == len(table) and len(valid) == 15
+    assert set(train.ids).isdisjoint(valid.ids)
+    assert train.ids.tolist() == again.ids.tolist()
+
+
+def test_atomic_path_removes_temp_file_when_body_raises(tmp_path):
+    target = tmp_path / "out.csv"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half a file")
+            assert tmp.exists() and tmp.parent == tmp_path
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_text("whole")
+    assert target.read_text() == "whole" and list(tmp_path.iterdir()) == [target]

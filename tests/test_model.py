@@ -1,0 +1,188 @@
+"""Tests for korllama.model: the meta-device lora-info line, the embedded tiny Llama, loading, LoRA, errors."""
+
+import json
+
+import huggingface_hub.constants
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from korllama.config import LoraConfig, ModelConfig, TinyModelConfig
+from korllama.data import clean
+from korllama.errors import ConfigError, KorllamaError
+from korllama.model import (
+    _force_single_tokens,
+    build_tiny,
+    format_parameter_report,
+    load_base,
+    parameter_report,
+    skeleton,
+    wrap_lora,
+)
+from korllama.prompts import answer, render
+from korllama.schema import load_spec
+from korllama.synth import synthesize
+
+LABELS = list("ABCDEFG")
+TINY = TinyModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       vocab_size=512, max_position_embeddings=512)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return render(clean(synthesize(200, seed=0).astype(str), load_spec()), "compact")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(prompts, tmp_path_factory):
+    return build_tiny(prompts, tmp_path_factory.mktemp("tiny"), TINY, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return load_base(ModelConfig(device="cpu"), str(tiny_dir), for_training=True)
+
+
+# --- lora-info on the meta skeleton ------------------------------------------------------------------------------
+
+def test_lora_info_line_for_llama_2_ko_7b_matches_the_original_project():
+    model = wrap_lora(skeleton("llama-2-ko-7b"), LoraConfig())
+    assert format_parameter_report(*parameter_report(model)) == \
+        "Trainable: 4194304 | total: 6860050432 | Percentage: 0.0611%"
+    assert all(p.device.type == "meta" for p in model.parameters())  # nothing was allocated
+
+
+def test_skeleton_reads_a_config_json_folder(tmp_path):
+    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+              "num_attention_heads": 4, "vocab_size": 1000, "tie_word_embeddings": False}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = skeleton(str(tmp_path))
+    assert model.config.num_hidden_layers == 3
+    assert model.get_input_embeddings().weight.shape == (1000, 64)
+    assert model.get_input_embeddings().weight.device.type == "meta"
+
+
+def test_skeleton_rejects_an_unknown_architecture(tmp_path):
+    with pytest.raises(ConfigError, match="llama-2-ko-7b"):
+        skeleton(str(tmp_path / "nope.json"))
+
+
+def test_format_parameter_report():
+    assert format_parameter_report(1, 3) == "Trainable: 1 | total: 3 | Percentage: 33.3333%"
+
+
+# --- the embedded tiny model -------------------------------------------------------------------------------------
+
+def test_tiny_folder_holds_safetensors_weights_and_tokenizer(tiny_dir, tiny):
+    names = {p.name for p in tiny_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
+    model, tokenizer = tiny
+    assert model.config.vocab_size == len(tokenizer) <= TINY.vocab_size
+    assert model.config.hidden_size == TINY.hidden_size and model.config.num_hidden_layers == TINY.num_hidden_layers
+
+
+def test_every_label_is_one_token_after_the_prompt(prompts, tiny):
+    _, tokenizer = tiny
+    prompt_ids = tokenizer(prompts[0])["input_ids"]
+    label_ids = []
+    for label in LABELS:
+        ids = tokenizer(prompts[0] + answer(label))["input_ids"]
+        assert ids[:-1] == prompt_ids, f"answer {label} changed the prompt's tokens"
+        label_ids.append(ids[-1])
+        assert tokenizer.decode([ids[-1]]) == answer(label)
+    assert len(set(label_ids)) == len(LABELS)
+
+
+def test_digits_are_one_token_each_and_text_round_trips(prompts, tiny):
+    _, tokenizer = tiny
+    tokens = tokenizer.tokenize("loan_amount: 19200000")
+    assert tokens[-8:] == list("19200000")
+    ids = tokenizer(prompts[1])["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] != tokenizer.eos_token_id
+    assert tokenizer.decode(ids, skip_special_tokens=True) == prompts[1]
+
+
+def test_forward_pass_gives_logits_over_the_vocabulary(prompts, tiny):
+    model, tokenizer = tiny
+    assert tokenizer.padding_side == "right" and tokenizer.pad_token_id != tokenizer.eos_token_id
+    batch = tokenizer([prompts[0], prompts[1] + " 123 extra words"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.shape == (2, batch["input_ids"].shape[1], len(tokenizer))
+    assert batch["attention_mask"][0, -1] == 0  # the shorter row is padded at the end
+    assert torch.isfinite(logits).all()
+
+
+def test_same_seed_same_weights_other_seed_other_weights(prompts, tiny_dir, tmp_path):
+    again = load_file(build_tiny(prompts, tmp_path / "a", TINY, seed=0) / "model.safetensors")
+    other = load_file(build_tiny(prompts, tmp_path / "b", TINY, seed=1) / "model.safetensors")
+    first = load_file(tiny_dir / "model.safetensors")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["model.embed_tokens.weight"], other["model.embed_tokens.weight"])
+    assert (tmp_path / "a" / "tokenizer.json").read_text() == (tiny_dir / "tokenizer.json").read_text()
+
+
+def test_force_single_tokens_adds_a_piece_the_bpe_never_saw():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator(["grade: x\nAnt Bob"] * 5, trainer=trainer)
+    assert bpe.encode(" G").tokens == ["Ġ", "G"]  # never seen: two tokens
+    assert bpe.encode(" Gx").tokens == ["Ġ", "G", "x"]
+    forced = _force_single_tokens(bpe, [" G", " Gx"])
+    assert forced.encode(" G").tokens == ["ĠG"] and forced.encode(" Gx").tokens == ["ĠGx"]
+    assert forced.encode("grade: Ant").tokens == bpe.encode("grade: Ant").tokens  # learnt merges unchanged
+
+
+# --- LoRA on the tiny model --------------------------------------------------------------------------------------
+
+def test_wrap_lora_trains_only_the_adapters(tiny_dir):
+    model, _ = load_base(ModelConfig(device="cpu"), str(tiny_dir))
+    peft_model = wrap_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0))
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert {n.split(".")[-4] for n in trainable} == {"q_proj", "v_proj"}  # PEFT's Llama default
+    n_trainable, total = parameter_report(peft_model)
+    # q_proj and v_proj are 32 -> 32 here: each adapter is r x (in + out)
+    assert n_trainable == TINY.num_hidden_layers * 2 * 4 * (32 + 32)
+    assert 0 < n_trainable < total
+    assert format_parameter_report(n_trainable, total).startswith(f"Trainable: {n_trainable} | total: {total} |")
+
+
+def test_wrap_lora_with_an_unknown_target_module_is_a_config_error(tiny_dir):
+    model, _ = load_base(ModelConfig(device="cpu"), str(tiny_dir), for_training=False)
+    assert not model.training
+    with pytest.raises(ConfigError, match="lora"):
+        wrap_lora(model, LoraConfig(target_modules=["no_such_proj"]))
+
+
+# --- loading errors ----------------------------------------------------------------------------------------------
+
+def test_missing_local_path_is_a_korllama_error_naming_it(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(KorllamaError, match="no-such-model"):
+        load_base(ModelConfig(), str(missing))
+
+
+def test_unreachable_hub_id_is_a_korllama_error_naming_it(monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network here: fail fast
+    with pytest.raises(KorllamaError, match="nobody/korllama-missing-model"):
+        load_base(ModelConfig(), "nobody/korllama-missing-model")
+
+
+def test_folder_without_config_is_a_korllama_error(tmp_path):
+    with pytest.raises(KorllamaError, match="config.json"):
+        load_base(ModelConfig(), str(tmp_path))
+
+
+def test_load_in_4bit_without_cuda_is_a_config_error(tiny_dir):
+    with pytest.raises(ConfigError, match="CUDA"):
+        load_base(ModelConfig(load_in_4bit=True, device="cpu"), str(tiny_dir))
+
+
+def test_tiny_base_name_needs_a_built_folder():
+    with pytest.raises(ConfigError, match="build_tiny"):
+        load_base(ModelConfig(base="tiny"))

@@ -146,6 +146,62 @@ def prompt(
     sys.stdout.write(text + (answer(row.labels.iloc[0]) if row.has_labels else "") + "\n")
 
 
+ConfigArg = Annotated[Path, typer.Option("--config", "-c", help="Run config YAML (configs/demo.yaml, configs/seed.yaml, ...).")]
+OverridesArg = Annotated[list[str] | None, typer.Argument(
+    help="Config overrides as section.key=value, e.g. train.epochs=1 model.base=./my-llama", show_default=False)]
+
+
+@app.command("train")
+def train_cmd(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Labelled table to train on (sets data.train).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<config name>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
+):
+    """Instruction-tune the configured model on a graded table: answer-only loss, checkpoints verified, the best
+    model by validation macro-F1 kept.
+
+    Examples:
+      korllama train --config configs/demo.yaml
+      korllama train --config configs/dacon-tiny.yaml --data ../shared/data/dacon-loan/train.csv
+      korllama train --config configs/demo.yaml --out runs/demo-train --resume
+      accelerate launch --num_processes 2 --cpu -m korllama train --config configs/demo.yaml
+    """
+    from korllama.config import load_config
+    from korllama.train import train
+
+    cfg = load_config(config, list(overrides or []) + ([f"data.train={data}"] if data else []))
+    run_dir = out or Path("runs") / cfg.name
+    summary = train(cfg, run_dir, resume=resume, console=console)
+    if summary:
+        console.print(f"trained {summary['global_step']} steps in {summary['seconds']:.0f}s; best validation "
+                      f"macro-F1 {summary['best_eval_macro_f1']:.4f} (step {summary['best_step']}) -> "
+                      f"{escape(str(run_dir / summary['weights']))}")
+
+
+@app.command("lora-info")
+def lora_info(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+):
+    """Count trainable and total parameters of the configured model with LoRA, without weights or download.
+
+    Builds the architecture on the meta device from model.architecture (a config.json, or a built-in name such as
+    llama-2-ko-7b) and prints the original project's line, e.g.
+    Trainable: 4194304 | total: 6860050432 | Percentage: 0.0611%
+    """
+    from korllama.config import load_config
+    from korllama.model import format_parameter_report, parameter_report, skeleton, wrap_lora
+
+    cfg = load_config(config, overrides)
+    architecture = cfg.model.architecture or cfg.model.base
+    model = skeleton(architecture)
+    if cfg.lora is not None:
+        model = wrap_lora(model, cfg.lora)
+    sys.stdout.write(format_parameter_report(*parameter_report(model)) + "\n")
+
+
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/demo"),

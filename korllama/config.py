@@ -31,6 +31,7 @@ class DataConfig(_Section):
 
 class PromptConfig(_Section):
     template: str = Field("compact", description="seed, seed-clear, ko, compact (or one from the spec)")
+    fields: list[str] | None = Field(None, description="compact only: the columns to show, in order (none = all)")
 
 
 class TinyModelConfig(_Section):
@@ -62,6 +63,31 @@ class LoraConfig(_Section):
     target_modules: list[str] | None = Field(None, description="none = PEFT's default for the architecture")
 
 
+class TrainConfig(_Section):
+    """The Trainer recipe. Defaults are the original project's (configs/seed.yaml spells them out)."""
+
+    epochs: float = Field(3, gt=0)
+    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
+    batch_size: int = Field(4, ge=1, description="rows per device per step")
+    grad_accum: int = Field(4, ge=1, description="gradient accumulation steps")
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(1000, ge=0)
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    optim: str = Field("adamw_torch", description="a transformers optimizer name (adamw_torch_fused on GPU)")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: bf16/fp16 on GPU, fp32 on CPU")
+    eval_steps: int = Field(3000, ge=1, description="evaluate (rank-scoring macro-F1) every N steps, and at the end")
+    eval_rows: int = Field(2000, ge=10, description="held-out rows scored at each evaluation")
+    eval_batch_size: int = Field(64, ge=1)
+    logging_steps: int = Field(100, ge=1)
+    save_steps: int = Field(1000, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    class_weights: bool = Field(False, description="weight the grade token's loss by inverse class frequency")
+    max_length: int = Field(1024, ge=16, description="longest prompt + answer in tokens; longer rows are an error")
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
 class RunConfig(_Section):
     """The whole run. Sections not used yet by a stage keep their defaults."""
 
@@ -70,6 +96,7 @@ class RunConfig(_Section):
     prompt: PromptConfig = PromptConfig()
     model: ModelConfig = ModelConfig()
     lora: LoraConfig | None = Field(None, description="null = train all weights (the tiny random-weight base)")
+    train: TrainConfig = TrainConfig()
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

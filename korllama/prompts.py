@@ -55,33 +55,38 @@ def answer(label: str) -> str:
     return ANSWER_PREFIX + label
 
 
-def compact_text(spec: TableSpec) -> str:
-    """`alias: value` lines for every column and derived feature, then the label's name as the question."""
+def compact_text(spec: TableSpec, fields: list[str] | None = None) -> str:
+    """`alias: value` lines for every column and derived feature (or just `fields`, in that order), then the
+    label's name as the question."""
+    known = {c.alias: c for c in [*spec.columns, *spec.derived]}
+    unknown = [f for f in fields or [] if f not in known]
+    if unknown:
+        raise ConfigError(f"prompt.fields {unknown} are not columns of spec {spec.name!r}; known: {', '.join(known)}.")
     lines = []
-    for c in [*spec.columns, *spec.derived]:
+    for c in [known[f] for f in fields] if fields else known.values():
         fmt = getattr(c, "format", "") or ("d" if getattr(c, "integer", False) else "")
         lines.append(f"{c.alias}: {{{c.alias}{':' + fmt if fmt else ''}}}")
     return "\n".join(lines) + f"\n{spec.label.alias}:"
 
 
-def templates(spec: TableSpec) -> dict[str, Template]:
-    """Every template available for a spec, by name."""
-    found = {"compact": Template("compact", compact_text(spec), about="key: value lines with derived features")}
+def templates(spec: TableSpec, fields: list[str] | None = None) -> dict[str, Template]:
+    """Every template available for a spec, by name (`fields` selects the lines of `compact`)."""
+    found = {"compact": Template("compact", compact_text(spec, fields), about="key: value lines with derived features")}
     for name, t in spec.templates.items():
         found[name] = Template(name, t.text, t.missing, t.about)
     return found
 
 
-def get_template(spec: TableSpec, name: str) -> Template:
-    available = templates(spec)
+def get_template(spec: TableSpec, name: str, fields: list[str] | None = None) -> Template:
+    available = templates(spec, fields)
     if name not in available:
         raise ConfigError(f"Unknown prompt template {name!r} for spec {spec.name!r}; "
                           f"choose one of: {', '.join(available)}.")
     return available[name]
 
 
-def render(table: Table, template: str = "compact") -> list[str]:
-    return get_template(table.spec, template).render(table)
+def render(table: Table, template: str = "compact", fields: list[str] | None = None) -> list[str]:
+    return get_template(table.spec, template, fields).render(table)
 
 
 def _format_column(values: pd.Series, fmt: str, conversion: str | None, spec: TableSpec, field: str,

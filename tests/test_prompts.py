@@ -136,7 +136,7 @@ def test_ko_is_korean_with_the_raw_purpose(rows):
 def test_compact_has_every_column_and_the_implied_rate(rows):
     first = render(rows, "compact")[0]
     lines = first.splitlines()
-    assert "implied_rate: 10.6%" in lines
+    assert "implied_rate: 10.57%" in lines
     assert "purpose: housing improvement" in lines and "term: 36" in lines
     assert lines[-1] == "grade:"
     spec = load_spec()

@@ -146,7 +146,8 @@ def prompt(
     sys.stdout.write(text + (answer(row.labels.iloc[0]) if row.has_labels else "") + "\n")
 
 
-ConfigArg = Annotated[Path, typer.Option("--config", "-c", help="Run config YAML (configs/demo.yaml, configs/seed.yaml, ...).")]
+ConfigArg = Annotated[Path, typer.Option("--config", "-c", help="Run config YAML (configs/demo.yaml, "
+                                                               "configs/seed.yaml, ...).")]
 OverridesArg = Annotated[list[str] | None, typer.Argument(
     help="Config overrides as section.key=value, e.g. train.epochs=1 model.base=./my-llama", show_default=False)]
 
@@ -200,6 +201,104 @@ def lora_info(
     if cfg.lora is not None:
         model = wrap_lora(model, cfg.lora)
     sys.stdout.write(format_parameter_report(*parameter_report(model)) + "\n")
+
+
+RunArg = Annotated[Path | None, typer.Argument(help="A run directory made by `korllama train`.", show_default=False)]
+BaseOption = Annotated[str | None, typer.Option(
+    "--base", help="Score a bare base model instead (a folder or hub id): the 'before tuning' figures. With a "
+                   "run, the run's prompt settings are used.")]
+
+
+@app.command("predict")
+def predict_cmd(
+    run: RunArg = None,
+    data: Annotated[Path, typer.Option("--data", help="Table to grade (labelled or not).")] = ...,
+    out: Annotated[Path, typer.Option("--out", help="Submission CSV to write.")] = Path("submission.csv"),
+    proba: Annotated[bool, typer.Option("--proba", help="Add P_A..P_G columns.")] = False,
+    base: BaseOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+):
+    """Grade every row (rank scoring) and write the competition's submission format: ID,대출등급, input order.
+
+    Example: korllama predict runs/dacon-tiny --data ../shared/data/dacon-loan/test.csv --out submission.csv
+    """
+    from korllama.predict import predict_file
+
+    result = predict_file(run, data, out, proba, base, batch_size, console=err_console)
+    shares = "  ".join(f"{k} {v / result['rows']:.1%}" for k, v in result["counts"].items())
+    console.print(f"wrote {escape(result['out'])}: {result['rows']:,} rows ({shares})")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: RunArg = None,
+    data: Annotated[Path, typer.Option("--data", help="Labelled table.")] = ...,
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and predictions.csv.")] = ...,
+    mode: Annotated[str, typer.Option("--mode", help="score (rank scoring, default) or generate (the original's "
+                                                      "sampling + parsing).")] = "score",
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Score a seeded sample of N rows.")] = None,
+    held_out: Annotated[bool, typer.Option("--held-out", help="Only the run's validation split of --data (the rows "
+                                                              "its training never saw).")] = False,
+    base: BaseOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    name: Annotated[str | None, typer.Option("--name", help="System name in reports (default: the run's).")] = None,
+):
+    """Score a run (or a base model) on labelled rows: macro-F1, accuracy, QWK, per-grade figures, confusion.
+
+    Examples:
+      korllama evaluate runs/dacon-tiny --data ../shared/data/dacon-loan/train.csv --held-out --out runs/eval/tuned
+      korllama evaluate runs/dacon-tiny --base runs/dacon-tiny/base --data ... --held-out --out runs/eval/before
+      korllama evaluate runs/dacon-tiny --data ... --held-out --mode generate --limit 200 --out runs/eval/generate
+    """
+    from korllama.evaluate import evaluate_run
+
+    if mode not in ("score", "generate"):
+        raise KorllamaError(f"--mode must be 'score' or 'generate', not {mode!r}.")
+    r = evaluate_run(run, data, out, mode, limit, base, held_out, batch_size, name, console=err_console)
+    extra = f", invalid answers {r['invalid_rate']:.1%}" if mode == "generate" else ""
+    console.print(f"{escape(r['system'])}: macro-F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}, "
+                  f"QWK {r['qwk']:.4f} on {r['n']:,} rows ({r['rows_per_s']:.1f} rows/s{extra}) -> {escape(str(out))}")
+
+
+@app.command("baseline")
+def baseline_cmd(
+    train_file: Annotated[Path, typer.Option("--train", help="Labelled table to fit on.")] = ...,
+    eval_file: Annotated[Path | None, typer.Option("--eval", help="Labelled table to score (default: the "
+                                                                  "held-out split of --train).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and predictions.csv.")] = ...,
+    schema: SpecOption = None,
+    valid_fraction: Annotated[float, typer.Option("--valid-fraction")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+):
+    """Gradient-boosted trees (LightGBM) on the cleaned columns plus the derived features, same metrics.
+
+    Without --eval it fits on a stratified 80% of --train and scores the other 20% (the split `korllama train`
+    uses with the same seed).
+
+    Example: korllama baseline --train ../shared/data/dacon-loan/train.csv --out runs/eval/baseline
+    """
+    from korllama.evaluate import run_baseline
+
+    r = run_baseline(train_file, eval_file, out, schema, valid_fraction, seed)
+    console.print(f"baseline: macro-F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}, QWK {r['qwk']:.4f} on "
+                  f"{r['n']:,} rows (fit {r['fit_seconds']:.0f}s) -> {escape(str(out))}")
+
+
+@app.command("compare")
+def compare_cmd(
+    folders: Annotated[list[Path], typer.Argument(help="Evaluation folders (each with metrics.json).")],
+    out: Annotated[Path, typer.Option("--out", help="HTML report to write.")] = Path("report.html"),
+    title: Annotated[str, typer.Option("--title")] = "korllama report",
+):
+    """One self-contained HTML report comparing evaluations: table of figures, confusion matrices, F1 per grade,
+    reliability diagram, training curves.
+
+    Example: korllama compare runs/eval/before runs/eval/tuned runs/eval/baseline --out report.html
+    """
+    from korllama.report import compare
+
+    r = compare(folders, out, title)
+    console.print(f"wrote {escape(str(out))}: " + ", ".join(f"{s} {f:.4f}" for s, f in r["systems"]))
 
 
 @app.command("demo")

@@ -75,7 +75,8 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(1000, ge=0)
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     optim: str = Field("adamw_torch", description="a transformers optimizer name (adamw_torch_fused on GPU)")
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: bf16/fp16 on GPU, fp32 on CPU")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: bf16/fp16 on GPU, fp32 on CPU")
     eval_steps: int = Field(3000, ge=1, description="evaluate (rank-scoring macro-F1) every N steps, and at the end")
     eval_rows: int = Field(2000, ge=10, description="held-out rows scored at each evaluation")
     eval_batch_size: int = Field(64, ge=1)

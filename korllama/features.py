@@ -58,4 +58,16 @@ def implied_annual_rate(amount, months, principal_repaid, interest_repaid, itera
     return np.where(valid, rate, np.nan)
 
 
-OPS = {"ratio": ratio, "implied_annual_rate": implied_annual_rate}
+def payments_made(amount, months, principal_repaid, interest_repaid, annual_rate) -> np.ndarray:
+    """Monthly payments the repaid total amounts to at the implied rate (the loan's age, roughly); NaN if none."""
+    amount = np.asarray(amount, dtype=float)
+    months = np.asarray(months, dtype=float)
+    total = np.asarray(principal_repaid, dtype=float) + np.asarray(interest_repaid, dtype=float)
+    monthly = np.asarray(annual_rate, dtype=float) / 12
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        growth = (1.0 + monthly) ** months
+        payment = amount * monthly * growth / (growth - 1.0)
+        return total / payment
+
+
+OPS = {"ratio": ratio, "implied_annual_rate": implied_annual_rate, "payments_made": payments_made}

@@ -81,7 +81,7 @@ class LabelSpec(_Strict):
 
 class DerivedSpec(_Strict):
     alias: str
-    op: Literal["ratio", "implied_annual_rate"]
+    op: Literal["ratio", "implied_annual_rate", "payments_made"]
     args: list[str]
     text: str = ""
     format: str = ".4g"
@@ -117,10 +117,11 @@ class TableSpec(_Strict):
         dupes = {a for a in aliases if aliases.count(a) > 1}
         if dupes:
             raise ValueError(f"column aliases appear twice: {sorted(dupes)}")
-        for d in self.derived:
+        for d in self.derived:  # a derived feature may use the columns and the derived features before it
             unknown = [a for a in d.args if a not in aliases]
             if unknown:
                 raise ValueError(f"derived {d.alias!r} uses unknown columns {unknown}; known: {aliases}")
+            aliases = [*aliases, d.alias]
         return self
 
     @property

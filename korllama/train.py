@@ -155,7 +155,9 @@ class KeepBest(TrainerCallback):
         self.run_dir, self.metric = run_dir, metric
         self.target = run_dir / ("adapter" if lora else "model")
         self.record = run_dir / "best.json"
-        self.best = json.loads(self.record.read_text())[metric] if self.record.is_file() else -1.0
+        # a run killed between removing the old best folder and renaming the new one in has a record but no folder
+        self.best = json.loads(self.record.read_text())[metric] if self.record.is_file() and self.target.is_dir() \
+            else -1.0
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         if not state.is_world_process_zero or metrics is None or metrics.get(self.metric, -1) <= self.best:
@@ -213,7 +215,7 @@ def training_arguments(config: RunConfig, run_dir: Path, device: torch.device) -
         precision = "fp32" if device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     if precision in ("fp16", "bf16") and device.type != "cuda":
         raise ConfigError(f"train.precision={precision} needs a CUDA GPU; use train.precision=auto or fp32.")
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "logs"))
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "logs")  # read by the TensorBoard callback; set per run
     return TrainingArguments(
         output_dir=str(run_dir / CHECKPOINTS), num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
@@ -227,6 +229,21 @@ def training_arguments(config: RunConfig, run_dir: Path, device: torch.device) -
         disable_tqdm=True, dataloader_num_workers=0, save_only_model=False)
 
 
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest checkpoint whose trainer_state.json (the Trainer writes it last) is whole: a run killed while
+    saving leaves a newer, partial checkpoint folder, which the Trainer's own choice (the highest number) would take."""
+    found = []
+    for folder in checkpoints.glob("checkpoint-*"):
+        step = folder.name.removeprefix("checkpoint-")
+        try:
+            json.loads((folder / "trainer_state.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if step.isdigit():
+            found.append((int(step), folder))
+    return max(found)[1] if found else None
+
+
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False, console=None) -> dict:
     """Run the recipe; returns the summary written to run_dir/train_summary.json."""
     from accelerate import PartialState
@@ -235,7 +252,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, console=
     run_dir = Path(run_dir)
     state = PartialState()
     checkpoints = run_dir / CHECKPOINTS
-    if resume and not any(checkpoints.glob("checkpoint-*")):
+    resume_from = last_complete_checkpoint(checkpoints) if resume else None
+    if resume and resume_from is None:
         raise KorllamaError(f"--resume: {checkpoints} holds no checkpoint to resume from.")
     if not resume and (run_dir / "train_summary.json").exists():
         raise KorllamaError(f"{run_dir} already holds a finished run; choose another --out or pass --resume.")
@@ -289,7 +307,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, console=
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)  # RichProgress shows the same, on one line
     trainer.add_callback(RichProgress())
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if trainer.state.log_history and "eval_macro_f1" not in trainer.state.log_history[-1] and \
             trainer.state.global_step % config.train.eval_steps != 0:
         trainer.evaluate()  # the last steps count too: the best model may be the final one

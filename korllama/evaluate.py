@@ -1,0 +1,153 @@
+"""Score predictions the way the competition does (macro-F1) and then some: accuracy, quadratic weighted kappa,
+per-class precision/recall/F1, the confusion matrix, the share of invalid answers. scikit-learn computes them.
+
+Every system — the base model before tuning, the tuned run in each template, the baseline — writes the same
+`metrics.json` and `predictions.csv`, so `korllama compare` can put any of them side by side.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
+
+from korllama.io import write_csv, write_text
+
+
+def metrics(truth, pred, classes: list[str], proba: np.ndarray | None = None) -> dict:
+    """The metrics.json body. `pred` may hold None/'' for invalid answers: they count as wrong."""
+    truth = np.asarray(truth, dtype=object)
+    pred = np.asarray([p if p in classes else "" for p in pred], dtype=object)
+    valid = pred != ""
+    p, r, f, s = precision_recall_fscore_support(truth, pred, labels=classes, zero_division=0)
+    rank = {c: i for i, c in enumerate(classes)}
+    result = {
+        "n": int(len(truth)),
+        "macro_f1": float(f1_score(truth, pred, labels=classes, average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(truth, pred)),
+        # grades are ordered: QWK rewards near misses; invalid answers are excluded from it
+        "qwk": float(cohen_kappa_score([rank[t] for t in truth[valid]], [rank[x] for x in pred[valid]],
+                                       weights="quadratic", labels=list(range(len(classes))))) if valid.any() else 0.0,
+        "invalid_rate": float(1 - valid.mean()),
+        "classes": list(classes),
+        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                      for i, c in enumerate(classes)},
+        "confusion": confusion_matrix(truth, pred, labels=classes).tolist(),  # rows = truth, columns = prediction
+    }
+    if proba is not None:
+        result["calibration"] = reliability(truth, proba, classes)
+    return result
+
+
+def reliability(truth, proba: np.ndarray, classes: list[str], bins: int = 10) -> dict:
+    """Confidence of the top grade vs how often it is right, in equal-width bins (for the reliability diagram)."""
+    top = proba.max(axis=1)
+    correct = np.asarray(classes, dtype=object)[proba.argmax(axis=1)] == np.asarray(truth, dtype=object)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(top, edges) - 1, 0, bins - 1)
+    conf, acc, count = [], [], []
+    for b in range(bins):
+        sel = which == b
+        conf.append(float(top[sel].mean()) if sel.any() else None)
+        acc.append(float(correct[sel].mean()) if sel.any() else None)
+        count.append(int(sel.sum()))
+    ece = sum(c * abs(a - k) for a, k, c in zip(acc, conf, count) if c) / max(len(top), 1)
+    return {"bin_edges": edges.tolist(), "confidence": conf, "accuracy": acc, "count": count, "ece": float(ece)}
+
+
+def write_evaluation(out_dir: str | Path, result: dict, ids, truth, pred, proba: np.ndarray | None,
+                     classes: list[str], extra_columns: dict | None = None) -> Path:
+    """DIR/metrics.json and DIR/predictions.csv (ID, truth, prediction, P_A..)."""
+    out_dir = Path(out_dir)
+    frame = pd.DataFrame({"ID": list(ids), "truth": list(truth), "prediction": [p or "" for p in pred]})
+    if proba is not None:
+        for i, c in enumerate(classes):
+            frame[f"P_{c}"] = proba[:, i].round(6)
+    for name, values in (extra_columns or {}).items():
+        frame[name] = list(values)
+    write_csv(out_dir / "predictions.csv", frame)
+    write_text(out_dir / "metrics.json", json.dumps(result, indent=2, ensure_ascii=False))
+    return out_dir
+
+
+def evaluate_run(run: str | Path | None, data: str | Path, out_dir: str | Path, mode: str = "score",
+                 limit: int | None = None, base: str | None = None, held_out: bool = False, batch_size: int = 32,
+                 system: str | None = None, console=None) -> dict:
+    """Predict a labelled table with a run (or a bare base model) and write DIR/metrics.json + predictions.csv.
+
+    `held_out` keeps only the run's validation split (the rows its training never saw), re-drawn from the run's
+    data.valid_fraction and data.split_seed.
+    """
+    import time
+
+    from korllama.data import read_table, split
+    from korllama.errors import KorllamaError
+    from korllama.predict import generate, load_run, predict_labels, score
+    from korllama.prompts import get_template
+    from korllama.ui import progress_bar
+
+    model, tokenizer, config = load_run(run, base)
+    table = read_table(data, config.data.spec)
+    if not table.has_labels:
+        raise KorllamaError(f"{table.source} has no {table.spec.label.name} column: evaluation needs graded rows "
+                            "(use `korllama predict` for unlabelled ones).")
+    if held_out:
+        table = split(table, config.data.valid_fraction, config.data.split_seed)[1]
+    if limit is not None and limit < len(table):
+        table = table.subset(table.frame.sample(n=limit, random_state=0).sort_index().index)
+    classes = table.spec.label.classes
+    template = get_template(table.spec, config.prompt.template, config.prompt.fields)
+    prompts = template.render(table)
+    started = time.perf_counter()
+    proba, extra = None, {}
+    with progress_bar(len(prompts), "scoring" if mode == "score" else "generating", console) as advance:
+        if mode == "score":
+            proba = score(model, tokenizer, prompts, classes, batch_size, progress=advance)
+            pred = list(predict_labels(proba, classes))
+        else:
+            pred, texts = generate(model, tokenizer, prompts, classes, batch_size, progress=advance)
+            extra["generated"] = texts
+    seconds = time.perf_counter() - started
+    result = metrics(table.labels.tolist(), pred, classes, proba)
+    result.update(system=system or (Path(run).name if run else Path(str(base)).name) + ("" if mode == "score" else
+                  "-generate"), mode=mode, template=template.name, rows_per_s=len(prompts) / seconds,
+                  seconds=seconds, data=str(data), held_out=held_out, run=str(run) if run else None, base=base)
+    write_evaluation(out_dir, result, table.ids, table.labels, pred, proba, classes, extra)
+    return result
+
+
+def run_baseline(train: str | Path, eval_data: str | Path | None, out_dir: str | Path, spec=None,
+                 valid_fraction: float = 0.2, seed: int = 0, system: str = "baseline (LightGBM)") -> dict:
+    """Fit the tree baseline and score it like any other system."""
+    import time
+
+    from korllama.baseline import TreeBaseline
+    from korllama.data import read_table, split
+
+    table = read_table(train, spec)
+    if eval_data is None:
+        fit_on, score_on = split(table, valid_fraction, seed)
+    else:
+        fit_on, score_on = table, read_table(eval_data, table.spec)
+    started = time.perf_counter()
+    model = TreeBaseline(seed=seed).fit(fit_on)
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    proba = model.predict_proba(score_on)
+    seconds = time.perf_counter() - started
+    classes = table.spec.label.classes
+    pred = list(np.asarray(classes, dtype=object)[proba.argmax(axis=1)])
+    result = metrics(score_on.labels.tolist(), pred, classes, proba)
+    result.update(system=system, mode="trees", template="", rows_per_s=len(pred) / seconds, seconds=seconds,
+                  fit_seconds=fit_seconds, train_rows=len(fit_on), data=str(eval_data or train), run=None)
+    write_evaluation(out_dir, result, score_on.ids, score_on.labels, pred, proba, classes)
+    return result

@@ -1,0 +1,457 @@
+"""Tests for korllama.train: answer-only masking, padding, the class-weighted loss, full and LoRA training on a tiny
+model, checkpoint verification, kill-and-resume, several processes, config errors.
+
+Everything runs on tiny models (hidden 32, 2 layers) with one CPU thread per process: on a 2-core machine that may
+be busy with another job, several threads per process cost far more in contention than they gain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from korllama.config import ModelConfig, RunConfig, TinyModelConfig, load_config
+from korllama.data import clean
+from korllama.errors import ConfigError, KorllamaError
+from korllama.model import build_tiny, load_base
+from korllama.predict import label_token_ids, score
+from korllama.prompts import render
+from korllama.schema import load_spec
+from korllama.synth import synthesize
+from korllama.train import (
+    class_weighted_loss,
+    last_complete_checkpoint,
+    pad_collate,
+    tokenize,
+    train,
+    training_arguments,
+    verify_weights,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = list("ABCDEFG")
+FIELDS = ["term", "implied_rate", "principal_ratio"]  # short prompts: fast steps
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=384,
+            max_position_embeddings=512)
+
+
+def run_config(**overrides) -> dict:
+    """A tiny, fast run as a YAML-ready dict; `overrides` replace whole sections' keys (train={...})."""
+    config = {
+        "name": "test",
+        "data": {"synth_rows": 200, "synth_seed": 0},
+        "prompt": {"template": "compact", "fields": FIELDS},
+        "model": {"base": "tiny", "device": "cpu", "tiny": dict(TINY)},
+        "lora": None,
+        "train": {"max_steps": 6, "batch_size": 16, "grad_accum": 1, "lr": 1e-2, "warmup_steps": 0,
+                  "eval_steps": 3, "save_steps": 3, "save_total_limit": 1, "eval_rows": 20, "eval_batch_size": 32,
+                  "logging_steps": 2, "max_length": 256},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(config.get(section), dict):
+            config[section].update(values)
+        else:
+            config[section] = values
+    return config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def in_process_train(config: dict, run_dir: Path, resume: bool = False) -> dict:
+    """train() with the process's environment restored afterwards (it points tensorboard at the run's logs/)."""
+    saved = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    try:
+        return train(RunConfig.model_validate(config), run_dir, resume=resume)
+    finally:
+        if saved is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = saved
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               COLUMNS="200")
+    env.pop("TENSORBOARD_LOGGING_DIR", None)
+    return env
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def prompts() -> list[str]:
+    table = clean(synthesize(200, seed=0).astype(str), load_spec())
+    return render(table, "compact", FIELDS)
+
+
+@pytest.fixture(scope="module")
+def base_dir(prompts, tmp_path_factory) -> Path:
+    """A tiny random Llama and its tokenizer, saved like any local base model."""
+    return build_tiny(prompts, tmp_path_factory.mktemp("base"), TinyModelConfig(**TINY), seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny(base_dir):
+    return load_base(ModelConfig(device="cpu"), str(base_dir), for_training=True)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> tuple[Path, dict]:
+    """Full-weight training of the tiny random base: 6 steps, evaluated and saved every 3."""
+    run_dir = tmp_path_factory.mktemp("full") / "run"
+    config = run_config(data={"synth_rows": 300}, train={"eval_rows": 40})
+    return run_dir, in_process_train(config, run_dir)
+
+
+@pytest.fixture(scope="module")
+def lora_run(base_dir, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """LoRA r=4 on the prebuilt tiny base; returns the run dir and the base's weights as they were before."""
+    before = load_file(base_dir / "model.safetensors")
+    run_dir = tmp_path_factory.mktemp("lora") / "run"
+    config = run_config(model={"base": str(base_dir)}, lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    in_process_train(config, run_dir)
+    return run_dir, before
+
+
+# --- 1. answer-only masking --------------------------------------------------------------------------------------
+
+def test_tokenize_puts_loss_on_the_answer_and_eos_only(tiny, prompts):
+    _, tokenizer = tiny
+    rows, labels = prompts[:3], ["B", "A", "G"]
+    features = tokenize(tokenizer, rows, labels, max_length=256)
+    assert set(features) == {"input_ids", "attention_mask", "labels"}
+    for prompt, label, ids, mask, target in zip(rows, labels, features["input_ids"], features["attention_mask"],
+                                                features["labels"], strict=True):
+        prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        assert prompt_ids[0] == tokenizer.bos_token_id
+        answer_id = label_token_ids(tokenizer, CLASSES)[CLASSES.index(label)]
+        assert ids == prompt_ids + [answer_id, tokenizer.eos_token_id]
+        assert len(target) == len(ids) and mask == [1] * len(ids)
+        assert target[:len(prompt_ids)] == [-100] * len(prompt_ids)
+        kept = [t for t in target if t != -100]
+        assert kept == ids[len(prompt_ids):]
+        assert tokenizer.decode(kept, skip_special_tokens=False) == f" {label}</s>"
+
+
+def test_tokenize_rejects_a_prompt_longer_than_max_length(tiny, prompts):
+    _, tokenizer = tiny
+    longest = max(len(x) for x in tokenize(tokenizer, prompts[:5], ["A"] * 5, 10_000)["input_ids"])
+    tokenize(tokenizer, prompts[:5], ["A"] * 5, max_length=longest)  # exactly fits
+    with pytest.raises(ConfigError, match=f"{longest} tokens.*max_length={longest - 1}"):
+        tokenize(tokenizer, prompts[:5], ["A"] * 5, max_length=longest - 1)
+
+
+# --- 2. padding --------------------------------------------------------------------------------------------------
+
+def test_pad_collate_pads_on_the_right():
+    rows = [{"input_ids": [1, 5, 6, 7], "labels": [-100, -100, 6, 7]},
+            {"input_ids": [1, 8], "labels": [-100, 8]}]
+    batch = pad_collate(pad_id=0)(rows)
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 7], [1, 8, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, -100, 6, 7], [-100, 8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert all(t.dtype == torch.long for t in batch.values())
+    assert pad_collate(pad_id=3)(rows)["input_ids"][1].tolist() == [1, 8, 3, 3]
+
+
+# --- 3. the class-weighted loss ----------------------------------------------------------------------------------
+
+def test_class_weighted_loss(tiny, prompts):
+    model, tokenizer = tiny
+    labels = ["B", "A", "B", "G", "C"]
+    features = tokenize(tokenizer, prompts[:5], labels, max_length=256)
+    batch = pad_collate(tokenizer.pad_token_id)([{k: features[k][i] for k in features} for i in range(5)])
+    with torch.no_grad():
+        outputs = model(**batch)
+    n_labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert n_labelled == 2 * len(labels)  # answer + EOS per row
+
+    ones = torch.ones(len(tokenizer))
+    unweighted = class_weighted_loss(ones)(outputs, batch["labels"])
+    assert abs(unweighted.item() - outputs.loss.item()) < 1e-5  # the model's own mean token loss
+    summed = class_weighted_loss(ones)(outputs, batch["labels"], num_items_in_batch=torch.tensor(4 * n_labelled))
+    assert abs(summed.item() - outputs.loss.item() / 4) < 1e-5
+
+    b_token = label_token_ids(tokenizer, CLASSES)[CLASSES.index("B")]
+    weights = ones.clone()
+    weights[b_token] = 2.0
+    weighted = class_weighted_loss(weights)(outputs, batch["labels"])
+    assert abs(weighted.item() - unweighted.item()) > 1e-3
+    # exactly: the B answers' token losses count twice, divided by the same number of labelled tokens
+    logits, targets = outputs.logits[:, :-1].float(), batch["labels"][:, 1:]
+    token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100,
+                                                   reduction="none")
+    expected = (token_loss.sum() + token_loss[targets == b_token].sum()) / n_labelled
+    assert abs(weighted.item() - expected.item()) < 1e-5
+
+
+# --- 4. full-weight training ---------------------------------------------------------------------------------------
+
+def test_full_training_writes_a_complete_run(full_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, summary = full_run
+    for name in ("config.yaml", "trainer_state.json", "train_summary.json", "best.json", "train_curve.png"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    assert not (run_dir / "adapter").exists()
+    assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
+    assert list((run_dir / "logs").glob("events.out.tfevents.*"))
+    assert (run_dir / "train_curve.png").read_bytes().startswith(b"\x89PNG")
+    checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"))
+    assert 1 <= len(checkpoints) <= 1  # save_total_limit=1
+    assert checkpoints[-1].name == "checkpoint-6"
+
+    assert load_config(run_dir / "config.yaml").train.max_steps == 6
+    on_disk = json.loads((run_dir / "train_summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert summary["global_step"] == 6 and summary["weights"] == "model"
+    assert summary["train_rows"] + 60 == 300 and summary["eval_rows"] == 40
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best == {"eval_macro_f1": summary["best_eval_macro_f1"], "step": summary["best_step"]}
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert [e["step"] for e in state["log_history"] if "eval_macro_f1" in e] == [3, 6]
+    assert any("loss" in e for e in state["log_history"])
+
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    # trained: the weights moved away from the random base the run built
+    base = load_file(run_dir / "base" / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(model.state_dict()[name], base[name])
+    table = clean(synthesize(12, seed=5).astype(str), load_spec())
+    proba = score(model, tokenizer, render(table, "compact", FIELDS), CLASSES, batch_size=5)
+    assert proba.shape == (12, 7)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+
+
+# --- 5. LoRA -----------------------------------------------------------------------------------------------------
+
+def test_lora_training_saves_a_trained_adapter_and_leaves_the_base_alone(lora_run, base_dir, prompts):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, before = lora_run
+    adapter = run_dir / "adapter"
+    assert (adapter / "adapter_config.json").is_file()
+    assert not (run_dir / "model").exists() and not (run_dir / "base").exists()
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    lora_b = [v for k, v in tensors.items() if "lora_B" in k]
+    assert lora_b and any(bool(v.abs().sum() > 0) for v in lora_b)
+    assert all("lora_" in k for k in tensors)  # the adapter only, not the base weights
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
+    assert json.loads((run_dir / "train_summary.json").read_text())["weights"] == "adapter"
+    assert list((run_dir / "logs").glob("events.out.tfevents.*"))
+
+    after = load_file(base_dir / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the base folder was not touched
+
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    ids = tokenizer(prompts[:4], return_tensors="pt", padding=True)
+    base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(base.state_dict()[name], before[name])  # the weights loaded are the original ones
+    with torch.no_grad():
+        bare = base(**ids).logits
+    tuned = PeftModel.from_pretrained(base, adapter).eval()
+    with torch.no_grad():
+        adapted = tuned(**ids).logits
+    assert not torch.allclose(bare, adapted, atol=1e-6)
+    base_weight = tuned.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    assert torch.equal(base_weight, before[name])  # LoRA adds to the base; it does not change it
+    proba = score(tuned, tokenizer, prompts[:6], CLASSES)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+
+
+# --- 6. verify_weights -------------------------------------------------------------------------------------------
+
+def test_verify_weights(tmp_path, lora_run, full_run):
+    with pytest.raises(KorllamaError, match="no adapter_model.safetensors"):
+        verify_weights(tmp_path, lora=True)
+    with pytest.raises(KorllamaError, match="no model.safetensors"):
+        verify_weights(tmp_path, lora=False)
+
+    real = lora_run[0] / "adapter"
+    assert verify_weights(real, lora=True) == len(load_file(real / "adapter_model.safetensors"))
+    assert verify_weights(full_run[0] / "model", lora=False) > 0
+
+    untrained = {k: (torch.zeros_like(v) if "lora_B" in k else v)
+                 for k, v in load_file(real / "adapter_model.safetensors").items()}
+    (tmp_path / "zero").mkdir()
+    save_file(untrained, tmp_path / "zero" / "adapter_model.safetensors")
+    with pytest.raises(KorllamaError, match="no trained LoRA tensors"):
+        verify_weights(tmp_path / "zero", lora=True)
+
+    (tmp_path / "blank").mkdir()
+    save_file({"w": torch.zeros(3, 3)}, tmp_path / "blank" / "model.safetensors")
+    with pytest.raises(KorllamaError, match="all zero"):
+        verify_weights(tmp_path / "blank", lora=False)
+
+
+# --- 7. kill and resume ------------------------------------------------------------------------------------------
+
+def whole_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text("utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, base_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = run_config(model={"base": str(base_dir)}, lora={"r": 4, "alpha": 8, "dropout": 0.0},
+                        train={"max_steps": 30, "batch_size": 8, "eval_steps": 5, "save_steps": 5,
+                               "save_total_limit": 2, "logging_steps": 5})
+    yaml_path = write_config(tmp_path / "lora.yaml", config)
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "korllama", "train", "--config", str(yaml_path), "--out", str(run_dir)]
+    first_checkpoint = run_dir / "checkpoints" / "checkpoint-5" / "trainer_state.json"
+
+    with open(tmp_path / "first.log", "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO)
+        deadline = time.monotonic() + 120
+        while not whole_json(first_checkpoint) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    first_log = (tmp_path / "first.log").read_text(errors="replace")
+    assert process.returncode == -signal.SIGKILL, f"the run ended on its own before the kill:\n{first_log[-2000:]}"
+    assert first_checkpoint.is_file(), first_log[-2000:]
+    assert not (run_dir / "train_summary.json").exists()
+
+    # A kill while saving leaves the next checkpoint folder half written; make sure there is one (a copy of the
+    # weights, no trainer_state.json), so resuming must pick the newest *complete* checkpoint, every time.
+    complete = last_complete_checkpoint(run_dir / "checkpoints")
+    killed_at = int(complete.name.split("-")[1])
+    assert 5 <= killed_at < 30
+    partial = run_dir / "checkpoints" / f"checkpoint-{killed_at + 5}"
+    if not partial.exists():
+        partial.mkdir()
+        shutil.copy(complete / "adapter_model.safetensors", partial)
+
+    second = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+                            timeout=180)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    resumed_evals = [int(line.split()[1].rstrip(":")) for line in second.stdout.splitlines()
+                     if line.startswith("step ") and "eval macro-F1" in line]
+    assert resumed_evals and resumed_evals[0] == killed_at + 5, second.stdout  # not from step 0 again
+    assert resumed_evals[-1] == 30
+
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 30 and state["max_steps"] == 30
+    # the evaluations before the kill come from the checkpoint's state, the others from the resumed run: each once
+    assert [e["step"] for e in state["log_history"] if "eval_macro_f1" in e] == [5, 10, 15, 20, 25, 30]
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert summary["global_step"] == 30
+    checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [p.name for p in checkpoints] == ["checkpoint-25", "checkpoint-30"]
+    assert verify_weights(checkpoints[-1], lora=True) > 0
+    assert list((run_dir / "logs").glob("events.out.tfevents.*"))
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), run_dir / "adapter")
+    assert any(bool(p.abs().sum() > 0) for n, p in model.named_parameters() if "lora_B" in n)
+
+
+# --- 8. the train command's refusals -----------------------------------------------------------------------------
+
+def test_resume_without_a_checkpoint_is_a_one_line_error(cli, tmp_path):
+    yaml_path = write_config(tmp_path / "c.yaml", run_config())
+    code, out, err = cli("train", "--config", yaml_path, "--out", tmp_path / "empty", "--resume")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "no checkpoint to resume from" in err, err
+    assert "Traceback" not in err
+
+
+def test_training_into_a_finished_run_needs_resume(cli, full_run, tmp_path):
+    run_dir, _ = full_run
+    before = (run_dir / "train_summary.json").read_bytes()
+    yaml_path = write_config(tmp_path / "c.yaml", run_config())
+    code, out, err = cli("train", "--config", yaml_path, "--out", run_dir)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "already holds a finished run" in err and "--resume" in err
+    assert (run_dir / "train_summary.json").read_bytes() == before
+
+
+# --- 9. several processes ----------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_training_with_two_processes(tmp_path):
+    accelerate = Path(sys.executable).parent / "accelerate"
+    yaml_path = write_config(tmp_path / "c.yaml", run_config(train={"eval_steps": 2, "save_steps": 2}))
+    run_dir = tmp_path / "run"
+    port = free_port()
+    result = subprocess.run(
+        [str(accelerate), "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--cpu", "--main_process_port", str(port),
+         "-m", "korllama", "train", "--config", str(yaml_path), "--out", str(run_dir), "train.max_steps=4"],
+        capture_output=True, text=True, env=subprocess_env() | {"MASTER_PORT": str(port)}, cwd=REPO, timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert summary["global_step"] == 4 and summary["weights"] == "model"
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "eval_macro_f1" in e] == [2, 4]  # logged once, not per process
+    assert result.stdout.count("trained 4 steps") == 1  # the summary line comes from the main process only
+
+
+# --- 10. config validation and lora-info ---------------------------------------------------------------------------
+
+def test_an_unknown_key_in_the_yaml_is_named(tmp_path):
+    config = run_config(train={"learning_rate": 1e-3})
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_config(write_config(tmp_path / "c.yaml", config))
+
+
+def test_half_precision_on_cpu_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "unset")  # training_arguments sets it; undone after the test
+    config = load_config(None, ["train.precision=fp16"])
+    with pytest.raises(ConfigError, match="precision=fp16.*CUDA"):
+        training_arguments(config, tmp_path, torch.device("cpu"))
+    fp32 = training_arguments(load_config(None, ["train.precision=fp32"]), tmp_path, torch.device("cpu"))
+    assert not fp32.fp16 and not fp32.bf16
+
+
+def test_each_run_logs_into_its_own_logs_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "unset")  # undone after the test
+    config = load_config(None, ["train.precision=fp32"])
+    for run in ("a", "b"):  # two runs in one process (a notebook, these tests): the second must not reuse a/logs
+        training_arguments(config, tmp_path / run, torch.device("cpu"))
+        assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / run / "logs")
+
+
+def test_lora_info_for_the_seed_config(cli):
+    code, out, err = cli("lora-info", "--config", REPO / "configs" / "seed.yaml")
+    assert code == 0, err
+    assert out == "Trainable: 4194304 | total: 6860050432 | Percentage: 0.0611%\n"

@@ -118,8 +118,12 @@ def evaluate_run(run: str | Path | None, data: str | Path, out_dir: str | Path, 
             extra["generated"] = texts
     seconds = time.perf_counter() - started
     result = metrics(table.labels.tolist(), pred, classes, proba)
-    result.update(system=system or (Path(run).name if run else Path(str(base)).name) + ("" if mode == "score" else
-                  "-generate"), mode=mode, template=template.name, rows_per_s=len(prompts) / seconds,
+    if system is None:  # a base model scored with a run's prompts must not take the tuned run's name
+        system = Path(run).name if run else Path(str(base)).name
+        if run and base:
+            system = f"{Path(str(base)).name} ({Path(run).name} prompts)"
+        system += "" if mode == "score" else "-generate"
+    result.update(system=system, mode=mode, template=template.name, rows_per_s=len(prompts) / seconds,
                   seconds=seconds, data=str(data), held_out=held_out, run=str(run) if run else None, base=base)
     write_evaluation(out_dir, result, table.ids, table.labels, pred, proba, classes, extra)
     return result

@@ -108,7 +108,7 @@ def load_run(run: str | Path | None = None, base: str | None = None):
     else:
         raise KorllamaError(f"{run} holds neither model/ nor adapter/: its training did not finish; "
                             f"resume it with `korllama train --config {run / 'config.yaml'} --out {run} --resume`.")
-    if (run / "tokenizer").is_dir():
+    if base is None and (run / "tokenizer").is_dir():  # another base model keeps its own tokenizer
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")

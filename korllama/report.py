@@ -139,9 +139,9 @@ def compare(folders: list[str | Path], out_html: str | Path, title: str = "korll
     plots = {"confusion matrices": plot_confusions(evals, assets / "confusion.png"),
              "F1 per grade": plot_per_class_f1(evals, assets / "per_class_f1.png"),
              "reliability": plot_reliability(evals, assets / "reliability.png")}
-    for e in evals:
-        curve = Path(e["run"]) / "train_curve.png" if e.get("run") else None
-        if curve is not None and curve.is_file():
+    for e in evals:  # each run's curve once, and not for a bare base model scored with the run's prompts
+        curve = Path(e["run"]) / "train_curve.png" if e.get("run") and not e.get("base") else None
+        if curve is not None and curve.is_file() and curve not in plots.values():
             plots[f"training curve: {e['system']}"] = curve
 
     def img(p: Path) -> str:

@@ -159,13 +159,15 @@ class KeepBest(TrainerCallback):
         self.best = json.loads(self.record.read_text())[metric] if self.record.is_file() and self.target.is_dir() \
             else -1.0
 
-    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+    def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
         if not state.is_world_process_zero or metrics is None or metrics.get(self.metric, -1) <= self.best:
             return
         self.best = metrics[self.metric]
         staging = self.run_dir / f".{self.target.name}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
         model.save_pretrained(staging, safe_serialization=True)
+        if processing_class is not None:  # a self-contained folder: from_pretrained needs nothing else
+            processing_class.save_pretrained(staging)
         shutil.rmtree(self.target, ignore_errors=True)
         staging.rename(self.target)  # the folder appears whole
         write_text(self.record, json.dumps({self.metric: self.best, "step": state.global_step}))
@@ -223,7 +225,8 @@ def training_arguments(config: RunConfig, run_dir: Path, device: torch.device) -
         optim=t.optim, bf16=precision == "bf16", fp16=precision == "fp16",
         eval_strategy="steps", eval_steps=t.eval_steps, logging_steps=t.logging_steps,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
-        train_sampling_strategy="group_by_length", length_column_name="length",
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        length_column_name="length",
         activation_checkpointing=t.gradient_checkpointing, seed=t.seed, data_seed=t.seed,
         report_to=["tensorboard"], remove_unused_columns=False, use_cpu=device.type == "cpu",
         disable_tqdm=True, dataloader_num_workers=0, save_only_model=False)

@@ -1,0 +1,265 @@
+"""Tests for korllama.evaluate (metrics, reliability, evaluate_run, run_baseline) and korllama.baseline.TreeBaseline.
+
+The metrics are checked against scikit-learn on hand-made predictions; evaluate_run runs on a tiny trained run
+(see tests/test_predict.py); the tree baseline on a synthetic table with few, small trees and one thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from test_predict import RUN_ROWS, make_run
+
+from korllama.baseline import TreeBaseline
+from korllama.data import clean, read_table, split
+from korllama.errors import KorllamaError
+from korllama.evaluate import evaluate_run, metrics, reliability, run_baseline
+from korllama.schema import load_spec
+from korllama.synth import synthesize
+
+CLASSES = list("ABCDEFG")
+KEYS = {"macro_f1", "accuracy", "qwk", "n", "per_class", "confusion", "invalid_rate", "rows_per_s"}
+FAST_TREES = dict(n_estimators=60, num_leaves=15, max_bin=255, n_jobs=1)  # seconds, not minutes, on a busy CPU
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("tiny") / "run")
+
+
+@pytest.fixture(scope="module")
+def labelled_csv(tmp_path_factory) -> Path:
+    """The very rows the tiny run trained on (synthetic, seed 0), as a labelled CSV."""
+    path = tmp_path_factory.mktemp("data") / "train.csv"
+    synthesize(RUN_ROWS, seed=0).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def synthetic_table():
+    return clean(synthesize(2000, seed=0).astype(str), load_spec())
+
+
+# --- metrics ---------------------------------------------------------------------------------------------------
+
+def test_metrics_agree_with_scikit_learn():
+    truth = list("AABBBCCDDEEFGG") * 3
+    pred = list("ABBBACCDCEFFGD") * 3
+    m = metrics(truth, pred, CLASSES)
+    assert m["n"] == len(truth)
+    assert m["macro_f1"] == pytest.approx(f1_score(truth, pred, labels=CLASSES, average="macro"))
+    assert m["accuracy"] == pytest.approx(accuracy_score(truth, pred))
+    assert m["invalid_rate"] == 0.0
+    assert m["classes"] == CLASSES
+    per = f1_score(truth, pred, labels=CLASSES, average=None)
+    for i, c in enumerate(CLASSES):
+        assert m["per_class"][c]["f1"] == pytest.approx(per[i])
+        assert m["per_class"][c]["support"] == truth.count(c)
+        assert set(m["per_class"][c]) == {"precision", "recall", "f1", "support"}
+    confusion = np.asarray(m["confusion"])
+    assert confusion.shape == (7, 7)
+    assert confusion.sum(axis=1).tolist() == [truth.count(c) for c in CLASSES]  # rows = truth
+    assert confusion.sum(axis=0).tolist() == [pred.count(c) for c in CLASSES]  # columns = prediction
+    assert confusion[0, 1] == 3 and confusion[1, 0] == 3  # A->B once and B->A once per copy
+
+
+def test_invalid_predictions_count_as_wrong():
+    truth = list("ABCDEFG") + list("ABC")
+    pred = list("ABCDEFG") + [None, "", "not a grade"]
+    m = metrics(truth, pred, CLASSES)
+    assert m["invalid_rate"] == pytest.approx(0.3)
+    assert m["accuracy"] == pytest.approx(0.7)
+    as_wrong = list("ABCDEFG") + ["", "", ""]
+    assert m["macro_f1"] == pytest.approx(f1_score(truth, as_wrong, labels=CLASSES, average="macro",
+                                                   zero_division=0))
+    assert m["macro_f1"] < 1.0
+    assert m["per_class"]["A"]["recall"] == pytest.approx(0.5)
+    assert np.asarray(m["confusion"]).sum() == 7  # the invalid answers are in no column
+    assert m["qwk"] == pytest.approx(1.0)  # QWK is over the valid answers only
+    everything_invalid = metrics(list("AB"), [None, ""], CLASSES)
+    assert everything_invalid["invalid_rate"] == 1.0 and everything_invalid["accuracy"] == 0.0
+
+
+def test_qwk_rewards_near_misses():
+    truth = list("ABCDEFG") * 4
+    shift = {c: CLASSES[min(i + 1, 6)] for i, c in enumerate(CLASSES)}
+    shift2 = {c: CLASSES[min(i + 2, 6)] for i, c in enumerate(CLASSES)}
+    perfect = metrics(truth, truth, CLASSES)
+    assert perfect["qwk"] == pytest.approx(1.0) and perfect["macro_f1"] == pytest.approx(1.0)
+    off_by_one = metrics(truth, [shift[t] for t in truth], CLASSES)["qwk"]
+    off_by_two = metrics(truth, [shift2[t] for t in truth], CLASSES)["qwk"]
+    assert 1.0 > off_by_one > off_by_two
+
+
+def test_reliability_bins_and_a_perfectly_calibrated_case():
+    classes = ["A", "B", "C"]
+    # 10 rows at confidence 0.8 of which 8 right, 10 at 0.5 of which 5 right: calibrated exactly
+    proba = np.array([[0.8, 0.1, 0.1]] * 10 + [[0.25, 0.5, 0.25]] * 10)
+    truth = ["A"] * 8 + ["C"] * 2 + ["B"] * 5 + ["A"] * 5
+    cal = reliability(truth, proba, classes)
+    assert sum(cal["count"]) == 20 and len(cal["count"]) == 10 and len(cal["bin_edges"]) == 11
+    assert cal["ece"] == pytest.approx(0.0, abs=1e-12)
+    filled = [i for i, n in enumerate(cal["count"]) if n]
+    assert [cal["count"][i] for i in filled] == [10, 10]
+    assert [cal["accuracy"][i] for i in filled] == pytest.approx([0.5, 0.8])
+    assert all(cal["confidence"][i] is None for i in range(10) if i not in filled)
+
+    overconfident = reliability(["A"] * 5 + ["B"] * 5, np.array([[0.9, 0.05, 0.05]] * 10), classes)
+    assert overconfident["ece"] == pytest.approx(0.4)  # says 0.9, right half of the time
+    certain = reliability(["A", "B"], np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), classes)
+    assert certain["count"][-1] == 2 and certain["ece"] == pytest.approx(0.0)  # confidence 1.0: the last bin
+    with_proba = metrics(truth, ["A"] * 10 + ["B"] * 10, classes, proba)
+    assert with_proba["calibration"]["ece"] == pytest.approx(0.0, abs=1e-12)
+
+
+# --- evaluate_run on a tiny run ---------------------------------------------------------------------------------
+
+def test_evaluate_run_on_the_held_out_split(run_dir, labelled_csv, tmp_path):
+    out = tmp_path / "tuned"
+    result = evaluate_run(run_dir, labelled_csv, out, held_out=True, batch_size=8)
+    valid = split(read_table(labelled_csv), 0.2, 0)[1]
+
+    on_disk = json.loads((out / "metrics.json").read_text("utf-8"))
+    assert on_disk == json.loads(json.dumps(result))
+    assert KEYS <= set(on_disk)
+    assert on_disk["n"] == len(valid) == RUN_ROWS // 5
+    assert on_disk["held_out"] is True and on_disk["mode"] == "score" and on_disk["system"] == "run"
+    assert on_disk["rows_per_s"] > 0
+    assert on_disk["invalid_rate"] == 0.0  # rank scoring always answers a grade
+    assert np.asarray(on_disk["confusion"]).shape == (7, 7)
+    assert np.asarray(on_disk["confusion"]).sum() == len(valid)
+    assert set(on_disk["per_class"]) == set(CLASSES)
+    assert all(set(v) == {"precision", "recall", "f1", "support"} for v in on_disk["per_class"].values())
+    assert "calibration" in on_disk and sum(on_disk["calibration"]["count"]) == len(valid)
+
+    predictions = pd.read_csv(out / "predictions.csv", dtype={"ID": str, "truth": str, "prediction": str})
+    assert list(predictions.columns) == ["ID", "truth", "prediction", *[f"P_{c}" for c in CLASSES]]
+    assert predictions["ID"].tolist() == valid.ids.tolist()  # exactly the rows training never saw
+    assert predictions["truth"].tolist() == valid.labels.tolist()
+    proba = predictions[[f"P_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert predictions["prediction"].tolist() == [CLASSES[i] for i in proba.argmax(axis=1)]
+    assert on_disk["macro_f1"] == pytest.approx(f1_score(predictions["truth"], predictions["prediction"],
+                                                         labels=CLASSES, average="macro", zero_division=0))
+
+
+def test_evaluate_run_in_generate_mode(run_dir, labelled_csv, tmp_path):
+    out = tmp_path / "generate"
+    result = evaluate_run(run_dir, labelled_csv, out, mode="generate", limit=5, held_out=True, batch_size=5)
+    assert result["n"] == 5 and result["mode"] == "generate" and result["system"] == "run-generate"
+    assert "calibration" not in result
+    predictions = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert list(predictions.columns) == ["ID", "truth", "prediction", "generated"]
+    assert len(predictions) == 5
+    assert set(predictions["prediction"]) <= set(CLASSES) | {""}
+    assert result["invalid_rate"] == pytest.approx((predictions["prediction"] == "").mean())
+    assert json.loads((out / "metrics.json").read_text())["invalid_rate"] == result["invalid_rate"]
+
+
+def test_evaluate_run_before_tuning_is_named_apart_from_the_run(run_dir, labelled_csv, tmp_path):
+    before = evaluate_run(run_dir, labelled_csv, tmp_path / "before", base=str(run_dir / "base"), limit=8)
+    assert before["system"] == "base (run prompts)" and before["base"] == str(run_dir / "base")
+    after = evaluate_run(run_dir, labelled_csv, tmp_path / "after", limit=8)
+    assert after["system"] == "run" and after["base"] is None
+    bare = evaluate_run(None, labelled_csv, tmp_path / "bare", base=str(run_dir / "base"), limit=4)
+    assert bare["system"] == "base" and bare["run"] is None and bare["template"] == "compact"
+
+
+def test_evaluate_run_refuses_an_unlabelled_table(run_dir, tmp_path):
+    data = tmp_path / "test.csv"
+    synthesize(10, seed=1).drop(columns=["대출등급"]).to_csv(data, index=False)
+    with pytest.raises(KorllamaError, match="대출등급.*korllama predict"):
+        evaluate_run(run_dir, data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_command(cli, run_dir, labelled_csv, tmp_path):
+    code, out, err = cli("evaluate", run_dir, "--data", labelled_csv, "--out", tmp_path / "e", "--limit", 12,
+                         "--name", "tuned tiny")
+    assert code == 0, err
+    assert "tuned tiny: macro-F1" in " ".join(out.split())
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["system"] == "tuned tiny"
+    code, _, err = cli("evaluate", run_dir, "--data", labelled_csv, "--out", tmp_path / "x", "--mode", "guess")
+    assert code == 2 and "--mode" in err and not (tmp_path / "x").exists()
+
+
+# --- the tree baseline -------------------------------------------------------------------------------------------
+
+def test_tree_baseline_beats_the_majority_class(synthetic_table):
+    fit_on, score_on = split(synthetic_table, 0.2, 0)
+    model = TreeBaseline(**FAST_TREES).fit(fit_on)
+    proba = model.predict_proba(score_on)
+    assert proba.shape == (len(score_on), 7)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+    pred = model.predict(score_on)
+    assert list(pred) == [CLASSES[i] for i in proba.argmax(axis=1)]
+
+    majority = fit_on.labels.value_counts().idxmax()
+    floor = f1_score(score_on.labels, [majority] * len(score_on), labels=CLASSES, average="macro", zero_division=0)
+    trees = f1_score(score_on.labels, pred, labels=CLASSES, average="macro", zero_division=0)
+    assert floor < 0.1
+    assert trees > floor + 0.3, (trees, floor)
+
+
+def test_tree_baseline_takes_categories_it_never_saw(synthetic_table):
+    frame = synthetic_table.frame
+    fit_on = synthetic_table.subset(frame.index[(frame["home_ownership"] != "OWN") & (frame["purpose"] != "car")])
+    model = TreeBaseline(**FAST_TREES).fit(fit_on)
+    assert "OWN" not in model.categories_["home_ownership"]
+    unseen = synthetic_table.subset(frame.index[(frame["home_ownership"] == "OWN") | (frame["purpose"] == "car")])
+    assert len(unseen) > 50
+    proba = model.predict_proba(unseen)
+    assert np.isfinite(proba).all()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+    odd = unseen.frame.copy()
+    odd["purpose"] = "space travel"  # a value that exists nowhere
+    proba = model.predict_proba(type(unseen)(odd, unseen.spec))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_tree_baseline_keeps_absent_classes_as_zero_columns(synthetic_table):
+    frame = synthetic_table.frame
+    without_g = synthetic_table.subset(frame.index[frame["grade"] != "G"])
+    model = TreeBaseline(**FAST_TREES).fit(without_g)
+    proba = model.predict_proba(without_g.subset(without_g.frame.index[:50]))
+    assert proba.shape == (50, 7)
+    assert (proba[:, 6] == 0).all()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_run_baseline_writes_the_same_metrics(monkeypatch, tmp_path):
+    import korllama.baseline
+
+    monkeypatch.setattr(korllama.baseline, "TreeBaseline", functools.partial(TreeBaseline, **FAST_TREES))
+    data = tmp_path / "train.csv"
+    synthesize(600, seed=2).to_csv(data, index=False)
+    result = run_baseline(data, None, tmp_path / "baseline")
+    on_disk = json.loads((tmp_path / "baseline" / "metrics.json").read_text("utf-8"))
+    assert KEYS <= set(on_disk)
+    assert on_disk["n"] == 120 and on_disk["train_rows"] == 480
+    assert on_disk["system"] == result["system"] == "baseline (LightGBM)" and on_disk["run"] is None
+    assert np.asarray(on_disk["confusion"]).shape == (7, 7)
+    assert on_disk["macro_f1"] > 0.3
+    predictions = pd.read_csv(tmp_path / "baseline" / "predictions.csv", dtype={"ID": str})
+    assert list(predictions.columns) == ["ID", "truth", "prediction", *[f"P_{c}" for c in CLASSES]]
+    assert predictions["ID"].tolist() == split(read_table(data), 0.2, 0)[1].ids.tolist()
+
+    evaluate_on = tmp_path / "eval.csv"
+    synthesize(50, seed=3).to_csv(evaluate_on, index=False)
+    separate = run_baseline(data, evaluate_on, tmp_path / "separate")
+    assert separate["n"] == 50 and separate["train_rows"] == 600

@@ -1,0 +1,315 @@
+"""Tests for korllama.predict: rank scoring (batching and padding never change a row's result), label tokens,
+parsing generated answers, the original's generation settings, loading runs, and the submission file.
+
+Everything runs on a tiny run (hidden 32, 2 layers, 4 steps) trained once per module with one CPU thread.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from korllama.config import RunConfig
+from korllama.data import clean
+from korllama.errors import KorllamaError
+from korllama.predict import (
+    generate,
+    label_token_ids,
+    load_run,
+    parse_grade,
+    predict_labels,
+    score,
+    seed_generation_config,
+)
+from korllama.prompts import render
+from korllama.schema import load_spec
+from korllama.synth import synthesize
+from korllama.train import train
+
+CLASSES = list("ABCDEFG")
+FIELDS = ["term", "implied_rate", "principal_ratio"]  # short prompts: fast steps
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=384,
+            max_position_embeddings=512)
+RUN_ROWS = 200  # synthetic rows (seed 0) the tiny run trains on; its validation split is 20% of them
+
+
+def make_run(run_dir: Path) -> Path:
+    """Full-weight training of a tiny random Llama on RUN_ROWS synthetic rows: 4 steps, one evaluation."""
+    config = {
+        "name": "tiny",
+        "data": {"synth_rows": RUN_ROWS, "synth_seed": 0},
+        "prompt": {"template": "compact", "fields": FIELDS},
+        "model": {"base": "tiny", "device": "cpu", "tiny": dict(TINY)},
+        "lora": None,
+        "train": {"max_steps": 4, "batch_size": 16, "grad_accum": 1, "lr": 1e-2, "warmup_steps": 0,
+                  "eval_steps": 4, "save_steps": 4, "save_total_limit": 1, "eval_rows": 20, "eval_batch_size": 32,
+                  "logging_steps": 2, "max_length": 256},
+    }
+    saved = os.environ.get("TENSORBOARD_LOGGING_DIR")  # train() points it at the run's logs/
+    try:
+        train(RunConfig.model_validate(config), run_dir)
+    finally:
+        if saved is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = saved
+    return run_dir
+
+
+def unlabelled_csv(path: Path, rows: int = 25, seed: int = 3) -> Path:
+    """A test.csv look-alike: the real headers without 대출등급, IDs TEST_xxxxx in a shuffled (non-sorted) order."""
+    frame = synthesize(rows, seed=seed).drop(columns=["대출등급"])
+    order = np.random.default_rng(seed).permutation(rows)
+    frame["ID"] = [f"TEST_{i:05d}" for i in order]
+    frame.to_csv(path, index=False, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("tiny") / "run")
+
+
+@pytest.fixture(scope="module")
+def loaded(run_dir):
+    return load_run(run_dir)
+
+
+@pytest.fixture(scope="module")
+def mixed_prompts() -> list[str]:
+    """40 prompts of very different lengths: short (3 fields), long (all fields) and truncated ones."""
+    table = clean(synthesize(40, seed=7).astype(str), load_spec())
+    short, long = render(table, "compact", FIELDS), render(table, "compact")
+    prompts = []
+    for i in range(40):
+        if i % 3 == 0:
+            prompts.append(long[i])
+        elif i % 3 == 1:
+            prompts.append(short[i])
+        else:
+            prompts.append(long[i][: 20 + 7 * i])
+    return prompts
+
+
+# --- rank scoring ------------------------------------------------------------------------------------------------
+
+def test_batching_and_padding_do_not_change_the_scores(loaded, mixed_prompts):
+    model, tokenizer, _ = loaded
+    lengths = [len(x) for x in tokenizer(mixed_prompts)["input_ids"]]
+    assert len(set(lengths)) >= 15 and max(lengths) - min(lengths) > 200  # real padding in every batch
+
+    one = score(model, tokenizer, mixed_prompts, CLASSES, batch_size=1)
+    many = score(model, tokenizer, mixed_prompts, CLASSES, batch_size=32)
+    some = score(model, tokenizer, mixed_prompts, CLASSES, batch_size=7)
+    assert one.shape == many.shape == (40, 7)
+    assert np.isfinite(many).all()
+    assert np.abs(one - many).max() < 1e-4
+    assert np.abs(one - some).max() < 1e-4
+    np.testing.assert_allclose(many.sum(axis=1), 1.0, atol=1e-6)
+    assert (many >= 0).all()
+    # the rows are not all alike: a model that ignored its input would pass the checks above trivially
+    assert np.abs(many - many.mean(axis=0)).max() > 1e-4
+    labels = predict_labels(many, CLASSES)
+    assert len(labels) == 40 and set(labels) <= set(CLASSES)
+    assert list(labels) == [CLASSES[i] for i in many.argmax(axis=1)]
+
+
+def test_score_matches_a_plain_unpadded_forward_pass(loaded, mixed_prompts):
+    model, tokenizer, _ = loaded
+    label_ids = label_token_ids(tokenizer, CLASSES)
+    batched = score(model, tokenizer, mixed_prompts, CLASSES, batch_size=32)
+    shortest = int(np.argmin([len(x) for x in tokenizer(mixed_prompts)["input_ids"]]))  # the most padded row
+    for i in (shortest, 0):
+        ids = tokenizer(mixed_prompts[i], return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**ids).logits[0, -1]
+        expected = torch.softmax(logits[label_ids].double(), dim=-1).numpy()
+        alone = score(model, tokenizer, [mixed_prompts[i]], CLASSES)[0]
+        assert np.abs(alone - expected).max() < 1e-5
+        assert np.abs(batched[i] - expected).max() < 1e-4
+
+
+def test_score_reports_progress_and_restores_training_mode(loaded, mixed_prompts):
+    model, tokenizer, _ = loaded
+    done = []
+    model.train()
+    try:
+        score(model, tokenizer, mixed_prompts[:10], CLASSES, batch_size=4, progress=done.append)
+        assert model.training
+    finally:
+        model.eval()
+    assert done == [4, 4, 2]
+
+
+def test_a_label_of_several_tokens_is_named(loaded):
+    _, tokenizer, _ = loaded
+    assert len(set(label_token_ids(tokenizer, CLASSES))) == 7
+    with pytest.raises(KorllamaError, match="'AAA-long'"):
+        label_token_ids(tokenizer, ["A", "AAA-long"])
+    with pytest.raises(KorllamaError, match="several|tokens"):
+        score(*loaded[:2], ["x"], ["A", "AAA-long"])
+
+
+# --- generation ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, grade", [
+    ("B", "B"),
+    ("B because the rate is low", "B"),
+    (" B\n###Instruction: next borrower", "B"),
+    ("###Credit Rating : C", "C"),
+    ("Credit Rating: E\nA is not it", "E"),
+    ("I think his credit rating is CCC+", None),
+    ("AA-rated and A+, but in the end the grade is D.", "D"),
+    ("", None),
+    ("   \n", None),
+])
+def test_parse_grade(text, grade):
+    assert parse_grade(text, CLASSES) == grade
+
+
+def test_parse_grade_with_custom_classes():
+    classes = ["low", "mid", "high"]
+    assert parse_grade("high risk", classes) == "high"
+    assert parse_grade("Credit Rating : mid", classes) == "mid"
+    assert parse_grade("the grade is B", classes) is None  # not one of these classes
+    assert parse_grade("highest", classes) is None
+    assert parse_grade("AB", ["A", "AB"]) == "AB"  # the longest class wins at the same place
+
+
+def test_seed_generation_config_is_the_originals(loaded):
+    _, tokenizer, _ = loaded
+    config = seed_generation_config(tokenizer)
+    assert config.do_sample is True
+    assert config.top_k == 1 and config.top_p == 0.9
+    assert config.repetition_penalty == 1.1 and config.temperature == 0.8
+    assert config.max_new_tokens == 100 and config.num_return_sequences == 1
+    assert config.pad_token_id == tokenizer.eos_token_id == config.eos_token_id
+
+
+def test_generate_returns_a_grade_or_none_and_the_text_per_prompt(loaded, mixed_prompts):
+    model, tokenizer, _ = loaded
+    prompts = [mixed_prompts[i] for i in (1, 4, 7, 10, 13)]
+    done = []
+    grades, texts = generate(model, tokenizer, prompts, CLASSES, batch_size=2, progress=done.append)
+    assert len(grades) == len(texts) == 5 and sum(done) == 5
+    assert all(isinstance(t, str) for t in texts)
+    assert all(g is None or g in CLASSES for g in grades)
+    assert grades == [parse_grade(t, CLASSES) for t in texts]
+    assert generate(model, tokenizer, prompts, CLASSES, batch_size=2) == (grades, texts)  # seeded: repeatable
+
+
+# --- loading -------------------------------------------------------------------------------------------------------
+
+def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(KorllamaError, match="not a korllama run directory.*--base"):
+        load_run(tmp_path)
+    with pytest.raises(KorllamaError, match="--base"):
+        load_run(None, None)
+
+
+def test_load_run_of_an_unfinished_run_says_resume(run_dir, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    shutil.copy(run_dir / "config.yaml", unfinished / "config.yaml")
+    with pytest.raises(KorllamaError, match="did not finish.*--resume"):
+        load_run(unfinished)
+
+
+def test_load_run_with_base_gives_the_untuned_model(run_dir, loaded):
+    from safetensors.torch import load_file
+
+    name = "model.layers.0.self_attn.q_proj.weight"
+    before = load_file(run_dir / "base" / "model.safetensors")[name]
+    tuned = loaded[0].state_dict()[name]
+    assert not torch.equal(tuned, before)
+
+    model, tokenizer, config = load_run(run_dir, base=str(run_dir / "base"))
+    assert torch.equal(model.state_dict()[name], before)
+    assert config.prompt.fields == FIELDS  # the run's prompt settings, the base's weights
+
+    model, tokenizer, config = load_run(None, base=str(run_dir / "base"))
+    assert torch.equal(model.state_dict()[name], before)
+    assert config.model.base == str(run_dir / "base")
+    proba = score(model, tokenizer, ["term: 36\nimplied_rate: 9.5%\ngrade:"], CLASSES)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_load_run_with_another_base_keeps_that_bases_tokenizer(run_dir, mixed_prompts, tmp_path):
+    from korllama.config import TinyModelConfig
+    from korllama.model import build_tiny
+
+    other = build_tiny(mixed_prompts, tmp_path / "other", TinyModelConfig(**(TINY | {"vocab_size": 300})), seed=1)
+    model, tokenizer, config = load_run(run_dir, base=str(other))
+    assert len(tokenizer) == model.get_input_embeddings().num_embeddings < 384  # not the run's 384-token vocabulary
+    assert config.prompt.fields == FIELDS
+    proba = score(model, tokenizer, mixed_prompts[:3], CLASSES)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+
+
+# --- the submission file ---------------------------------------------------------------------------------------------
+
+def test_predict_writes_the_competition_format(cli, run_dir, tmp_path):
+    data = unlabelled_csv(tmp_path / "test.csv")
+    out = tmp_path / "sub.csv"
+    code, stdout, err = cli("predict", run_dir, "--data", data, "--out", out, "--batch-size", 4)
+    assert code == 0, err
+    assert "25 rows" in " ".join(stdout.split())  # rich may wrap the line
+
+    raw = out.read_bytes()
+    assert not raw.startswith(b"\xef\xbb\xbf")  # UTF-8 without BOM
+    lines = raw.decode("utf-8").splitlines()
+    assert lines[0] == "ID,대출등급"
+    submission = pd.read_csv(out, dtype=str, encoding="utf-8")
+    source = pd.read_csv(data, dtype=str, encoding="utf-8")
+    assert list(submission.columns) == ["ID", "대출등급"]
+    assert submission["ID"].tolist() == source["ID"].tolist()  # input order (the IDs are shuffled in it)
+    assert set(submission["대출등급"]) <= set(CLASSES)
+
+
+def test_predict_with_proba_adds_probabilities(cli, run_dir, tmp_path):
+    data = unlabelled_csv(tmp_path / "test.csv", rows=12, seed=4)
+    out = tmp_path / "sub.csv"
+    code, _, err = cli("predict", run_dir, "--data", data, "--out", out, "--proba")
+    assert code == 0, err
+    submission = pd.read_csv(out, encoding="utf-8")
+    assert list(submission.columns) == ["ID", "대출등급", *[f"P_{c}" for c in CLASSES]]
+    proba = submission[[f"P_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert submission["대출등급"].tolist() == [CLASSES[i] for i in proba.argmax(axis=1)]
+    assert len(submission) == 12
+
+
+def test_predict_with_a_bad_data_file_writes_nothing(cli, run_dir, tmp_path):
+    data = unlabelled_csv(tmp_path / "test.csv", rows=8)
+    frame = pd.read_csv(data, dtype=str)
+    frame.loc[3, "대출기간"] = "forever"
+    frame.to_csv(data, index=False)
+    out = tmp_path / "sub.csv"
+    code, _, err = cli("predict", run_dir, "--data", data, "--out", out)
+    assert code == 2
+    assert err.startswith("error:") and "대출기간" in err and "Traceback" not in err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test.csv"]
+
+
+def test_predict_before_tuning_with_base(cli, run_dir, tmp_path):
+    data = unlabelled_csv(tmp_path / "test.csv", rows=6)
+    out = tmp_path / "before.csv"
+    code, _, err = cli("predict", "--base", run_dir / "base", "--data", data, "--out", out)
+    assert code == 0, err
+    submission = pd.read_csv(out, dtype=str)
+    assert list(submission.columns) == ["ID", "대출등급"] and len(submission) == 6

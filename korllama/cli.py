@@ -174,7 +174,7 @@ def train_cmd(
 
     cfg = load_config(config, list(overrides or []) + ([f"data.train={data}"] if data else []))
     run_dir = out or Path("runs") / cfg.name
-    summary = train(cfg, run_dir, resume=resume, console=console)
+    summary = train(cfg, run_dir, resume=resume)
     if summary:
         console.print(f"trained {summary['global_step']} steps in {summary['seconds']:.0f}s; best validation "
                       f"macro-F1 {summary['best_eval_macro_f1']:.4f} (step {summary['best_step']}) -> "

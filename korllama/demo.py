@@ -50,7 +50,7 @@ def run_demo(out: Path, rows: int = 4000, seed: int = 0, console: Console | None
     run_dir = out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo's own folder: start clean every time
     say("4. train", f"the tiny Llama built here, all weights, {config.train.epochs:g} epochs -> {run_dir}")
-    summary = train(config, run_dir, console=console)
+    summary = train(config, run_dir)
 
     evals = out / "eval"
     before = evaluate_run(run_dir, data_path, evals / "before", base=str(run_dir / "base"), held_out=True,

@@ -247,7 +247,7 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def train(config: RunConfig, run_dir: str | Path, resume: bool = False, console=None) -> dict:
+def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     """Run the recipe; returns the summary written to run_dir/train_summary.json."""
     from accelerate import PartialState
     from datasets import Dataset

@@ -26,14 +26,14 @@ from fixtures import (
 
 from korllama.data import DataWarning, read_table, split
 from korllama.errors import DataError
-from korllama.features import implied_annual_rate, ratio
+from korllama.features import implied_annual_rate, payments_made, ratio
 from korllama.io import atomic_path
 from korllama.schema import load_spec
 
 ALIASES = ["loan_amount", "term", "employment_length", "home_ownership", "annual_income", "debt_to_income",
            "total_accounts", "purpose", "delinquencies_2y", "principal_repaid", "interest_repaid", "overdue_amount",
            "delinquent_accounts", "grade"]
-DERIVED = ["principal_ratio", "interest_ratio", "interest_per_principal", "implied_rate"]
+DERIVED = ["principal_ratio", "interest_ratio", "interest_per_principal", "implied_rate", "payments_made"]
 
 
 @pytest.fixture(scope="module")
@@ -196,12 +196,15 @@ def test_implied_rate_hand_computed_amortisation(tmp_path):
         "12000000", " 36 months", f"{principal:.0f}", f"{interest:.1f}"]
     t = read_table(write_table(tmp_path, frame=frame))
     assert t.frame.loc[0, "implied_rate"] == pytest.approx(0.12, abs=5e-4)
+    assert t.frame.loc[0, "payments_made"] == pytest.approx(3, abs=0.01)  # three payments made
 
 
 @pytest.mark.parametrize("annual,months,k", [(0.06, 36, 1), (0.18, 60, 4), (0.265, 60, 2), (0.09, 36, 30)])
 def test_implied_rate_recovers_other_rates(annual, months, k):
     principal, interest = _amortised(16_800_000, months, annual, k)
-    assert implied_annual_rate([16_800_000], [months], [principal], [interest])[0] == pytest.approx(annual, abs=1e-6)
+    rate = implied_annual_rate([16_800_000], [months], [principal], [interest])
+    assert rate[0] == pytest.approx(annual, abs=1e-6)
+    assert payments_made([16_800_000], [months], [principal], [interest], rate)[0] == pytest.approx(k, abs=1e-4)
 
 
 # --- bad input --------------------------------------------------------------------------------------------------

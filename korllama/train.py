@@ -10,7 +10,6 @@ train_summary.json; checkpoints live in checkpoints/.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -217,7 +216,6 @@ def training_arguments(config: RunConfig, run_dir: Path, device: torch.device) -
         precision = "fp32" if device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     if precision in ("fp16", "bf16") and device.type != "cuda":
         raise ConfigError(f"train.precision={precision} needs a CUDA GPU; use train.precision=auto or fp32.")
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "logs")  # read by the TensorBoard callback; set per run
     return TrainingArguments(
         output_dir=str(run_dir / CHECKPOINTS), num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
@@ -225,10 +223,12 @@ def training_arguments(config: RunConfig, run_dir: Path, device: torch.device) -
         optim=t.optim, bf16=precision == "bf16", fp16=precision == "fp16",
         eval_strategy="steps", eval_steps=t.eval_steps, logging_steps=t.logging_steps,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        dataloader_pin_memory=device.type == "cuda",
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         length_column_name="length",
         activation_checkpointing=t.gradient_checkpointing, seed=t.seed, data_seed=t.seed,
-        report_to=["tensorboard"], remove_unused_columns=False, use_cpu=device.type == "cpu",
+        report_to="none",  # tensorboard: a callback with this run's log dir (see train)
+        remove_unused_columns=False, use_cpu=device.type == "cpu",
         disable_tqdm=True, dataloader_num_workers=0, save_only_model=False)
 
 
@@ -307,6 +307,11 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
                                                        KeepBest(run_dir, config.lora is not None)],
         eval_prompts=eval_prompts, eval_truth=eval_part.labels.tolist(), classes=classes,
         eval_batch_size=config.train.eval_batch_size)
+    if state.is_main_process:  # one event file, in this run's logs/ (not the env-var default of the Trainer)
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        trainer.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "logs"))))
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)  # RichProgress shows the same, on one line
     trainer.add_callback(RichProgress())

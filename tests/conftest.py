@@ -17,6 +17,25 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "
 SEED_README = Path(__file__).resolve().parents[1].parent / "shared" / "seed" / "Kor_llama-README.md"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tests run on a 2-core machine, often next to a training job: one thread each is faster and repeatable."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> Path:
+    """A tiny trained run (full weights, 4 steps on synthetic rows), shared by the predict/evaluate tests."""
+    from test_predict import make_run
+
+    return make_run(tmp_path_factory.mktemp("tiny") / "run")
+
+
 @pytest.fixture
 def loan_csv(tmp_path) -> Path:
     """The quirky fixture table as a utf-8 CSV with Korean headers."""

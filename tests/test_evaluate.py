@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.metrics import accuracy_score, f1_score
-from test_predict import RUN_ROWS, make_run
+from test_predict import RUN_ROWS
 
 from korllama.baseline import TreeBaseline
 from korllama.data import clean, read_table, split
@@ -29,17 +28,6 @@ KEYS = {"macro_f1", "accuracy", "qwk", "n", "per_class", "confusion", "invalid_r
 FAST_TREES = dict(n_estimators=60, num_leaves=15, max_bin=255, n_jobs=1)  # seconds, not minutes, on a busy CPU
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("tiny") / "run")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ Everything runs on a tiny run (hidden 32, 2 layers, 4 steps) trained once per mo
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -51,14 +50,7 @@ def make_run(run_dir: Path) -> Path:
                   "eval_steps": 4, "save_steps": 4, "save_total_limit": 1, "eval_rows": 20, "eval_batch_size": 32,
                   "logging_steps": 2, "max_length": 256},
     }
-    saved = os.environ.get("TENSORBOARD_LOGGING_DIR")  # train() points it at the run's logs/
-    try:
-        train(RunConfig.model_validate(config), run_dir)
-    finally:
-        if saved is None:
-            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
-        else:
-            os.environ["TENSORBOARD_LOGGING_DIR"] = saved
+    train(RunConfig.model_validate(config), run_dir)
     return run_dir
 
 
@@ -71,17 +63,6 @@ def unlabelled_csv(path: Path, rows: int = 25, seed: int = 3) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("tiny") / "run")
 
 
 @pytest.fixture(scope="module")

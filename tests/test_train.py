@@ -74,30 +74,14 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 def in_process_train(config: dict, run_dir: Path, resume: bool = False) -> dict:
-    """train() with the process's environment restored afterwards (it points tensorboard at the run's logs/)."""
-    saved = os.environ.get("TENSORBOARD_LOGGING_DIR")
-    try:
-        return train(RunConfig.model_validate(config), run_dir, resume=resume)
-    finally:
-        if saved is None:
-            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
-        else:
-            os.environ["TENSORBOARD_LOGGING_DIR"] = saved
+    return train(RunConfig.model_validate(config), run_dir, resume=resume)
 
 
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
                COLUMNS="200")
-    env.pop("TENSORBOARD_LOGGING_DIR", None)
     return env
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -434,8 +418,7 @@ def test_an_unknown_key_in_the_yaml_is_named(tmp_path):
         load_config(write_config(tmp_path / "c.yaml", config))
 
 
-def test_half_precision_on_cpu_is_a_config_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "unset")  # training_arguments sets it; undone after the test
+def test_half_precision_on_cpu_is_a_config_error(tmp_path):
     config = load_config(None, ["train.precision=fp16"])
     with pytest.raises(ConfigError, match="precision=fp16.*CUDA"):
         training_arguments(config, tmp_path, torch.device("cpu"))
@@ -443,12 +426,10 @@ def test_half_precision_on_cpu_is_a_config_error(tmp_path, monkeypatch):
     assert not fp32.fp16 and not fp32.bf16
 
 
-def test_each_run_logs_into_its_own_logs_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "unset")  # undone after the test
-    config = load_config(None, ["train.precision=fp32"])
+def test_each_run_logs_into_its_own_logs_folder(tmp_path):
     for run in ("a", "b"):  # two runs in one process (a notebook, these tests): the second must not reuse a/logs
-        training_arguments(config, tmp_path / run, torch.device("cpu"))
-        assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / run / "logs")
+        in_process_train(run_config(train={"max_steps": 2, "eval_steps": 2, "save_steps": 2}), tmp_path / run)
+        assert len(list((tmp_path / run / "logs").glob("events.out.tfevents.*"))) == 1
 
 
 def test_lora_info_for_the_seed_config(cli):

@@ -147,8 +147,10 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.float32  # CPU / MPS: half precision is slow or partial there
 
 
-def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_training: bool = True):
-    """(model, tokenizer) from a local folder (the built tiny model included) or a hub id."""
+def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_training: bool = True,
+              tokenizer_source: str | Path | None = None):
+    """(model, tokenizer) from a local folder (the built tiny model included) or a hub id; the tokenizer comes
+    from `tokenizer_source` when given (a run's tokenizer/), else from the same place as the model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = str(path_or_id or model_cfg.base)
@@ -182,16 +184,18 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
         kwargs["device_map"] = {"": device.index or 0}  # quantised weights are placed while loading
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source or source),
+                                                  trust_remote_code=model_cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:  # not on disk and not reachable (offline), no safetensors, gated repo, ...
         raise KorllamaError(f"Could not load base model {source!r}: it is not a local model folder and could not "
                             f"be fetched from the Hugging Face Hub (offline, wrong id or no safetensors weights). "
                             f"Details: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    except ValueError as exc:  # huggingface_hub's HFValidationError: a malformed repo id
-        if type(exc).__name__ != "HFValidationError":
-            raise
-        raise KorllamaError(f"Base model {source!r} is neither a local folder nor a valid hub id.") from None
+    except ValueError as exc:  # a malformed repo id (HFValidationError), or a folder without tokenizer files
+        if type(exc).__name__ == "HFValidationError":
+            raise KorllamaError(f"Base model {source!r} is neither a local folder nor a valid hub id.") from None
+        raise KorllamaError(f"Could not load the tokenizer or model from {tokenizer_source or source!r}: "
+                            f"{str(exc).splitlines()[0]}") from None
 
     if "device_map" not in kwargs:
         model.to(device)

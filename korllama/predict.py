@@ -94,25 +94,21 @@ def load_run(run: str | Path | None = None, base: str | None = None):
         raise KorllamaError(f"{run} is not a korllama run directory (no config.yaml); train one with "
                             "`korllama train`, or pass a base model with --base.")
     config = load_config(run / "config.yaml")
-    if base is not None:  # the run's prompt settings with another model, e.g. its untrained base
+    run_tokenizer = run / "tokenizer" if (run / "tokenizer").is_dir() else None
+    if base is not None:  # the run's prompt settings with another model (its untrained base): its own tokenizer
         model, tokenizer = load_base(config.model, base, for_training=False)
     elif (run / "model" / "config.json").is_file():
-        model, tokenizer = load_base(config.model, run / "model", for_training=False)
+        model, tokenizer = load_base(config.model, run / "model", for_training=False, tokenizer_source=run_tokenizer)
     elif (run / "adapter" / "adapter_config.json").is_file():
         from peft import PeftModel
 
         base_path = run / "base" if config.model.base == "tiny" else config.model.base
-        model, tokenizer = load_base(config.model, base_path, for_training=False)
+        model, tokenizer = load_base(config.model, base_path, for_training=False, tokenizer_source=run_tokenizer)
         model = PeftModel.from_pretrained(model, run / "adapter")  # safetensors adapter
         model.eval()
     else:
         raise KorllamaError(f"{run} holds neither model/ nor adapter/: its training did not finish; "
                             f"resume it with `korllama train --config {run / 'config.yaml'} --out {run} --resume`.")
-    if base is None and (run / "tokenizer").is_dir():  # another base model keeps its own tokenizer
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
-        tokenizer.padding_side = "right"
     return model, tokenizer, config
 
 

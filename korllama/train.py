@@ -316,8 +316,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     trainer.remove_callback(PrinterCallback)  # RichProgress shows the same, on one line
     trainer.add_callback(RichProgress())
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if trainer.state.log_history and "eval_macro_f1" not in trainer.state.log_history[-1] and \
-            trainer.state.global_step % config.train.eval_steps != 0:
+    evaluated = {e["step"] for e in trainer.state.log_history if "eval_macro_f1" in e}
+    if trainer.state.global_step not in evaluated:
         trainer.evaluate()  # the last steps count too: the best model may be the final one
 
     summary = {}

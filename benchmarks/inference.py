@@ -26,9 +26,11 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--base", help="score this base model with the run's prompts instead (e.g. RUN/base: an "
+                                       "untrained model never says EOS, so generation runs all 100 new tokens)")
     args = parser.parse_args()
 
-    model, tokenizer, config = load_run(args.run)
+    model, tokenizer, config = load_run(args.run, args.base)
     table = split(read_table(args.data, config.data.spec), config.data.valid_fraction, config.data.split_seed)[1]
     table = table.subset(table.frame.sample(n=args.rows, random_state=0).sort_index().index)
     classes = table.spec.label.classes
@@ -44,7 +46,7 @@ def main() -> None:
 
     ranked = metrics(truth, list(predict_labels(proba, classes)), classes)
     sampled = metrics(truth, generated, classes)
-    print(f"run {args.run}, {args.rows} held-out rows of {args.data}, batch {args.batch_size}, "
+    print(f"run {args.run}{f' with base {args.base}' if args.base else ''}, {args.rows} held-out rows of {args.data}, batch {args.batch_size}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(f"rank scoring : {args.rows / score_s:10.1f} rows/s  macro-F1 {ranked['macro_f1']:.4f}  invalid 0.0%")
     print(f"generation   : {args.rows / generate_s:10.1f} rows/s  macro-F1 {sampled['macro_f1']:.4f}  "

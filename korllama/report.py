@@ -29,10 +29,7 @@ def plot_train_curve(log_history: list[dict], path: str | Path) -> Path:
         ax2.set_ylim(0, 1)
     ax.set_title("training curve")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 # --- comparing evaluations ----------------------------------------------------------------------------------------
@@ -85,7 +82,7 @@ def plot_per_class_f1(evals: list[dict], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(classes) + 1), 4), dpi=110)
     for k, e in enumerate(evals):
         ax.bar(np.arange(len(classes)) + (k - (len(evals) - 1) / 2) * width,
-               [e["per_class"][c]["f1"] for c in classes], width, label=e["system"])
+               [e["per_class"][c]["f1"] for c in classes], width, label=e["system"], color=f"C{k}")
     ax.set_xticks(range(len(classes)), classes)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("F1")
@@ -99,20 +96,24 @@ def plot_per_class_f1(evals: list[dict], path: str | Path) -> Path:
 
 def plot_reliability(evals: list[dict], path: str | Path) -> Path | None:
     """Top-grade confidence vs accuracy for the systems that gave probabilities (perfect calibration = diagonal)."""
-    with_proba = [e for e in evals if e.get("calibration")]
-    if not with_proba:
+    if not any(e.get("calibration") for e in evals):
         return None
     fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
-    for e in with_proba:
-        cal = e["calibration"]
-        pts = [(c, a) for c, a in zip(cal["confidence"], cal["accuracy"]) if c is not None]
-        ax.plot(*zip(*pts), "o-", label=f"{e['system']} (ECE {cal['ece']:.3f})")
+    for k, e in enumerate(evals):  # colour k as in the other plots; systems without probabilities are skipped
+        cal = e.get("calibration")
+        if not cal:
+            continue
+        pts = [(c, a, n) for c, a, n in zip(cal["confidence"], cal["accuracy"], cal["count"]) if c is not None]
+        conf, acc, count = zip(*pts)
+        ax.plot(conf, acc, "-", color=f"C{k}", label=f"{e['system']} (ECE {cal['ece']:.3f})")
+        # marker area follows the rows in the bin: a bin of three rows should not look like a bin of three thousand
+        ax.scatter(conf, acc, s=[8 + 120 * (n / max(count)) for n in count], color=f"C{k}", zorder=3)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence of the predicted grade")
     ax.set_ylabel("share correct")
-    ax.set_title("reliability of the probabilities")
+    ax.set_title("reliability of the probabilities (marker size = rows)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -121,7 +122,7 @@ def plot_reliability(evals: list[dict], path: str | Path) -> Path | None:
 
 def _save(fig, path) -> Path:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight")  # keep two-line titles whole
     plt.close(fig)
     return Path(path)
 

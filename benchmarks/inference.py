@@ -46,7 +46,8 @@ def main() -> None:
 
     ranked = metrics(truth, list(predict_labels(proba, classes)), classes)
     sampled = metrics(truth, generated, classes)
-    print(f"run {args.run}{f' with base {args.base}' if args.base else ''}, {args.rows} held-out rows of {args.data}, batch {args.batch_size}, "
+    model_name = f"{args.run} with base {args.base}" if args.base else args.run
+    print(f"run {model_name}, {args.rows} held-out rows of {args.data}, batch {args.batch_size}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(f"rank scoring : {args.rows / score_s:10.1f} rows/s  macro-F1 {ranked['macro_f1']:.4f}  invalid 0.0%")
     print(f"generation   : {args.rows / generate_s:10.1f} rows/s  macro-F1 {sampled['macro_f1']:.4f}  "

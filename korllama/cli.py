@@ -160,8 +160,7 @@ def train_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<config name>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
 ):
-    """Instruction-tune the configured model on a graded table: answer-only loss, checkpoints verified, the best
-    model by validation macro-F1 kept.
+    """Instruction-tune a model on a graded table (answer-only loss, verified checkpoints, best macro-F1 kept).
 
     Examples:
       korllama train --config configs/demo.yaml
@@ -290,8 +289,10 @@ def compare_cmd(
     out: Annotated[Path, typer.Option("--out", help="HTML report to write.")] = Path("report.html"),
     title: Annotated[str, typer.Option("--title")] = "korllama report",
 ):
-    """One self-contained HTML report comparing evaluations: table of figures, confusion matrices, F1 per grade,
-    reliability diagram, training curves.
+    """Write one self-contained HTML report comparing evaluations, with plots.
+
+    The report holds a table of figures, confusion matrices, F1 per grade, a reliability diagram and the
+    training curves.
 
     Example: korllama compare runs/eval/before runs/eval/tuned runs/eval/baseline --out report.html
     """
@@ -307,7 +308,11 @@ def demo(
     rows: Annotated[int, typer.Option("--rows", min=50, help="Rows of synthetic data.")] = 4000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ):
-    """Run the whole loop on the embedded default: a synthetic loan table, checked, rendered into prompts."""
+    """Run the whole loop on the embedded default: synthetic data -> train -> evaluate -> report (~1 min).
+
+    Synthetic loan table -> check -> prompts -> the tiny Llama trained with configs/demo.yaml -> evaluation before
+    and after tuning on held-out rows -> LightGBM baseline -> runs/demo/report.html.
+    """
     from korllama.demo import run_demo
 
     run_demo(out, rows=rows, seed=seed, console=console)

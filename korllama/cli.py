@@ -302,6 +302,41 @@ def compare_cmd(
     console.print(f"wrote {escape(str(out))}: " + ", ".join(f"{s} {f:.4f}" for s, f in r["systems"]))
 
 
+@app.command("serve")
+def serve_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory made by `korllama train`.", show_default=False)],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on: 127.0.0.1 is this machine only; "
+                                                     "0.0.0.0 opens the service to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most applicants scored in one forward "
+                                                                      "pass.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long the first pending request "
+                                                                            "waits for others to batch with.")] = 10,
+):
+    """Serve the run's rank scoring over HTTP: POST /v1/grade, GET /health, docs at /docs.
+
+    Requests arriving together are scored in one batched forward pass. Set KORLLAMA_TOKEN to require
+    `Authorization: Bearer <token>` on /v1/grade.
+
+    Example: korllama serve runs/demo/run --port 8000
+    """
+    import os
+
+    import uvicorn
+
+    from korllama.serve import create_app
+
+    application = create_app(run, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    shown = f"[{host}]" if ":" in host else host
+    has_token = bool(os.environ.get("KORLLAMA_TOKEN"))
+    auth = "bearer token required ($KORLLAMA_TOKEN)" if has_token else "no token"
+    console.print(f"serving {escape(str(run))} on http://{shown}:{port} (docs at /docs, {auth}); Ctrl+C stops")
+    if host not in ("127.0.0.1", "localhost", "::1") and not has_token:
+        err_console.print(f"[yellow]warning:[/] listening on {escape(host)} without a token: anyone who can reach "
+                          "this port can use the model (set KORLLAMA_TOKEN).")
+    uvicorn.run(application, host=host, port=port, log_level="info")
+
+
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/demo"),

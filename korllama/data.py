@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings as _warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,12 +103,16 @@ def _decode(path: Path) -> str:
     raise DataError(f"{path.name} is not text in UTF-8 or CP949 (Korean Excel); save it as UTF-8 CSV.")
 
 
-def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_line: int = 2) -> Table:
+def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_line: int = 2,
+          row_label: Callable[[int], str] | None = None) -> Table:
     """Validate and clean a frame of raw strings (headers in Korean or as aliases) into a Table.
 
     `first_line` is the line number of the first row in the source, so errors point at the real line.
+    `row_label(i)` replaces "<source>, line N" in error messages (the HTTP service says "applicants[i]").
     """
     def where(i: int) -> str:
+        if row_label is not None:
+            return row_label(i)
         return f"{source}, line {first_line + i}" if first_line > 1 else f"{source}, row {i + 1}"
 
     headers = {str(h).strip(): h for h in raw.columns}
@@ -142,8 +147,10 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
         if dup.any():
             first = np.flatnonzero(dup.to_numpy())
             twin = np.flatnonzero((ids == ids.iloc[first[0]]).to_numpy())
+            also = row_label(twin[0]) if row_label is not None else f"on line {first_line + twin[0]}"
             raise DataError(f"{where(twin[1])}, column {id_col}: duplicate ID {ids.iloc[first[0]]!r} "
-                            f"(also on line {first_line + twin[0]}); {dup.sum()} rows share an ID. IDs must be unique.")
+                            f"(also {also}); {dup.sum()} rows share an ID. IDs must be unique.",
+                            row=int(twin[1]), column=spec.id.alias)
     out[spec.id.alias] = ids.to_numpy(dtype=object)
 
     for col in spec.columns:
@@ -156,7 +163,7 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
             value = raw[header].iloc[rows[0]]
             more = f" ({len(rows) - 1} more rows like it)" if len(rows) > 1 else ""
             raise DataError(f"{where(rows[0])}, column {header}: {value!r} is not allowed; "
-                            f"expected {col.allowed}{more}.")
+                            f"expected {col.allowed}{more}.", row=int(rows[0]), column=col.alias)
         if col.parser == "category" and col.seen is not None and col.unseen is not None:
             unseen = values.notna() & ~values.isin(col.seen)
             if unseen.any():
@@ -179,7 +186,8 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
             rows = np.flatnonzero(bad.to_numpy())
             raise DataError(f"{where(rows[0])}, column {label_col}: {raw[label_col].iloc[rows[0]]!r} is not a grade; "
                             f"expected one of {', '.join(spec.label.classes)}"
-                            + (f" ({len(rows) - 1} more rows like it)." if len(rows) > 1 else "."))
+                            + (f" ({len(rows) - 1} more rows like it)." if len(rows) > 1 else "."),
+                            row=int(rows[0]), column=spec.label.alias)
         out[spec.label.alias] = labels.to_numpy(dtype=object)
 
     frame = pd.DataFrame(out)

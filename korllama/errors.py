@@ -9,7 +9,15 @@ class KorllamaError(Exception):
 
 
 class DataError(KorllamaError):
-    """A table that cannot be read or does not match its spec."""
+    """A table that cannot be read or does not match its spec.
+
+    `row` (0-based) and `column` (the spec's alias) say where, when the problem is one cell: the HTTP service
+    turns them into the location of a 422 error.
+    """
+
+    def __init__(self, message: str, *, row: int | None = None, column: str | None = None):
+        super().__init__(message)
+        self.row, self.column = row, column
 
 
 class ConfigError(KorllamaError):

@@ -219,8 +219,10 @@ def parse_column(raw: pd.Series, col: ColumnSpec) -> tuple[pd.Series, pd.Series,
     if col.parser != "category":
         num = values.to_numpy(dtype=float)
         with np.errstate(invalid="ignore"):
+            bad |= ~missing & ~np.isfinite(num)  # 'inf', '1e400': not a usable number (and no whole number)
             if col.integer:
                 bad |= ~missing & (np.mod(num, 1) != 0) & np.isfinite(num)
+                bad |= ~missing & (np.abs(num) > 2**53)  # past this a float no longer holds every whole number
             if col.min is not None:
                 bad |= ~missing & (num < col.min)
             if col.max is not None:

@@ -1,0 +1,152 @@
+"""Load test for `korllama serve`: mixed good and bad requests from concurrent clients, on loopback only.
+
+Start a server first (this script starts nothing), then point the script at it:
+
+    korllama serve runs/demo/run --port 8000 &          # any run directory made by `korllama train`
+    python benchmarks/load_serve.py --url http://127.0.0.1:8000
+    kill %1
+
+With a token (KORLLAMA_TOKEN set for the server), pass the same one: `--token "$KORLLAMA_TOKEN"` (the default reads
+$KORLLAMA_TOKEN). The script sends `--requests` (1,000) requests from `--clients` (8) concurrent asyncio + httpx
+clients, then stops: about 60% good ones (one applicant with raw Korean values or with clean English ones, lists of
+8 and 32) and 40% bad ones (a missing field, a wrong type, an unknown term, a negative amount, an unknown key,
+a body that is not JSON, 1,025 applicants). It prints requests/s, p50/p99 latency, the count of answers by status
+class, how many forward batches the server ran for them (from /health), and the number of 5xx, which must be 0:
+the exit code is 1 when any request got a 5xx, no answer, or a status of the wrong kind (a good request not
+answered 200, a bad one not answered 4xx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import sys
+import time
+from collections import Counter
+
+import httpx
+import numpy as np
+
+from korllama.synth import synthesize
+
+
+def is_loopback(url: str) -> bool:
+    host = httpx.URL(url).host
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def request_kinds() -> list[tuple[str, bool, dict]]:
+    """(name, good?, httpx request kwargs) for every kind of request, in the order they are mixed."""
+    rows = synthesize(64, seed=0).drop(columns=["대출등급"]).astype(str)
+    rows["ID"] = [f"LOAD_{i:05d}" for i in range(len(rows))]
+    raw = rows.to_dict("records")
+    one = raw[0] | {"대출기간": " 36 months", "근로기간": "10+ years", "대출목적": "부채 통합"}
+    english = {"id": "LOAD_EN", "loan_amount": 12_000_000, "term": 36, "employment_length": 10,
+               "home_ownership": "RENT", "annual_income": 72_000_000, "debt_to_income": 18.5, "total_accounts": 14,
+               "purpose": "debt consolidation", "delinquencies_2y": 0, "principal_repaid": 1_200_000,
+               "interest_repaid": 420_000, "overdue_amount": 0, "delinquent_accounts": 0}
+    missing = {k: v for k, v in one.items() if k != "대출금액"}
+    js = lambda body: {"json": body}  # noqa: E731
+    return [
+        ("one raw", True, js(one)),
+        ("missing field", False, js(missing)),
+        ("one clean", True, js(english)),
+        ("wrong type", False, js(one | {"대출기간": [36]})),
+        ("list of 8", True, js(raw[:8])),
+        ("unknown term", False, js(one | {"대출기간": " 48 months"})),
+        ("one raw", True, js(raw[5])),
+        ("negative amount", False, js(english | {"loan_amount": -5})),
+        ("list of 32", True, js(raw[8:40])),
+        ("not JSON", False, {"content": b"ID,loan_amount\nX,1", "headers": {"content-type": "application/json"}}),
+        ("one clean", True, js(english | {"id": "LOAD_EN2", "term": 60})),
+        ("unknown key", False, js(english | {"loan_amt": 5})),
+        ("list of 8", True, js(raw[40:48])),
+        ("one raw", True, js(raw[9])),
+        ("list of 8", True, js(raw[48:56])),
+        ("1,025 applicants", False, js([english] * 1025)),
+        ("one raw", True, js(raw[60])),
+        ("one clean", True, js(english)),
+        ("wrong type", False, js(english | {"annual_income": True})),
+        ("list of 8", True, js(raw[56:64])),
+    ]
+
+
+async def run(url: str, token: str | None, total: int, clients: int, timeout: float) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    kinds = request_kinds()
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout, limits=limits) as client:
+        try:
+            before = (await client.get("/health")).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            print(f"no korllama server answers at {url} ({exc}); start one with `korllama serve RUN --port "
+                  f"{httpx.URL(url).port or 8000}`", file=sys.stderr)
+            return 2
+        records: list[tuple[str, bool, int | None, float]] = []
+        next_index = iter(range(total))
+
+        async def one_client() -> None:
+            for i in next_index:  # shared: every request is sent once, by whichever client is free
+                name, good, kwargs = kinds[i % len(kinds)]
+                started = time.perf_counter()
+                try:
+                    status = (await client.post("/v1/grade", **kwargs)).status_code
+                except httpx.HTTPError:
+                    status = None
+                records.append((name, good, status, time.perf_counter() - started))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        seconds = time.perf_counter() - started
+        after = (await client.get("/health")).json()
+
+    latency = np.array([r[3] for r in records]) * 1000
+    good_latency = np.array([r[3] for r in records if r[1]]) * 1000
+    classes = Counter("no answer" if s is None else f"{s // 100}xx" for _, _, s, _ in records)
+    wrong = [(n, s) for n, good, s, _ in records
+             if s is None or (good and s != 200) or (not good and not 400 <= s < 500)]
+    n_good = sum(r[1] for r in records)
+    print(f"{len(records):,} requests ({n_good:,} good, {len(records) - n_good:,} bad) from {clients} concurrent "
+          f"clients to {url} in {seconds:.2f} s: {len(records) / seconds:.1f} requests/s")
+    p50, p99 = np.percentile(latency, [50, 99])
+    good50, good99 = np.percentile(good_latency, [50, 99]) if len(good_latency) else (np.nan, np.nan)
+    print(f"latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms (good requests: p50 {good50:.1f} ms, p99 {good99:.1f} ms)")
+    print("status: " + ", ".join(f"{k} {classes.get(k, 0):,}" for k in ("2xx", "4xx", "5xx", "no answer")))
+    graded = after.get("applicants", 0) - before.get("applicants", 0)
+    batches = after.get("batches", 0) - before.get("batches", 0)
+    if batches:
+        print(f"server: {graded:,} applicants graded in {batches:,} batched score() calls "
+              f"({after.get('forward_passes', 0) - before.get('forward_passes', 0):,} forward passes, "
+              f"{graded / batches:.1f} applicants per call)")
+    if wrong:
+        print(f"answers of the wrong kind: {len(wrong)}, e.g. {json.dumps(Counter(map(str, wrong)).most_common(3))}")
+    print(f"5xx: {classes.get('5xx', 0)}")
+    return 1 if classes.get("5xx", 0) or wrong else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="a running `korllama serve` (loopback only)")
+    parser.add_argument("--token", default=os.environ.get("KORLLAMA_TOKEN"), help="bearer token (default: "
+                                                                                  "$KORLLAMA_TOKEN)")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=60, help="seconds per request")
+    args = parser.parse_args()
+    if not is_loopback(args.url):
+        parser.error(f"{args.url} is not a loopback address: this load test only targets 127.0.0.1/localhost/::1")
+    if args.requests < 1 or args.clients < 1:
+        parser.error("--requests and --clients must be at least 1")
+    sys.exit(asyncio.run(run(args.url.rstrip("/"), args.token, args.requests, args.clients, args.timeout)))
+
+
+if __name__ == "__main__":
+    main()

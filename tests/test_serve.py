@@ -1,0 +1,308 @@
+"""The HTTP scoring service (korllama.serve): health, grading one and many applicants (raw Korean or clean English),
+the same grades as `korllama predict`, a clear 4xx for every malformed body and never a 5xx, the bearer token,
+micro-batching of concurrent requests, the OpenAPI schema and the `korllama serve` command.
+
+Everything runs on the shared tiny run (tests/conftest.py) in-process: FastAPI's TestClient, or httpx over
+ASGITransport for concurrent requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from test_predict import CLASSES, unlabelled_csv
+
+from korllama.data import clean
+from korllama.errors import KorllamaError
+from korllama.predict import predict_file
+from korllama.schema import load_spec
+from korllama.serve import create_app
+from korllama.synth import synthesize
+
+SPEC = load_spec()
+DROP = object()
+
+
+def raw_applicants(rows: int, seed: int = 11) -> list[dict]:
+    """Applicants as the CSV has them: Korean headers, every value a raw string."""
+    return synthesize(rows, seed=seed).drop(columns=["대출등급"]).astype(str).to_dict("records")
+
+
+def raw_applicant(**changes) -> dict:
+    """One raw applicant with the quirky formats, `changes` applied (a key given DROP is removed)."""
+    row = raw_applicants(1)[0] | {"대출기간": " 36 months", "근로기간": "10+ years", "대출목적": "부채 통합"}
+    for key, value in changes.items():
+        if value is DROP:
+            row.pop(key)
+        else:
+            row[key] = value
+    return row
+
+
+def as_clean_english(row: dict) -> dict:
+    """The same applicant with English keys and clean JSON values (36, 10, "debt consolidation")."""
+    frame = clean(pd.DataFrame([row]).drop(columns=["ID"], errors="ignore"), SPEC).frame
+    out = {}
+    for col in SPEC.columns:
+        value = frame[col.alias].iloc[0]
+        out[col.alias] = None if pd.isna(value) else (value if isinstance(value, str) else
+                                                        int(value) if col.integer else float(value))
+    return out
+
+
+@pytest.fixture(scope="module")
+def app(run_dir):
+    return create_app(run_dir)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+def assert_result(result: dict) -> None:
+    assert set(result) == {"id", "grade", "probabilities", "template"}
+    assert list(result["probabilities"]) == CLASSES
+    assert result["grade"] == max(result["probabilities"], key=result["probabilities"].get)
+    assert abs(sum(result["probabilities"].values()) - 1) < 1e-6
+    assert result["template"] == "compact"
+
+
+# --- health and docs ---------------------------------------------------------------------------------------------
+
+def test_health(client, run_dir):
+    r = client.get("/health")
+    assert r.status_code == 200
+    health = r.json()
+    assert health["status"] == "ok" and health["model"] == "tiny" and health["run"] == run_dir.name
+    assert health["labels"] == CLASSES and health["template"] == "compact" and health["auth"] is False
+
+
+def test_openapi_schema_and_docs(client):
+    schema = client.get("/openapi.json").json()
+    grade = schema["paths"]["/v1/grade"]["post"]
+    body = grade["requestBody"]["content"]["application/json"]["schema"]
+    assert {"$ref": "#/components/schemas/Applicant"} in body["anyOf"]
+    assert any(s.get("maxItems") == 1024 for s in body["anyOf"])
+    applicant = schema["components"]["schemas"]["Applicant"]
+    assert {"loan_amount", "term", "purpose", "id"} <= set(applicant["properties"])
+    assert "대출기간" in applicant["properties"]["term"]["description"]
+    assert "36, 60" in applicant["properties"]["term"]["description"]
+    assert "employment_length" not in applicant["required"] and "term" in applicant["required"]
+    assert client.get("/docs").status_code == 200
+
+
+# --- grading -----------------------------------------------------------------------------------------------------
+
+def test_one_applicant_raw_korean_and_clean_english_give_the_same_grade(client):
+    raw = raw_applicant(ID="TEST_00007")
+    r = client.post("/v1/grade", json=raw)
+    assert r.status_code == 200, r.text
+    korean = r.json()
+    assert_result(korean)
+    assert korean["id"] == "TEST_00007"
+
+    english = as_clean_english(raw)
+    assert english["term"] == 36 and english["employment_length"] == 10
+    assert english["purpose"] == "debt consolidation"
+    r = client.post("/v1/grade", json=english)
+    assert r.status_code == 200, r.text
+    clean_result = r.json()
+    assert clean_result["id"] is None
+    assert clean_result["grade"] == korean["grade"]
+    for c in CLASSES:
+        assert abs(clean_result["probabilities"][c] - korean["probabilities"][c]) < 1e-6
+
+
+def test_many_applicants_match_korllama_predict(client, run_dir, tmp_path):
+    csv = unlabelled_csv(tmp_path / "test.csv", rows=25)
+    rows = pd.read_csv(csv, dtype=str, keep_default_na=False).to_dict("records")
+    r = client.post("/v1/grade", json=rows)
+    assert r.status_code == 200, r.text
+    results = r.json()
+    assert isinstance(results, list) and len(results) == 25
+    for result in results:
+        assert_result(result)
+
+    predict_file(run_dir, csv, tmp_path / "sub.csv", with_proba=True)
+    expected = pd.read_csv(tmp_path / "sub.csv", dtype={"ID": str, "대출등급": str})
+    assert [x["id"] for x in results] == expected["ID"].tolist()  # input order
+    assert [x["grade"] for x in results] == expected["대출등급"].tolist()
+    served = np.array([[x["probabilities"][c] for c in CLASSES] for x in results])
+    np.testing.assert_allclose(served, expected[[f"P_{c}" for c in CLASSES]].to_numpy(), atol=1e-4)
+
+
+def test_a_list_of_one_gives_a_list(client):
+    r = client.post("/v1/grade", json=[raw_applicant()])
+    assert r.status_code == 200 and isinstance(r.json(), list) and len(r.json()) == 1
+
+
+# --- malformed bodies: a 4xx naming the problem, never a 5xx -----------------------------------------------------
+
+MALFORMED = {  # case -> (body: json or raw bytes, status, pieces of the message)
+    "missing field": (lambda: [raw_applicant(), raw_applicant(대출금액=DROP)], 422,
+                      ["applicants[1]", "loan_amount (대출금액)", "missing", "whole number"]),
+    "wrong type": (lambda: raw_applicant(대출기간=[36]), 422, ["applicant", "대출기간", "[36]", "36, 60"]),
+    "null for a required field": (lambda: raw_applicant(연간소득=None), 422, ["연간소득", "null", "whole number"]),
+    "boolean amount": (lambda: raw_applicant(대출금액=True), 422, ["대출금액", "true", "whole number"]),
+    "unknown term": (lambda: [raw_applicant(), raw_applicant(), raw_applicant(대출기간=" 48 months")], 422,
+                     ["applicants[2]", "term", "' 48 months'", "36, 60"]),
+    "negative amount": (lambda: raw_applicant(대출금액="-1200000"), 422, ["loan_amount", "'-1200000'", ">= 0"]),
+    "negative amount as a number": (lambda: as_clean_english(raw_applicant()) | {"loan_amount": -5}, 422,
+                                    ["loan_amount", "'-5'", ">= 0"]),
+    "unknown purpose": (lambda: raw_applicant(대출목적="여행"), 422, ["purpose", "'여행'", "부채 통합"]),
+    "infinite amount": (lambda: raw_applicant(총상환원금="1e400"), 422, ["principal_repaid", "'1e400'"]),
+    "unknown key": (lambda: raw_applicant(loan_amt=5), 422, ["unknown field 'loan_amt'", "loan_amount"]),
+    "a column twice": (lambda: raw_applicant(term=36), 422, ["term (대출기간)", "twice"]),
+    "duplicate ids": (lambda: [raw_applicant(ID="X1"), raw_applicant(ID="X1")], 422, ["applicants[1]", "duplicate"]),
+    "too long a value": (lambda: raw_applicant(대출목적="x" * 1000), 422, ["대출목적", "longer than 200"]),
+    "2,000 applicants": (lambda: [raw_applicant()] * 2000, 422, ["2,000 applicants", "1,024"]),
+    "empty list": (lambda: [], 422, ["empty"]),
+    "not an object": (lambda: [raw_applicant(), 7], 422, ["applicants[1]", "JSON number", "object"]),
+    "a string body": (lambda: "hello", 422, ["JSON string"]),
+    "not JSON": (lambda: b"ID,\xeb\x8c\x80\xec\xb6\x9c\xea\xb8\x88\xec\x95\xa1\nTEST_0,1", 422, ["not valid JSON"]),
+    "truncated JSON": (lambda: json.dumps(raw_applicant()).encode()[:-3], 422, ["not valid JSON"]),
+    "NaN": (lambda: b'{"ID": "x", "loan_amount": NaN}', 422, ["not valid JSON", "NaN"]),
+    "empty body": (lambda: b"", 422, ["empty"]),
+    "deeply nested": (lambda: b"[" * 100_000, 422, ["not valid JSON"]),
+}
+
+
+def post(client, body, **kwargs) -> httpx.Response:
+    if isinstance(body, bytes):
+        return client.post("/v1/grade", content=body, headers={"content-type": "application/json"}, **kwargs)
+    return client.post("/v1/grade", json=body, **kwargs)
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_bodies_get_a_4xx_naming_the_problem(client, case):
+    make, status, pieces = MALFORMED[case]
+    r = post(client, make())
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    message = " ".join(d["msg"] for d in detail) if isinstance(detail, list) else detail
+    for piece in pieces:
+        assert piece in message, (piece, message)
+    if isinstance(detail, list):
+        assert all(d["loc"][0] == "body" for d in detail)
+
+
+def test_a_bad_field_is_located_by_applicant_and_field(client):
+    r = post(client, [raw_applicant(), raw_applicant(대출기간=" 48 months")])
+    assert r.json()["detail"][0]["loc"] == ["body", 1, "term"]
+    r = post(client, [raw_applicant(), {k: v for k, v in raw_applicant().items() if k != "총계좌수"}])
+    assert r.json()["detail"][0]["loc"] == ["body", 1, "total_accounts"]
+
+
+def test_many_bad_applicants_are_listed_up_to_a_limit(client):
+    r = post(client, [raw_applicant(대출금액=[1])] * 50)
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert len(detail) == 21 and "30 more" in detail[-1]["msg"]
+
+
+def test_a_body_over_the_limit_is_413(run_dir):
+    small = create_app(run_dir, max_body_bytes=2000)
+    with TestClient(small) as client:
+        assert post(client, raw_applicant()).status_code == 200  # about 600 bytes
+        r = post(client, [raw_applicant()] * 10)  # declared Content-Length
+        assert r.status_code == 413 and "2,000 bytes" in r.json()["detail"]
+        data = json.dumps([raw_applicant()] * 10).encode()
+        chunks = (data[i:i + 500] for i in range(0, len(data), 500))
+        r = client.post("/v1/grade", content=chunks)  # streamed: no Content-Length, the real size counts
+        assert r.status_code == 413
+
+
+def test_odd_but_valid_values_never_give_a_5xx(client):
+    for row in (raw_applicant(총상환원금="9" * 150), raw_applicant(근로기간=None), raw_applicant(근로기간="Unknown"),
+                raw_applicant(대출목적="결혼"), raw_applicant(ID=12345), raw_applicant(대출금액=1.2e7)):
+        r = post(client, row)
+        assert r.status_code in (200, 422), r.text
+    assert post(client, raw_applicant(근로기간=DROP)).status_code == 200  # a nullable field may be left out
+
+
+def test_other_methods_and_paths_are_4xx(client):
+    assert client.get("/v1/grade").status_code == 405
+    assert client.get("/nope").status_code == 404
+
+
+# --- bearer token --------------------------------------------------------------------------------------------------
+
+def test_bearer_token_when_the_env_var_is_set(run_dir, monkeypatch):
+    monkeypatch.setenv("KORLLAMA_TEST_TOKEN", "s3cret")
+    guarded = create_app(run_dir, token_env="KORLLAMA_TEST_TOKEN")
+    with TestClient(guarded) as client:
+        assert client.get("/health").status_code == 200 and client.get("/health").json()["auth"] is True
+        assert client.get("/openapi.json").status_code == 200 and client.get("/docs").status_code == 200
+        r = post(client, raw_applicant())
+        assert r.status_code == 401 and "Bearer" in r.json()["detail"] and r.headers["www-authenticate"] == "Bearer"
+        assert post(client, raw_applicant(), headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert post(client, raw_applicant(), headers={"Authorization": "Basic czNjcmV0"}).status_code == 401
+        assert post(client, b"not json", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        r = post(client, raw_applicant(), headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200 and r.json()["grade"] in CLASSES
+
+
+# --- micro-batching ------------------------------------------------------------------------------------------------
+
+def test_concurrent_requests_are_scored_together(run_dir, client):
+    batching = create_app(run_dir, max_wait_ms=300)
+    bodies = [raw_applicants(1 + i % 3, seed=20 + i) for i in range(8)]
+
+    async def send_together():
+        transport = httpx.ASGITransport(app=batching)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
+                return await asyncio.gather(*(ac.post("/v1/grade", json=b) for b in bodies))
+        finally:
+            await batching.state.batcher.aclose()
+
+    responses = asyncio.run(send_together())
+    assert [r.status_code for r in responses] == [200] * 8
+    stats = batching.state.stats
+    assert stats["requests"] == 8 and stats["applicants"] == sum(len(b) for b in bodies)
+    assert stats["batches"] < 8 and stats["forward_passes"] < 8
+    for body, r in zip(bodies, responses):  # batched with others, each request gets its own rows' results
+        alone = client.post("/v1/grade", json=body).json()
+        assert [x["grade"] for x in r.json()] == [x["grade"] for x in alone]
+        for got, want in zip(r.json(), alone):
+            assert max(abs(got["probabilities"][c] - want["probabilities"][c]) for c in CLASSES) < 1e-4
+
+
+# --- safety and the command ------------------------------------------------------------------------------------------
+
+def test_weights_that_are_not_safetensors_are_refused(run_dir, tmp_path):
+    copy = shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    (copy / "model" / "model.safetensors").rename(copy / "model" / "pytorch_model.bin")
+    with pytest.raises(KorllamaError, match="safetensors"):
+        create_app(copy)
+
+
+def test_serve_command_binds_loopback_by_default(cli, run_dir, monkeypatch):
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
+    code, out, err = cli("serve", run_dir)
+    assert code == 0, err
+    assert calls[0][1]["host"] == "127.0.0.1" and calls[0][1]["port"] == 8000
+    assert "http://127.0.0.1:8000" in out
+    assert calls[0][0].state.batcher.max_batch == 64
+
+    code, out, err = cli("serve", run_dir, "--host", "0.0.0.0", "--port", 8765, "--max-batch", 8)
+    assert code == 0, err
+    assert calls[1][1]["host"] == "0.0.0.0" and calls[1][1]["port"] == 8765
+    assert "without a token" in " ".join(err.split()) and calls[1][0].state.batcher.max_batch == 8
+
+
+def test_serve_command_with_a_folder_that_is_not_a_run(cli, tmp_path):
+    code, _, err = cli("serve", tmp_path)
+    assert code == 2 and "not a korllama run directory" in err and "Traceback" not in err

@@ -88,8 +88,9 @@ def run_path(args) -> dict:
             if step >= args.max_steps:
                 break
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"path": args.path, "valid_rows": len(valid_part), "steps": step, "train_seconds": train_seconds, "real_tokens_per_s":
-            real_tokens / train_seconds, "reached": reached, "history": history, "peak_rss_mb": peak_mb}
+    return {"path": args.path, "valid_rows": len(valid_part), "steps": step, "train_seconds": train_seconds,
+            "real_tokens_per_s": real_tokens / train_seconds, "reached": reached, "history": history,
+            "peak_rss_mb": peak_mb}
 
 
 def main() -> None:

@@ -330,10 +330,12 @@ def serve_cmd(
     shown = f"[{host}]" if ":" in host else host
     has_token = bool(os.environ.get("KORLLAMA_TOKEN"))
     auth = "bearer token required ($KORLLAMA_TOKEN)" if has_token else "no token"
-    console.print(f"serving {escape(str(run))} on http://{shown}:{port} (docs at /docs, {auth}); Ctrl+C stops")
+    console.print(f"serving {escape(str(run))} on {escape(f'http://{shown}:{port}')} (docs at /docs, {auth}); "
+                  "Ctrl+C stops",
+                  soft_wrap=True)
     if host not in ("127.0.0.1", "localhost", "::1") and not has_token:
         err_console.print(f"[yellow]warning:[/] listening on {escape(host)} without a token: anyone who can reach "
-                          "this port can use the model (set KORLLAMA_TOKEN).")
+                          "this port can use the model (set KORLLAMA_TOKEN).", soft_wrap=True)
     uvicorn.run(application, host=host, port=port, log_level="info")
 
 

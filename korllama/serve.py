@@ -13,8 +13,9 @@ and cleans with the run's spec, exactly as `korllama predict` does for a file. E
 `detail` names the applicant, the field and what is allowed; a body over the size limit is a 413. A 5xx is a bug.
 
 Requests arriving together are scored together: each request's applicants are queued, and one worker task
-collects what is pending for up to `max_wait_ms` (or `max_batch` applicants), renders the prompts and runs one
-`score()` call in a thread, so the event loop keeps accepting requests meanwhile.
+collects what is pending for up to `max_wait_ms` (or `max_batch` applicants), cleans them (in one `clean` call
+when they are all valid: its cost is per call, not per row), renders the prompts and runs one `score()` call, on
+a thread, so the event loop keeps accepting requests meanwhile. A bad value fails its own request only.
 
 Security defaults: the CLI binds 127.0.0.1; when the environment variable named by `token_env` is set, every
 endpoint but /health and the docs needs `Authorization: Bearer <token>`; weights are read from safetensors only;
@@ -96,8 +97,27 @@ def _show(value: Any) -> str:
 
 # --- validation: pydantic for the shape, korllama.data.clean for the values --------------------------------------
 
+@dataclass
+class Applicants:
+    """One request's applicants after the shape check: raw strings keyed by alias, the ids as sent."""
+
+    single: bool  # the body was one applicant: errors say "applicant", not "applicants[i]"
+    rows: list[dict[str, str]] = field(default_factory=list)
+    ids: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def where(self, i: int) -> str:
+        return "applicant" if self.single else f"applicants[{i}]"
+
+    def loc(self, i: int, *rest) -> list:
+        return list(rest) if self.single else [i, *rest]
+
+
 class ApplicantValidator:
-    """Turns the JSON applicants of one request into a clean Table (or raises Rejected with a 422)."""
+    """`shape`: a request's JSON applicants -> raw rows (pydantic; Rejected with a 422 if malformed).
+    `clean`: the raw rows of several requests -> a clean Table each, or a Rejected (korllama.data.clean)."""
 
     def __init__(self, spec: TableSpec, max_applicants: int = MAX_APPLICANTS):
         self.spec, self.max_applicants = spec, max_applicants
@@ -146,38 +166,67 @@ class ApplicantValidator:
                                               "requests)", "too_long")])
         return payload, False
 
-    def table(self, payload: Any) -> tuple[Table, list[str | None], bool]:
-        """(clean table, the ids as sent, single) for a parsed JSON body."""
+    def shape(self, payload: Any) -> Applicants:
+        """Check a parsed JSON body's shape with pydantic: the applicants as rows of raw strings (keyed by alias)."""
         items, single = self.items(payload)
-
-        def where(i: int) -> str:
-            return "applicant" if single else f"applicants[{i}]"
-
-        def loc(i: int, *rest) -> list:
-            return list(rest) if single else [i, *rest]
-
-        rows, problems, ids = [], [], []
+        request = Applicants(single=single)
+        problems = []
         for i, item in enumerate(items):
             try:
                 applicant = self.model.model_validate(item)
             except ValidationError as exc:
-                problems.extend(self._explain(exc, where(i), lambda *rest, i=i: loc(i, *rest)))
+                problems.extend(self._explain(exc, request.where(i), lambda *rest, i=i: request.loc(i, *rest)))
                 continue
             values = applicant.__dict__
-            rows.append({col.alias: _as_text(values[f"c{k}"]) for k, col in enumerate(self.spec.columns)})
-            ids.append(None if values["row_id"] is None else str(values["row_id"]).strip())
+            request.rows.append({col.alias: _as_text(values[f"c{k}"]) for k, col in enumerate(self.spec.columns)})
+            request.ids.append(None if values["row_id"] is None else str(values["row_id"]).strip())
         if problems:
             raise Rejected(422, _cap(problems))
+        first: dict[str, int] = {}
+        for i, x in enumerate(request.ids):  # as in a file, IDs are unique (across requests they need not be)
+            if x is not None and first.setdefault(x, i) != i:
+                raise Rejected(422, [_problem(request.loc(i, self.spec.id.alias), f"{request.where(i)}, column "
+                                              f"{self.spec.id.alias}: duplicate ID {x!r} (also "
+                                              f"{request.where(first[x])}); IDs must be unique.", "value_error")])
+        return request
 
-        frame = pd.DataFrame(rows, dtype=object)
-        if any(x is not None for x in ids):  # the id column exists once one applicant has one
-            frame.insert(0, self.spec.id.alias, [f"ROW_{i:05d}" if x is None else x for i, x in enumerate(ids)])
+    def clean(self, requests: list[Applicants]) -> list[Table | Rejected]:
+        """Validate and clean the applicants of several requests with `korllama.data.clean`, all in one call when
+        they are all valid. A bad value is blamed on its request, which is judged alone (so its message counts
+        only its own rows) and left out; the others are cleaned together again."""
+        out: list[Table | Rejected | None] = [None] * len(requests)
+        alive = list(range(len(requests)))
+        while alive:
+            starts = np.cumsum([0, *(len(requests[j]) for j in alive)])
+
+            def where(row: int, starts=starts, alive=tuple(alive)) -> str:  # "applicants[i]" of its own request
+                k = int(np.searchsorted(starts, row, side="right")) - 1
+                return requests[alive[k]].where(row - int(starts[k]))
+
+            frame = pd.DataFrame([r for j in alive for r in requests[j].rows], dtype=object)
+            try:
+                table = clean(frame, self.spec, source="request", row_label=where)
+            except DataError as exc:
+                if exc.row is None:  # not one applicant's fault: judge each request alone
+                    for j in alive:
+                        out[j] = self._clean_one(requests[j])
+                    return out
+                k = int(np.searchsorted(starts, exc.row, side="right")) - 1
+                j = alive.pop(k)
+                out[j] = self._clean_one(requests[j])
+                continue
+            for k, j in enumerate(alive):
+                out[j] = table if len(alive) == 1 else table.subset(np.arange(starts[k], starts[k + 1]))
+            break
+        return out
+
+    def _clean_one(self, request: Applicants) -> Table | Rejected:
         try:
-            table = clean(frame, self.spec, source="request", row_label=where)
+            return clean(pd.DataFrame(request.rows, dtype=object), self.spec, source="request",
+                         row_label=request.where)
         except DataError as exc:
-            at = loc(exc.row, exc.column) if exc.row is not None and exc.column else []
-            raise Rejected(422, [_problem(at, str(exc), "value_error")]) from None
-        return table, ids, single
+            at = request.loc(exc.row, exc.column) if exc.row is not None and exc.column else []
+            return Rejected(422, [_problem(at, str(exc), "value_error")])
 
     def _explain(self, exc: ValidationError, where: str, loc) -> list[dict]:
         """pydantic's errors for one applicant as one sentence per field, naming what is allowed."""
@@ -275,18 +324,17 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 @dataclass
 class Job:
-    table: Table
+    applicants: Applicants
     future: asyncio.Future
-    single: bool = False  # the body was one applicant (errors say "applicant", not "applicants[i]")
-    prompts: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.applicants)
 
 
 class Batcher:
     """A queue and one worker task: whatever is pending (up to `max_batch` applicants, waiting at most
-    `max_wait_s` for more) is rendered and scored in one `score()` call on a thread.
+    `max_wait_s` for more) is cleaned, rendered and scored together on a thread (`score_rows(jobs, stats)`, one
+    `score()` call), while the event loop goes on reading requests.
 
     The worker starts with the first request in the running event loop (so it works under uvicorn, TestClient
     and httpx's ASGITransport alike) and is restarted if that loop changed.
@@ -306,10 +354,10 @@ class Batcher:
             self._loop, self._queue, self._carry = loop, asyncio.Queue(), None
             self._task = loop.create_task(self._run(), name="korllama-batcher")
 
-    async def submit(self, table: Table, single: bool = False) -> np.ndarray:
-        """P(label) for every row of the table, scored together with whatever else is pending."""
+    async def submit(self, applicants: Applicants) -> np.ndarray:
+        """P(label) for every applicant, scored together with whatever else is pending (or Rejected)."""
         self._ensure_worker()
-        job = Job(table, asyncio.get_running_loop().create_future(), single)
+        job = Job(applicants, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(job)
         return await job.future
 
@@ -363,8 +411,8 @@ class Batcher:
                     job.future.set_result(result)
 
     def _score_jobs(self, jobs: list[Job]) -> list:
-        """Runs on a thread: one score() call for every applicant of every job; a job's own problem (a prompt
-        too long) fails that job alone."""
+        """Runs on a thread: one score() call for every valid applicant of every job; a job's own problem (a bad
+        value, a prompt too long) fails that job alone."""
         return self.score_rows(jobs, self.stats)
 
 
@@ -402,31 +450,35 @@ def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch
     token = os.environ.get(token_env) or None
 
     def score_rows(jobs: list[Job], stats: dict) -> list:
-        """Runs on the worker's thread (the only one that touches the tokenizer and the model)."""
-        results: list = [None] * len(jobs)
-        for j, job in enumerate(jobs):
-            job.prompts = template.render(job.table)
-            lengths = [len(x) for x in tokenizer(job.prompts, add_special_tokens=True)["input_ids"]]
+        """Runs on the worker's thread (the only one that touches the tokenizer and the model): clean every job's
+        applicants (together), render the prompts, refuse over-long ones, score the rest in one call."""
+        results: list = validator.clean([job.applicants for job in jobs])
+        prompts: dict[int, list[str]] = {}
+        for j, (job, table) in enumerate(zip(jobs, results)):
+            if isinstance(table, Rejected):
+                continue
+            prompts[j] = template.render(table)
+            lengths = [len(x) for x in tokenizer(prompts[j], add_special_tokens=True)["input_ids"]]
             long = [i for i, n in enumerate(lengths) if n > max_tokens]
             if long:
-                i = long[0]
-                where = "applicant" if job.single else f"applicants[{i}]"
-                results[j] = Rejected(422, [_problem([] if job.single else [i],
-                                                     f"{where}: its prompt is {lengths[i]:,} tokens, more than this "
-                                                     f"run's limit of {max_tokens:,} (are the numbers real?)",
-                                                     "prompt_too_long")])
-        todo = [j for j in range(len(jobs)) if results[j] is None]
-        prompts = [p for j in todo for p in jobs[j].prompts]
+                i, request = long[0], job.applicants
+                results[j] = Rejected(422, [_problem(request.loc(i), f"{request.where(i)}: its prompt is "
+                                                     f"{lengths[i]:,} tokens, more than this run's limit of "
+                                                     f"{max_tokens:,} (are the numbers real?)", "prompt_too_long")])
+                del prompts[j]
         if prompts:
             passes = []
-            proba = score(model, tokenizer, prompts, classes, batch_size=max_batch, progress=passes.append)
+            rows = [p for j in prompts for p in prompts[j]]
+            proba = score(model, tokenizer, rows, classes, batch_size=max_batch, progress=passes.append)
             start = 0
-            for j in todo:
-                results[j] = proba[start:start + len(jobs[j])]
-                start += len(jobs[j])
+            for j in prompts:
+                results[j] = proba[start:start + len(prompts[j])]
+                start += len(prompts[j])
+            stats["requests"] += len(prompts)
+            stats["applicants"] += len(rows)
             stats["batches"] += 1
             stats["forward_passes"] += len(passes)
-            stats["largest_batch"] = max(stats["largest_batch"], len(prompts))
+            stats["largest_batch"] = max(stats["largest_batch"], len(rows))
         return results
 
     batcher = Batcher(score_rows, max_batch, max_wait_ms / 1000)
@@ -485,17 +537,15 @@ def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch
     async def grade(request: Request):
         """Grade one applicant (a JSON object) or a list of up to 1,024 (a JSON array): one result each, in order."""
         payload = _parse_json(await _read_body(request, max_body_bytes))
-        if isinstance(payload, list) and len(payload) > 64:  # large requests are validated off the event loop
-            table, ids, single = await asyncio.to_thread(validator.table, payload)
+        if isinstance(payload, list) and len(payload) > 64:  # a long list is checked off the event loop
+            applicants = await asyncio.to_thread(validator.shape, payload)
         else:
-            table, ids, single = validator.table(payload)
-        batcher.stats["requests"] += 1
-        batcher.stats["applicants"] += len(table)
-        proba = await batcher.submit(table, single)
-        results = [{"id": ids[i], "grade": classes[int(np.argmax(p))],
+            applicants = validator.shape(payload)
+        proba = await batcher.submit(applicants)  # cleaned with the spec and scored with other pending requests
+        results = [{"id": applicants.ids[i], "grade": classes[int(np.argmax(p))],
                     "probabilities": {c: float(x) for c, x in zip(classes, p)}, "template": template.name}
                    for i, p in enumerate(proba)]
-        return results[0] if single else results
+        return results[0] if applicants.single else results
 
     def openapi() -> dict:
         if app.openapi_schema is None:

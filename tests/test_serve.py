@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from test_predict import CLASSES, unlabelled_csv
 
-from korllama.data import clean
+from korllama.data import DataWarning, clean
 from korllama.errors import KorllamaError
 from korllama.predict import predict_file
 from korllama.schema import load_spec
@@ -36,8 +36,9 @@ def raw_applicants(rows: int, seed: int = 11) -> list[dict]:
 
 
 def raw_applicant(**changes) -> dict:
-    """One raw applicant with the quirky formats, `changes` applied (a key given DROP is removed)."""
+    """One raw applicant (no ID) with the quirky formats, `changes` applied (a key given DROP is removed)."""
     row = raw_applicants(1)[0] | {"대출기간": " 36 months", "근로기간": "10+ years", "대출목적": "부채 통합"}
+    row.pop("ID")
     for key, value in changes.items():
         if value is DROP:
             row.pop(key)
@@ -176,10 +177,10 @@ MALFORMED = {  # case -> (body: json or raw bytes, status, pieces of the message
 }
 
 
-def post(client, body, **kwargs) -> httpx.Response:
+def post(client, body, headers: dict | None = None) -> httpx.Response:
     if isinstance(body, bytes):
-        return client.post("/v1/grade", content=body, headers={"content-type": "application/json"}, **kwargs)
-    return client.post("/v1/grade", json=body, **kwargs)
+        return client.post("/v1/grade", content=body, headers={"content-type": "application/json"} | (headers or {}))
+    return client.post("/v1/grade", json=body, headers=headers)
 
 
 @pytest.mark.parametrize("case", MALFORMED)
@@ -223,9 +224,11 @@ def test_a_body_over_the_limit_is_413(run_dir):
 
 def test_odd_but_valid_values_never_give_a_5xx(client):
     for row in (raw_applicant(총상환원금="9" * 150), raw_applicant(근로기간=None), raw_applicant(근로기간="Unknown"),
-                raw_applicant(대출목적="결혼"), raw_applicant(ID=12345), raw_applicant(대출금액=1.2e7)):
+                raw_applicant(ID=12345), raw_applicant(대출금액=1.2e7)):
         r = post(client, row)
         assert r.status_code in (200, 422), r.text
+    with pytest.warns(DataWarning, match="wedding"):  # as in `korllama predict`: an unseen purpose counts as other
+        assert post(client, raw_applicant(대출목적="결혼")).status_code == 200
     assert post(client, raw_applicant(근로기간=DROP)).status_code == 200  # a nullable field may be left out
 
 
@@ -256,17 +259,24 @@ def test_bearer_token_when_the_env_var_is_set(run_dir, monkeypatch):
 def test_concurrent_requests_are_scored_together(run_dir, client):
     batching = create_app(run_dir, max_wait_ms=300)
     bodies = [raw_applicants(1 + i % 3, seed=20 + i) for i in range(8)]
+    bad = [[raw_applicant(), raw_applicant(대출기간=" 48 months")], raw_applicant(대출금액="-1"),
+           [raw_applicant(대출기간=" 48 months")] * 3]
 
     async def send_together():
         transport = httpx.ASGITransport(app=batching)
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
-                return await asyncio.gather(*(ac.post("/v1/grade", json=b) for b in bodies))
+                return await asyncio.gather(*(ac.post("/v1/grade", json=b) for b in [*bad, *bodies]))
         finally:
             await batching.state.batcher.aclose()
 
     responses = asyncio.run(send_together())
-    assert [r.status_code for r in responses] == [200] * 8
+    refused, responses = responses[:len(bad)], responses[len(bad):]
+    assert [r.status_code for r in responses] == [200] * 8  # bad requests in the same batch do not spoil it
+    for body, r in zip(bad, refused):  # each bad request gets the message it would get alone
+        assert r.status_code == 422 and r.json() == client.post("/v1/grade", json=body).json()
+    assert refused[0].json()["detail"][0]["msg"].startswith("applicants[1], column term: ' 48 months'")
+    assert "(2 more rows like it)" in refused[2].json()["detail"][0]["msg"]
     stats = batching.state.stats
     assert stats["requests"] == 8 and stats["applicants"] == sum(len(b) for b in bodies)
     assert stats["batches"] < 8 and stats["forward_passes"] < 8

@@ -34,7 +34,8 @@ def run_path(args) -> dict:
     from korllama.train import pad_collate, tokenize
 
     torch.manual_seed(0)
-    config = load_config(args.config)
+    config = load_config(args.config, [f"prompt.template={args.template}", "prompt.fields=null"]
+                         if args.template else None)
     table = read_table(args.data)
     table = table.subset(table.frame.sample(n=min(args.rows, len(table)), random_state=0).sort_index().index)
     train_part, valid_part = split(table, 0.2, 0)
@@ -98,6 +99,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--config", default="dacon-tiny")
     parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--template", help="another prompt template for both paths (e.g. seed: long prompts)")
     parser.add_argument("--target", type=float, default=0.70, help="validation macro-F1 to reach")
     parser.add_argument("--max-steps", type=int, default=1500)
     parser.add_argument("--eval-every", type=int, default=50)
@@ -113,7 +115,8 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--path", path], capture_output=True,
                              text=True, check=True)
         results[path] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"config {args.config}, {args.rows} rows of {args.data}, target macro-F1 {args.target}, "
+    setup = f"config {args.config}" + (f", template {args.template}" if args.template else "")
+    print(f"{setup}, {args.rows} rows of {args.data}, target macro-F1 {args.target}, "
           f"eval every {args.eval_every} steps on {results['korllama']['valid_rows']} held-out rows, "
           f"max {args.max_steps} steps")
     for path, r in results.items():

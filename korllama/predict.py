@@ -36,6 +36,21 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     return tokenizer(prompts, add_special_tokens=True)["input_ids"]
 
 
+def left_padded_batches(encoded: list[list[int]], batch_size: int, pad_id: int):
+    """(row indices, input ids, attention mask) batches of similar-length rows, padded on the left so that every
+    row's last token sits in the last column (where the answer's logits, or generation, start)."""
+    order = np.argsort([len(e) for e in encoded], kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, i in enumerate(rows):
+            ids[j, width - len(encoded[i]):] = torch.tensor(encoded[i])
+            mask[j, width - len(encoded[i]):] = 1
+        yield rows, ids, mask
+
+
 @torch.inference_mode()
 def score(model, tokenizer, prompts: list[str], classes: list[str], batch_size: int = 32,
           progress=None) -> np.ndarray:
@@ -47,15 +62,7 @@ def score(model, tokenizer, prompts: list[str], classes: list[str], batch_size: 
     was_training = model.training
     model.eval()
     out = np.zeros((len(prompts), len(classes)), dtype=np.float64)
-    order = np.argsort([len(e) for e in encoded], kind="stable")
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, i in enumerate(rows):  # left padding: every row's last token sits in the last column
-            ids[j, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[j, width - len(encoded[i]):] = 1
+    for rows, ids, mask in left_padded_batches(encoded, batch_size, pad_id):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 whatever the padding
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                        logits_to_keep=1, use_cache=False).logits[:, -1, :]
@@ -146,19 +153,11 @@ def generate(model, tokenizer, prompts: list[str], classes: list[str], batch_siz
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = encode_prompts(tokenizer, prompts)
     texts: list[str] = [""] * len(prompts)
-    order = np.argsort([len(e) for e in encoded], kind="stable")
     model.eval()
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, i in enumerate(rows):  # generation continues from the last column: pad on the left
-            ids[j, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[j, width - len(encoded[i]):] = 1
+    for rows, ids, mask in left_padded_batches(encoded, batch_size, pad_id):
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
-        for j, i in enumerate(rows):
-            texts[i] = tokenizer.decode(out[j, width:], skip_special_tokens=True)
+        for j, i in enumerate(rows):  # generation continues from the last column
+            texts[i] = tokenizer.decode(out[j, ids.shape[1]:], skip_special_tokens=True)
         if progress is not None:
             progress(len(rows))
     return [parse_grade(t, classes) for t in texts], texts

@@ -64,6 +64,11 @@ def read_table(path: str | Path, spec: TableSpec | str | Path | None = None) -> 
     return clean(raw, spec, source=path.name, first_line=line_of_first_row)
 
 
+def as_table(data: str | Path | Table, spec: TableSpec | str | Path | None = None) -> Table:
+    """A Table as it is, or the file read with the spec: callers that already hold the table don't read it again."""
+    return data if isinstance(data, Table) else read_table(data, spec)
+
+
 def _read_raw(path: Path) -> tuple[pd.DataFrame, int]:
     """All cells as strings, so that parsing (and its error messages) is ours. Returns (frame, first row's line)."""
     if not path.exists():

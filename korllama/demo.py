@@ -53,16 +53,16 @@ def run_demo(out: Path, rows: int = 4000, seed: int = 0, console: Console | None
     summary = train(config, run_dir)
 
     evals = out / "eval"
-    before = evaluate_run(run_dir, data_path, evals / "before", base=str(run_dir / "base"), held_out=True,
+    before = evaluate_run(run_dir, table, evals / "before", base=str(run_dir / "base"), held_out=True,
                           system="before tuning", console=console)
-    after = evaluate_run(run_dir, data_path, evals / "after", held_out=True, system="after tuning", console=console)
-    generated = evaluate_run(run_dir, data_path, evals / "generate", mode="generate", limit=100, held_out=True,
+    after = evaluate_run(run_dir, table, evals / "after", held_out=True, system="after tuning", console=console)
+    generated = evaluate_run(run_dir, table, evals / "generate", mode="generate", limit=100, held_out=True,
                              batch_size=16, system="after tuning, generation", console=console)
     say("5. evaluate", f"held-out rows: macro-F1 {before['macro_f1']:.3f} before tuning -> "
         f"{after['macro_f1']:.3f} after (rank scoring, {after['rows_per_s']:.0f} rows/s); generation the "
         f"original's way: {generated['macro_f1']:.3f} on 100 rows, {generated['invalid_rate']:.0%} invalid, "
         f"{generated['rows_per_s']:.1f} rows/s")
-    base = run_baseline(data_path, None, evals / "baseline", valid_fraction=config.data.valid_fraction,
+    base = run_baseline(table, None, evals / "baseline", valid_fraction=config.data.valid_fraction,
                         seed=config.data.split_seed)
     say("6. baseline", f"LightGBM on the same split: macro-F1 {base['macro_f1']:.3f}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,9 @@ from sklearn.metrics import (
 )
 
 from korllama.io import write_csv, write_text
+
+if TYPE_CHECKING:
+    from korllama.data import Table
 
 
 def metrics(truth, pred, classes: list[str], proba: np.ndarray | None = None) -> dict:
@@ -79,7 +83,7 @@ def write_evaluation(out_dir: str | Path, result: dict, ids, truth, pred, proba:
     return out_dir
 
 
-def evaluate_run(run: str | Path | None, data: str | Path, out_dir: str | Path, mode: str = "score",
+def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str | Path, mode: str = "score",
                  limit: int | None = None, base: str | None = None, held_out: bool = False, batch_size: int = 32,
                  system: str | None = None, console=None) -> dict:
     """Predict a labelled table with a run (or a bare base model) and write DIR/metrics.json + predictions.csv.
@@ -89,14 +93,14 @@ def evaluate_run(run: str | Path | None, data: str | Path, out_dir: str | Path, 
     """
     import time
 
-    from korllama.data import read_table, split
+    from korllama.data import as_table, split
     from korllama.errors import KorllamaError
     from korllama.predict import generate, load_run, predict_labels, score
     from korllama.prompts import get_template
     from korllama.ui import progress_bar
 
     model, tokenizer, config = load_run(run, base)
-    table = read_table(data, config.data.spec)
+    table = as_table(data, config.data.spec)
     if not table.has_labels:
         raise KorllamaError(f"{table.source} has no {table.spec.label.name} column: evaluation needs graded rows "
                             "(use `korllama predict` for unlabelled ones).")
@@ -124,24 +128,24 @@ def evaluate_run(run: str | Path | None, data: str | Path, out_dir: str | Path, 
             system = f"{Path(str(base)).name} ({Path(run).name} prompts)"
         system += "" if mode == "score" else "-generate"
     result.update(system=system, mode=mode, template=template.name, rows_per_s=len(prompts) / seconds,
-                  seconds=seconds, data=str(data), held_out=held_out, run=str(run) if run else None, base=base)
+                  seconds=seconds, data=table.source, held_out=held_out, run=str(run) if run else None, base=base)
     write_evaluation(out_dir, result, table.ids, table.labels, pred, proba, classes, extra)
     return result
 
 
-def run_baseline(train: str | Path, eval_data: str | Path | None, out_dir: str | Path, spec=None,
+def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None, out_dir: str | Path, spec=None,
                  valid_fraction: float = 0.2, seed: int = 0, system: str = "baseline (LightGBM)") -> dict:
     """Fit the tree baseline and score it like any other system."""
     import time
 
     from korllama.baseline import TreeBaseline
-    from korllama.data import read_table, split
+    from korllama.data import as_table, split
 
-    table = read_table(train, spec)
+    table = as_table(train, spec)
     if eval_data is None:
         fit_on, score_on = split(table, valid_fraction, seed)
     else:
-        fit_on, score_on = table, read_table(eval_data, table.spec)
+        fit_on, score_on = table, as_table(eval_data, table.spec)
     started = time.perf_counter()
     model = TreeBaseline(seed=seed).fit(fit_on)
     fit_seconds = time.perf_counter() - started
@@ -152,6 +156,6 @@ def run_baseline(train: str | Path, eval_data: str | Path | None, out_dir: str |
     pred = list(np.asarray(classes, dtype=object)[proba.argmax(axis=1)])
     result = metrics(score_on.labels.tolist(), pred, classes, proba)
     result.update(system=system, mode="trees", template="", rows_per_s=len(pred) / seconds, seconds=seconds,
-                  fit_seconds=fit_seconds, train_rows=len(fit_on), data=str(eval_data or train), run=None)
+                  fit_seconds=fit_seconds, train_rows=len(fit_on), data=score_on.source, run=None)
     write_evaluation(out_dir, result, score_on.ids, score_on.labels, pred, proba, classes)
     return result

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_train import FIELDS, TINY, run_config
 
 from korllama.config import RunConfig
 from korllama.data import clean
@@ -32,24 +33,13 @@ from korllama.synth import synthesize
 from korllama.train import train
 
 CLASSES = list("ABCDEFG")
-FIELDS = ["term", "implied_rate", "principal_ratio"]  # short prompts: fast steps
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=384,
-            max_position_embeddings=512)
 RUN_ROWS = 200  # synthetic rows (seed 0) the tiny run trains on; its validation split is 20% of them
 
 
 def make_run(run_dir: Path) -> Path:
     """Full-weight training of a tiny random Llama on RUN_ROWS synthetic rows: 4 steps, one evaluation."""
-    config = {
-        "name": "tiny",
-        "data": {"synth_rows": RUN_ROWS, "synth_seed": 0},
-        "prompt": {"template": "compact", "fields": FIELDS},
-        "model": {"base": "tiny", "device": "cpu", "tiny": dict(TINY)},
-        "lora": None,
-        "train": {"max_steps": 4, "batch_size": 16, "grad_accum": 1, "lr": 1e-2, "warmup_steps": 0,
-                  "eval_steps": 4, "save_steps": 4, "save_total_limit": 1, "eval_rows": 20, "eval_batch_size": 32,
-                  "logging_steps": 2, "max_length": 256},
-    }
+    config = run_config(name="tiny", data={"synth_rows": RUN_ROWS},
+                        train={"max_steps": 4, "eval_steps": 4, "save_steps": 4})
     train(RunConfig.model_validate(config), run_dir)
     return run_dir
 

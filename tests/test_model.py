@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from korllama.config import LoraConfig, ModelConfig, TinyModelConfig
+from korllama.config import LoraConfig, ModelConfig, TinyModelConfig, load_config
 from korllama.data import clean
 from korllama.errors import ConfigError, KorllamaError
 from korllama.model import (
@@ -100,6 +100,22 @@ def test_digits_are_one_token_each_and_text_round_trips(prompts, tiny):
     ids = tokenizer(prompts[1])["input_ids"]
     assert ids[0] == tokenizer.bos_token_id and ids[-1] != tokenizer.eos_token_id
     assert tokenizer.decode(ids, skip_special_tokens=True) == prompts[1]
+
+
+@pytest.mark.parametrize("name", ["demo", "dacon-tiny"])
+def test_shipped_configs_tokenizer_merges_field_names(prompts, tmp_path, name):
+    # A vocabulary of only the 256 bytes learns no merges: every byte of a prompt becomes a token (twice the tokens
+    # per row, twice the training and scoring time). The shipped configs must leave room for merges.
+    config = load_config(name)
+    _, tokenizer = load_base(ModelConfig(device="cpu"), str(build_tiny(prompts, tmp_path, config.model.tiny)))
+    line = "term: 36\n"
+    assert tokenizer.tokenize(line)[0] == "term"
+    assert len(tokenizer(prompts[0])["input_ids"]) < len(prompts[0].encode()) / 2
+
+
+def test_vocabulary_without_room_for_merges_is_refused():
+    with pytest.raises(ConfigError, match="vocab_size"):
+        load_config("demo", ["model.tiny.vocab_size=256"])
 
 
 def test_forward_pass_gives_logits_over_the_vocabulary(prompts, tiny):

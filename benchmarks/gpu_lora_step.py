@@ -128,7 +128,7 @@ def build_model(args, attn: str, device: torch.device, dtype: torch.dtype):
     if args.smoke:  # same shape of model, a few hundred times smaller
         raw.update(hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=4)
-    implementation = {"flash": "flash_attention_2" if _has_flash_attn() else "sdpa"}.get(attn, attn)
+    implementation = {"flash": _packed_attention()}.get(attn, attn)
     config = LlamaConfig(**{k: v for k, v in raw.items() if k not in ("architectures", "torch_dtype")})
     config._attn_implementation = implementation
     torch.manual_seed(0)
@@ -141,12 +141,17 @@ def build_model(args, attn: str, device: torch.device, dtype: torch.dtype):
     return model, config, implementation
 
 
-def _has_flash_attn() -> bool:
+def _packed_attention() -> str:
+    """Attention for packed rows: flash-attention's varlen kernel if installed, else torch's flex attention (a
+    block-sparse mask, built by transformers from the restarting position ids) on CUDA, else SDPA with a dense
+    block-diagonal mask (CPU smoke runs; it computes every pair of the packed row, so it is slow on long rows)."""
+    if not torch.cuda.is_available():
+        return "sdpa"
     try:
         import flash_attn  # noqa: F401
     except ImportError:
-        return False
-    return torch.cuda.is_available()
+        return "flex_attention"
+    return "flash_attention_2"
 
 
 def matmul_parameters(model) -> int:

@@ -1,7 +1,7 @@
 """A LoRA training step of the exact Llama-2-ko-7B architecture (random weights) in bf16 on one GPU.
 
-    python benchmarks/gpu_lora_step.py                    # the ladder of variants on a CUDA GPU (about 10 min)
-    python benchmarks/gpu_lora_step.py --only packed-compiled --steps 20
+    python benchmarks/gpu_lora_step.py                    # the ladder of variants on a CUDA GPU
+    python benchmarks/gpu_lora_step.py --only sdpa-mb16 packed-mb16-compiled --steps 20
     python benchmarks/gpu_lora_step.py --smoke            # a scaled-down model on CPU: checks every code path,
                                                           # its figures mean nothing
 

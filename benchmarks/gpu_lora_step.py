@@ -37,7 +37,7 @@ import torch
 
 PEAK_FLOPS = 989e12  # H200 SXM dense bf16 (NVIDIA's figure without sparsity)
 
-# name -> what changes; each builds on the ones before it unless it says otherwise
+# name -> its settings where they differ from DEFAULTS (the first, the original's shape); the ladder reads top down
 VARIANTS = {
     "eager-mb4": dict(attn="eager", micro_batch=4, packing=False, compile=False, fused=False, ckpt=False,
                       answer_logits=False),  # the original's shape: batch 4, plain attention
@@ -65,18 +65,17 @@ def seed_rows(args):
     from transformers import AutoTokenizer
 
     from korllama.config import TinyModelConfig
-    from korllama.data import clean, read_table
+    from korllama.data import read_table
     from korllama.model import build_tiny
     from korllama.prompts import answer, get_template
-    from korllama.schema import load_spec
-    from korllama.synth import synthesize
+    from korllama.synth import synthetic_table
 
     if args.data and Path(args.data).is_file():
         table, source = read_table(args.data), args.data
     else:
-        table = clean(synthesize(args.rows, seed=0).astype(str), load_spec("loan"), source="synthetic")
+        table = synthetic_table(args.rows, seed=0)
         source = f"synthetic table ({args.data or 'no --data'} not found)"
-    table = table.subset(table.frame.sample(n=min(args.rows, len(table)), random_state=0).index)
+    table = table.sample(args.rows, seed=0)
     prompts = get_template(table.spec, "seed").render(table)
     if args.tokenizer:
         tokenizer, kind = AutoTokenizer.from_pretrained(args.tokenizer), args.tokenizer

@@ -44,7 +44,7 @@ def main() -> None:
 
     model, tokenizer, config = load_run(args.run, args.base)
     table = split(read_table(args.data, config.data.spec), config.data.valid_fraction, config.data.split_seed)[1]
-    table = table.subset(table.frame.sample(n=args.rows, random_state=0).sort_index().index)
+    table = table.sample(args.rows, seed=0)
     classes = table.spec.label.classes
     template = args.template or config.prompt.template
     fields = config.prompt.fields if template == config.prompt.template else None

@@ -31,28 +31,30 @@ def path_config(args, path: str):
     return load_config(args.config, [f"prompt.template={template}", "prompt.fields=null"] if template else None)
 
 
-def rows_and_prompts(args, config):
-    """(train part, 1,000 validation rows, their prompts): the same rows for both paths."""
+def benchmark_rows(args):
+    """(train part, 1,000 validation rows): the same rows for both paths."""
     from korllama.data import read_table, split
-    from korllama.prompts import get_template
 
     table = read_table(args.data)
-    table = table.subset(table.frame.sample(n=min(args.rows, len(table)), random_state=0).sort_index().index)
+    table = table.sample(args.rows, seed=0)
     train_part, valid_part = split(table, 0.2, 0)
-    valid_part = valid_part.subset(valid_part.frame.index[:1000])
-    template = get_template(table.spec, config.prompt.template, config.prompt.fields)
-    return train_part, valid_part, template.render(train_part), template.render(valid_part)
+    return train_part, valid_part.subset(valid_part.frame.index[:1000])
+
+
+def template_of(config, table):
+    from korllama.prompts import get_template
+
+    return get_template(table.spec, config.prompt.template, config.prompt.fields)
 
 
 def build_base(args) -> None:
     """One tiny base for both paths, its tokenizer trained on both paths' prompts (the same model either way)."""
     from korllama.model import build_tiny
 
-    korllama, original = path_config(args, "korllama"), path_config(args, "original")
-    texts = rows_and_prompts(args, korllama)[2]
-    if original.prompt.template != korllama.prompt.template:
-        texts += rows_and_prompts(args, original)[2]
-    build_tiny(texts, Path(args.workdir) / "base", korllama.model.tiny, seed=0)
+    train_part = benchmark_rows(args)[0]
+    configs = {path_config(args, path).prompt.template: path_config(args, path) for path in ("korllama", "original")}
+    texts = [text for config in configs.values() for text in template_of(config, train_part).render(train_part)]
+    build_tiny(texts, Path(args.workdir) / "base", path_config(args, "korllama").model.tiny, seed=0)
 
 
 def run_path(args) -> dict:
@@ -67,7 +69,9 @@ def run_path(args) -> dict:
 
     torch.manual_seed(0)
     config = path_config(args, args.path)
-    train_part, valid_part, prompts, valid_prompts = rows_and_prompts(args, config)
+    train_part, valid_part = benchmark_rows(args)
+    template = template_of(config, train_part)
+    prompts, valid_prompts = template.render(train_part), template.render(valid_part)
     model, tokenizer = load_base(config.model, Path(args.workdir) / "base", for_training=True)
     labels = train_part.labels.tolist()
     if args.path == "korllama":

@@ -55,6 +55,10 @@ class Table:
     def subset(self, index) -> Table:
         return Table(self.frame.loc[index].reset_index(drop=True), self.spec, self.source, list(self.warnings))
 
+    def sample(self, n: int, seed: int = 0) -> Table:
+        """`n` random rows (all of them when there are fewer), the same for the same seed, in table order."""
+        return self.subset(self.frame.sample(n=min(n, len(self)), random_state=seed).sort_index().index)
+
 
 def read_table(path: str | Path, spec: TableSpec | str | Path | None = None) -> Table:
     """Read, validate and clean a CSV or Parquet file."""

@@ -17,7 +17,6 @@ from sklearn.metrics import (
     accuracy_score,
     cohen_kappa_score,
     confusion_matrix,
-    f1_score,
     precision_recall_fscore_support,
 )
 
@@ -33,14 +32,13 @@ def metrics(truth, pred, classes: list[str], proba: np.ndarray | None = None) ->
     pred = np.asarray([p if p in classes else "" for p in pred], dtype=object)
     valid = pred != ""
     p, r, f, s = precision_recall_fscore_support(truth, pred, labels=classes, zero_division=0)
-    rank = {c: i for i, c in enumerate(classes)}
     result = {
         "n": int(len(truth)),
-        "macro_f1": float(f1_score(truth, pred, labels=classes, average="macro", zero_division=0)),
+        "macro_f1": float(f.mean()),  # = f1_score(average="macro") over the same labels
         "accuracy": float(accuracy_score(truth, pred)),
-        # grades are ordered: QWK rewards near misses; invalid answers are excluded from it
-        "qwk": float(cohen_kappa_score([rank[t] for t in truth[valid]], [rank[x] for x in pred[valid]],
-                                       weights="quadratic", labels=list(range(len(classes))))) if valid.any() else 0.0,
+        # grades are ordered (`labels` gives the order): QWK rewards near misses; invalid answers are left out of it
+        "qwk": float(cohen_kappa_score(truth[valid], pred[valid], labels=classes, weights="quadratic"))
+        if valid.any() else 0.0,
         "invalid_rate": float(1 - valid.mean()),
         "classes": list(classes),
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
@@ -58,14 +56,15 @@ def reliability(truth, proba: np.ndarray, classes: list[str], bins: int = 10) ->
     correct = np.asarray(classes, dtype=object)[proba.argmax(axis=1)] == np.asarray(truth, dtype=object)
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(top, edges) - 1, 0, bins - 1)
-    conf, acc, count = [], [], []
-    for b in range(bins):
-        sel = which == b
-        conf.append(float(top[sel].mean()) if sel.any() else None)
-        acc.append(float(correct[sel].mean()) if sel.any() else None)
-        count.append(int(sel.sum()))
-    ece = sum(c * abs(a - k) for a, k, c in zip(acc, conf, count) if c) / max(len(top), 1)
-    return {"bin_edges": edges.tolist(), "confidence": conf, "accuracy": acc, "count": count, "ece": float(ece)}
+    count = np.bincount(which, minlength=bins)
+    shown = np.maximum(count, 1)
+    conf = np.bincount(which, weights=top, minlength=bins) / shown
+    acc = np.bincount(which, weights=correct.astype(float), minlength=bins) / shown
+    ece = float((count * np.abs(acc - conf)).sum() / max(len(top), 1))
+    empty = count == 0  # None in JSON: an empty bin has no confidence or accuracy
+    return {"bin_edges": edges.tolist(), "count": count.tolist(), "ece": ece,
+            "confidence": [None if e else float(c) for c, e in zip(conf, empty)],
+            "accuracy": [None if e else float(a) for a, e in zip(acc, empty)]}
 
 
 def write_evaluation(out_dir: str | Path, result: dict, ids, truth, pred, proba: np.ndarray | None,
@@ -107,7 +106,7 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
     if held_out:
         table = split(table, config.data.valid_fraction, config.data.split_seed)[1]
     if limit is not None and limit < len(table):
-        table = table.subset(table.frame.sample(n=limit, random_state=0).sort_index().index)
+        table = table.sample(limit, seed=0)
     classes = table.spec.label.classes
     template = get_template(table.spec, config.prompt.template, config.prompt.fields)
     prompts = template.render(table)
@@ -140,6 +139,7 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
 
     from korllama.baseline import TreeBaseline
     from korllama.data import as_table, split
+    from korllama.predict import predict_labels
 
     table = as_table(train, spec)
     if eval_data is None:
@@ -153,7 +153,7 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
     proba = model.predict_proba(score_on)
     seconds = time.perf_counter() - started
     classes = table.spec.label.classes
-    pred = list(np.asarray(classes, dtype=object)[proba.argmax(axis=1)])
+    pred = list(predict_labels(proba, classes))
     result = metrics(score_on.labels.tolist(), pred, classes, proba)
     result.update(system=system, mode="trees", template="", rows_per_s=len(pred) / seconds, seconds=seconds,
                   fit_seconds=fit_seconds, train_rows=len(fit_on), data=score_on.source, run=None)

@@ -52,16 +52,17 @@ def left_padded_batches(encoded: list[list[int]], batch_size: int, pad_id: int):
 
 
 @torch.inference_mode()
-def score(model, tokenizer, prompts: list[str], classes: list[str], batch_size: int = 32,
-          progress=None) -> np.ndarray:
-    """(rows, classes) probabilities of each label as the prompt's answer. `progress(n)` is told rows done."""
+def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch_size: int = 32,
+          progress=None, encoded: list[list[int]] | None = None) -> np.ndarray:
+    """(rows, classes) probabilities of each label as the prompt's answer. `progress(n)` is told rows done.
+    A caller that already tokenised the prompts (`encode_prompts`) passes `encoded` instead of `prompts`."""
     label_ids = torch.tensor(label_token_ids(tokenizer, classes))
-    encoded = encode_prompts(tokenizer, prompts)
+    encoded = encode_prompts(tokenizer, prompts) if encoded is None else encoded
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = np.zeros((len(prompts), len(classes)), dtype=np.float64)
+    out = np.zeros((len(encoded), len(classes)), dtype=np.float64)
     for rows, ids, mask in left_padded_batches(encoded, batch_size, pad_id):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 whatever the padding
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),

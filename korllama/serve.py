@@ -399,7 +399,7 @@ class Batcher:
             if not jobs:
                 continue
             try:
-                results = await asyncio.to_thread(self._score_jobs, jobs)
+                results = await asyncio.to_thread(self.score_rows, jobs, self.stats)  # on a thread
             except Exception as exc:  # a bug: every waiting request gets a 500, the worker lives on
                 results = [exc] * len(jobs)
             for job, result in zip(jobs, results):
@@ -409,11 +409,6 @@ class Batcher:
                     job.future.set_exception(result)
                 else:
                     job.future.set_result(result)
-
-    def _score_jobs(self, jobs: list[Job]) -> list:
-        """Runs on a thread: one score() call for every valid applicant of every job; a job's own problem (a bad
-        value, a prompt too long) fails that job alone."""
-        return self.score_rows(jobs, self.stats)
 
 
 # --- the app -----------------------------------------------------------------------------------------------------
@@ -430,7 +425,7 @@ def _require_safetensors(run_dir: Path) -> None:
 def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64, max_wait_ms: float = 10,
                max_body_bytes: int = MAX_BODY_BYTES, max_applicants: int = MAX_APPLICANTS) -> FastAPI:
     """The scoring service for a run directory (the model is loaded here, once)."""
-    from korllama.predict import load_run, score
+    from korllama.predict import encode_prompts, load_run, predict_labels, score
     from korllama.prompts import get_template
     from korllama.schema import load_spec
 
@@ -453,31 +448,29 @@ def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch
         """Runs on the worker's thread (the only one that touches the tokenizer and the model): clean every job's
         applicants (together), render the prompts, refuse over-long ones, score the rest in one call."""
         results: list = validator.clean([job.applicants for job in jobs])
-        prompts: dict[int, list[str]] = {}
+        encoded: dict[int, list[list[int]]] = {}  # tokenised once: for the length check and for scoring
         for j, (job, table) in enumerate(zip(jobs, results)):
             if isinstance(table, Rejected):
                 continue
-            prompts[j] = template.render(table)
-            lengths = [len(x) for x in tokenizer(prompts[j], add_special_tokens=True)["input_ids"]]
-            long = [i for i, n in enumerate(lengths) if n > max_tokens]
+            encoded[j] = encode_prompts(tokenizer, template.render(table))
+            long = [i for i, ids in enumerate(encoded[j]) if len(ids) > max_tokens]
             if long:
                 i, request = long[0], job.applicants
                 results[j] = Rejected(422, [_problem(request.loc(i), f"{request.where(i)}: its prompt is "
-                                                     f"{lengths[i]:,} tokens, more than this run's limit of "
+                                                     f"{len(encoded[j][i]):,} tokens, more than this run's limit of "
                                                      f"{max_tokens:,} (are the numbers real?)", "prompt_too_long")])
-                del prompts[j]
-        if prompts:
-            passes = []
-            rows = [p for j in prompts for p in prompts[j]]
-            proba = score(model, tokenizer, rows, classes, batch_size=max_batch, progress=passes.append)
+                del encoded[j]
+        if encoded:
+            rows = [ids for j in encoded for ids in encoded[j]]
+            proba = score(model, tokenizer, None, classes, batch_size=max_batch, encoded=rows)
             start = 0
-            for j in prompts:
-                results[j] = proba[start:start + len(prompts[j])]
-                start += len(prompts[j])
-            stats["requests"] += len(prompts)
+            for j in encoded:
+                results[j] = proba[start:start + len(encoded[j])]
+                start += len(encoded[j])
+            stats["requests"] += len(encoded)
             stats["applicants"] += len(rows)
             stats["batches"] += 1
-            stats["forward_passes"] += len(passes)
+            stats["forward_passes"] += -(-len(rows) // max_batch)  # score() runs ceil(rows / batch) passes
             stats["largest_batch"] = max(stats["largest_batch"], len(rows))
         return results
 
@@ -542,9 +535,9 @@ def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch
         else:
             applicants = validator.shape(payload)
         proba = await batcher.submit(applicants)  # cleaned with the spec and scored with other pending requests
-        results = [{"id": applicants.ids[i], "grade": classes[int(np.argmax(p))],
+        results = [{"id": applicants.ids[i], "grade": grade,
                     "probabilities": {c: float(x) for c, x in zip(classes, p)}, "template": template.name}
-                   for i, p in enumerate(proba)]
+                   for i, (p, grade) in enumerate(zip(proba, predict_labels(proba, classes)))]
         return results[0] if applicants.single else results
 
     def openapi() -> dict:

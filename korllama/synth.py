@@ -134,3 +134,12 @@ def synthesize(rows: int, seed: int = 0) -> pd.DataFrame:
         "대출등급": GRADES[grade].astype(object),
     })
     return frame[COLUMNS]
+
+
+def synthetic_table(rows: int, seed: int = 0, spec=None):
+    """`synthesize` read the way a CSV is (every cell a string, validated and cleaned with the loan spec): a Table."""
+    from korllama.data import clean
+    from korllama.schema import load_spec
+
+    spec = spec if spec is not None else load_spec()
+    return clean(synthesize(rows, seed).astype(str), spec, source=f"synthetic({rows}, seed {seed})")

@@ -22,11 +22,11 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from korllama.config import RunConfig, config_to_yaml
-from korllama.data import Table, clean, read_table, split
+from korllama.data import Table, read_table, split
 from korllama.errors import ConfigError, KorllamaError
 from korllama.io import write_text
 from korllama.model import build_tiny, load_base, wrap_lora
-from korllama.predict import label_token_ids, predict_labels, score
+from korllama.predict import encode_prompts, label_token_ids, predict_labels, score
 from korllama.prompts import answer, get_template
 
 CHECKPOINTS = "checkpoints"
@@ -39,10 +39,9 @@ def load_training_table(config: RunConfig) -> Table:
     if config.data.train is not None:
         return read_table(config.data.train, config.data.spec)
     from korllama.schema import load_spec
-    from korllama.synth import synthesize
+    from korllama.synth import synthetic_table
 
-    raw = synthesize(config.data.synth_rows, config.data.synth_seed).astype(str)
-    return clean(raw, load_spec(config.data.spec), source=f"synthetic({config.data.synth_rows})")
+    return synthetic_table(config.data.synth_rows, config.data.synth_seed, load_spec(config.data.spec))
 
 
 def tokenize(tokenizer, prompts: list[str], labels: list[str], max_length: int) -> dict[str, list]:
@@ -96,12 +95,14 @@ class GradeTrainer(Trainer):
     def __init__(self, *args, eval_prompts: list[str], eval_truth: list[str], classes: list[str],
                  eval_batch_size: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_prompts, self.eval_truth, self.classes = eval_prompts, eval_truth, classes
+        self.eval_encoded = encode_prompts(self.processing_class, eval_prompts)  # once, not at every evaluation
+        self.eval_truth, self.classes = eval_truth, classes
         self.eval_batch = eval_batch_size
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         started = time.perf_counter()
-        proba = score(self.model, self.processing_class, self.eval_prompts, self.classes, self.eval_batch)
+        proba = score(self.model, self.processing_class, None, self.classes, self.eval_batch,
+                      encoded=self.eval_encoded)
         pred = predict_labels(proba, self.classes)
         metrics = {
             f"{metric_key_prefix}_macro_f1": float(f1_score(self.eval_truth, pred, labels=self.classes,
@@ -266,8 +267,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
     if not table.has_labels:
         raise KorllamaError(f"{table.source} has no {table.spec.label.name} column: training needs graded rows.")
     train_part, valid_part = split(table, config.data.valid_fraction, config.data.split_seed)
-    eval_part = valid_part.subset(valid_part.frame.sample(
-        n=min(config.train.eval_rows, len(valid_part)), random_state=config.data.split_seed).sort_index().index)
+    eval_part = valid_part.sample(config.train.eval_rows, seed=config.data.split_seed)
     template = get_template(table.spec, config.prompt.template, config.prompt.fields)
     train_prompts, eval_prompts = template.render(train_part), template.render(eval_part)
     classes = table.spec.label.classes

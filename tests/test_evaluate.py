@@ -17,11 +17,10 @@ from sklearn.metrics import accuracy_score, f1_score
 from test_predict import RUN_ROWS
 
 from korllama.baseline import TreeBaseline
-from korllama.data import clean, read_table, split
+from korllama.data import read_table, split
 from korllama.errors import KorllamaError
 from korllama.evaluate import evaluate_run, metrics, reliability, run_baseline
-from korllama.schema import load_spec
-from korllama.synth import synthesize
+from korllama.synth import synthesize, synthetic_table
 
 CLASSES = list("ABCDEFG")
 KEYS = {"macro_f1", "accuracy", "qwk", "n", "per_class", "confusion", "invalid_rate", "rows_per_s"}
@@ -39,8 +38,8 @@ def labelled_csv(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def synthetic_table():
-    return clean(synthesize(2000, seed=0).astype(str), load_spec())
+def loans():
+    return synthetic_table(2000, seed=0)
 
 
 # --- metrics ---------------------------------------------------------------------------------------------------
@@ -188,8 +187,8 @@ def test_evaluate_command(cli, run_dir, labelled_csv, tmp_path):
 
 # --- the tree baseline -------------------------------------------------------------------------------------------
 
-def test_tree_baseline_beats_the_majority_class(synthetic_table):
-    fit_on, score_on = split(synthetic_table, 0.2, 0)
+def test_tree_baseline_beats_the_majority_class(loans):
+    fit_on, score_on = split(loans, 0.2, 0)
     model = TreeBaseline(**FAST_TREES).fit(fit_on)
     proba = model.predict_proba(score_on)
     assert proba.shape == (len(score_on), 7)
@@ -204,12 +203,12 @@ def test_tree_baseline_beats_the_majority_class(synthetic_table):
     assert trees > floor + 0.3, (trees, floor)
 
 
-def test_tree_baseline_takes_categories_it_never_saw(synthetic_table):
-    frame = synthetic_table.frame
-    fit_on = synthetic_table.subset(frame.index[(frame["home_ownership"] != "OWN") & (frame["purpose"] != "car")])
+def test_tree_baseline_takes_categories_it_never_saw(loans):
+    frame = loans.frame
+    fit_on = loans.subset(frame.index[(frame["home_ownership"] != "OWN") & (frame["purpose"] != "car")])
     model = TreeBaseline(**FAST_TREES).fit(fit_on)
     assert "OWN" not in model.categories_["home_ownership"]
-    unseen = synthetic_table.subset(frame.index[(frame["home_ownership"] == "OWN") | (frame["purpose"] == "car")])
+    unseen = loans.subset(frame.index[(frame["home_ownership"] == "OWN") | (frame["purpose"] == "car")])
     assert len(unseen) > 50
     proba = model.predict_proba(unseen)
     assert np.isfinite(proba).all()
@@ -220,9 +219,9 @@ def test_tree_baseline_takes_categories_it_never_saw(synthetic_table):
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
 
 
-def test_tree_baseline_keeps_absent_classes_as_zero_columns(synthetic_table):
-    frame = synthetic_table.frame
-    without_g = synthetic_table.subset(frame.index[frame["grade"] != "G"])
+def test_tree_baseline_keeps_absent_classes_as_zero_columns(loans):
+    frame = loans.frame
+    without_g = loans.subset(frame.index[frame["grade"] != "G"])
     model = TreeBaseline(**FAST_TREES).fit(without_g)
     proba = model.predict_proba(without_g.subset(without_g.frame.index[:50]))
     assert proba.shape == (50, 7)

@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import load_file
 
 from korllama.config import LoraConfig, ModelConfig, TinyModelConfig, load_config
-from korllama.data import clean
 from korllama.errors import ConfigError, KorllamaError
 from korllama.model import (
     _force_single_tokens,
@@ -20,8 +19,7 @@ from korllama.model import (
     wrap_lora,
 )
 from korllama.prompts import answer, render
-from korllama.schema import load_spec
-from korllama.synth import synthesize
+from korllama.synth import synthetic_table
 
 LABELS = list("ABCDEFG")
 TINY = TinyModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -30,7 +28,7 @@ TINY = TinyModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=
 
 @pytest.fixture(scope="module")
 def prompts():
-    return render(clean(synthesize(200, seed=0).astype(str), load_spec()), "compact")
+    return render(synthetic_table(200, seed=0), "compact")
 
 
 @pytest.fixture(scope="module")

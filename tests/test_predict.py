@@ -16,7 +16,6 @@ import torch
 from test_train import FIELDS, TINY, run_config
 
 from korllama.config import RunConfig
-from korllama.data import clean
 from korllama.errors import KorllamaError
 from korllama.predict import (
     generate,
@@ -28,8 +27,7 @@ from korllama.predict import (
     seed_generation_config,
 )
 from korllama.prompts import render
-from korllama.schema import load_spec
-from korllama.synth import synthesize
+from korllama.synth import synthesize, synthetic_table
 from korllama.train import train
 
 CLASSES = list("ABCDEFG")
@@ -63,7 +61,7 @@ def loaded(run_dir):
 @pytest.fixture(scope="module")
 def mixed_prompts() -> list[str]:
     """40 prompts of very different lengths: short (3 fields), long (all fields) and truncated ones."""
-    table = clean(synthesize(40, seed=7).astype(str), load_spec())
+    table = synthetic_table(40, seed=7)
     short, long = render(table, "compact", FIELDS), render(table, "compact")
     prompts = []
     for i in range(40):

@@ -24,13 +24,11 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from korllama.config import ModelConfig, RunConfig, TinyModelConfig, load_config
-from korllama.data import clean
 from korllama.errors import ConfigError, KorllamaError
 from korllama.model import build_tiny, load_base
 from korllama.predict import label_token_ids, score
 from korllama.prompts import render
-from korllama.schema import load_spec
-from korllama.synth import synthesize
+from korllama.synth import synthetic_table
 from korllama.train import (
     class_weighted_loss,
     last_complete_checkpoint,
@@ -86,7 +84,7 @@ def subprocess_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def prompts() -> list[str]:
-    table = clean(synthesize(200, seed=0).astype(str), load_spec())
+    table = synthetic_table(200, seed=0)
     return render(table, "compact", FIELDS)
 
 
@@ -226,7 +224,7 @@ def test_full_training_writes_a_complete_run(full_run):
     base = load_file(run_dir / "base" / "model.safetensors")
     name = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(model.state_dict()[name], base[name])
-    table = clean(synthesize(12, seed=5).astype(str), load_spec())
+    table = synthetic_table(12, seed=5)
     proba = score(model, tokenizer, render(table, "compact", FIELDS), CLASSES, batch_size=5)
     assert proba.shape == (12, 7)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)

@@ -50,7 +50,7 @@ def run_demo(out: Path, rows: int = 4000, seed: int = 0, console: Console | None
     run_dir = out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo's own folder: start clean every time
     say("4. train", f"the tiny Llama built here, all weights, {config.train.epochs:g} epochs -> {run_dir}")
-    summary = train(config, run_dir)
+    summary = train(config, run_dir, table=table)  # the table read above: not read again
 
     evals = out / "eval"
     before = evaluate_run(run_dir, table, evals / "before", base=str(run_dir / "base"), held_out=True,
@@ -60,8 +60,8 @@ def run_demo(out: Path, rows: int = 4000, seed: int = 0, console: Console | None
                              batch_size=16, system="after tuning, generation", console=console)
     say("5. evaluate", f"held-out rows: macro-F1 {before['macro_f1']:.3f} before tuning -> "
         f"{after['macro_f1']:.3f} after (rank scoring, {after['rows_per_s']:.0f} rows/s); generation the "
-        f"original's way: {generated['macro_f1']:.3f} on 100 rows, {generated['invalid_rate']:.0%} invalid, "
-        f"{generated['rows_per_s']:.1f} rows/s")
+        f"original's way: {generated['macro_f1']:.3f} on {generated['n']} rows, "
+        f"{generated['invalid_rate']:.0%} invalid, {generated['rows_per_s']:.1f} rows/s")
     base = run_baseline(table, None, evals / "baseline", valid_fraction=config.data.valid_fraction,
                         seed=config.data.split_seed)
     say("6. baseline", f"LightGBM on the same split: macro-F1 {base['macro_f1']:.3f}")

@@ -248,8 +248,9 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
-    """Run the recipe; returns the summary written to run_dir/train_summary.json."""
+def train(config: RunConfig, run_dir: str | Path, resume: bool = False, table: Table | None = None) -> dict:
+    """Run the recipe; returns the summary written to run_dir/train_summary.json. `table`: the configured table
+    when the caller has already read it (else it is read here)."""
     from accelerate import PartialState
     from datasets import Dataset
 
@@ -263,7 +264,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict:
         raise KorllamaError(f"{run_dir} already holds a finished run; choose another --out or pass --resume.")
     started = time.perf_counter()
 
-    table = load_training_table(config)
+    table = table if table is not None else load_training_table(config)
     if not table.has_labels:
         raise KorllamaError(f"{table.source} has no {table.spec.label.name} column: training needs graded rows.")
     train_part, valid_part = split(table, config.data.valid_fraction, config.data.split_seed)

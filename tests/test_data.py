@@ -29,6 +29,7 @@ from korllama.errors import DataError
 from korllama.features import implied_annual_rate, payments_made, ratio
 from korllama.io import atomic_path
 from korllama.schema import load_spec
+from korllama.synth import synthetic_table
 
 ALIASES = ["loan_amount", "term", "employment_length", "home_ownership", "annual_income", "debt_to_income",
            "total_accounts", "purpose", "delinquencies_2y", "principal_repaid", "interest_repaid", "overdue_amount",
@@ -277,12 +278,22 @@ def test_more_bad_rows_are_counted(tmp_path):
 
 # --- split and atomic writes ------------------------------------------------------------------------------------
 
-def test_split_is_stratified_and_deterministic(table):
+def test_split_is_deterministic_and_falls_back_when_a_grade_is_too_rare(table):
+    # the 60-row fixture holds one F and one G: too few to stratify, so the split is a plain random one
     train, valid = split(table, valid_fraction=0.25, seed=3)
     again, _ = split(table, valid_fraction=0.25, seed=3)
+    other, _ = split(table, valid_fraction=0.25, seed=4)
     assert len(train) + len(valid) == len(table) and len(valid) == 15
     assert set(train.ids).isdisjoint(valid.ids)
-    assert train.ids.tolist() == again.ids.tolist()
+    assert train.ids.tolist() == again.ids.tolist() != other.ids.tolist()
+
+
+def test_split_keeps_each_grades_share():
+    table = synthetic_table(2000, seed=0)
+    _, valid = split(table, valid_fraction=0.25, seed=3)
+    whole, held = table.labels.value_counts(), valid.labels.value_counts()
+    for grade, count in whole.items():  # stratified: each grade's held-out count is a quarter of it, to a row
+        assert abs(held.get(grade, 0) - count / 4) <= 1, grade
 
 
 def test_atomic_path_removes_temp_file_when_body_raises(tmp_path):

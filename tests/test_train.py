@@ -212,10 +212,15 @@ def test_full_training_writes_a_complete_run(full_run):
     assert summary["global_step"] == 6 and summary["weights"] == "model"
     assert summary["train_rows"] + 60 == 300 and summary["eval_rows"] == 40
     best = json.loads((run_dir / "best.json").read_text())
-    assert best == {"eval_macro_f1": summary["best_eval_macro_f1"], "step": summary["best_step"]}
     state = json.loads((run_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 6
-    assert [e["step"] for e in state["log_history"] if "eval_macro_f1" in e] == [3, 6]
+    evals = [(e["step"], e["eval_macro_f1"]) for e in state["log_history"] if "eval_macro_f1" in e]
+    assert [step for step, _ in evals] == [3, 6]
+    # model/ holds the first evaluation with the highest macro-F1, not simply the last weights
+    top = max(f1 for _, f1 in evals)
+    assert best == {"eval_macro_f1": top, "step": next(step for step, f1 in evals if f1 == top)}
+    kept, last = (load_file(p / "model.safetensors") for p in (run_dir / "model", checkpoints[-1]))
+    assert all(torch.equal(kept[k], last[k]) for k in kept) == (best["step"] == 6)
     assert any("loss" in e for e in state["log_history"])
 
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model")

@@ -38,13 +38,16 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+_options = {"debug": False}
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ):
-    pass
+    _options["debug"] = debug  # main() reads it when a command fails
 
 
 @data_app.command("check")
@@ -362,13 +365,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the typer app, turning KorllamaError into one sentence and exit code 2."""
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
+    _options["debug"] = False
     warnings.showwarning = _show_warning
     command = typer.main.get_command(app)
     try:  # click handles usage errors and --help itself (standalone mode) and exits through SystemExit
         command.main(args=args, prog_name="korllama", standalone_mode=True)
     except KorllamaError as exc:
-        if debug:
+        if _options["debug"]:
             raise
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2

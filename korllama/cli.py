@@ -269,19 +269,27 @@ def baseline_cmd(
                                                                   "held-out split of --train).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and predictions.csv.")] = ...,
     schema: SpecOption = None,
-    valid_fraction: Annotated[float, typer.Option("--valid-fraction")] = 0.2,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    config_file: Annotated[str | None, typer.Option(
+        "--config", help="A run's config.yaml (or a built-in config name): its data.valid_fraction, data.split_seed "
+                         "and data.spec give the split, so the trees see that run's held-out rows.")] = None,
+    valid_fraction: Annotated[float | None, typer.Option(
+        "--valid-fraction", min=0.01, max=0.99, help="Share held out without --eval. [default: 0.2]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Split seed without --eval. [default: 0]")] = None,
 ):
     """Gradient-boosted trees (LightGBM) on the cleaned columns plus the derived features, same metrics.
 
-    Without --eval it fits on a stratified 80% of --train and scores the other 20% (the split `korllama train`
-    uses with the same seed).
+    Without --eval it fits on a stratified 80% of --train and scores the other 20%: the split `korllama train`
+    makes with the default config (pass --config RUN/config.yaml for a run's own split).
 
     Example: korllama baseline --train ../shared/data/dacon-loan/train.csv --out runs/eval/baseline
     """
+    from korllama.config import load_config
     from korllama.evaluate import run_baseline
 
-    r = run_baseline(train_file, eval_file, out, schema, valid_fraction, seed)
+    data = load_config(config_file).data  # the defaults when no config is named: one source for the split
+    r = run_baseline(train_file, eval_file, out, schema or data.spec,
+                     data.valid_fraction if valid_fraction is None else valid_fraction,
+                     data.split_seed if seed is None else seed)
     console.print(f"baseline: macro-F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}, QWK {r['qwk']:.4f} on "
                   f"{r['n']:,} rows (fit {r['fit_seconds']:.0f}s) -> {escape(str(out))}")
 

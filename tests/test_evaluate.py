@@ -250,3 +250,16 @@ def test_run_baseline_writes_the_same_metrics(monkeypatch, tmp_path):
     synthesize(50, seed=3).to_csv(evaluate_on, index=False)
     separate = run_baseline(data, evaluate_on, tmp_path / "separate")
     assert separate["n"] == 50 and separate["train_rows"] == 600
+
+
+def test_baseline_command_takes_the_split_from_a_run_config(monkeypatch, tmp_path):
+    import korllama.baseline
+    from korllama.cli import main
+
+    monkeypatch.setattr(korllama.baseline, "TreeBaseline", functools.partial(TreeBaseline, **FAST_TREES))
+    data, config = tmp_path / "train.csv", tmp_path / "config.yaml"
+    synthesize(600, seed=2).to_csv(data, index=False)
+    config.write_text("data: {valid_fraction: 0.3, split_seed: 5}\n")
+    assert main(["baseline", "--train", str(data), "--out", str(tmp_path / "b"), "--config", str(config)]) == 0
+    predictions = pd.read_csv(tmp_path / "b" / "predictions.csv", dtype={"ID": str})
+    assert predictions["ID"].tolist() == split(read_table(data), 0.3, 5)[1].ids.tolist()

@@ -102,6 +102,10 @@ def load_run(run: str | Path | None = None, base: str | None = None):
         raise KorllamaError(f"{run} is not a korllama run directory (no config.yaml); train one with "
                             "`korllama train`, or pass a base model with --base.")
     config = load_config(run / "config.yaml")
+    for folder in (run / "model", run / "adapter"):  # weights from safetensors only: a pickle can run code
+        if folder.is_dir() and not any(folder.glob("*.safetensors")):
+            raise KorllamaError(f"{folder} holds no safetensors weights; korllama loads safetensors only "
+                                "(never pickled .bin files).")
     run_tokenizer = run / "tokenizer" if (run / "tokenizer").is_dir() else None
     if base is not None:  # the run's prompt settings with another model (its untrained base): its own tokenizer
         model, tokenizer = load_base(config.model, base, for_training=False)

@@ -413,15 +413,6 @@ class Batcher:
 
 # --- the app -----------------------------------------------------------------------------------------------------
 
-def _require_safetensors(run_dir: Path) -> None:
-    """Weights are loaded from safetensors only (never a pickle): refuse a run whose weights are not."""
-    for folder, name in (("model", "model.safetensors"), ("adapter", "adapter_model.safetensors")):
-        where = run_dir / folder
-        if where.is_dir() and not (where / name).is_file() and not any(where.glob("*.safetensors")):
-            raise KorllamaError(f"{where} holds no safetensors weights; korllama serve loads safetensors only "
-                                "(never pickled .bin files).")
-
-
 def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64, max_wait_ms: float = 10,
                max_body_bytes: int = MAX_BODY_BYTES, max_applicants: int = MAX_APPLICANTS) -> FastAPI:
     """The scoring service for a run directory (the model is loaded here, once)."""
@@ -433,9 +424,7 @@ def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch
         raise KorllamaError("max_batch, max_body_bytes and max_applicants must be at least 1 and max_wait_ms at "
                             "least 0.")
     run_dir = Path(run_dir)
-    if (run_dir / "config.yaml").is_file():
-        _require_safetensors(run_dir)
-    model, tokenizer, config = load_run(run_dir)
+    model, tokenizer, config = load_run(run_dir)  # safetensors only, for every command
     spec = load_spec(config.data.spec)
     template = get_template(spec, config.prompt.template, config.prompt.fields)
     classes = list(spec.label.classes)

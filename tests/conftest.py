@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/fixtures.py is importable as `fixtures`
 
-from fixtures import write_table  # noqa: E402
+from fixtures import make_run, write_table  # noqa: E402
 
 from korllama.cli import main  # noqa: E402
 
@@ -31,8 +31,6 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory) -> Path:
     """A tiny trained run (full weights, 4 steps on synthetic rows), shared by the predict/evaluate tests."""
-    from test_predict import make_run
-
     return make_run(tmp_path_factory.mktemp("tiny") / "run")
 
 

@@ -5,12 +5,16 @@ format the real file has: each employment string, each home-ownership value (ANY
 every grade, a debt-to-income of 9999, an income of 0, a row with nothing repaid. `write_table` writes it as
 utf-8, utf-8 with BOM, cp949 or Parquet, with Korean or English headers. `write_bad` writes one corrupted copy
 per bad case, with the pieces its error message must contain. Row i of a frame is on line i + 2 of its CSV.
+
+Also shared here, so that no test module imports another: the tiny training recipe (`run_config`, `make_run`,
+`unlabelled_csv`) and two rows of the real test.csv with the prompts the original's README shows for them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from korllama.schema import load_spec
@@ -27,6 +31,8 @@ PURPOSES = {"부채 통합": "debt consolidation", "신용 카드": "credit card
             "소규모 사업": "small business", "이사": "moving", "휴가": "vacation", "주택": "house",
             "재생 에너지": "renewable energy"}
 GRADES = list("ABCDEFG")
+# Median implied annual rate per grade in ../shared/data/dacon-loan/train.csv (`korllama data check`), measured once
+REAL_MEDIAN_RATE = {"A": 0.0675, "B": 0.0959, "C": 0.1265, "D": 0.1620, "E": 0.1827, "F": 0.2251, "G": 0.2650}
 DTI_ROW, INCOME_ROW, UNPAID_ROW = 12, 13, 14  # 9999 debt-to-income, 0 income, nothing repaid
 GRADE_ROWS = range(20, 27)  # A..G in order
 
@@ -141,3 +147,105 @@ def write_bad(folder: Path, case: str) -> tuple[Path, list[str]]:
         data, expected = _byte_cases(frame)[case]
         path.write_bytes(data)
     return path, expected
+
+
+# --- tiny training runs (test_train, test_predict, test_evaluate, test_serve, conftest's run_dir) ---------------
+
+CLASSES = list("ABCDEFG")
+FIELDS = ["term", "implied_rate", "principal_ratio"]  # short prompts: fast steps
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=384,
+            max_position_embeddings=512)
+
+
+def run_config(**overrides) -> dict:
+    """A tiny, fast run as a YAML-ready dict; `overrides` replace whole sections' keys (train={...})."""
+    config = {
+        "name": "test",
+        "data": {"synth_rows": 200, "synth_seed": 0},
+        "prompt": {"template": "compact", "fields": FIELDS},
+        "model": {"base": "tiny", "device": "cpu", "tiny": dict(TINY)},
+        "lora": None,
+        "train": {"max_steps": 6, "batch_size": 16, "grad_accum": 1, "lr": 1e-2, "warmup_steps": 0,
+                  "eval_steps": 3, "save_steps": 3, "save_total_limit": 1, "eval_rows": 20, "eval_batch_size": 32,
+                  "logging_steps": 2, "max_length": 256},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(config.get(section), dict):
+            config[section].update(values)
+        else:
+            config[section] = values
+    return config
+
+
+RUN_ROWS = 200  # synthetic rows (seed 0) the tiny run trains on; its validation split is 20% of them
+
+
+def make_run(run_dir: Path) -> Path:
+    """Full-weight training of a tiny random Llama on RUN_ROWS synthetic rows: 4 steps, one evaluation."""
+    config = run_config(name="tiny", data={"synth_rows": RUN_ROWS},
+                        train={"max_steps": 4, "eval_steps": 4, "save_steps": 4})
+    from korllama.config import RunConfig
+    from korllama.train import train
+
+    train(RunConfig.model_validate(config), run_dir)
+    return run_dir
+
+
+def unlabelled_csv(path: Path, rows: int = 25, seed: int = 3) -> Path:
+    """A test.csv look-alike: the real headers without 대출등급, IDs TEST_xxxxx in a shuffled (non-sorted) order."""
+    frame = synthesize(rows, seed=seed).drop(columns=["대출등급"])
+    order = np.random.default_rng(seed).permutation(rows)
+    frame["ID"] = [f"TEST_{i:05d}" for i in order]
+    frame.to_csv(path, index=False, encoding="utf-8")
+    return path
+
+
+# --- rows of the real test.csv and the prompts the original's README shows for them (test_prompts, test_cli) ---
+
+HEADER = ("ID,대출금액,대출기간,근로기간,주택소유상태,연간소득,부채_대비_소득_비율,총계좌수,대출목적,"
+          "최근_2년간_연체_횟수,총상환원금,총상환이자,총연체금액,연체계좌수")
+TEST_00000 = "TEST_00000,16800000, 36 months,8 years,MORTGAGE,132000000,19.64,12,주택 개선,0,394692,146604.0,0.0,0.0"
+TEST_00010 = "TEST_00010,16800000, 60 months,10+ years,MORTGAGE,82680000,21.96,27,부채 통합,0,199284,159924.0,0.0,0.0"
+
+# The original Kor_llama README, "before tuning", second example (the prompt up to '###Credit Rating :').
+README_TEST_00000 = """\
+you are financial speciallist. And you will see ###condition of one person. and judge his/her Credit rating
+response about ###instruction 
+
+###Condition
+he/she owe $ 16800000 , take out a loan during 36 months. 
+He/she works for 8 years. Status of home ownership is MORTGAGE
+His/her annual income was about 132000000. His/her total debt/income ratio was 19.640000 
+He/she have total 12 accounts, and he/she take out a loan for housing improvement.
+He/she overdue of interest 0 times over last 2 year.
+His/Her total redemption principal $ 394692. His/Her total interst pay $ 146604.000000 
+His/Her total overdue payment $ 0.000000. He/She have 0.000000 overdue account for total 
+
+###instruction: with those conditions, Guess His Credit Rating in one of A,B,C,D,E,F,G 
+
+
+###Credit Rating :"""
+
+
+# The same README, "before tuning", first example.
+README_EXAMPLE_1 = """\
+you are financial speciallist. And you will see ###condition of one person. and judge his/her Credit rating
+response about ###instruction 
+
+###Condition
+he/she owe $ 16800000 , take out a loan during 60 months. 
+He/she works for 10 years. Status of home ownership is MORTGAGE
+His/her annual income was about 82680000. His/her total debt/income ratio was 21.960000 
+He/she have total 27 accounts, and he/she take out a loan for debt consolidation.
+He/she overdue of interest 0 times over last 2 year.
+His/Her total redemption principal $ 199284. His/Her total interst pay $ 159924.000000 
+His/Her total overdue payment $ 0.000000. He/She have 0.000000 overdue account for total 
+
+###instruction: with those conditions, Guess His Credit Rating in one of A,B,C,D,E,F,G 
+
+
+###Credit Rating :"""
+
+
+def strip_lines(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.strip("\n").splitlines())

@@ -7,8 +7,17 @@ import sys
 
 import pandas as pd
 import pytest
-from fixtures import BAD_CASES, quirky_frame, write_bad, write_table, write_variants
-from test_prompts import HEADER, README_TEST_00000, TEST_00000, strip_lines
+from fixtures import (
+    BAD_CASES,
+    HEADER,
+    README_TEST_00000,
+    TEST_00000,
+    quirky_frame,
+    strip_lines,
+    write_bad,
+    write_table,
+    write_variants,
+)
 
 from korllama.data import read_table
 from korllama.errors import DataError

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures import RUN_ROWS
 from sklearn.metrics import accuracy_score, f1_score
-from test_predict import RUN_ROWS
 
 from korllama.baseline import TreeBaseline
 from korllama.data import read_table, split

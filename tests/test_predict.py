@@ -7,15 +7,13 @@ Everything runs on a tiny run (hidden 32, 2 layers, 4 steps) trained once per mo
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_train import FIELDS, TINY, run_config
+from fixtures import CLASSES, FIELDS, TINY, unlabelled_csv
 
-from korllama.config import RunConfig
 from korllama.errors import KorllamaError
 from korllama.predict import (
     generate,
@@ -27,30 +25,7 @@ from korllama.predict import (
     seed_generation_config,
 )
 from korllama.prompts import render
-from korllama.synth import synthesize, synthetic_table
-from korllama.train import train
-
-CLASSES = list("ABCDEFG")
-RUN_ROWS = 200  # synthetic rows (seed 0) the tiny run trains on; its validation split is 20% of them
-
-
-def make_run(run_dir: Path) -> Path:
-    """Full-weight training of a tiny random Llama on RUN_ROWS synthetic rows: 4 steps, one evaluation."""
-    config = run_config(name="tiny", data={"synth_rows": RUN_ROWS},
-                        train={"max_steps": 4, "eval_steps": 4, "save_steps": 4})
-    train(RunConfig.model_validate(config), run_dir)
-    return run_dir
-
-
-def unlabelled_csv(path: Path, rows: int = 25, seed: int = 3) -> Path:
-    """A test.csv look-alike: the real headers without 대출등급, IDs TEST_xxxxx in a shuffled (non-sorted) order."""
-    frame = synthesize(rows, seed=seed).drop(columns=["대출등급"])
-    order = np.random.default_rng(seed).permutation(rows)
-    frame["ID"] = [f"TEST_{i:05d}" for i in order]
-    frame.to_csv(path, index=False, encoding="utf-8")
-    return path
-
-
+from korllama.synth import synthetic_table
 
 
 @pytest.fixture(scope="module")

@@ -6,61 +6,23 @@ from pathlib import Path
 
 import pytest
 from conftest import SEED_README
-from fixtures import quirky_frame, write_table
+from fixtures import (
+    HEADER,
+    README_EXAMPLE_1,
+    README_TEST_00000,
+    TEST_00000,
+    TEST_00010,
+    quirky_frame,
+    strip_lines,
+    write_table,
+)
 
 from korllama.data import read_table
 from korllama.errors import ConfigError
 from korllama.prompts import answer, get_template, render, templates
 from korllama.schema import load_spec
 
-HEADER = ("ID,대출금액,대출기간,근로기간,주택소유상태,연간소득,부채_대비_소득_비율,총계좌수,대출목적,"
-          "최근_2년간_연체_횟수,총상환원금,총상환이자,총연체금액,연체계좌수")
-TEST_00000 = "TEST_00000,16800000, 36 months,8 years,MORTGAGE,132000000,19.64,12,주택 개선,0,394692,146604.0,0.0,0.0"
-TEST_00010 = "TEST_00010,16800000, 60 months,10+ years,MORTGAGE,82680000,21.96,27,부채 통합,0,199284,159924.0,0.0,0.0"
-
-# The original Kor_llama README, "before tuning", second example (the prompt up to '###Credit Rating :').
-README_TEST_00000 = """\
-you are financial speciallist. And you will see ###condition of one person. and judge his/her Credit rating
-response about ###instruction 
-
-###Condition
-he/she owe $ 16800000 , take out a loan during 36 months. 
-He/she works for 8 years. Status of home ownership is MORTGAGE
-His/her annual income was about 132000000. His/her total debt/income ratio was 19.640000 
-He/she have total 12 accounts, and he/she take out a loan for housing improvement.
-He/she overdue of interest 0 times over last 2 year.
-His/Her total redemption principal $ 394692. His/Her total interst pay $ 146604.000000 
-His/Her total overdue payment $ 0.000000. He/She have 0.000000 overdue account for total 
-
-###instruction: with those conditions, Guess His Credit Rating in one of A,B,C,D,E,F,G 
-
-
-###Credit Rating :"""
-
-# The same README, "before tuning", first example.
-README_EXAMPLE_1 = """\
-you are financial speciallist. And you will see ###condition of one person. and judge his/her Credit rating
-response about ###instruction 
-
-###Condition
-he/she owe $ 16800000 , take out a loan during 60 months. 
-He/she works for 10 years. Status of home ownership is MORTGAGE
-His/her annual income was about 82680000. His/her total debt/income ratio was 21.960000 
-He/she have total 27 accounts, and he/she take out a loan for debt consolidation.
-He/she overdue of interest 0 times over last 2 year.
-His/Her total redemption principal $ 199284. His/Her total interst pay $ 159924.000000 
-His/Her total overdue payment $ 0.000000. He/She have 0.000000 overdue account for total 
-
-###instruction: with those conditions, Guess His Credit Rating in one of A,B,C,D,E,F,G 
-
-
-###Credit Rating :"""
-
 INSTRUCTION = "with those conditions, Guess His Credit Rating in one of A,B,C,D,E,F,G"
-
-
-def strip_lines(text: str) -> str:
-    return "\n".join(line.rstrip() for line in text.strip("\n").splitlines())
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from test_predict import CLASSES, unlabelled_csv
+from fixtures import CLASSES, unlabelled_csv
 
 from korllama.data import DataWarning, clean
 from korllama.errors import KorllamaError

@@ -7,13 +7,13 @@ import warnings
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
+from fixtures import REAL_MEDIAN_RATE
 
 from korllama.data import DataWarning, read_table
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is absent")
 
 GRADE_COUNTS = {"A": 13402, "B": 22990, "C": 22043, "D": 10769, "E": 5928, "F": 1565, "G": 338}
-MEDIAN_RATE = {"A": 0.0675, "B": 0.0959, "C": 0.1265, "D": 0.1620, "E": 0.1827, "F": 0.2251, "G": 0.2650}
 
 
 def _read(name: str):
@@ -55,7 +55,7 @@ def test_median_implied_rate_rises_with_grade(train):
     f = train[0].frame
     medians = f.groupby("grade")["implied_rate"].median().reindex(list("ABCDEFG"))
     assert (np.diff(medians.to_numpy()) > 0).all(), medians.to_dict()
-    for grade, rate in MEDIAN_RATE.items():
+    for grade, rate in REAL_MEDIAN_RATE.items():
         assert medians[grade] == pytest.approx(rate, abs=0.002), grade
     unpaid = f["principal_repaid"] == 0
     assert unpaid.any() and f.loc[unpaid, "implied_rate"].isna().all()

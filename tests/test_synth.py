@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures import REAL_MEDIAN_RATE
 
 from korllama.features import implied_annual_rate
 from korllama.synth import COLUMNS, synthesize
@@ -15,7 +16,6 @@ PURPOSES = {"부채 통합", "신용 카드", "주택 개선", "기타", "주요
             "주택", "재생 에너지"}
 # grade shares and per-grade median implied annual rate measured on the real train.csv
 REAL_SHARE = {"A": 0.174, "B": 0.298, "C": 0.286, "D": 0.140, "E": 0.077, "F": 0.020, "G": 0.004}
-REAL_MEDIAN_RATE = {"A": 0.0675, "B": 0.0959, "C": 0.1265, "D": 0.1620, "E": 0.1827, "F": 0.2250, "G": 0.2650}
 
 
 @pytest.fixture(scope="module")

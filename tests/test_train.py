@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fixtures import CLASSES, FIELDS, TINY, run_config
 from safetensors.torch import load_file, save_file
 
 from korllama.config import ModelConfig, RunConfig, TinyModelConfig, load_config
@@ -40,32 +41,6 @@ from korllama.train import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = list("ABCDEFG")
-FIELDS = ["term", "implied_rate", "principal_ratio"]  # short prompts: fast steps
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=384,
-            max_position_embeddings=512)
-
-
-def run_config(**overrides) -> dict:
-    """A tiny, fast run as a YAML-ready dict; `overrides` replace whole sections' keys (train={...})."""
-    config = {
-        "name": "test",
-        "data": {"synth_rows": 200, "synth_seed": 0},
-        "prompt": {"template": "compact", "fields": FIELDS},
-        "model": {"base": "tiny", "device": "cpu", "tiny": dict(TINY)},
-        "lora": None,
-        "train": {"max_steps": 6, "batch_size": 16, "grad_accum": 1, "lr": 1e-2, "warmup_steps": 0,
-                  "eval_steps": 3, "save_steps": 3, "save_total_limit": 1, "eval_rows": 20, "eval_batch_size": 32,
-                  "logging_steps": 2, "max_length": 256},
-    }
-    for section, values in overrides.items():
-        if isinstance(values, dict) and isinstance(config.get(section), dict):
-            config[section].update(values)
-        else:
-            config[section] = values
-    return config
-
-
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

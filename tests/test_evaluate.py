@@ -17,6 +17,7 @@ from fixtures import RUN_ROWS
 from sklearn.metrics import accuracy_score, f1_score
 
 from korllama.baseline import TreeBaseline
+from korllama.config import load_config
 from korllama.data import read_table, split
 from korllama.errors import KorllamaError
 from korllama.evaluate import evaluate_run, metrics, reliability, run_baseline
@@ -119,7 +120,9 @@ def test_reliability_bins_and_a_perfectly_calibrated_case():
 def test_evaluate_run_on_the_held_out_split(run_dir, labelled_csv, tmp_path):
     out = tmp_path / "tuned"
     result = evaluate_run(run_dir, labelled_csv, out, held_out=True, batch_size=8)
-    valid = split(read_table(labelled_csv), 0.2, 0)[1]
+    data = load_config(run_dir / "config.yaml").data
+    assert data.split_seed != 0  # the run's own split, not the default one
+    valid = split(read_table(labelled_csv), data.valid_fraction, data.split_seed)[1]
 
     on_disk = json.loads((out / "metrics.json").read_text("utf-8"))
     assert on_disk == json.loads(json.dumps(result))
@@ -128,6 +131,8 @@ def test_evaluate_run_on_the_held_out_split(run_dir, labelled_csv, tmp_path):
     assert on_disk["held_out"] is True and on_disk["mode"] == "score" and on_disk["system"] == "run"
     assert on_disk["rows_per_s"] > 0
     assert on_disk["invalid_rate"] == 0.0  # rank scoring always answers a grade
+    predicted = pd.read_csv(out / "predictions.csv", dtype={"ID": str})["ID"].tolist()
+    assert predicted == valid.ids.tolist()
     assert np.asarray(on_disk["confusion"]).shape == (7, 7)
     assert np.asarray(on_disk["confusion"]).sum() == len(valid)
     assert set(on_disk["per_class"]) == set(CLASSES)

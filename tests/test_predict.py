@@ -156,6 +156,17 @@ def test_generate_returns_a_grade_or_none_and_the_text_per_prompt(loaded, mixed_
     assert generate(model, tokenizer, prompts, CLASSES, batch_size=2) == (grades, texts)  # seeded: repeatable
 
 
+def test_generation_is_the_same_alone_or_left_padded_in_a_batch(run_dir, mixed_prompts):
+    # top_k=1 makes the original's sampling greedy, so left padding (rows of other lengths in one batch) must not
+    # change a row's text. The untrained base never says EOS: every row runs all 100 new tokens.
+    model, tokenizer, _ = load_run(run_dir, base=str(run_dir / "base"))
+    prompts = [mixed_prompts[i] for i in (0, 1, 2)]  # long, short, truncated: padded by different amounts
+    assert len({len(tokenizer(p)["input_ids"]) for p in prompts}) == 3
+    batched = generate(model, tokenizer, prompts, CLASSES, batch_size=3)[1]
+    assert all(len(tokenizer(t, add_special_tokens=False)["input_ids"]) >= 50 for t in batched)
+    assert generate(model, tokenizer, prompts, CLASSES, batch_size=1)[1] == batched
+
+
 # --- loading -------------------------------------------------------------------------------------------------------
 
 def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):

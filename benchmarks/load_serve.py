@@ -30,6 +30,7 @@ from collections import Counter
 import httpx
 import numpy as np
 
+from korllama.serve import MAX_APPLICANTS
 from korllama.synth import synthesize
 
 
@@ -71,7 +72,7 @@ def request_kinds() -> list[tuple[str, bool, dict]]:
         ("list of 8", True, js(raw[40:48])),
         ("one raw", True, js(raw[9])),
         ("list of 8", True, js(raw[48:56])),
-        ("1,025 applicants", False, js([english] * 1025)),
+        (f"{MAX_APPLICANTS + 1:,} applicants", False, js([english] * (MAX_APPLICANTS + 1))),  # one over the limit
         ("one raw", True, js(raw[60])),
         ("one clean", True, js(english)),
         ("wrong type", False, js(english | {"annual_income": True})),

@@ -213,7 +213,8 @@ class ApplicantValidator:
                     return out
                 k = int(np.searchsorted(starts, exc.row, side="right")) - 1
                 j = alive.pop(k)
-                out[j] = self._clean_one(requests[j])
+                # alone, its error is already the one to report; among others, judge it alone for its own message
+                out[j] = self._rejected(requests[j], exc) if not alive else self._clean_one(requests[j])
                 continue
             for k, j in enumerate(alive):
                 out[j] = table if len(alive) == 1 else table.subset(np.arange(starts[k], starts[k + 1]))
@@ -225,8 +226,12 @@ class ApplicantValidator:
             return clean(pd.DataFrame(request.rows, dtype=object), self.spec, source="request",
                          row_label=request.where)
         except DataError as exc:
-            at = request.loc(exc.row, exc.column) if exc.row is not None and exc.column else []
-            return Rejected(422, [_problem(at, str(exc), "value_error")])
+            return self._rejected(request, exc)
+
+    @staticmethod
+    def _rejected(request: Applicants, exc: DataError) -> Rejected:
+        at = request.loc(exc.row, exc.column) if exc.row is not None and exc.column else []
+        return Rejected(422, [_problem(at, str(exc), "value_error")])
 
     def _explain(self, exc: ValidationError, where: str, loc) -> list[dict]:
         """pydantic's errors for one applicant as one sentence per field, naming what is allowed."""

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from fixtures import CLASSES, unlabelled_csv
 
@@ -285,6 +286,28 @@ def test_concurrent_requests_are_scored_together(run_dir, client):
         assert [x["grade"] for x in r.json()] == [x["grade"] for x in alone]
         for got, want in zip(r.json(), alone):
             assert max(abs(got["probabilities"][c] - want["probabilities"][c]) for c in CLASSES) < 1e-4
+
+
+def test_a_prompt_over_the_runs_length_limit_is_refused_alone(run_dir, tmp_path):
+    copy = shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    config = yaml.safe_load((copy / "config.yaml").read_text("utf-8"))
+    config["train"]["max_length"] = 16  # shorter than any prompt of this run: every applicant is too long
+    (copy / "config.yaml").write_text(yaml.safe_dump(config), "utf-8")
+    with TestClient(create_app(copy)) as short:
+        r = short.post("/v1/grade", json=[raw_applicant(), raw_applicant()])
+    assert r.status_code == 422
+    problem = r.json()["detail"][0]
+    assert problem["type"] == "prompt_too_long" and problem["loc"][:2] == ["body", 0]
+    assert "more than this run's limit of 16" in problem["msg"]
+
+
+def test_a_request_larger_than_max_batch_is_scored_in_several_passes(run_dir, client):
+    small = create_app(run_dir, max_batch=4)
+    body = raw_applicants(10, seed=5)
+    with TestClient(small) as c:
+        results = c.post("/v1/grade", json=body).json()
+    assert [x["grade"] for x in results] == [x["grade"] for x in client.post("/v1/grade", json=body).json()]
+    assert small.state.stats["forward_passes"] == 3 and small.state.stats["applicants"] == 10  # 4 + 4 + 2
 
 
 # --- safety and the command ------------------------------------------------------------------------------------------

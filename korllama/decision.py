@@ -1,0 +1,152 @@
+"""A decision rule for macro-F1: per-class weights on the probabilities, label = argmax(p * w).
+
+Macro-F1 weighs every grade alike, so the rare grades (F 2%, G 0.4% of the loan table) count as much as B; the
+argmax of calibrated probabilities under-predicts them. `fit_decision` chooses one weight per class by coordinate
+ascent on *validation* rows (the weights that maximise their macro-F1) and `DecisionRule.apply` uses them.
+
+The rule remembers which rows it was fitted on (`fitted_ids`, when given), so whoever judges it can check that it
+never saw the rows it is judged on: `rule.check_unseen(ids)` raises if any of them was a fitting row. Stored as
+JSON (`decision.json`) beside the model it belongs to.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from korllama.errors import KorllamaError
+
+FILENAME = "decision.json"
+RULES = ("argmax", "macro-f1")  # the choices of a `--decision` option
+GRID = np.exp(np.linspace(np.log(1 / 8), np.log(8), 49))  # multipliers tried for one weight in one pass
+
+
+@dataclass
+class DecisionRule:
+    """label = classes[argmax(proba * weights)]; weights all 1 is plain argmax."""
+
+    classes: list[str]
+    weights: list[float]
+    fitted_ids: list[str] | None = None  # the rows it was fitted on, when the caller said
+    fitted_rows: int = 0
+    valid_macro_f1: dict = field(default_factory=dict)  # {"argmax": .., "decision": ..} on the fitting rows
+
+    def apply(self, proba: np.ndarray) -> np.ndarray:
+        """Labels (object array) for probabilities whose columns follow `classes`."""
+        proba = np.asarray(proba, dtype=float)
+        if proba.ndim != 2 or proba.shape[1] != len(self.classes):
+            raise KorllamaError(f"the decision rule has {len(self.classes)} classes ({', '.join(self.classes)}); "
+                                f"the probabilities have shape {proba.shape}.")
+        return np.asarray(self.classes, dtype=object)[(proba * np.asarray(self.weights)).argmax(axis=1)]
+
+    def check_unseen(self, ids) -> None:
+        """Raise if any of `ids` is a row the rule was fitted on (a rule is never judged on its own rows)."""
+        if self.fitted_ids is None:
+            return
+        seen = set(map(str, self.fitted_ids)) & set(map(str, ids))
+        if seen:
+            example = ", ".join(sorted(seen)[:3])
+            raise KorllamaError(f"the decision rule was fitted on {len(seen):,} of the rows it is asked to judge "
+                                f"(e.g. {example}): fit it on validation rows that are not scored.")
+
+    def to_dict(self) -> dict:
+        return {"rule": "macro-f1", "classes": list(self.classes), "weights": [float(w) for w in self.weights],
+                "fitted_rows": int(self.fitted_rows), "valid_macro_f1": self.valid_macro_f1,
+                "fitted_ids": None if self.fitted_ids is None else [str(i) for i in self.fitted_ids]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DecisionRule:
+        return cls(classes=list(d["classes"]), weights=[float(w) for w in d["weights"]],
+                   fitted_ids=d.get("fitted_ids"), fitted_rows=int(d.get("fitted_rows", 0)),
+                   valid_macro_f1=dict(d.get("valid_macro_f1") or {}))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the rule as JSON; `path` may be a folder (then FOLDER/decision.json)."""
+        from korllama.io import write_text
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILENAME
+        write_text(path, json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> DecisionRule:
+        """Read a rule written by `save`; `path` may be the folder that holds decision.json."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILENAME
+        if not path.is_file():
+            raise KorllamaError(f"{path} does not exist: no decision rule was stored there "
+                                "(it is fitted on validation rows when the model is trained).")
+        try:
+            return cls.from_dict(json.loads(path.read_text("utf-8")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KorllamaError(f"{path} is not a decision rule ({exc}).") from exc
+
+
+def _encode(truth, classes: list[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    return np.asarray([index.get(t, -1) for t in truth], dtype=int)
+
+
+def macro_f1_codes(truth: np.ndarray, pred: np.ndarray, k: int) -> float:
+    """Macro-F1 over classes 0..k-1 from integer codes (fast: one bincount); truth -1 counts as always wrong."""
+    valid = truth >= 0
+    tp = np.bincount(truth[valid & (truth == pred)], minlength=k)[:k]
+    n_true = np.bincount(truth[valid], minlength=k)[:k]
+    n_pred = np.bincount(pred, minlength=k)[:k]
+    denom = n_true + n_pred
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return float(f1.mean())
+
+
+def fit_decision(proba: np.ndarray, truth, classes: list[str], ids=None, rounds: int = 10,
+                 grid: np.ndarray = GRID) -> DecisionRule:
+    """Per-class weights maximising the macro-F1 of argmax(proba * w) on these (validation) rows.
+
+    Coordinate ascent: for each class in turn, try its weight times every multiplier in `grid` and keep the best
+    (the middle of the best plateau, so a flat optimum does not drift to its edge); repeat until a pass changes
+    nothing. Weights start at 1 (plain argmax), so the fitted rule is never worse than argmax on these rows.
+    `ids` (the rows' ids) are remembered so `check_unseen` can refuse to judge the rule on them.
+    """
+    proba = np.asarray(proba, dtype=float)
+    classes = list(classes)
+    k = len(classes)
+    if proba.ndim != 2 or proba.shape[1] != k:
+        raise KorllamaError(f"probabilities of shape {proba.shape} do not match {k} classes.")
+    y = _encode(truth, classes)
+    if len(y) != len(proba):
+        raise KorllamaError(f"{len(proba)} rows of probabilities but {len(y)} labels.")
+    if len(y) == 0:
+        raise KorllamaError("a decision rule needs validation rows to be fitted on; there are none.")
+    weights = np.ones(k)
+    best = start = macro_f1_codes(y, proba.argmax(axis=1), k)
+    for _ in range(rounds):
+        changed = False
+        for c in range(k):
+            scores = []
+            for m in grid:
+                w = weights.copy()
+                w[c] *= m
+                scores.append(macro_f1_codes(y, (proba * w).argmax(axis=1), k))
+            scores = np.asarray(scores)
+            top = scores.max()
+            if top > best + 1e-12:
+                ties = np.flatnonzero(scores >= top - 1e-12)
+                weights[c] *= grid[ties[len(ties) // 2]]
+                best, changed = float(top), True
+        if not changed:
+            break
+    weights /= weights.max()
+    return DecisionRule(classes=classes, weights=weights.tolist(),
+                        fitted_ids=None if ids is None else [str(i) for i in ids], fitted_rows=len(y),
+                        valid_macro_f1={"argmax": start, "decision": best})
+
+
+def argmax_rule(classes: list[str]) -> DecisionRule:
+    """The plain argmax as a rule (all weights 1)."""
+    return DecisionRule(classes=list(classes), weights=[1.0] * len(classes))

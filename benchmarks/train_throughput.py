@@ -65,7 +65,7 @@ def run_path(args) -> dict:
     from korllama.model import load_base
     from korllama.predict import predict_labels, score
     from korllama.prompts import answer
-    from korllama.train import pad_collate, tokenize
+    from korllama.train import collator, tokenize
 
     torch.manual_seed(0)
     config = path_config(args, args.path)
@@ -77,7 +77,7 @@ def run_path(args) -> dict:
     if args.path == "korllama":
         rows = tokenize(tokenizer, prompts, labels, 4096)
         rows = [{"input_ids": i, "labels": y} for i, y in zip(rows["input_ids"], rows["labels"])]
-        collate = pad_collate(tokenizer.pad_token_id)
+        collate = collator(tokenizer)
     else:  # the original: one text, loss everywhere, every row padded to the longest one
         texts = [p + answer(y) + tokenizer.eos_token for p, y in zip(prompts, labels)]
         longest = max(len(x) for x in tokenizer(texts)["input_ids"])

@@ -157,26 +157,39 @@ OverridesArg = Annotated[list[str] | None, typer.Argument(
 
 @app.command("train")
 def train_cmd(
-    config: ConfigArg,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Run config YAML or a built-in name (demo, "
+                                                "dacon-tiny, seed, ...). With --resume: the run's own config.yaml "
+                                                "is used, and this may only repeat it.")] = None,
     overrides: OverridesArg = None,
     data: Annotated[Path | None, typer.Option("--data", help="Labelled table to train on (sets data.train).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<config name>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<config name>); must be new "
+                                                           "or empty.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its newest complete "
+                                                          "checkpoint, with its own config.yaml.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the korllama run in --out (a folder of "
+                                                                "other files is never replaced).")] = False,
 ):
     """Instruction-tune a model on a graded table (answer-only loss, verified checkpoints, best macro-F1 kept).
 
     Examples:
       korllama train --config configs/demo.yaml
       korllama train --config configs/dacon-tiny.yaml --data ../shared/data/dacon-loan/train.csv
-      korllama train --config configs/demo.yaml --out runs/demo-train --resume
+      korllama train --out runs/demo-train --resume
       accelerate launch --num_processes 2 --cpu -m korllama train --config configs/demo.yaml
     """
     from korllama.config import load_config
     from korllama.train import train
 
-    cfg = load_config(config, list(overrides or []) + ([f"data.train={data}"] if data else []))
+    if resume and overwrite:
+        raise KorllamaError("--resume continues a run and --overwrite replaces it: choose one.")
+    extra = list(overrides or []) + ([f"data.train={data}"] if data else [])
+    cfg = load_config(config, extra) if config is not None or extra else None
+    if cfg is None and not resume:
+        raise KorllamaError("train needs --config: a YAML file or a built-in name (e.g. --config demo).")
+    if out is None and cfg is None:
+        raise KorllamaError("--resume needs --out: the run directory to continue.")
     run_dir = out or Path("runs") / cfg.name
-    summary = train(cfg, run_dir, resume=resume)
+    summary = train(cfg, run_dir, resume=resume, overwrite=overwrite)
     if summary:
         console.print(f"trained {summary['global_step']} steps in {summary['seconds']:.0f}s; best validation "
                       f"macro-F1 {summary['best_eval_macro_f1']:.4f} (step {summary['best_step']}) -> "

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from korllama.errors import ConfigError
 from korllama.schema import describe_validation_error
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `train.lr=.inf` or nan would train NaN weights; refuse them here, naming the key
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -46,6 +47,13 @@ class TinyModelConfig(_Section):
     vocab_size: int = Field(1024, ge=260, description="BPE vocabulary trained on the rendered prompts (above the "
                                                       "256 bytes + 3 special tokens, which are always in it)")
     max_position_embeddings: int = Field(1024, ge=64)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_attention_heads "
+                             f"{self.num_attention_heads} (each head gets hidden_size / heads dimensions)")
+        return self
 
 
 class ModelConfig(_Section):
@@ -142,10 +150,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         node = raw
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or switched off (`lora: null`): the override switches it on
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
-                raise ConfigError(f"Override {item!r}: {part!r} is not a section.")
-        node[leaf] = yaml.safe_load(value)
+                raise ConfigError(f"Override {item!r}: {part!r} is a setting, not a section.")
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"Override {item!r}: {value!r} is not a value (write a number, true/false, a word, "
+                              "or a YAML list like [q_proj,v_proj]).") from None
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

@@ -94,8 +94,9 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
 
     from korllama.data import as_table, split
     from korllama.errors import KorllamaError
-    from korllama.predict import generate, load_run, predict_labels, score
+    from korllama.predict import generate, load_run
     from korllama.prompts import get_template
+    from korllama.scoring import predict_labels, score
     from korllama.ui import progress_bar
 
     model, tokenizer, config = load_run(run, base)
@@ -139,7 +140,7 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
 
     from korllama.baseline import TreeBaseline
     from korllama.data import as_table, split
-    from korllama.predict import predict_labels
+    from korllama.scoring import predict_labels
 
     table = as_table(train, spec)
     if eval_data is None:

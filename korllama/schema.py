@@ -171,8 +171,9 @@ def describe_validation_error(exc: ValidationError) -> str:
         return f"unknown key {where!r}"
     if err["type"] == "literal_error":
         return f"{where}: {err['input']!r} is not allowed ({err['ctx']['expected']})"
-    got = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
-    return f"{where}: {err['msg']}{got}"
+    shown = "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict | list)
+    got = f" (got {err['input']!r})" if shown else ""
+    return f"{where}: {err['msg'].removeprefix('Value error, ')}{got}"
 
 
 # --- parsers: raw strings (a whole column) -> (clean values, mask of unreadable values) -----------------

@@ -421,9 +421,10 @@ class Batcher:
 def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64, max_wait_ms: float = 10,
                max_body_bytes: int = MAX_BODY_BYTES, max_applicants: int = MAX_APPLICANTS) -> FastAPI:
     """The scoring service for a run directory (the model is loaded here, once)."""
-    from korllama.predict import encode_prompts, load_run, predict_labels, score
+    from korllama.predict import load_run
     from korllama.prompts import get_template
     from korllama.schema import load_spec
+    from korllama.scoring import encode_prompts, predict_labels, score
 
     if max_batch < 1 or max_wait_ms < 0 or max_body_bytes < 1 or max_applicants < 1:
         raise KorllamaError("max_batch, max_body_bytes and max_applicants must be at least 1 and max_wait_ms at "

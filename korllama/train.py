@@ -1,15 +1,20 @@
 """Instruction-tune a causal LM on a graded table: answer-only loss, checkpoints that really hold the weights,
 evaluation by rank-scoring macro-F1, the best model kept, resume.
 
-`train(config, out_dir)` reads the table, renders prompts, builds or loads the base model (LoRA-wrapped when
-`config.lora` is set), and runs the transformers Trainer. The run directory ends with config.yaml, adapter/
-(LoRA) or model/ (full training), tokenizer/, trainer_state.json, logs/ (tensorboard), train_curve.png and
-train_summary.json; checkpoints live in checkpoints/.
+`train(config, run_dir)` reads the table, renders prompts, builds or loads the base model (LoRA-wrapped when
+`config.lora` is set) and runs the transformers Trainer. We keep the Trainer rather than own the loop (torchtune's
+choice) because it carries what users of this toolkit need from one config: accelerate's DDP/FSDP/DeepSpeed,
+gradient accumulation, mixed precision, checkpoint + RNG-state resume. Its hooks are used as designed: the
+tokenised held-out prompts are the real `eval_dataset`, `evaluate` is overridden to rank-score them (macro-F1, the
+competition's metric, instead of a loss), and callbacks verify checkpoints, keep the best weights and draw progress.
+The run directory's layout belongs to korllama.run.RunDir.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -18,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from korllama.config import RunConfig, config_to_yaml
@@ -26,11 +31,9 @@ from korllama.data import Table, read_table, split
 from korllama.errors import ConfigError, KorllamaError
 from korllama.io import write_text
 from korllama.model import build_tiny, load_base, wrap_lora
-from korllama.predict import encode_prompts, label_token_ids, predict_labels, score
 from korllama.prompts import answer, get_template
-
-CHECKPOINTS = "checkpoints"
-
+from korllama.run import RunDir
+from korllama.scoring import label_tokens, predict_labels, score
 
 # --- data -------------------------------------------------------------------------------------------------------
 
@@ -44,8 +47,17 @@ def load_training_table(config: RunConfig) -> Table:
     return synthetic_table(config.data.synth_rows, config.data.synth_seed, load_spec(config.data.spec))
 
 
+def data_fingerprint(config: RunConfig, table: Table) -> dict:
+    """What the run was trained on, so that `evaluate --held-out` can tell the same file from another one."""
+    found = {"source": str(config.data.train) if config.data.train else "synthetic", "rows": len(table)}
+    if config.data.train is not None and Path(config.data.train).is_file():
+        found["sha256"] = hashlib.sha256(Path(config.data.train).read_bytes()).hexdigest()
+    return found
+
+
 def tokenize(tokenizer, prompts: list[str], labels: list[str], max_length: int) -> dict[str, list]:
-    """input_ids = <s> prompt + answer + EOS; labels = -100 on the prompt, so only answer and EOS carry loss."""
+    """input_ids = <s> prompt + answer + EOS; labels = -100 on the prompt, so only the answer's tokens (all of
+    them, for a label of several tokens) and EOS carry loss. The collator pads and builds the attention mask."""
     prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     answer_ids = tokenizer([answer(y) for y in labels], add_special_tokens=False)["input_ids"]
     eos = [tokenizer.eos_token_id]
@@ -57,27 +69,19 @@ def tokenize(tokenizer, prompts: list[str], labels: list[str], max_length: int) 
     if longest > max_length:
         raise ConfigError(f"The longest prompt is {longest} tokens, over train.max_length={max_length}; raise it "
                           "or choose a shorter template (prompt.template=compact).")
-    return {"input_ids": input_ids, "attention_mask": [[1] * len(x) for x in input_ids], "labels": label_ids}
+    return {"input_ids": input_ids, "labels": label_ids}
 
 
-def pad_collate(pad_id: int):
-    """Dynamic padding to the longest row of the batch (right side; labels padded with -100)."""
-    def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-        batch = {"input_ids": torch.full((len(rows), width), pad_id), "attention_mask": torch.zeros(len(rows), width),
-                 "labels": torch.full((len(rows), width), -100)}
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            batch["input_ids"][i, :n] = torch.tensor(r["input_ids"])
-            batch["attention_mask"][i, :n] = 1
-            batch["labels"][i, :n] = torch.tensor(r["labels"])
-        batch["attention_mask"] = batch["attention_mask"].long()
-        return batch
-    return collate
+def collator(tokenizer) -> DataCollatorForSeq2Seq:
+    """Dynamic padding to the longest row of the batch (the tokenizer's side: right), labels padded with -100.
+
+    Padding-free batches (DataCollatorWithFlattening) are not used: without flash-attention (CPU, or a GPU without
+    it) transformers' SDPA path lets packed rows attend to each other (benchmarks/gpu_lora_step.py shows it)."""
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
 
 
 def class_weighted_loss(vocab_weights: torch.Tensor):
-    """Token cross-entropy where each grade token's loss is scaled by its class weight (EOS and others: 1)."""
+    """Token cross-entropy where each label's first token's loss is scaled by its class weight (others: 1)."""
     def loss_fn(outputs, labels, num_items_in_batch=None):
         logits = outputs.logits[:, :-1, :].float()
         targets = labels[:, 1:].to(logits.device)
@@ -87,27 +91,46 @@ def class_weighted_loss(vocab_weights: torch.Tensor):
     return loss_fn
 
 
+def class_weights(tokenizer, train_labels, classes: list[str]) -> torch.Tensor:
+    """Softened inverse class frequency on each label's first token (they must differ to be told apart)."""
+    first = label_tokens(tokenizer, classes).first_ids
+    if len(set(first)) != len(first):
+        raise ConfigError("train.class_weights weights each label's first token, but some labels start with the "
+                          "same token for this tokenizer; set train.class_weights=false.")
+    counts = train_labels.value_counts().reindex(classes, fill_value=0).clip(lower=1)
+    weights = torch.ones(len(tokenizer))
+    weights[first] = torch.tensor((counts.sum() / (len(classes) * counts)).to_numpy(dtype=np.float32)) ** 0.5
+    return weights
+
+
 # --- the trainer ------------------------------------------------------------------------------------------------
 
 class GradeTrainer(Trainer):
-    """A Trainer whose evaluation is rank scoring on held-out rows: macro-F1 and accuracy, the competition's metric."""
+    """A Trainer whose evaluation is rank scoring of its eval_dataset (prompt ids + true label): macro-F1 and
+    accuracy, the competition's metric; and which stops at the first non-finite loss, naming the step."""
 
-    def __init__(self, *args, eval_prompts: list[str], eval_truth: list[str], classes: list[str],
-                 eval_batch_size: int, **kwargs):
+    def __init__(self, *args, classes: list[str], eval_batch_size: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_encoded = encode_prompts(self.processing_class, eval_prompts)  # once, not at every evaluation
-        self.eval_truth, self.classes = eval_truth, classes
-        self.eval_batch = eval_batch_size
+        self.classes, self.eval_batch = classes, eval_batch_size
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not math.isfinite(float(loss)):
+            raise KorllamaError(f"The training loss became {float(loss)} at step {self.state.global_step + 1}: the "
+                                "weights are no longer usable. Lower train.lr (or check the data); resume from an "
+                                "earlier checkpoint with --resume, or start over with --overwrite.")
+        return loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         started = time.perf_counter()
         proba = score(self.model, self.processing_class, None, self.classes, self.eval_batch,
-                      encoded=self.eval_encoded)
-        pred = predict_labels(proba, self.classes)
+                      encoded=dataset["input_ids"])
+        truth, pred = dataset["label"], predict_labels(proba, self.classes)
         metrics = {
-            f"{metric_key_prefix}_macro_f1": float(f1_score(self.eval_truth, pred, labels=self.classes,
-                                                            average="macro", zero_division=0)),
-            f"{metric_key_prefix}_accuracy": float(accuracy_score(self.eval_truth, pred)),
+            f"{metric_key_prefix}_macro_f1": float(f1_score(truth, pred, labels=self.classes, average="macro",
+                                                            zero_division=0)),
+            f"{metric_key_prefix}_accuracy": float(accuracy_score(truth, pred)),
             f"{metric_key_prefix}_rows_per_s": len(pred) / (time.perf_counter() - started),
         }
         self.log(metrics)
@@ -116,7 +139,7 @@ class GradeTrainer(Trainer):
 
 
 class VerifyCheckpoint(TrainerCallback):
-    """After every save, load the checkpoint's weights back and fail loudly if they are missing or all zero.
+    """After every save, check the checkpoint's weights and fail loudly if they are missing, untrained or broken.
 
     The original project's checkpoints held a config but no adapter; this makes that impossible to miss.
     """
@@ -130,51 +153,68 @@ class VerifyCheckpoint(TrainerCallback):
 
 
 def verify_weights(folder: Path, lora: bool) -> int:
-    """Number of tensors in the folder's safetensors weights; raises if absent, empty or (LoRA B) all zero."""
-    from safetensors.torch import load_file
+    """Number of tensors in the folder's safetensors weights; raises if absent, empty, untrained or not finite.
+
+    Reads only what must be checked (safe_open, tensor by tensor): for LoRA every adapter tensor (small; B starts
+    at zero, so a non-zero B means trained); for full weights the headers of all tensors and the values of the 1-D
+    ones (norms and biases: kilobytes even for a 7B model, and one NaN step turns every weight NaN, them too)."""
+    from safetensors import SafetensorError, safe_open
 
     name = "adapter_model.safetensors" if lora else "model.safetensors"
-    path = folder / name
+    path = Path(folder) / name
     if not path.is_file():
         raise KorllamaError(f"Checkpoint {folder} has no {name}: the weights were not saved.")
-    tensors = load_file(path)
-    if lora:
-        tensors = {k: v for k, v in tensors.items() if "lora_" in k}
-        trained = [v for k, v in tensors.items() if "lora_B" in k]  # B starts at zero: non-zero means trained
-        if not tensors or not any(bool(v.abs().sum() > 0) for v in trained):
-            raise KorllamaError(f"Checkpoint {folder}/{name} holds no trained LoRA tensors ({len(tensors)} found).")
-    elif not tensors or all(bool(v.abs().sum() == 0) for v in tensors.values()):
-        raise KorllamaError(f"Checkpoint {folder}/{name} is empty or all zero.")
-    return len(tensors)
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = list(f.keys())
+            if lora:
+                keys = [k for k in keys if "lora_" in k]
+                values = {k: f.get_tensor(k) for k in keys}
+            else:
+                values = {k: f.get_tensor(k) for k in keys if len(f.get_slice(k).get_shape()) == 1}
+    except SafetensorError as exc:
+        raise KorllamaError(f"Checkpoint {path} cannot be read: {exc}.") from None
+    if not keys:
+        raise KorllamaError(f"Checkpoint {path} holds no {'LoRA ' if lora else ''}tensors.")
+    broken = next((k for k, v in values.items() if not bool(torch.isfinite(v).all())), None)
+    if broken is not None:
+        raise KorllamaError(f"Checkpoint {path} holds non-finite values (NaN or inf) in {broken}.")
+    if lora and not any(bool(v.abs().sum() > 0) for k, v in values.items() if "lora_B" in k):
+        raise KorllamaError(f"Checkpoint {path} holds no trained LoRA tensors ({len(keys)} found).")
+    if not lora and values and all(bool(v.abs().sum() == 0) for v in values.values()):
+        raise KorllamaError(f"Checkpoint {path} is all zero.")
+    return len(keys)
 
 
 class KeepBest(TrainerCallback):
-    """Keep the weights with the best validation macro-F1 in run_dir/adapter (or model), not the lowest loss."""
+    """Keep the weights with the best validation macro-F1 in the run's adapter/ (or model/), not the lowest loss."""
 
-    def __init__(self, run_dir: Path, lora: bool, metric: str = "eval_macro_f1"):
-        self.run_dir, self.metric = run_dir, metric
-        self.target = run_dir / ("adapter" if lora else "model")
-        self.record = run_dir / "best.json"
+    def __init__(self, run: RunDir, lora: bool, metric: str = "eval_macro_f1"):
+        self.run, self.metric, self.target = run, metric, run.weights(lora)
         # a run killed between removing the old best folder and renaming the new one in has a record but no folder
-        self.best = json.loads(self.record.read_text())[metric] if self.record.is_file() and self.target.is_dir() \
+        self.best = json.loads(run.best.read_text())[metric] if run.best.is_file() and self.target.is_dir() \
             else -1.0
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
         if not state.is_world_process_zero or metrics is None or metrics.get(self.metric, -1) <= self.best:
             return
         self.best = metrics[self.metric]
-        staging = self.run_dir / f".{self.target.name}.tmp"
+        staging = self.target.with_name(f".{self.target.name}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
         model.save_pretrained(staging, safe_serialization=True)
         if processing_class is not None:  # a self-contained folder: from_pretrained needs nothing else
             processing_class.save_pretrained(staging)
         shutil.rmtree(self.target, ignore_errors=True)
         staging.rename(self.target)  # the folder appears whole
-        write_text(self.record, json.dumps({self.metric: self.best, "step": state.global_step}))
+        write_text(self.run.best, json.dumps({self.metric: self.best, "step": state.global_step}))
 
 
 class RichProgress(TrainerCallback):
-    """One progress bar: step, loss, steps/s and ETA (tensorboard in logs/ has the rest)."""
+    """One progress bar: step, loss, validation macro-F1, steps/s and ETA (tensorboard in logs/ has the rest)."""
+
+    def __init__(self):
+        self.progress = None
+        self.loss = self.macro_f1 = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -187,24 +227,29 @@ class RichProgress(TrainerCallback):
         self.started, self.first_step = time.perf_counter(), state.global_step
         self.progress.start()
 
+    def _info(self, state) -> str:
+        rate = (state.global_step - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
+        parts = [f"loss {self.loss:.4f}"] if self.loss is not None else []
+        if self.macro_f1 is not None:
+            parts.append(f"eval macro-F1 {self.macro_f1:.4f}")
+        return "  ".join([*parts, f"{rate:.2f} steps/s"])
+
     def on_step_end(self, args, state, control, **kwargs):
-        if hasattr(self, "progress"):
-            rate = (state.global_step - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
-            info = self.progress.tasks[0].fields["info"].split(" | ")[0]
-            self.progress.update(self.task, completed=state.global_step, info=f"{info} | {rate:.2f} steps/s")
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step, info=self._info(state))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if hasattr(self, "progress") and logs:
-            parts = [f"loss {logs['loss']:.4f}"] if "loss" in logs else []
-            if "eval_macro_f1" in logs:
-                parts.append(f"eval macro-F1 {logs['eval_macro_f1']:.4f}")
-                self.progress.console.print(f"step {state.global_step}: eval macro-F1 {logs['eval_macro_f1']:.4f}, "
-                                            f"accuracy {logs['eval_accuracy']:.4f}")
-            if parts:
-                self.progress.update(self.task, info="  ".join(parts))
+        if self.progress is None or not logs:
+            return
+        self.loss = logs.get("loss", self.loss)
+        if "eval_macro_f1" in logs:
+            self.macro_f1 = logs["eval_macro_f1"]
+            self.progress.console.print(f"step {state.global_step}: eval macro-F1 {logs['eval_macro_f1']:.4f}, "
+                                        f"accuracy {logs['eval_accuracy']:.4f}")
+        self.progress.update(self.task, info=self._info(state))
 
     def on_train_end(self, args, state, control, **kwargs):
-        if hasattr(self, "progress"):
+        if self.progress is not None:
             self.progress.stop()
 
 
@@ -218,7 +263,7 @@ def training_arguments(config: RunConfig, run_dir: Path, device: torch.device) -
     if precision in ("fp16", "bf16") and device.type != "cuda":
         raise ConfigError(f"train.precision={precision} needs a CUDA GPU; use train.precision=auto or fp32.")
     return TrainingArguments(
-        output_dir=str(run_dir / CHECKPOINTS), num_train_epochs=t.epochs, max_steps=t.max_steps,
+        output_dir=str(RunDir(run_dir).checkpoints), num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, lr_scheduler_type=t.scheduler,
         optim=t.optim, bf16=precision == "bf16", fp16=precision == "fp16",
@@ -232,38 +277,76 @@ def training_arguments(config: RunConfig, run_dir: Path, device: torch.device) -
         remove_unused_columns=False, use_cpu=device.type == "cpu",
         disable_tqdm=True, dataloader_num_workers=0, save_only_model=False)
 
-
-def last_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest checkpoint whose trainer_state.json (the Trainer writes it last) is whole: a run killed while
-    saving leaves a newer, partial checkpoint folder, which the Trainer's own choice (the highest number) would take."""
-    found = []
-    for folder in checkpoints.glob("checkpoint-*"):
-        step = folder.name.removeprefix("checkpoint-")
-        try:
-            json.loads((folder / "trainer_state.json").read_text("utf-8"))
-        except (OSError, ValueError):
-            continue
-        if step.isdigit():
-            found.append((int(step), folder))
-    return max(found)[1] if found else None
+# Settings a resumed run may change: they alter what is shown, not what is trained.
+RESUMABLE_CHANGES = ("name", "train.eval_batch_size", "train.logging_steps")
 
 
-def train(config: RunConfig, run_dir: str | Path, resume: bool = False, table: Table | None = None) -> dict:
-    """Run the recipe; returns the summary written to run_dir/train_summary.json. `table`: the configured table
-    when the caller has already read it (else it is read here)."""
+def resumed_config(run: RunDir, asked: RunConfig | None) -> RunConfig:
+    """The run's own config.yaml; a command line that would change what is trained is refused, naming the key."""
+    from korllama.config import load_config
+
+    if not run.is_run:
+        raise KorllamaError(f"--resume: {run} is not a korllama run (no config.yaml); start it without --resume.")
+    saved = load_config(run.config)
+    if asked is not None:
+        for key, old, new in _differences(saved.model_dump(mode="json"), asked.model_dump(mode="json")):
+            if key not in RESUMABLE_CHANGES:
+                raise KorllamaError(f"--resume continues {run} with its own config.yaml, but this command sets {key} "
+                                    f"to {new!r} (the run has {old!r}); drop that setting to resume, or train a "
+                                    "new run with another --out.")
+    return saved
+
+
+def _differences(old: dict, new: dict, prefix: str = ""):
+    for key in dict.fromkeys([*old, *new]):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            yield from _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            yield f"{prefix}{key}", a, b
+
+
+def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, table: Table | None = None,
+          overwrite: bool = False) -> dict:
+    """Run the recipe; returns the summary written to the run's train_summary.json.
+
+    `resume` continues the newest complete checkpoint with the run's own config (`config`, if given, must agree);
+    `overwrite` replaces a korllama run at `run_dir`. A run that fails before its first checkpoint leaves nothing
+    behind. `table`: the configured table when the caller has already read it."""
     from accelerate import PartialState
+
+    state = PartialState()
+    run = RunDir(run_dir)
+    if resume:
+        config = resumed_config(run, config)
+        resume_from = run.last_complete_checkpoint()
+        if resume_from is None:
+            raise KorllamaError(f"--resume: {run.checkpoints} holds no checkpoint to resume from.")
+    else:
+        if config is None:
+            raise KorllamaError("train needs --config (a YAML file or a built-in name such as demo).")
+        if overwrite and run.is_run and state.is_main_process:
+            shutil.rmtree(run.root)
+        run.check_new()
+        resume_from = None
+    state.wait_for_everyone()  # every process has checked the folder before the main process writes into it
+    existed = run.root.is_dir()
+    try:
+        return _train(config, run, resume_from, table, state)
+    except BaseException:
+        if not resume and state.is_main_process and run.last_complete_checkpoint() is None:
+            if existed:  # the user's empty folder stays; what this run put in it goes
+                for child in run.root.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            else:
+                shutil.rmtree(run.root, ignore_errors=True)
+        raise
+
+
+def _train(config: RunConfig, run: RunDir, resume_from: Path | None, table: Table | None, state) -> dict:
     from datasets import Dataset
 
-    run_dir = Path(run_dir)
-    state = PartialState()
-    checkpoints = run_dir / CHECKPOINTS
-    resume_from = last_complete_checkpoint(checkpoints) if resume else None
-    if resume and resume_from is None:
-        raise KorllamaError(f"--resume: {checkpoints} holds no checkpoint to resume from.")
-    if not resume and (run_dir / "train_summary.json").exists():
-        raise KorllamaError(f"{run_dir} already holds a finished run; choose another --out or pass --resume.")
     started = time.perf_counter()
-
     table = table if table is not None else load_training_table(config)
     if not table.has_labels:
         raise KorllamaError(f"{table.source} has no {table.spec.label.name} column: training needs graded rows.")
@@ -275,44 +358,38 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, table: T
 
     base = config.model.base
     if base == "tiny":
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()  # shard/weight bars are noise for a model that loads in milliseconds
-        base = str(run_dir / "base")
+        base = str(run.base)
         with state.main_process_first():  # one process builds the tokenizer and the random model
-            if state.is_main_process and not (run_dir / "base" / "config.json").is_file():
-                build_tiny(train_prompts, run_dir / "base", config.model.tiny, seed=config.train.seed)
+            if state.is_main_process and not (run.base / "config.json").is_file():
+                build_tiny(train_prompts, run.base, config.model.tiny, seed=config.train.seed, labels=classes)
     model, tokenizer = load_base(config.model, base, for_training=True)
-    label_token_ids(tokenizer, classes)  # fail now, not after training, if a label is several tokens
+    label_tokens(tokenizer, classes)  # fail now, not after training, if two labels are the same tokens
     if config.lora is not None:
         model = wrap_lora(model, config.lora)
 
-    features = tokenize(tokenizer, train_prompts, train_part.labels.tolist(), config.train.max_length)
-    features["length"] = [len(x) for x in features["input_ids"]]
-    dataset = Dataset.from_dict(features)
+    dataset = Dataset.from_dict(tokenize(tokenizer, train_prompts, train_part.labels.tolist(),
+                                         config.train.max_length))
+    eval_dataset = Dataset.from_dict({"input_ids": tokenizer(eval_prompts)["input_ids"],
+                                      "label": eval_part.labels.tolist()})
     compute_loss_func = None
     if config.train.class_weights:
-        counts = train_part.labels.value_counts().reindex(classes, fill_value=0).clip(lower=1)
-        weights = torch.ones(len(tokenizer))
-        weights[label_token_ids(tokenizer, classes)] = torch.tensor(
-            (counts.sum() / (len(classes) * counts)).to_numpy(dtype=np.float32)) ** 0.5  # softened inverse frequency
-        compute_loss_func = class_weighted_loss(weights)
+        compute_loss_func = class_weighted_loss(class_weights(tokenizer, train_part.labels, classes))
 
     if state.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", config_to_yaml(config))
+        run.root.mkdir(parents=True, exist_ok=True)
+        write_text(run.config, config_to_yaml(config))
     device = next(model.parameters()).device
     trainer = GradeTrainer(
-        model=model, args=training_arguments(config, run_dir, device), train_dataset=dataset,
-        eval_dataset=eval_prompts, processing_class=tokenizer, data_collator=pad_collate(tokenizer.pad_token_id),
+        model=model, args=training_arguments(config, run.root, device), train_dataset=dataset,
+        eval_dataset=eval_dataset, processing_class=tokenizer, data_collator=collator(tokenizer),
         compute_loss_func=compute_loss_func, callbacks=[VerifyCheckpoint(config.lora is not None),
-                                                       KeepBest(run_dir, config.lora is not None)],
-        eval_prompts=eval_prompts, eval_truth=eval_part.labels.tolist(), classes=classes,
-        eval_batch_size=config.train.eval_batch_size)
+                                                       KeepBest(run, config.lora is not None)],
+        classes=classes, eval_batch_size=config.train.eval_batch_size)
     if state.is_main_process:  # one event file, in this run's logs/ (not the env-var default of the Trainer)
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
 
-        trainer.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "logs"))))
+        trainer.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(run.logs))))
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)  # RichProgress shows the same, on one line
     trainer.add_callback(RichProgress())
@@ -323,15 +400,16 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, table: T
 
     summary = {}
     if state.is_main_process:
-        tokenizer.save_pretrained(run_dir / "tokenizer")
-        trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
+        tokenizer.save_pretrained(run.tokenizer)
+        trainer.state.save_to_json(str(run.trainer_state))
         from korllama.report import plot_train_curve
-        plot_train_curve(trainer.state.log_history, run_dir / "train_curve.png")
-        best = json.loads((run_dir / "best.json").read_text())
+        plot_train_curve(trainer.state.log_history, run.train_curve)
+        best = json.loads(run.best.read_text())
         summary = {"global_step": trainer.state.global_step, "train_rows": len(train_part),
                    "eval_rows": len(eval_part), "best_eval_macro_f1": best["eval_macro_f1"], "best_step": best["step"],
                    "train_loss": result.training_loss, "seconds": time.perf_counter() - started,
-                   "weights": "adapter" if config.lora is not None else "model", "template": template.name}
-        write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2))
+                   "weights": "adapter" if config.lora is not None else "model", "template": template.name,
+                   "data": data_fingerprint(config, table)}
+        write_text(run.summary, json.dumps(summary, indent=2))  # written last: the run is finished
     state.wait_for_everyone()
     return summary

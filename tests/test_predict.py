@@ -1,5 +1,4 @@
-"""Tests for korllama.predict: rank scoring (batching and padding never change a row's result), label tokens,
-parsing generated answers, the original's generation settings, loading runs, and the submission file.
+"""Tests for korllama.predict: parsing generated answers, the original's generation settings, loading runs, and the submission file.
 
 Everything runs on a tiny run (hidden 32, 2 layers, 4 steps) trained once per module with one CPU thread.
 """
@@ -15,15 +14,8 @@ import torch
 from fixtures import CLASSES, FIELDS, TINY, unlabelled_csv
 
 from korllama.errors import KorllamaError
-from korllama.predict import (
-    generate,
-    label_token_ids,
-    load_run,
-    parse_grade,
-    predict_labels,
-    score,
-    seed_generation_config,
-)
+from korllama.predict import generate, load_run, parse_grade, seed_generation_config
+from korllama.scoring import score
 from korllama.prompts import render
 from korllama.synth import synthetic_table
 
@@ -47,65 +39,6 @@ def mixed_prompts() -> list[str]:
         else:
             prompts.append(long[i][: 20 + 7 * i])
     return prompts
-
-
-# --- rank scoring ------------------------------------------------------------------------------------------------
-
-def test_batching_and_padding_do_not_change_the_scores(loaded, mixed_prompts):
-    model, tokenizer, _ = loaded
-    lengths = [len(x) for x in tokenizer(mixed_prompts)["input_ids"]]
-    assert len(set(lengths)) >= 15 and max(lengths) - min(lengths) > 200  # real padding in every batch
-
-    one = score(model, tokenizer, mixed_prompts, CLASSES, batch_size=1)
-    many = score(model, tokenizer, mixed_prompts, CLASSES, batch_size=32)
-    some = score(model, tokenizer, mixed_prompts, CLASSES, batch_size=7)
-    assert one.shape == many.shape == (40, 7)
-    assert np.isfinite(many).all()
-    assert np.abs(one - many).max() < 1e-4
-    assert np.abs(one - some).max() < 1e-4
-    np.testing.assert_allclose(many.sum(axis=1), 1.0, atol=1e-6)
-    assert (many >= 0).all()
-    # the rows are not all alike: a model that ignored its input would pass the checks above trivially
-    assert np.abs(many - many.mean(axis=0)).max() > 1e-4
-    labels = predict_labels(many, CLASSES)
-    assert len(labels) == 40 and set(labels) <= set(CLASSES)
-    assert list(labels) == [CLASSES[i] for i in many.argmax(axis=1)]
-
-
-def test_score_matches_a_plain_unpadded_forward_pass(loaded, mixed_prompts):
-    model, tokenizer, _ = loaded
-    label_ids = label_token_ids(tokenizer, CLASSES)
-    batched = score(model, tokenizer, mixed_prompts, CLASSES, batch_size=32)
-    shortest = int(np.argmin([len(x) for x in tokenizer(mixed_prompts)["input_ids"]]))  # the most padded row
-    for i in (shortest, 0):
-        ids = tokenizer(mixed_prompts[i], return_tensors="pt")
-        with torch.no_grad():
-            logits = model(**ids).logits[0, -1]
-        expected = torch.softmax(logits[label_ids].double(), dim=-1).numpy()
-        alone = score(model, tokenizer, [mixed_prompts[i]], CLASSES)[0]
-        assert np.abs(alone - expected).max() < 1e-5
-        assert np.abs(batched[i] - expected).max() < 1e-4
-
-
-def test_score_reports_progress_and_restores_training_mode(loaded, mixed_prompts):
-    model, tokenizer, _ = loaded
-    done = []
-    model.train()
-    try:
-        score(model, tokenizer, mixed_prompts[:10], CLASSES, batch_size=4, progress=done.append)
-        assert model.training
-    finally:
-        model.eval()
-    assert done == [4, 4, 2]
-
-
-def test_a_label_of_several_tokens_is_named(loaded):
-    _, tokenizer, _ = loaded
-    assert len(set(label_token_ids(tokenizer, CLASSES))) == 7
-    with pytest.raises(KorllamaError, match="'AAA-long'"):
-        label_token_ids(tokenizer, ["A", "AAA-long"])
-    with pytest.raises(KorllamaError, match="several|tokens"):
-        score(*loaded[:2], ["x"], ["A", "AAA-long"])
 
 
 # --- generation ----------------------------------------------------------------------------------------------------

@@ -27,13 +27,13 @@ from safetensors.torch import load_file, save_file
 from korllama.config import ModelConfig, RunConfig, TinyModelConfig, load_config
 from korllama.errors import ConfigError, KorllamaError
 from korllama.model import build_tiny, load_base
-from korllama.predict import label_token_ids, score
+from korllama.run import RunDir
+from korllama.scoring import label_tokens, score
 from korllama.prompts import render
 from korllama.synth import synthetic_table
 from korllama.train import (
     class_weighted_loss,
-    last_complete_checkpoint,
-    pad_collate,
+    collator,
     tokenize,
     train,
     training_arguments,
@@ -98,14 +98,13 @@ def test_tokenize_puts_loss_on_the_answer_and_eos_only(tiny, prompts):
     _, tokenizer = tiny
     rows, labels = prompts[:3], ["B", "A", "G"]
     features = tokenize(tokenizer, rows, labels, max_length=256)
-    assert set(features) == {"input_ids", "attention_mask", "labels"}
-    for prompt, label, ids, mask, target in zip(rows, labels, features["input_ids"], features["attention_mask"],
-                                                features["labels"], strict=True):
+    assert set(features) == {"input_ids", "labels"}  # the collator builds the attention mask
+    for prompt, label, ids, target in zip(rows, labels, features["input_ids"], features["labels"], strict=True):
         prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
         assert prompt_ids[0] == tokenizer.bos_token_id
-        answer_id = label_token_ids(tokenizer, CLASSES)[CLASSES.index(label)]
+        answer_id = label_tokens(tokenizer, CLASSES).first_ids[CLASSES.index(label)]
         assert ids == prompt_ids + [answer_id, tokenizer.eos_token_id]
-        assert len(target) == len(ids) and mask == [1] * len(ids)
+        assert len(target) == len(ids)
         assert target[:len(prompt_ids)] == [-100] * len(prompt_ids)
         kept = [t for t in target if t != -100]
         assert kept == ids[len(prompt_ids):]
@@ -122,15 +121,16 @@ def test_tokenize_rejects_a_prompt_longer_than_max_length(tiny, prompts):
 
 # --- 2. padding --------------------------------------------------------------------------------------------------
 
-def test_pad_collate_pads_on_the_right():
+def test_collator_pads_on_the_right_with_masked_labels(tiny):
+    _, tokenizer = tiny
+    pad = tokenizer.pad_token_id
     rows = [{"input_ids": [1, 5, 6, 7], "labels": [-100, -100, 6, 7]},
             {"input_ids": [1, 8], "labels": [-100, 8]}]
-    batch = pad_collate(pad_id=0)(rows)
-    assert batch["input_ids"].tolist() == [[1, 5, 6, 7], [1, 8, 0, 0]]
+    batch = collator(tokenizer)(rows)
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 7], [1, 8, pad, pad]]
     assert batch["labels"].tolist() == [[-100, -100, 6, 7], [-100, 8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     assert all(t.dtype == torch.long for t in batch.values())
-    assert pad_collate(pad_id=3)(rows)["input_ids"][1].tolist() == [1, 8, 3, 3]
 
 
 # --- 3. the class-weighted loss ----------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def test_class_weighted_loss(tiny, prompts):
     model, tokenizer = tiny
     labels = ["B", "A", "B", "G", "C"]
     features = tokenize(tokenizer, prompts[:5], labels, max_length=256)
-    batch = pad_collate(tokenizer.pad_token_id)([{k: features[k][i] for k in features} for i in range(5)])
+    batch = collator(tokenizer)([{k: features[k][i] for k in features} for i in range(5)])
     with torch.no_grad():
         outputs = model(**batch)
     n_labelled = int((batch["labels"][:, 1:] != -100).sum())
@@ -151,7 +151,7 @@ def test_class_weighted_loss(tiny, prompts):
     summed = class_weighted_loss(ones)(outputs, batch["labels"], num_items_in_batch=torch.tensor(4 * n_labelled))
     assert abs(summed.item() - outputs.loss.item() / 4) < 1e-5
 
-    b_token = label_token_ids(tokenizer, CLASSES)[CLASSES.index("B")]
+    b_token = label_tokens(tokenizer, CLASSES).first_ids[CLASSES.index("B")]
     weights = ones.clone()
     weights[b_token] = 2.0
     weighted = class_weighted_loss(weights)(outputs, batch["labels"])
@@ -178,7 +178,7 @@ def test_full_training_writes_a_complete_run(full_run):
     assert list((run_dir / "logs").glob("events.out.tfevents.*"))
     assert (run_dir / "train_curve.png").read_bytes().startswith(b"\x89PNG")
     checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"))
-    assert 1 <= len(checkpoints) <= 1  # save_total_limit=1
+    assert len(checkpoints) == 1  # save_total_limit=1 (6 steps, saved at 3 and 6)
     assert checkpoints[-1].name == "checkpoint-6"
 
     assert load_config(run_dir / "config.yaml").train.max_steps == 6
@@ -269,9 +269,21 @@ def test_verify_weights(tmp_path, lora_run, full_run):
         verify_weights(tmp_path / "zero", lora=True)
 
     (tmp_path / "blank").mkdir()
-    save_file({"w": torch.zeros(3, 3)}, tmp_path / "blank" / "model.safetensors")
+    save_file({"w": torch.zeros(3, 3), "norm.weight": torch.zeros(3)}, tmp_path / "blank" / "model.safetensors")
     with pytest.raises(KorllamaError, match="all zero"):
         verify_weights(tmp_path / "blank", lora=False)
+
+    # one NaN step makes every weight NaN, the norms included: the check reads them (not the big matrices)
+    (tmp_path / "nan").mkdir()
+    save_file({"w": torch.ones(3, 3), "norm.weight": torch.tensor([1.0, float("nan"), 1.0])},
+              tmp_path / "nan" / "model.safetensors")
+    with pytest.raises(KorllamaError, match="non-finite values.*norm.weight"):
+        verify_weights(tmp_path / "nan", lora=False)
+    nan_adapter = {k: (torch.full_like(v, float("nan")) if "lora_B" in k else v)
+                   for k, v in load_file(real / "adapter_model.safetensors").items()}
+    save_file(nan_adapter, tmp_path / "nan" / "adapter_model.safetensors")
+    with pytest.raises(KorllamaError, match="non-finite"):
+        verify_weights(tmp_path / "nan", lora=True)
 
 
 # --- 7. kill and resume ------------------------------------------------------------------------------------------
@@ -310,7 +322,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, base_dir):
 
     # A kill while saving leaves the next checkpoint folder half written; make sure there is one (a copy of the
     # weights, no trainer_state.json), so resuming must pick the newest *complete* checkpoint, every time.
-    complete = last_complete_checkpoint(run_dir / "checkpoints")
+    complete = RunDir(run_dir).last_complete_checkpoint()
     killed_at = int(complete.name.split("-")[1])
     assert 5 <= killed_at < 30
     partial = run_dir / "checkpoints" / f"checkpoint-{killed_at + 5}"
@@ -347,7 +359,7 @@ def test_resume_without_a_checkpoint_is_a_one_line_error(cli, tmp_path):
     yaml_path = write_config(tmp_path / "c.yaml", run_config())
     code, out, err = cli("train", "--config", yaml_path, "--out", tmp_path / "empty", "--resume")
     assert code == 2
-    assert len(err.strip().splitlines()) == 1 and "no checkpoint to resume from" in err, err
+    assert len(err.strip().splitlines()) == 1 and "not a korllama run" in err, err
     assert "Traceback" not in err
 
 
@@ -357,7 +369,7 @@ def test_training_into_a_finished_run_needs_resume(cli, full_run, tmp_path):
     yaml_path = write_config(tmp_path / "c.yaml", run_config())
     code, out, err = cli("train", "--config", yaml_path, "--out", run_dir)
     assert code == 2
-    assert len(err.strip().splitlines()) == 1 and "already holds a finished run" in err and "--resume" in err
+    assert len(err.strip().splitlines()) == 1 and "already holds a finished run" in err and "--overwrite" in err
     assert (run_dir / "train_summary.json").read_bytes() == before
 
 

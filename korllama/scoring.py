@@ -1,0 +1,159 @@
+"""Rank scoring: P(label | prompt) for every label of a spec, in batched forward passes. The one scoring path of
+training's evaluation, predict, evaluate, serve and explain.
+
+Each label's completion is `answer(label)` (" A", " 우수", " pass with merit"). Two cases:
+
+- **Every label is one token** (" A".." G" for Llama-style tokenizers): one forward pass per batch; P(label) is
+  the softmax over the labels' logits at the answer position (`logits_to_keep=1`). The fast path.
+- **Some label is several tokens** (Korean labels, phrases): each label is scored by the summed log-probability
+  of its whole completion, its tokens plus EOS (so a label that is a prefix of another, " A" vs " A+", is not
+  favoured), then normalised over the label set (TabLLM's verbalizer scoring). The prompt is run once with its
+  KV cache; the cache is repeated once per label and every label continuation is scored in one more pass.
+
+Rows are sorted by length and left-padded with explicit position ids, so padding never changes a row's result.
+Prompts and answers are tokenised separately, exactly as training joins them (korllama.train.tokenize).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from korllama.errors import KorllamaError
+from korllama.prompts import answer
+
+
+@dataclass(frozen=True)
+class LabelTokens:
+    """The token ids each label is scored (and trained) on."""
+
+    classes: list[str]
+    answers: list[list[int]]  # answer(label) tokens, without EOS
+    eos: int
+
+    @property
+    def single(self) -> bool:
+        """Every label is one token: the one-pass fast path applies."""
+        return all(len(a) == 1 for a in self.answers)
+
+    @property
+    def first_ids(self) -> list[int]:
+        return [a[0] for a in self.answers]
+
+    @property
+    def completions(self) -> list[list[int]]:
+        """What multi-token scoring sums over: the answer's tokens and EOS."""
+        return [[*a, self.eos] for a in self.answers]
+
+
+def label_tokens(tokenizer, classes: list[str]) -> LabelTokens:
+    """Tokenise every label's answer; labels that come out as the same tokens cannot be told apart."""
+    answers = [tokenizer(answer(c), add_special_tokens=False)["input_ids"] for c in classes]
+    seen: dict[tuple, str] = {}
+    for c, ids in zip(classes, answers):
+        if not ids:
+            raise KorllamaError(f"Label {c!r} is no token at all for this tokenizer; give the labels visible names.")
+        twin = seen.setdefault(tuple(ids), c)
+        if twin != c:
+            raise KorllamaError(f"Labels {twin!r} and {c!r} are the same tokens for this tokenizer; they cannot be "
+                                "told apart. Rename one of them in the spec.")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise KorllamaError("The tokenizer has no EOS token; a label's completion ends with one.")
+    return LabelTokens(list(classes), answers, eos)
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    return tokenizer(prompts, add_special_tokens=True)["input_ids"]
+
+
+def pad_id_of(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return 0
+
+
+def left_padded_batches(encoded: list[list[int]], batch_size: int, pad_id: int):
+    """(row indices, input ids, attention mask) batches of similar-length rows, padded on the left so that every
+    row's last token sits in the last column (where the answer's logits, or generation, start)."""
+    order = np.argsort([len(e) for e in encoded], kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, i in enumerate(rows):
+            ids[j, width - len(encoded[i]):] = torch.tensor(encoded[i])
+            mask[j, width - len(encoded[i]):] = 1
+        yield rows, ids, mask
+
+
+@torch.inference_mode()
+def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch_size: int = 32,
+          progress=None, encoded: list[list[int]] | None = None) -> np.ndarray:
+    """(rows, classes) probabilities of each label as the prompt's answer. `progress(n)` is told rows done.
+    A caller that already tokenised the prompts (`encode_prompts`) passes `encoded` instead of `prompts`."""
+    labels = label_tokens(tokenizer, classes)
+    encoded = encode_prompts(tokenizer, prompts) if encoded is None else encoded
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = np.zeros((len(encoded), len(classes)), dtype=np.float64)
+    try:
+        for rows, ids, mask in left_padded_batches(encoded, batch_size, pad_id_of(tokenizer)):
+            out[rows] = _score_batch(model, labels, ids.to(device), mask.to(device)).cpu().numpy()
+            if progress is not None:
+                progress(len(rows))
+    finally:
+        if was_training:
+            model.train()
+    return out
+
+
+def _score_batch(model, labels: LabelTokens, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Probabilities (batch, labels) for one left-padded batch."""
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 whatever the padding
+    single = labels.single
+    result = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, use_cache=not single)
+    last = result.logits[:, -1, :].float()
+    if single:
+        return torch.softmax(last[:, labels.first_ids], dim=-1)
+    return torch.softmax(_completion_logprobs(model, labels, last, result.past_key_values, mask), dim=-1)
+
+
+def _completion_logprobs(model, labels: LabelTokens, last: torch.Tensor, cache, mask: torch.Tensor) -> torch.Tensor:
+    """Summed log P(label tokens + EOS | prompt), (batch, labels), from the prompt's last logits and its KV cache.
+
+    The cache is repeated once per label (row-major: row 0's labels, then row 1's ...) and each label's tokens but
+    the last are fed in one pass; their logits predict the next token of the same label. Shorter labels are padded
+    at the end: causal attention keeps the padding from touching the real tokens, and its terms are left out."""
+    device = last.device
+    batch, n_labels = last.shape[0], len(labels.classes)
+    completions = labels.completions
+    width = max(len(c) for c in completions)
+    table = torch.full((n_labels, width), labels.eos, dtype=torch.long, device=device)
+    real = torch.zeros((n_labels, width), dtype=torch.bool, device=device)
+    for k, c in enumerate(completions):
+        table[k, :len(c)] = torch.tensor(c, device=device)
+        real[k, :len(c)] = True
+    logp_first = torch.log_softmax(last, dim=-1)[:, table[:, 0]]  # (batch, labels)
+    if width == 1:
+        return logp_first
+    cache.batch_repeat_interleave(n_labels)
+    feed = table[:, :-1].repeat(batch, 1)  # (batch * labels, width - 1)
+    start = mask.sum(-1).repeat_interleave(n_labels)[:, None]  # the position after the prompt's last token
+    positions = start + torch.arange(width - 1, device=device)[None, :]
+    attention = torch.cat([mask.repeat_interleave(n_labels, dim=0), torch.ones_like(feed)], dim=-1)
+    logits = model(input_ids=feed, attention_mask=attention, position_ids=positions, past_key_values=cache,
+                   use_cache=True).logits.float()
+    targets = table[:, 1:].repeat(batch, 1)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    logp = (logp * real[:, 1:].repeat(batch, 1)).sum(-1).view(batch, n_labels)
+    return logp_first + logp
+
+
+def predict_labels(proba: np.ndarray, classes: list[str]) -> np.ndarray:
+    return np.asarray(classes, dtype=object)[proba.argmax(axis=1)]

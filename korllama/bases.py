@@ -234,6 +234,11 @@ def _need_gguf_reader() -> None:
     if importlib.util.find_spec("gguf") is None:
         raise ConfigError("Converting a named base (model.base smollm2-135m / gemma3-270m) needs the gguf package, "
                           "which is not installed: run `pip install gguf`.")
+    from transformers.utils.import_utils import GGUF_MIN_VERSION, is_gguf_available
+
+    if not is_gguf_available():
+        raise ConfigError(f"Converting a named base needs gguf>={GGUF_MIN_VERSION} for transformers, but "
+                          f"{importlib.metadata.version('gguf')} is installed: run `pip install -U gguf`.")
 
 
 # --- conversion ------------------------------------------------------------------------------------------------------

@@ -327,6 +327,32 @@ def compare_cmd(
     console.print(f"wrote {escape(str(out))}: " + ", ".join(f"{s} {f:.4f}" for s, f in r["systems"]))
 
 
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="A finished run directory made by `korllama train`.",
+                                        show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (new or empty): a Hugging Face model "
+                                                    "folder.")] = ...,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous export in --out (a folder of "
+                                                                "other files is never replaced).")] = False,
+):
+    """Write the run as a standard Hugging Face model folder for other serving stacks (vLLM, TGI, transformers).
+
+    LoRA is merged into the base (merge_and_unload), a full-weight run is saved as is: safetensors, the tokenizer,
+    a generation config, and korllama.json + README.md recording the labels, their token ids, the prompt template
+    and the spec, so that another tool can score it. Loadable by AutoModelForCausalLM.from_pretrained(DIR).
+
+    Example: korllama export runs/dacon-tiny --out exports/dacon-tiny
+    """
+    from korllama.export import export_run
+
+    r = export_run(run, out, overwrite=overwrite)
+    check = r["check"]
+    agreed = (f"; its probabilities equal the run's within {check['max_abs_difference']:.1e} on "
+              f"{check['rows']} example rows" if check["max_abs_difference"] is not None else "")
+    console.print(f"exported {escape(str(run))} ({r['weights']}, {r['dtype']}) -> {escape(r['out'])}{agreed}")
+
+
 @app.command("serve")
 def serve_cmd(
     run: Annotated[Path, typer.Argument(help="A run directory made by `korllama train`.", show_default=False)],

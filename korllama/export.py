@@ -1,0 +1,237 @@
+"""Export a run as a standard Hugging Face model folder, for serving stacks that are not korllama (vLLM, TGI,
+plain transformers): `korllama export RUN --out DIR`.
+
+    DIR/config.json, model.safetensors (or shards)   AutoModelForCausalLM.from_pretrained(DIR): a LoRA run's adapter
+                                                     merged into its base (peft's merge_and_unload), a full run as is
+    DIR/generation_config.json                       greedy, EOS/pad set, max_new_tokens = the longest label + EOS
+    DIR/tokenizer.json, tokenizer_config.json, ...   AutoTokenizer.from_pretrained(DIR): the run's own tokenizer
+    DIR/korllama.json                                what scoring needs: the labels, the token ids each label is
+                                                     scored on, the prompt template and the table spec, the run it
+                                                     came from, example prompts with the run's probabilities
+    DIR/README.md                                    how to score it without korllama, and how vLLM serves it
+
+The folder is written beside DIR and renamed into place, so it appears whole or not at all. Before it is written,
+the exported model's rank-scored probabilities on the example rows are compared with the run's own (the adapter
+unmerged): for float32 weights they agree within TOLERANCE; the difference measured is recorded in korllama.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from korllama.errors import KorllamaError
+from korllama.run import RunDir
+
+EXPORT_FILE = "korllama.json"  # marks a folder as a korllama export (so --overwrite may replace it)
+README = "README.md"
+FORMAT = 1
+TOLERANCE = 1e-5  # max |P(label) exported - P(label) run| for float32 weights (measured ~1e-7 on the tiny model)
+EXAMPLES = 3
+
+
+def export_run(run: str | Path, out: str | Path, overwrite: bool = False, examples: int = EXAMPLES) -> dict:
+    """Write the export folder (see the module) and return what korllama.json records, plus `out`."""
+    from korllama import __version__
+    from korllama.predict import load_run
+    from korllama.prompts import answer, get_template
+    from korllama.scoring import label_tokens, score
+
+    run = RunDir(run)
+    run.require_run()
+    if not run.finished:
+        raise KorllamaError(f"{run} has not finished training (no {run.summary.name}); finish it with "
+                            f"`korllama train --out {run} --resume` before exporting it.")
+    out = Path(out)
+    _check_target(out, overwrite)
+    from korllama.config import load_config
+
+    if load_config(run.config).model.load_in_4bit:
+        raise KorllamaError(f"{run} was trained on a 4-bit base (model.load_in_4bit): merging an adapter into 4-bit "
+                            "weights loses precision, and korllama does not export such runs; serve its adapter "
+                            "on the full-precision base instead (see the README, vLLM with --enable-lora).")
+
+    model, tokenizer, config = load_run(run.root)
+    spec = _spec(config)
+    classes = spec.label.classes
+    template = get_template(spec, config.prompt.template, config.prompt.fields)
+    labels = label_tokens(tokenizer, classes)
+    rows = _example_rows(config, spec, examples)
+    prompts = template.render(rows) if rows is not None else []
+    before = score(model, tokenizer, prompts, classes) if prompts else np.zeros((0, len(classes)))
+
+    lora = hasattr(model, "merge_and_unload")
+    if lora:
+        model = model.merge_and_unload()  # W + (alpha / r) * B @ A, the adapter gone: a plain transformers model
+    model.eval()
+    after = score(model, tokenizer, prompts, classes) if prompts else before
+    difference = float(np.abs(after - before).max()) if prompts else None
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    if difference is not None and dtype == "float32" and difference > TOLERANCE:
+        raise KorllamaError(f"The exported model's probabilities differ from the run's by {difference:.2e} on the "
+                            f"example rows (allowed: {TOLERANCE:g}); nothing was written.")
+
+    generation = model.generation_config
+    generation.bos_token_id, generation.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    generation.pad_token_id = tokenizer.pad_token_id
+    generation.do_sample = False
+    for name in ("temperature", "top_p", "top_k"):  # greedy: sampling settings would only draw warnings
+        setattr(generation, name, None)
+    generation.max_new_tokens = max(len(c) for c in labels.completions)
+
+    base_info = json.loads(run.base_info.read_text("utf-8")) if run.base_info.is_file() else None
+    record = {
+        "format": FORMAT,
+        "korllama_version": __version__,
+        "run": str(run.root.resolve()),
+        "weights": "lora merged into the base" if lora else "full model as trained",
+        "base": config.model.base if config.model.base != "tiny" else "tiny (built by korllama, trained in full)",
+        "base_provenance": base_info,
+        "lora": config.lora.model_dump(mode="json") if config.lora is not None else None,
+        "dtype": dtype,
+        "labels": classes,
+        "label_name": spec.label.name,
+        "answers": {c: answer(c) for c in classes},
+        "label_token_ids": {c: ids for c, ids in zip(classes, labels.answers)},
+        "eos_token_id": labels.eos,
+        "scoring": "single-token" if labels.single else "sequence",
+        "template": {"name": template.name, "text": template.text, "missing": template.missing,
+                     "fields": config.prompt.fields},
+        "spec": spec.model_dump(mode="json"),
+        "decision": json.loads(run.decision.read_text("utf-8")) if run.decision.is_file() else None,
+        "check": {"max_abs_difference": difference, "tolerance": TOLERANCE if dtype == "float32" else None,
+                  "rows": len(prompts)},
+        "examples": [{"id": str(i), "prompt": p, "probabilities": {c: float(v) for c, v in zip(classes, row)}}
+                     for i, p, row in zip(rows.ids if rows is not None else [], prompts, after)],
+    }
+
+    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / EXPORT_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        (staging / README).write_text(model_card(record, out.name), "utf-8")
+        if not any(staging.glob("*.safetensors")):
+            raise KorllamaError(f"Saving {out} wrote no safetensors weights; nothing was exported.")
+        if out.exists():  # empty, or a previous export with --overwrite (checked above)
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return record | {"out": str(out)}
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise KorllamaError(f"--out {out} is a file; an export is a folder: choose another --out.")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / EXPORT_FILE).is_file():
+            raise KorllamaError(f"--out {out} is a folder of other files, not a korllama export; choose a new or "
+                                "empty folder.")
+        if not overwrite:
+            raise KorllamaError(f"--out {out} already holds an export; choose another --out, or pass --overwrite "
+                                "to replace it.")
+
+
+def _spec(config):
+    from korllama.schema import load_spec
+
+    return load_spec(config.data.spec)
+
+
+def _example_rows(config, spec, n: int):
+    """The first `n` rows of the run's training table (its file, read only that far; or its synthetic table), as a
+    clean Table; None when there is none to read (the file has moved, or a spec has no synthetic table)."""
+    if n <= 0:
+        return None
+    from korllama.errors import DataError
+
+    if config.data.train is not None:
+        from korllama.predict import TableChunks
+
+        if not Path(config.data.train).is_file():
+            return None
+        try:
+            return next(TableChunks(config.data.train, spec, chunk_rows=n).chunks())[1]
+        except (DataError, StopIteration):
+            return None
+    from korllama.synth import synthetic_table
+
+    try:
+        return synthetic_table(n, config.data.synth_seed, spec)
+    except (DataError, KeyError, ValueError):  # the synthetic loan table does not fit another spec
+        return None
+
+
+def model_card(record: dict, name: str) -> str:
+    """DIR/README.md: what the folder is and how to score with it, without korllama."""
+    labels = ", ".join(record["labels"])
+    single = record["scoring"] == "single-token"
+    example = record["examples"][0] if record["examples"] else None
+    shown = ""
+    if example:
+        probabilities = ", ".join(f"{k} {v:.4f}" for k, v in example["probabilities"].items())
+        shown = (f"\nThe first example in korllama.json, as the run scored it: {probabilities}. Score it with your "
+                 "stack and compare, to check tokenisation and template.\n")
+    how = ("Every label's answer is one token, so one forward pass gives all of them: P(label) = softmax over the "
+           "logits of the labels' tokens (`label_token_ids`) at the prompt's last position." if single else
+           "Some labels are several tokens: a label's score is the summed log-probability of its answer tokens "
+           "(`label_token_ids`) followed by EOS (`eos_token_id`), normalised over the labels with a softmax.")
+    return f"""# {name}: a korllama grader exported for other serving stacks
+
+A causal language model tuned by [korllama](https://github.com/suted2/Kor_llama) to grade table rows
+({record['label_name']}: {labels}). Weights: {record['weights']} ({record['dtype']}, safetensors), with the run's
+tokenizer and a greedy generation config. Source run: `{record['run']}`.
+
+## What korllama.json records
+
+- `labels`, `answers` (the completion after the prompt: a space and the label), `label_token_ids`, `eos_token_id`
+- `template`: the prompt as a Python format string over the clean table's columns (`spec` says how a raw row is
+  validated and cleaned, and which derived features it adds), with `missing` for an empty value
+- `examples`: rendered prompts with the probabilities the run gave them; `check`: the largest difference between
+  this folder's probabilities and the run's on those prompts
+- `decision`: per-label weights for macro-F1 (label = argmax(P * weights)), when the run has them
+
+## Scoring with transformers alone
+
+{how} The prompt is tokenised with the tokenizer's special tokens (BOS first), exactly as in training; the answer
+is never part of the prompt text.
+
+```python
+import json, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+folder = "{name}"
+meta = json.load(open(f"{{folder}}/korllama.json"))
+tokenizer = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForCausalLM.from_pretrained(folder).eval()
+prompt = meta["examples"][0]["prompt"]
+ids = tokenizer(prompt, return_tensors="pt")            # BOS + prompt
+with torch.no_grad():
+    logits = model(**ids).logits[0, -1].float()
+first = [meta["label_token_ids"][c][0] for c in meta["labels"]]
+proba = torch.softmax(logits[first], dim=-1)            # single-token labels
+print(dict(zip(meta["labels"], proba.tolist())))
+```
+{shown}
+## Serving with vLLM (not tested by korllama: vLLM needs a GPU and was not run where korllama is tested)
+
+```bash
+vllm serve {name} --dtype auto --max-model-len 1024           # this merged folder, like any Llama checkpoint
+```
+
+Score a row with the completions endpoint by sending the prompt's token ids followed by one label's tokens and
+asking for the prompt's log-probabilities (`prompt_logprobs`); the log-probability of the label's token(s) at the
+end is its score, and a softmax over the labels gives P(label). Sending token ids, not text, keeps the
+tokenisation exactly korllama's (prompt and answer are tokenised separately). A quicker approximation:
+`"max_tokens": 1, "logprobs": 20` returns the top-20 next tokens, which holds every label for a tuned model.
+
+A LoRA run can also be served unmerged, its adapter beside other adapters on one base:
+`vllm serve BASE --enable-lora --lora-modules grader=RUN/adapter --max-lora-rank R`, then `"model": "grader"`.
+"""

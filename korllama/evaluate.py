@@ -129,7 +129,9 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
         system += "" if mode == "score" else "-generate"
     result.update(system=system, mode=mode, template=template.name, rows_per_s=len(prompts) / seconds,
                   seconds=seconds, data=table.source, held_out=held_out, run=str(run) if run else None, base=base)
-    write_evaluation(out_dir, result, table.ids, table.labels, pred, proba, classes, extra)
+    from korllama.explain import group_columns  # the rows' columns, for group metrics in `korllama compare`
+    groups, result["group_columns"] = group_columns(table)
+    write_evaluation(out_dir, result, table.ids, table.labels, pred, proba, classes, {**extra, **groups})
     return result
 
 
@@ -158,5 +160,7 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
     result = metrics(score_on.labels.tolist(), pred, classes, proba)
     result.update(system=system, mode="trees", template="", rows_per_s=len(pred) / seconds, seconds=seconds,
                   fit_seconds=fit_seconds, train_rows=len(fit_on), data=score_on.source, run=None)
-    write_evaluation(out_dir, result, score_on.ids, score_on.labels, pred, proba, classes)
+    from korllama.explain import group_columns  # the rows' columns, for group metrics in `korllama compare`
+    groups, result["group_columns"] = group_columns(score_on)
+    write_evaluation(out_dir, result, score_on.ids, score_on.labels, pred, proba, classes, groups)
     return result

@@ -153,6 +153,7 @@ def compare(folders: list[str | Path], out_html: str | Path, title: str = "korll
 
     rows = "".join(row(e) for e in evals)
     figures = "".join(f"<h2>{html.escape(name)}</h2>{img(p)}" for name, p in plots.items() if p is not None)
+    figures += reasons_and_groups(folders, evals, assets, out_html, img)  # cards, importance, groups
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse}}td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}
@@ -164,3 +165,141 @@ Invalid = answers with no valid grade (generation only; rank scoring always answ
 <th>invalid</th><th>rows</th><th>rows/s</th></tr>{rows}</table>{figures}</body></html>"""
     write_text(out_html, page)
     return {"report": str(out_html), "systems": [(e["system"], e["macro_f1"]) for e in evals]}
+
+
+# --- reasons, group metrics and model cards (korllama.explain, korllama.card) --------------------------------------
+
+def plot_importance(items: list[tuple[str, object]], path: str | Path, top: int = 15) -> Path | None:
+    """Global importance per field (mean |change| of the answered label's probability), one panel per system."""
+    items = [(s, w) for s, w in items if w is not None and len(w)]
+    if not items:
+        return None
+    height = max(2.5, 0.32 * min(top, max(len(w) for _, w in items)) + 1.2)
+    fig, axes = plt.subplots(1, len(items), figsize=(4.6 * len(items), height), dpi=DPI, squeeze=False)
+    for k, (ax, (system, weights)) in enumerate(zip(axes[0], items)):
+        shown = weights.head(top)[::-1]
+        ax.barh(range(len(shown)), shown.to_numpy(), color=f"C{k}")
+        ax.set_yticks(range(len(shown)), list(shown.index), fontsize=8)
+        ax.set_xlabel("mean |change in P(answer)|", fontsize=8)
+        ax.set_title(system, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("what each system leans on: the field set to a typical value, the row scored again", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_group_f1(items: list[tuple[str, object]], path: str | Path, overall: dict | None = None) -> Path | None:
+    """Macro-F1 per group, one panel per column, systems side by side; a dashed line at each system's overall."""
+    from korllama.explain import MIN_GROUP_ROWS
+
+    items = [(s, g) for s, g in items if g is not None and not g.empty]
+    if not items:
+        return None
+    columns = list(dict.fromkeys(c for _, g in items for c in g["column"]))
+    ncols = min(4, len(columns))
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), dpi=DPI, squeeze=False)
+    width = 0.8 / len(items)
+    for ax, column in zip(axes.flat, columns):
+        names = list(dict.fromkeys(n for _, g in items for n in g.loc[g["column"] == column, "group"]))
+        for k, (system, g) in enumerate(items):
+            part = g[g["column"] == column].set_index("group").reindex(names)
+            small = part["rows"].fillna(0).to_numpy() < MIN_GROUP_ROWS
+            bars = ax.bar(np.arange(len(names)) + (k - (len(items) - 1) / 2) * width, part["macro_f1"].to_numpy(),
+                          width, color=f"C{k}", label=system)
+            for bar, faint in zip(bars, small):
+                bar.set_alpha(0.3 if faint else 1.0)
+            if overall and system in overall:
+                ax.axhline(overall[system], color=f"C{k}", linestyle="--", linewidth=0.8)
+        rows = items[0][1].set_index(["column", "group"])["rows"]
+        ax.set_xticks(range(len(names)), [f"{n}\n({rows.get((column, n), 0):,})" for n in names], fontsize=6,
+                      rotation=30 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(column, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=f"C{k}", label=system) for k, (system, _) in enumerate(items)]
+    spare = list(axes.flat)[len(columns):]
+    if spare:  # the legend in an empty panel, else over the first one
+        spare[0].legend(handles=handles, loc="center", fontsize=9, title="system")
+    else:
+        axes.flat[0].legend(handles=handles, fontsize=7, loc="upper left")
+    fig.suptitle(f"macro-F1 by group (rows in brackets; faint: under {MIN_GROUP_ROWS} rows, not compared; dashed: "
+                 "the system's overall macro-F1)", fontsize=10)
+    return _save(fig, path)
+
+
+def reasons_and_groups(folders: list[str | Path], evals: list[dict], assets: Path, out_html: Path, img) -> str:
+    """The report's sections for model cards, global importance (from a reasons.csv beside an evaluation, written by
+    `korllama explain ... --out EVALDIR`) and group metrics (from the group columns of predictions.csv)."""
+    import html
+    import os
+
+    import pandas as pd
+
+    from korllama.explain import evaluation_groups, group_gaps, importance
+    from korllama.run import RunDir
+
+    out = []
+    cards = []
+    for e in evals:
+        if e.get("run") and not e.get("base") and RunDir(e["run"]).model_card.is_file():
+            card = RunDir(e["run"]).model_card
+            link = os.path.relpath(card.resolve(), out_html.resolve().parent)
+            if link not in [c for _, c in cards]:
+                cards.append((e["system"], link))
+    if cards:
+        out.append("<h2>model cards</h2><ul>" + "".join(
+            f'<li><a href="{html.escape(link)}">{html.escape(system)}: {html.escape(link)}</a></li>'
+            for system, link in cards) + "</ul>")
+
+    weights = []
+    for folder, e in zip(folders, evals):
+        path = Path(folder) / "reasons.csv"
+        if path.is_file():
+            frame = pd.read_csv(path, dtype={"id": str, "value": str, "reference": str})
+            weights.append((e["system"], importance(frame), frame["id"].nunique()))
+    if weights:
+        plot = plot_importance([(s, w) for s, w, _ in weights], assets / "importance.png")
+        counts = ", ".join(f"{html.escape(s)} {n:,} rows" for s, _, n in weights)
+        out.append(f"<h2>global importance</h2><p>Each field the system reads is set in turn to a typical value of "
+                   f"the training rows and the row is scored again (<code>korllama explain</code>); the bar is the "
+                   f"mean change in the probability of the answered label ({counts}).</p>{img(plot)}")
+
+    groups = [(e["system"], evaluation_groups(folder, e), e) for folder, e in zip(folders, evals)]
+    groups = [(s, g, e) for s, g, e in groups if g is not None and not g.empty]
+    if groups:
+        plot = plot_group_f1([(s, g) for s, g, _ in groups], assets / "group_f1.png",
+                             {s: e["macro_f1"] for s, _, e in groups})
+        out.append("<h2>group metrics</h2><p>By each category column and by quartiles of each numeric column "
+                   "(by value when a column has few). Macro-F1 within a group is over the labels present in it; "
+                   "groups under 30 rows are shown but not compared.</p>")
+        for system, g, e in groups:
+            gaps = group_gaps(g, e["classes"])
+            words = "".join(f"<li>{html.escape(x)}</li>" for x in gaps) or "<li>no two groups of 30 rows or more " \
+                                                                            "to compare</li>"
+            out.append(f"<h3>{html.escape(system)}: largest gaps</h3><ul>{words}</ul>")
+        out.append(img(plot))
+        for system, g, e in groups:
+            out.append(f"<details><summary>{html.escape(system)}: every group</summary>"
+                       f"{_group_table(g, e['classes'])}</details>")
+    return "".join(out)
+
+
+def _group_table(groups, classes: list[str]) -> str:
+    """An HTML table of group metrics; each label's share of the answers shaded by its size."""
+    import html
+
+    head = ("<tr><th>column</th><th>group</th><th>rows</th><th>macro-F1</th><th>accuracy</th><th>mean P(answer)</th>"
+            + "".join(f"<th>{html.escape(c)}</th>" for c in classes) + "</tr>")
+    lines = []
+    for _, g in groups.iterrows():
+        top = "" if np.isnan(g["mean_top_probability"]) else f"{g['mean_top_probability']:.3f}"
+        shares = "".join(f'<td style="background:rgba(31,119,180,{g[f"share_{c}"] * 0.8:.2f})">'
+                         f'{g[f"share_{c}"]:.0%}</td>' for c in classes)
+        lines.append(f"<tr><td>{html.escape(g['column'])}</td><td>{html.escape(str(g['group']))}</td>"
+                     f"<td>{g['rows']:,}</td><td>{g['macro_f1']:.3f}</td><td>{g['accuracy']:.3f}</td><td>{top}</td>"
+                     f"{shares}</tr>")
+    return f"<table>{head}{''.join(lines)}</table>"

@@ -8,6 +8,7 @@
     RUN/best.json            which evaluation the kept weights come from
     RUN/train_summary.json   written last: its presence means the run finished
     RUN/trainer_state.json, RUN/logs/ (tensorboard), RUN/train_curve.png, RUN/decision.json, RUN/model_card.md
+    RUN/references.json      the neutral value of every field (training medians / most frequent), for explain
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class RunDir:
     train_curve = property(lambda self: self.root / "train_curve.png")
     decision = property(lambda self: self.root / "decision.json")
     model_card = property(lambda self: self.root / "model_card.md")
+    references = property(lambda self: self.root / "references.json")
     base_info = property(lambda self: self.root / "base.json")
 
     def weights(self, lora: bool) -> Path:

@@ -411,5 +411,7 @@ def _train(config: RunConfig, run: RunDir, resume_from: Path | None, table: Tabl
                    "weights": "adapter" if config.lora is not None else "model", "template": template.name,
                    "data": data_fingerprint(config, table)}
         write_text(run.summary, json.dumps(summary, indent=2))  # written last: the run is finished
+        from korllama.card import write_model_card
+        write_model_card(run, table=table, on_error="warn")  # model_card.md, references.json
     state.wait_for_everyone()
     return summary

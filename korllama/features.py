@@ -24,14 +24,26 @@ def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out
 
 
-def _principal_explained(amount, months, monthly, total_paid):
-    """Principal repaid after paying `total_paid` on an amortising loan at `monthly` rate."""
+# --- the amortisation schedule: the one place its formula is written (synth.py draws loans with it too) -----------
+
+def monthly_payment(amount, months, monthly):
+    """The fixed payment M = P·i / (1 - (1+i)^-n) of a loan of `amount` over `months` at monthly rate `monthly`."""
     growth = (1.0 + monthly) ** months
-    payment = amount * monthly * growth / (growth - 1.0)
-    k = total_paid / payment  # payments made (fractional)
+    return amount * monthly * growth / (growth - 1.0)
+
+
+def principal_repaid(amount, months, monthly, k):
+    """Principal repaid after `k` payments (fractional k allowed): the amount less the balance still owed."""
+    payment = monthly_payment(amount, months, monthly)
     grown = (1.0 + monthly) ** k
     balance = amount * grown - payment * (grown - 1.0) / monthly
     return amount - balance
+
+
+def _principal_explained(amount, months, monthly, total_paid):
+    """Principal repaid after paying `total_paid` on an amortising loan at `monthly` rate."""
+    k = total_paid / monthly_payment(amount, months, monthly)  # payments made (fractional)
+    return principal_repaid(amount, months, monthly, k)
 
 
 def implied_annual_rate(amount, months, principal_repaid, interest_repaid, iterations: int = 60) -> np.ndarray:
@@ -65,9 +77,7 @@ def payments_made(amount, months, principal_repaid, interest_repaid, annual_rate
     total = np.asarray(principal_repaid, dtype=float) + np.asarray(interest_repaid, dtype=float)
     monthly = np.asarray(annual_rate, dtype=float) / 12
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        growth = (1.0 + monthly) ** months
-        payment = amount * monthly * growth / (growth - 1.0)
-        return total / payment
+        return total / monthly_payment(amount, months, monthly)
 
 
 OPS = {"ratio": ratio, "implied_annual_rate": implied_annual_rate, "payments_made": payments_made}

@@ -41,14 +41,63 @@ def load_evaluation(folder: str | Path) -> dict:
     import json
 
     from korllama.errors import KorllamaError
+    from korllama.evaluate import METRICS_FILE
 
-    path = Path(folder) / "metrics.json"
+    path = Path(folder) / METRICS_FILE
     if not path.is_file():
-        raise KorllamaError(f"{folder} holds no metrics.json; make one with `korllama evaluate` or "
+        raise KorllamaError(f"{folder} holds no {METRICS_FILE}; make one with `korllama evaluate` or "
                             "`korllama baseline`.")
-    result = json.loads(path.read_text("utf-8"))
+    try:
+        result = json.loads(path.read_text("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise KorllamaError(f"{path} is not valid JSON ({exc}); write it again with `korllama evaluate`.") from None
+    needed = ("classes", "confusion", "per_class", "macro_f1", "accuracy", "n")
+    absent = [k for k in needed if not isinstance(result, dict) or k not in result]
+    if absent:
+        raise KorllamaError(f"{path} is not a korllama evaluation (no {', '.join(absent)}); make one with "
+                            "`korllama evaluate` or `korllama baseline`.")
     result.setdefault("system", Path(folder).name)
     return result
+
+
+def plots_folder(out_html: str | Path) -> Path:
+    """Where compare writes the PNGs: report.html -> report/ (a name without a suffix: report -> report_plots/)."""
+    out_html = Path(out_html)
+    return out_html.with_suffix("") if out_html.suffix else out_html.with_name(out_html.name + "_plots")
+
+
+def scored_rows(folders: list[str | Path], evals: list[dict], allow_different: bool = False) -> str:
+    """The sentence the report says about the rows: the same for every system (the IDs and true labels in each
+    predictions.csv), or, with `allow_different`, how they differ; without it, different rows are refused."""
+    import pandas as pd
+
+    from korllama.errors import KorllamaError
+    from korllama.evaluate import PREDICTIONS_FILE
+
+    classes = {tuple(e["classes"]) for e in evals}
+    if len(classes) > 1:
+        raise KorllamaError("The evaluations grade different label sets (" + "; ".join(
+            f"{e['system']}: {', '.join(e['classes'])}" for e in evals) + "); a report compares one label set.")
+    ids: list[frozenset | None] = []
+    for folder in folders:
+        try:
+            rows = pd.read_csv(Path(folder) / PREDICTIONS_FILE, usecols=["ID", "truth"], dtype=str,
+                               keep_default_na=False)
+            ids.append(frozenset(zip(rows["ID"], rows["truth"])))
+        except (OSError, ValueError):  # absent, or no ID / truth column: the rows cannot be checked
+            ids.append(None)
+    known = [v for v in ids if v is not None]
+    if len(known) == len(ids) and len(set(known)) == 1:
+        return f"Every system is scored on the same {len(known[0]):,} rows" if len(ids) > 1 else \
+            f"Scored on {len(known[0]):,} rows"
+    counts = ", ".join(f"{e['system']} {len(v):,} rows" if v is not None else f"{e['system']} unknown rows (no "
+                       f"{PREDICTIONS_FILE} with ID and truth)" for e, v in zip(evals, ids, strict=True))
+    if not allow_different:
+        raise KorllamaError(f"The evaluations were scored on different rows ({counts}); score every system on the "
+                            "same rows (e.g. each with --held-out on the same --data), or pass "
+                            "--allow-different-rows.")
+    common = f", {len(frozenset.intersection(*known)):,} in common" if len(known) == len(ids) else ""
+    return f"The systems are scored on different rows ({counts}{common}), so their figures do not compare directly"
 
 
 def plot_confusions(evals: list[dict], path: str | Path) -> Path:
@@ -123,16 +172,19 @@ def _save(fig, path) -> Path:
     return Path(path)
 
 
-def compare(folders: list[str | Path], out_html: str | Path, title: str = "korllama report") -> dict:
-    """One self-contained HTML page (PNG plots embedded) comparing evaluations; the PNGs are written beside it."""
+def compare(folders: list[str | Path], out_html: str | Path, title: str = "korllama report",
+            allow_different_rows: bool = False) -> dict:
+    """One self-contained HTML page (PNG plots embedded) comparing evaluations; the PNGs are written beside it.
+    The systems must have been scored on the same rows, unless `allow_different_rows` (the page then says so)."""
     import base64
     import html
 
     from korllama.io import write_text
 
     evals = [load_evaluation(f) for f in folders]
+    rows_sentence = scored_rows(folders, evals, allow_different_rows)
     out_html = Path(out_html)
-    assets = out_html.with_suffix("")  # report.html -> report/ holds the PNGs
+    assets = plots_folder(out_html)
     plots = {"confusion matrices": plot_confusions(evals, assets / "confusion.png"),
              "F1 per grade": plot_per_class_f1(evals, assets / "per_class_f1.png"),
              "reliability": plot_reliability(evals, assets / "reliability.png")}
@@ -159,7 +211,7 @@ def compare(folders: list[str | Path], out_html: str | Path, title: str = "korll
 table{{border-collapse:collapse}}td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>Every system is scored on the same rows with the competition's metric, macro-F1 over the grades.
+<p>{html.escape(rows_sentence)}, with the competition's metric, macro-F1 over the grades.
 Invalid = answers with no valid grade (generation only; rank scoring always answers a grade).</p>
 <table><tr><th>system</th><th>mode</th><th>template</th><th>macro-F1</th><th>accuracy</th><th>QWK</th>
 <th>invalid</th><th>rows</th><th>rows/s</th></tr>{rows}</table>{figures}</body></html>"""

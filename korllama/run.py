@@ -91,10 +91,10 @@ class RunDir:
         raise KorllamaError(f"{self.root} is a folder of other files, not a korllama run; choose a new or empty "
                             "--out (korllama does not mix its files with others).")
 
-    def require_run(self) -> None:
+    def require_run(self, way_out: str = "train one with `korllama train`, or pass a base model with --base") -> None:
+        """Refuse a folder that is not a run; `way_out` ends the sentence (a command without --base says its own)."""
         if not self.is_run:
-            raise KorllamaError(f"{self.root} is not a korllama run directory (no config.yaml); train one with "
-                                "`korllama train`, or pass a base model with --base.")
+            raise KorllamaError(f"{self.root} is not a korllama run directory (no config.yaml); {way_out}.")
 
     def __str__(self) -> str:
         return str(self.root)

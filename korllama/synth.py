@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from korllama.features import monthly_payment, principal_repaid
+
 COLUMNS = [
     "ID", "대출금액", "대출기간", "근로기간", "주택소유상태", "연간소득", "부채_대비_소득_비율", "총계좌수",
     "대출목적", "최근_2년간_연체_횟수", "총상환원금", "총상환이자", "총연체금액", "연체계좌수", "대출등급",
@@ -77,14 +79,10 @@ def _payments_made(rng: np.random.Generator, months: np.ndarray) -> np.ndarray:
 
 
 def _amortise(amount, months, annual_rate, k):
-    """Principal and interest repaid after k payments of an amortising loan."""
+    """Principal and interest repaid after k payments of an amortising loan (korllama.features' schedule)."""
     i = annual_rate / 12.0
-    growth = (1.0 + i) ** months
-    payment = amount * i * growth / (growth - 1.0)
-    grown = (1.0 + i) ** k
-    balance = amount * grown - payment * (grown - 1.0) / i
-    principal = np.clip(amount - balance, 0.0, amount)
-    interest = np.maximum(k * payment - principal, 0.0)
+    principal = np.clip(principal_repaid(amount, months, i, k), 0.0, amount)
+    interest = np.maximum(k * monthly_payment(amount, months, i) - principal, 0.0)
     return principal, interest
 
 

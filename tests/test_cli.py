@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -105,7 +106,8 @@ def test_failed_synth_leaves_nothing_behind(tmp_path, cli, where):
     target = folder if where == "folder" else tmp_path / "file.txt" / "x.csv"
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     code, _, err = cli("data", "synth", "--rows", 10, "--out", target)
-    assert code == 2 and "Traceback" not in err and "Could not write" in err
+    assert code == 2 and "Traceback" not in err
+    assert ("is a folder; it must name a file" if where == "folder" else "file.txt is a file, not a folder") in err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
@@ -156,3 +158,122 @@ def test_prompt_errors(tmp_path, loan_csv, cli):
     assert code == 2 and "'NOPE'" in err and "SYN_00000" in err
     code, _, err = cli("prompt", loan_csv, "--id", "SYN_00000", "--template", "fancy")
     assert code == 2 and "'fancy'" in err and "seed-clear" in err and "Traceback" not in err
+
+
+# --- output paths, before any work -------------------------------------------------------------------------------
+
+def _bad_outs(tmp_path):
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file.csv").write_text("x")
+    return {"unwritable": Path("/proc/korllama-x"), "folder": tmp_path / "a_folder",
+            "file": tmp_path / "a_file.csv", "under_a_file": tmp_path / "a_file.csv" / "x"}
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "baseline", "compare", "demo"])
+@pytest.mark.parametrize("kind", ["unwritable", "folder", "file", "under_a_file"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, cli, command, kind):
+    out = _bad_outs(tmp_path)[kind]
+    wants_file = command in ("predict", "compare")
+    if kind == "unwritable" and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux /proc")
+    if (kind == "folder" and not wants_file) or (kind == "file" and wants_file):
+        pytest.skip("the right kind: accepted")
+    missing = tmp_path / "no-such-thing"  # the work would fail on it: the --out check comes first
+    args = {"predict": ["predict", missing, "--data", missing, "--out", out],
+            "evaluate": ["evaluate", missing, "--data", missing, "--out", out],
+            "baseline": ["baseline", "--train", missing, "--out", out],
+            "compare": ["compare", missing, "--out", out],
+            "demo": ["demo", "--out", out]}[command]
+    before = sorted(tmp_path.rglob("*"))
+    code, stdout, err = cli(*args)
+    assert code == 2, err
+    assert err.startswith(f"error: --out {out}") and err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(tmp_path.rglob("*")) == before and stdout == ""
+
+
+def test_compare_into_a_folder_writes_no_plots(tmp_path, cli):
+    from korllama.evaluate import metrics, write_evaluation
+
+    for name in ("a", "b"):
+        write_evaluation(tmp_path / name, metrics(list("AB"), list("AB"), list("AB")), ["1", "2"], list("AB"),
+                         list("AB"), None, list("AB"))
+    (tmp_path / "report").mkdir()
+    code, _, err = cli("compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "report")
+    assert code == 2 and "is a folder; it must name a file" in err
+    assert list((tmp_path / "report").iterdir()) == []  # the PNGs used to land here before the error
+    (tmp_path / "r.png").write_text("x")  # the report's plots folder would be r.png/: a file is in the way
+    code, _, err = cli("compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "r.png.html")
+    assert code == 2 and "r.png is a file" in err and not (tmp_path / "r.png.html").exists()
+
+
+# --- lora-info -----------------------------------------------------------------------------------------------------
+
+def test_lora_info_on_the_tiny_base_says_what_to_set(cli):
+    code, out, err = cli("lora-info", "--config", "demo")
+    assert code == 2 and out == ""
+    message = " ".join(err.split())
+    assert "model.base is 'tiny'" in message and "model.architecture" in message and "llama-2-ko-7b" in message
+    assert "smollm2-135m" in message  # a named base is one way out
+    code, out, err = cli("lora-info", "--config", "demo", "model.architecture=llama-2-ko-7b", "lora.r=8")
+    assert code == 0, err
+    assert out == "Trainable: 4194304 | total: 6860050432 | Percentage: 0.0611%\n"
+
+
+def test_lora_info_reads_a_local_base_folder(tmp_path, cli):
+    import json
+
+    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "vocab_size": 500, "tie_word_embeddings": True}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    code, out, err = cli("lora-info", "--config", "demo", f"model.base={tmp_path}", "lora.r=4")
+    assert code == 0, err
+    assert out.startswith("Trainable: 2048 | total: ")  # 2 layers x (q, v) x 4 x (64 + 64)
+    code, _, err = cli("lora-info", "--config", "demo", "model.base=someone/some-model")
+    assert code == 2 and "'someone/some-model', not a local model folder" in " ".join(err.split())
+
+
+# --- Ctrl-C and piped output ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_ctrl_c_says_nothing_was_written(tmp_path, cli, monkeypatch, command):
+    import korllama.predict
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(korllama.predict, "load_run", interrupted)
+    data = write_table(tmp_path)
+    out = tmp_path / "out" / ("submission.csv" if command == "predict" else "eval")
+    code, stdout, err = cli(command, tmp_path / "run", "--data", data, "--out", out)
+    assert code == 130
+    assert err.strip() == "interrupted; nothing written" and stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_after_a_file_was_written_names_it(tmp_path, cli, monkeypatch):
+    import korllama.report
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    from korllama.evaluate import metrics, write_evaluation
+
+    write_evaluation(tmp_path / "a", metrics(list("AB"), list("AB"), list("AB")), ["1", "2"], list("AB"),
+                     list("AB"), None, list("AB"))
+    monkeypatch.setattr(korllama.report, "plot_per_class_f1", interrupted)  # after the confusion plot
+    code, _, err = cli("compare", tmp_path / "a", "--out", tmp_path / "r.html")
+    assert code == 130
+    assert " ".join(err.split()) == f"interrupted; already written: {tmp_path / 'r' / 'confusion.png'} (nothing else)"
+
+
+def test_output_to_a_file_or_pipe_is_not_wrapped(tmp_path, cli):
+    out = tmp_path / ("a-rather-long-folder-name-" * 3) / "and-another-one-to-pass-eighty-columns" / "table.csv"
+    code, stdout, err = cli("data", "synth", "--rows", 20, "--out", out)
+    assert code == 0, err
+    assert stdout == f"wrote {out} (20 rows, seed 0)\n"  # one line, the path whole (not cut at 80 columns)
+    frame = quirky_frame().drop(columns=["대출등급"])
+    frame.loc[3, "대출목적"] = "결혼"  # a purpose never seen in training: a long warning on stderr
+    code, _, err = cli("data", "check", write_table(tmp_path, frame=frame))
+    assert code == 0
+    warning = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and warning[0].endswith("treated as 'other'.") and len(warning[0]) > 80

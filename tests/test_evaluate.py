@@ -268,3 +268,80 @@ def test_baseline_command_takes_the_split_from_a_run_config(monkeypatch, tmp_pat
     assert main(["baseline", "--train", str(data), "--out", str(tmp_path / "b"), "--config", str(config)]) == 0
     predictions = pd.read_csv(tmp_path / "b" / "predictions.csv", dtype={"ID": str})
     assert predictions["ID"].tolist() == split(read_table(data), 0.3, 5)[1].ids.tolist()
+
+
+# --- metrics.json is valid JSON; --held-out only on the run's own table --------------------------------------------
+
+def test_metrics_json_holds_null_where_a_metric_is_undefined(tmp_path):
+    import warnings
+
+    from korllama.evaluate import write_evaluation
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn: kappa is undefined with one label
+        result = metrics(list("AAA"), list("AAA"), CLASSES)
+    assert np.isnan(result["qwk"])
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in metrics.json")
+
+    write_evaluation(tmp_path / "e", result, ["1", "2", "3"], list("AAA"), list("AAA"), None, CLASSES)
+    on_disk = json.loads((tmp_path / "e" / "metrics.json").read_text("utf-8"), parse_constant=refuse)
+    assert on_disk["qwk"] is None and on_disk["accuracy"] == 1.0
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["metrics.json", "predictions.csv"]
+
+
+def test_held_out_refuses_a_table_the_run_was_not_trained_on(run_dir, labelled_csv, tmp_path):
+    from korllama.evaluate import held_out_rows
+
+    config = load_config(run_dir / "config.yaml")
+    same = held_out_rows(run_dir, labelled_csv, read_table(labelled_csv), config)  # the run's synthetic rows
+    assert len(same) == RUN_ROWS // 5
+    other = tmp_path / "other.csv"
+    synthesize(RUN_ROWS, seed=1).to_csv(other, index=False)  # same size and IDs, other loans
+    with pytest.raises(KorllamaError, match=r"--held-out: other\.csv is not the table .* was trained on \(a synthetic "
+                                            r"table of 200 rows, seed 0; `korllama data synth --rows 200 --seed 0"):
+        held_out_rows(run_dir, other, read_table(other), config)
+
+
+def test_held_out_compares_a_training_file_by_its_hash(run_dir, tmp_path):
+    import hashlib
+    import shutil
+
+    from korllama.evaluate import held_out_rows
+
+    trained_on = tmp_path / "train.csv"
+    synthesize(300, seed=4).to_csv(trained_on, index=False)
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("checkpoints", "logs", "base"))
+    summary = json.loads((run / "train_summary.json").read_text())
+    summary["data"] = {"source": str(trained_on), "rows": 300,
+                       "sha256": hashlib.sha256(trained_on.read_bytes()).hexdigest()}
+    (run / "train_summary.json").write_text(json.dumps(summary))
+    config = load_config(run / "config.yaml")
+
+    copy = tmp_path / "copy.csv"
+    shutil.copy(trained_on, copy)  # the same bytes under another name: the same table
+    assert len(held_out_rows(run, copy, read_table(copy), config)) == 60
+    edited = tmp_path / "edited.csv"
+    edited.write_text(trained_on.read_text().replace("SYN_00007", "SYN_99999"))
+    with pytest.raises(KorllamaError, match=rf"edited\.csv is not the table .* \({trained_on}, 300 rows\)"):
+        held_out_rows(run, edited, read_table(edited), config)
+
+
+def test_evaluate_command_refuses_held_out_rows_of_another_file(cli, run_dir, tmp_path):
+    other = tmp_path / "other.csv"
+    synthesize(150, seed=2).to_csv(other, index=False)
+    code, _, err = cli("evaluate", run_dir, "--data", other, "--held-out", "--out", tmp_path / "e")
+    assert code == 2 and "is not the table" in err and "Traceback" not in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_held_out_of_a_one_row_file_is_one_sentence(cli, run_dir, tmp_path):
+    one = tmp_path / "one.csv"
+    synthesize(1, seed=0).to_csv(one, index=False)
+    code, _, err = cli("evaluate", run_dir, "--data", one, "--held-out", "--out", tmp_path / "e")
+    assert code == 2 and "Traceback" not in err and "one.csv" in err
+    code, _, err = cli("baseline", "--train", one, "--out", tmp_path / "b")
+    assert code == 2 and "one.csv has 1 labelled row of 1 label" in err and "Traceback" not in err
+    assert not (tmp_path / "e").exists() and not (tmp_path / "b").exists()

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from korllama.errors import KorllamaError
@@ -21,14 +22,15 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def evaluation(folder: Path, system: str | None, accuracy: float, seed: int, proba: bool = True,
-               run: Path | None = None) -> dict:
-    """An evaluation folder like `korllama evaluate` writes: 140 rows, about `accuracy` of them right."""
+               run: Path | None = None, rows: int = 140) -> dict:
+    """An evaluation folder like `korllama evaluate` writes: the first `rows` of the same 140 rows (IDs and true
+    grades), about `accuracy` of them predicted right."""
+    truth = [CLASSES[i] for i in np.random.default_rng(0).integers(0, 7, 140)][:rows]
     rng = np.random.default_rng(seed)
-    truth = [CLASSES[i] for i in rng.integers(0, 7, 140)]
     pred = [t if rng.random() < accuracy else CLASSES[(CLASSES.index(t) + 1) % 7] for t in truth]
     p = None
     if proba:
-        p = rng.dirichlet(np.ones(7), size=140)
+        p = rng.dirichlet(np.ones(7), size=rows)
         for row, label in zip(p, pred):  # the predicted grade is the most likely one
             row[CLASSES.index(label)] += 1.0
         p /= p.sum(axis=1, keepdims=True)
@@ -36,7 +38,7 @@ def evaluation(folder: Path, system: str | None, accuracy: float, seed: int, pro
     result.update(mode="score" if proba else "trees", template="compact", rows_per_s=123.4, run=run and str(run))
     if system is not None:
         result["system"] = system
-    write_evaluation(folder, result, [f"ROW_{i:05d}" for i in range(140)], truth, pred, p, CLASSES)
+    write_evaluation(folder, result, [f"ROW_{i:05d}" for i in range(rows)], truth, pred, p, CLASSES)
     return result
 
 
@@ -147,3 +149,75 @@ def test_metrics_json_is_what_compare_reads(two_systems):
     on_disk = json.loads((tuned_dir / "metrics.json").read_text("utf-8"))
     assert on_disk["calibration"]["ece"] == pytest.approx(tuned["calibration"]["ece"])
     assert on_disk["classes"] == CLASSES
+
+
+# --- the rows each system was scored on ---------------------------------------------------------------------------
+
+def test_compare_says_the_systems_share_their_rows(two_systems, tmp_path):
+    tuned_dir, baseline_dir, _, _ = two_systems
+    compare([tuned_dir, baseline_dir], tmp_path / "r.html")
+    assert "Every system is scored on the same 140 rows, with the competition's metric" in \
+        (tmp_path / "r.html").read_text("utf-8")
+
+
+def test_compare_refuses_systems_scored_on_different_rows(two_systems, tmp_path):
+    tuned_dir, baseline_dir, _, _ = two_systems
+    evaluation(tmp_path / "eval" / "sample", "a sample", 0.7, seed=5, rows=100)
+    folders = [tuned_dir, baseline_dir, tmp_path / "eval" / "sample"]
+    with pytest.raises(KorllamaError, match=r"different rows \(tuned <tiny> 140 rows, baseline 140 rows, a sample "
+                                            r"100 rows\); .*--allow-different-rows"):
+        compare(folders, tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists() and not (tmp_path / "r").exists()  # refused before any plot
+
+    compare(folders, tmp_path / "r.html", allow_different_rows=True)
+    page = (tmp_path / "r.html").read_text("utf-8")
+    assert "scored on different rows (tuned &lt;tiny&gt; 140 rows, baseline 140 rows, a sample 100 rows, 100 in " \
+           "common), so their figures do not compare directly" in page
+    assert "same" not in page
+
+
+def test_same_ids_with_other_true_grades_are_other_rows(two_systems, tmp_path):
+    tuned_dir, _, _, _ = two_systems
+    other = tmp_path / "other"
+    frame = pd.read_csv(tuned_dir / "predictions.csv", dtype=str, keep_default_na=False)
+    frame.loc[0, "truth"] = "G" if frame.loc[0, "truth"] != "G" else "A"  # another table with the same IDs
+    other.mkdir()
+    frame.to_csv(other / "predictions.csv", index=False)
+    (other / "metrics.json").write_text((tuned_dir / "metrics.json").read_text("utf-8"), "utf-8")
+    with pytest.raises(KorllamaError, match="different rows"):
+        compare([tuned_dir, other], tmp_path / "r.html")
+
+
+def test_compare_command_allow_different_rows(cli, two_systems, tmp_path):
+    tuned_dir, _, _, _ = two_systems
+    evaluation(tmp_path / "eval" / "sample", "sample", 0.7, seed=5, rows=60)
+    code, _, err = cli("compare", tuned_dir, tmp_path / "eval" / "sample", "--out", tmp_path / "r.html")
+    assert code == 2 and "sample 60 rows" in err and err.count("\n") == 1
+    code, _, err = cli("compare", tuned_dir, tmp_path / "eval" / "sample", "--out", tmp_path / "r.html",
+                       "--allow-different-rows")
+    assert code == 0, err
+    assert "60 in common" in (tmp_path / "r.html").read_text("utf-8")
+
+
+def test_compare_refuses_different_label_sets(two_systems, tmp_path):
+    tuned_dir, _, _, _ = two_systems
+    write_evaluation(tmp_path / "pass", metrics(list("PF"), list("PF"), ["P", "F"]), ["ROW_00000", "ROW_00001"],
+                     list("PF"), list("PF"), None, ["P", "F"])
+    with pytest.raises(KorllamaError, match=r"different label sets \(tuned <tiny>: A, B, C, D, E, F, G; pass: P, F\)"):
+        compare([tuned_dir, tmp_path / "pass"], tmp_path / "r.html", allow_different_rows=True)
+
+
+@pytest.mark.parametrize("text,piece", [("{not json", "is not valid JSON"), ('{"n": 3}', "is not a korllama "
+                                                                                           "evaluation \\(no classes")])
+def test_a_broken_metrics_json_is_one_sentence(tmp_path, text, piece):
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "metrics.json").write_text(text)
+    with pytest.raises(KorllamaError, match=piece):
+        load_evaluation(tmp_path / "e")
+
+
+def test_a_report_name_without_a_suffix_keeps_its_plots_apart(two_systems, tmp_path):
+    tuned_dir, _, _, _ = two_systems
+    compare([tuned_dir], tmp_path / "report")
+    assert (tmp_path / "report").read_text("utf-8").startswith("<!doctype html>")
+    assert (tmp_path / "report_plots" / "confusion.png").read_bytes().startswith(PNG)

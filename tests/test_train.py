@@ -402,12 +402,6 @@ def test_training_with_two_processes(tmp_path):
 
 # --- 10. config validation and lora-info ---------------------------------------------------------------------------
 
-def test_an_unknown_key_in_the_yaml_is_named(tmp_path):
-    config = run_config(train={"learning_rate": 1e-3})
-    with pytest.raises(ConfigError, match="learning_rate"):
-        load_config(write_config(tmp_path / "c.yaml", config))
-
-
 def test_half_precision_on_cpu_is_a_config_error(tmp_path):
     config = load_config(None, ["train.precision=fp16"])
     with pytest.raises(ConfigError, match="precision=fp16.*CUDA"):

@@ -84,7 +84,7 @@ def seed_rows(args):
         if not (folder / "tokenizer.json").is_file():
             tiny = TinyModelConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8,
                                    vocab_size=46336)
-            build_tiny(prompts, folder, tiny)
+            build_tiny(prompts, folder, tiny, labels=list("ABCDEFG"))
         tokenizer, kind = AutoTokenizer.from_pretrained(folder), "stand-in BPE (digits one per token)"
     prompt_ids = tokenizer(prompts)["input_ids"]
     answers = tokenizer([answer(y) for y in table.labels], add_special_tokens=False)["input_ids"]

@@ -25,7 +25,8 @@ import torch
 
 from korllama.data import read_table, split
 from korllama.evaluate import metrics
-from korllama.predict import generate, load_run, predict_labels, score
+from korllama.predict import generate, load_run
+from korllama.scoring import predict_labels, score
 from korllama.prompts import get_template
 
 
@@ -62,7 +63,7 @@ def main() -> None:
     one_by_one = [generate(model, tokenizer, [p], classes, 1)[0][0] for p in prompts[:single]]
     single_s = time.perf_counter() - started
 
-    ranked = metrics(truth, list(predict_labels(proba, classes)), classes)
+    ranked = metrics(truth, list(predict_labels(proba, classes)), classes, ordinal=table.spec.label.ordinal)
     sampled = metrics(truth, generated, classes)
     singles = metrics(truth[:single], one_by_one, classes)
     rates = {"rank": args.rows / score_s, "batched": args.rows / batched_s, "single": single / single_s}

@@ -259,7 +259,7 @@ def add_derived(frame: pd.DataFrame, spec: TableSpec) -> None:
     """Add the spec's derived features to a clean frame, in place (vectorised)."""
     for d in spec.derived:
         args = [frame[a].to_numpy(dtype=float, na_value=np.nan) for a in d.args]
-        frame[d.alias] = OPS[d.op](*args)
+        frame[d.alias] = OPS[d.op](*args, weights=d.weights) if d.weights else OPS[d.op](*args)
 
 
 def split(table: Table, valid_fraction: float = 0.2, seed: int = 0) -> tuple[Table, Table]:

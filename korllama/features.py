@@ -80,4 +80,10 @@ def payments_made(amount, months, principal_repaid, interest_repaid, annual_rate
         return total / monthly_payment(amount, months, monthly)
 
 
-OPS = {"ratio": ratio, "implied_annual_rate": implied_annual_rate, "payments_made": payments_made}
+def weighted_sum(*columns: np.ndarray, weights: list[float]) -> np.ndarray:
+    """sum(w_i * column_i): a rubric's total score; missing where any input is missing."""
+    return sum(w * np.asarray(c, dtype=float) for w, c in zip(weights, columns, strict=True))
+
+
+OPS = {"ratio": ratio, "weighted_sum": weighted_sum, "implied_annual_rate": implied_annual_rate,
+       "payments_made": payments_made}

@@ -62,8 +62,7 @@ def quiet_transformers() -> None:
 
 # --- the embedded tiny model -------------------------------------------------------------------------------------
 
-def build_tiny(texts: list[str], out_dir: Path, cfg: TinyModelConfig, seed: int = 0,
-               labels: list[str] = tuple("ABCDEFG")) -> Path:
+def build_tiny(texts: list[str], out_dir: Path, cfg: TinyModelConfig, seed: int = 0, *, labels: list[str]) -> Path:
     """Train a byte-level BPE on the prompts and the spec's labels, build a seeded random LlamaForCausalLM, save
     both into out_dir. Each label's answer that the pre-tokenizer keeps in one piece (" A", " 우수") becomes one
     token; a label of several words (" pass with merit") stays several, and is scored as a sequence."""

@@ -76,15 +76,35 @@ class IdSpec(_Strict):
 class LabelSpec(_Strict):
     name: str
     alias: str = "label"
-    classes: list[str] = Field(min_length=2)
+    classes: list[str] = Field(min_length=2, description="the labels, in their order when `ordinal`")
+    ordinal: bool = Field(False, description="the labels are ordered (grades A < B < ...): QWK and near misses "
+                                             "are reported")
+
+    @model_validator(mode="after")
+    def _distinct_visible_labels(self):
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"label classes appear twice: {self.classes}")
+        blank = [c for c in self.classes if not c.strip() or c != c.strip()]
+        if blank:
+            raise ValueError(f"label classes must be visible text without spaces around them: {blank}")
+        return self
 
 
 class DerivedSpec(_Strict):
     alias: str
-    op: Literal["ratio", "implied_annual_rate", "payments_made"]
+    op: Literal["ratio", "implied_annual_rate", "payments_made", "weighted_sum"]
     args: list[str]
+    weights: list[float] | None = Field(None, description="weighted_sum only: one weight per arg (a rubric)")
     text: str = ""
     format: str = ".4g"
+
+    @model_validator(mode="after")
+    def _weights_fit_args(self):
+        if (self.op == "weighted_sum") != (self.weights is not None):
+            raise ValueError(f"derived {self.alias!r}: `weights` go with op weighted_sum, and it needs them")
+        if self.weights is not None and len(self.weights) != len(self.args):
+            raise ValueError(f"derived {self.alias!r}: {len(self.weights)} weights for {len(self.args)} args")
+        return self
 
 
 class TemplateSpec(_Strict):

@@ -121,7 +121,7 @@ def _score_batch(model, labels: LabelTokens, ids: torch.Tensor, mask: torch.Tens
     last = result.logits[:, -1, :].float()
     if single:
         return torch.softmax(last[:, labels.first_ids], dim=-1)
-    return torch.softmax(_completion_logprobs(model, labels, last, result.past_key_values, mask), dim=-1)
+    return torch.softmax(_completion_logprobs(model, labels, last, result.cache, mask), dim=-1)
 
 
 def _completion_logprobs(model, labels: LabelTokens, last: torch.Tensor, cache, mask: torch.Tensor) -> torch.Tensor:
@@ -147,7 +147,7 @@ def _completion_logprobs(model, labels: LabelTokens, last: torch.Tensor, cache, 
     start = mask.sum(-1).repeat_interleave(n_labels)[:, None]  # the position after the prompt's last token
     positions = start + torch.arange(width - 1, device=device)[None, :]
     attention = torch.cat([mask.repeat_interleave(n_labels, dim=0), torch.ones_like(feed)], dim=-1)
-    logits = model(input_ids=feed, attention_mask=attention, position_ids=positions, past_key_values=cache,
+    logits = model(input_ids=feed, attention_mask=attention, position_ids=positions, cache=cache,
                    use_cache=True).logits.float()
     targets = table[:, 1:].repeat(batch, 1)
     logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)

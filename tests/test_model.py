@@ -33,7 +33,7 @@ def prompts():
 
 @pytest.fixture(scope="module")
 def tiny_dir(prompts, tmp_path_factory):
-    return build_tiny(prompts, tmp_path_factory.mktemp("tiny"), TINY, seed=0)
+    return build_tiny(prompts, tmp_path_factory.mktemp("tiny"), TINY, seed=0, labels=LABELS)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_shipped_configs_tokenizer_merges_field_names(prompts, tmp_path, name):
     # A vocabulary of only the 256 bytes learns no merges: every byte of a prompt becomes a token (twice the tokens
     # per row, twice the training and scoring time). The shipped configs must leave room for merges.
     config = load_config(name)
-    _, tokenizer = load_base(ModelConfig(device="cpu"), str(build_tiny(prompts, tmp_path, config.model.tiny)))
+    _, tokenizer = load_base(ModelConfig(device="cpu"), str(build_tiny(prompts, tmp_path, config.model.tiny, labels=LABELS)))
     line = "term: 36\n"
     assert tokenizer.tokenize(line)[0] == "term"
     assert len(tokenizer(prompts[0])["input_ids"]) < len(prompts[0].encode()) / 2
@@ -126,8 +126,8 @@ def test_right_padding_leaves_a_rows_logits_unchanged(prompts, tiny):
 
 
 def test_same_seed_same_weights_other_seed_other_weights(prompts, tiny_dir, tmp_path):
-    again = load_file(build_tiny(prompts, tmp_path / "a", TINY, seed=0) / "model.safetensors")
-    other = load_file(build_tiny(prompts, tmp_path / "b", TINY, seed=1) / "model.safetensors")
+    again = load_file(build_tiny(prompts, tmp_path / "a", TINY, seed=0, labels=LABELS) / "model.safetensors")
+    other = load_file(build_tiny(prompts, tmp_path / "b", TINY, seed=1, labels=LABELS) / "model.safetensors")
     first = load_file(tiny_dir / "model.safetensors")
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not torch.equal(first["model.embed_tokens.weight"], other["model.embed_tokens.weight"])
@@ -198,3 +198,19 @@ def test_load_in_4bit_without_cuda_is_a_config_error(tiny_dir):
 def test_tiny_base_name_needs_a_built_folder():
     with pytest.raises(ConfigError, match="build_tiny"):
         load_base(ModelConfig(base="tiny"))
+
+
+@pytest.mark.parametrize("labels", [["우수", "보통", "미흡"], ["low", "medium", "high"], ["H", "I"]])
+def test_the_tiny_tokenizer_makes_the_specs_labels_single_tokens(prompts, tmp_path, labels):
+    """Labels come from the spec: any word the pre-tokenizer keeps whole becomes one token after the prompt."""
+    _, tokenizer = load_base(ModelConfig(device="cpu"), str(build_tiny(prompts[:50], tmp_path, TINY, labels=labels)))
+    for label in labels:
+        ids = tokenizer(answer(label), add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and tokenizer.decode(ids) == answer(label)
+
+
+def test_a_label_of_several_words_stays_several_tokens(prompts, tmp_path):
+    _, tokenizer = load_base(ModelConfig(device="cpu"),
+                             str(build_tiny(prompts[:50], tmp_path, TINY, labels=["pass", "pass with merit"])))
+    assert len(tokenizer(answer("pass"), add_special_tokens=False)["input_ids"]) == 1
+    assert len(tokenizer(answer("pass with merit"), add_special_tokens=False)["input_ids"]) == 3

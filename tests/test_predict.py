@@ -140,7 +140,8 @@ def test_load_run_with_another_base_keeps_that_bases_tokenizer(run_dir, mixed_pr
     from korllama.config import TinyModelConfig
     from korllama.model import build_tiny
 
-    other = build_tiny(mixed_prompts, tmp_path / "other", TinyModelConfig(**(TINY | {"vocab_size": 300})), seed=1)
+    other = build_tiny(mixed_prompts, tmp_path / "other", TinyModelConfig(**(TINY | {"vocab_size": 300})), seed=1,
+                       labels=CLASSES)
     model, tokenizer, config = load_run(run_dir, base=str(other))
     assert len(tokenizer) == model.get_input_embeddings().num_embeddings < 384  # not the run's 384-token vocabulary
     assert config.prompt.fields == FIELDS
@@ -201,3 +202,13 @@ def test_predict_before_tuning_with_base(cli, run_dir, tmp_path):
     assert code == 0, err
     submission = pd.read_csv(out, dtype=str)
     assert list(submission.columns) == ["ID", "대출등급"] and len(submission) == 6
+
+
+def test_parse_grade_with_korean_and_prefix_labels():
+    classes = ["우수", "보통", "미흡"]
+    assert parse_grade(" 우수", classes) == "우수"
+    assert parse_grade("평가 : 미흡\n이유: 점수가 낮음", classes) == "미흡"
+    assert parse_grade("이 지원자는 보통 수준", classes) == "보통"
+    assert parse_grade("우수함", classes) is None  # a longer word is not the label
+    assert parse_grade("grade: pass with merit", ["pass", "pass with merit"]) == "pass with merit"
+    assert parse_grade("A+", ["A", "A+"]) == "A+"

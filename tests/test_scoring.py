@@ -112,3 +112,47 @@ def test_labels_that_are_the_same_tokens_are_refused():
     assert not label_tokens(CaseBlindTokenizer(), ["A", "B"]).single  # " a" is two characters here
 
 
+
+
+# --- labels of several tokens ------------------------------------------------------------------------------------
+
+MULTI = ["우수", "보통", "미흡", "pass", "pass with merit"]  # Korean (bytes the tiny BPE never merged) and a prefix
+
+
+def brute_force(model, tokenizer, prompt: str, classes: list[str]) -> np.ndarray:
+    """Reference: one full, unpadded forward pass per label continuation; sum of log P(answer tokens + EOS)."""
+    from korllama.prompts import answer
+
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    totals = []
+    for label in classes:
+        completion = tokenizer(answer(label), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt_ids + completion])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+        positions = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(completion))
+        totals.append(sum(float(logp[p, t]) for p, t in zip(positions, completion)))
+    return torch.softmax(torch.tensor(totals), dim=0).numpy()
+
+
+def test_multi_token_scoring_equals_a_brute_force_reference(loaded, mixed_prompts):
+    model, tokenizer, _ = loaded
+    labels = label_tokens(tokenizer, MULTI)
+    assert not labels.single and max(len(a) for a in labels.answers) >= 3
+    prompts = mixed_prompts[:9]
+    batched = score(model, tokenizer, prompts, MULTI, batch_size=4)
+    assert batched.shape == (9, 5)
+    np.testing.assert_allclose(batched.sum(axis=1), 1.0, atol=1e-9)
+    for i, prompt in enumerate(prompts):
+        np.testing.assert_allclose(batched[i], brute_force(model, tokenizer, prompt, MULTI), atol=1e-5)
+    for size in (1, 3, 9):  # batch size (and so padding) does not change it
+        np.testing.assert_allclose(score(model, tokenizer, prompts, MULTI, batch_size=size), batched, atol=1e-5)
+    assert np.abs(batched - batched.mean(axis=0)).max() > 1e-6  # rows differ: the prompt is read
+
+
+def test_eos_keeps_a_prefix_label_from_winning_for_free(loaded, mixed_prompts):
+    """Without EOS, P("pass with merit") <= P("pass") always (it extends it); with EOS either may win."""
+    model, tokenizer, _ = loaded
+    proba = score(model, tokenizer, mixed_prompts[:6], ["pass", "pass with merit"])
+    reference = np.stack([brute_force(model, tokenizer, p, ["pass", "pass with merit"]) for p in mixed_prompts[:6]])
+    np.testing.assert_allclose(proba, reference, atol=1e-5)

@@ -66,7 +66,7 @@ def prompts() -> list[str]:
 @pytest.fixture(scope="module")
 def base_dir(prompts, tmp_path_factory) -> Path:
     """A tiny random Llama and its tokenizer, saved like any local base model."""
-    return build_tiny(prompts, tmp_path_factory.mktemp("base"), TinyModelConfig(**TINY), seed=0)
+    return build_tiny(prompts, tmp_path_factory.mktemp("base"), TinyModelConfig(**TINY), seed=0, labels=CLASSES)
 
 
 @pytest.fixture(scope="module")

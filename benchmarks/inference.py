@@ -26,8 +26,8 @@ import torch
 from korllama.data import read_table, split
 from korllama.evaluate import metrics
 from korllama.predict import generate, load_run
-from korllama.scoring import predict_labels, score
 from korllama.prompts import get_template
+from korllama.scoring import predict_labels, score
 
 
 def main() -> None:

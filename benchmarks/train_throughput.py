@@ -54,7 +54,8 @@ def build_base(args) -> None:
     train_part = benchmark_rows(args)[0]
     configs = {path_config(args, path).prompt.template: path_config(args, path) for path in ("korllama", "original")}
     texts = [text for config in configs.values() for text in template_of(config, train_part).render(train_part)]
-    build_tiny(texts, Path(args.workdir) / "base", path_config(args, "korllama").model.tiny, seed=0, labels=list("ABCDEFG"))
+    build_tiny(texts, Path(args.workdir) / "base", path_config(args, "korllama").model.tiny, seed=0,
+               labels=list("ABCDEFG"))
 
 
 def run_path(args) -> dict:

@@ -105,7 +105,8 @@ def test_shipped_configs_tokenizer_merges_field_names(prompts, tmp_path, name):
     # A vocabulary of only the 256 bytes learns no merges: every byte of a prompt becomes a token (twice the tokens
     # per row, twice the training and scoring time). The shipped configs must leave room for merges.
     config = load_config(name)
-    _, tokenizer = load_base(ModelConfig(device="cpu"), str(build_tiny(prompts, tmp_path, config.model.tiny, labels=LABELS)))
+    folder = build_tiny(prompts, tmp_path, config.model.tiny, labels=LABELS)
+    _, tokenizer = load_base(ModelConfig(device="cpu"), str(folder))
     line = "term: 36\n"
     assert tokenizer.tokenize(line)[0] == "term"
     assert len(tokenizer(prompts[0])["input_ids"]) < len(prompts[0].encode()) / 2

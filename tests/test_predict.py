@@ -1,4 +1,5 @@
-"""Tests for korllama.predict: parsing generated answers, the original's generation settings, loading runs, and the submission file.
+"""Tests for korllama.predict: parsing generated answers, the original's generation settings, loading runs, and the
+submission file.
 
 Everything runs on a tiny run (hidden 32, 2 layers, 4 steps) trained once per module with one CPU thread.
 """
@@ -15,8 +16,8 @@ from fixtures import CLASSES, FIELDS, TINY, unlabelled_csv
 
 from korllama.errors import KorllamaError
 from korllama.predict import generate, load_run, parse_grade, seed_generation_config
-from korllama.scoring import score
 from korllama.prompts import render
+from korllama.scoring import score
 from korllama.synth import synthetic_table
 
 

@@ -27,9 +27,9 @@ from safetensors.torch import load_file, save_file
 from korllama.config import ModelConfig, RunConfig, TinyModelConfig, load_config
 from korllama.errors import ConfigError, KorllamaError
 from korllama.model import build_tiny, load_base
+from korllama.prompts import render
 from korllama.run import RunDir
 from korllama.scoring import label_tokens, score
-from korllama.prompts import render
 from korllama.synth import synthetic_table
 from korllama.train import (
     class_weighted_loss,

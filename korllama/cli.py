@@ -253,6 +253,11 @@ BaseOption = Annotated[str | None, typer.Option(
                    "run, the run's prompt settings are used.")]
 
 
+ChunkOption = Annotated[int | None, typer.Option(
+    "--chunk-rows", min=1, help="Rows read, scored and written at a time: memory follows it, not the table. "
+                                "[default: 10000]")]
+
+
 @app.command("predict")
 def predict_cmd(
     run: RunArg = None,
@@ -261,16 +266,25 @@ def predict_cmd(
     proba: Annotated[bool, typer.Option("--proba", help="Add P_A..P_G columns.")] = False,
     base: BaseOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    chunk_rows: ChunkOption = None,
 ):
     """Grade every row (rank scoring) and write the competition's submission format: ID,대출등급, input order.
 
-    Example: korllama predict runs/dacon-tiny --data ../shared/data/dacon-loan/test.csv --out submission.csv
+    The table streams: read, scored and written --chunk-rows rows at a time into a temporary file that becomes
+    --out only when every row is done (an error or Ctrl-C leaves nothing). Under accelerate launch the rows are
+    split between the processes (one per GPU) and the main process writes them in input order.
+
+    Examples:
+      korllama predict runs/dacon-tiny --data ../shared/data/dacon-loan/test.csv --out submission.csv
+      accelerate launch --num_processes 8 -m korllama predict runs/big --data big.csv --out big-graded.csv
     """
     from korllama.io import check_out_file
     from korllama.predict import predict_file
 
     check_out_file(out)
-    result = predict_file(run, data, out, proba, base, batch_size, console=err_console)
+    result = predict_file(run, data, out, proba, base, batch_size, console=err_console, chunk_rows=chunk_rows)
+    if not result:  # another process of `accelerate launch`: the main process writes the file and reports
+        return
     shares = "  ".join(f"{k} {v / result['rows']:.1%}" for k, v in result["counts"].items())
     console.print(f"wrote {escape(result['out'])}: {result['rows']:,} rows ({shares})")
 
@@ -288,6 +302,7 @@ def evaluate_cmd(
     base: BaseOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     name: Annotated[str | None, typer.Option("--name", help="System name in reports (default: the run's).")] = None,
+    chunk_rows: ChunkOption = None,
 ):
     """Score a run (or a base model) on labelled rows: macro-F1, accuracy, QWK, per-grade figures, confusion.
 
@@ -295,6 +310,7 @@ def evaluate_cmd(
       korllama evaluate runs/dacon-tiny --data ../shared/data/dacon-loan/train.csv --held-out --out runs/eval/tuned
       korllama evaluate runs/dacon-tiny --base runs/dacon-tiny/base --data ... --held-out --out runs/eval/before
       korllama evaluate runs/dacon-tiny --data ... --held-out --mode generate --limit 200 --out runs/eval/generate
+      accelerate launch --num_processes 8 -m korllama evaluate runs/big --data big.csv --out runs/eval/big
     """
     from korllama.evaluate import OUTPUT_FILES, evaluate_run
     from korllama.io import check_out_dir
@@ -303,7 +319,9 @@ def evaluate_cmd(
         raise KorllamaError(f"--mode must be 'score' or 'generate', not {mode!r}.")
     check_out_dir(out, files=OUTPUT_FILES)
     r = evaluate_run(run, data, out, mode=mode, limit=limit, base=base, held_out=held_out, batch_size=batch_size,
-                     system=name, console=err_console)
+                     system=name, console=err_console, chunk_rows=chunk_rows)
+    if not r:  # another process of `accelerate launch`: the main process writes and reports
+        return
     extra = f", invalid answers {r['invalid_rate']:.1%}" if mode == "generate" else ""
     console.print(f"{escape(r['system'])}: macro-F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}, "
                   f"QWK {r['qwk']:.4f} on {r['n']:,} rows ({r['rows_per_s']:.1f} rows/s{extra}) -> {escape(str(out))}")

@@ -90,53 +90,99 @@ def write_evaluation(out_dir: str | Path, result: dict, ids, truth, pred, proba:
 
 def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str | Path, mode: str = "score",
                  limit: int | None = None, base: str | None = None, held_out: bool = False, batch_size: int = 32,
-                 system: str | None = None, console=None) -> dict:
+                 system: str | None = None, console=None, chunk_rows: int | None = None) -> dict:
     """Predict a labelled table with a run (or a bare base model) and write DIR/metrics.json + predictions.csv.
 
     `held_out` keeps only the run's validation split (the rows its training never saw), re-drawn from the run's
     data.valid_fraction and data.split_seed.
+
+    A file streams as in `korllama predict` (korllama.predict.TableChunks): checked whole first, then read, scored
+    and written `chunk_rows` rows at a time; predictions.csv and metrics.json appear together at the end, or not at
+    all. What stays in memory for the metrics is, per row, its truth, prediction and probabilities (about 80 bytes;
+    with --held-out or --limit also its ID, to choose the rows). Under `accelerate launch` each chunk's rows are
+    split between the processes and the main process writes; the other processes return {}.
     """
     import time
+    from contextlib import ExitStack
 
-    from korllama.data import as_table
-    from korllama.predict import generate, load_run
+    import pandas as pd
+
+    from korllama.data import Table
+    from korllama.explain import group_columns  # the rows' columns, for group metrics in `korllama compare`
+    from korllama.io import atomic_path, json_text
+    from korllama.predict import load_run, open_atomic, process_state, score_chunk, sigterm_as_interrupt, table_chunks
     from korllama.prompts import get_template
-    from korllama.scoring import predict_labels, score
     from korllama.ui import progress_bar
 
+    state = process_state()
     model, tokenizer, config = load_run(run, base)
-    table = as_table(data, config.data.spec)
-    if not table.has_labels:
-        raise KorllamaError(f"{table.source} has no {table.spec.label.name} column: evaluation needs graded rows "
+    stream = table_chunks(data, config.data.spec, chunk_rows)
+    spec = stream.spec
+    choose = held_out or limit is not None
+    checked = stream.check(keep=choose, warn=state.is_main_process)
+    if not checked.has_labels:
+        raise KorllamaError(f"{stream.source} has no {spec.label.name} column: evaluation needs graded rows "
                             "(use `korllama predict` for unlabelled ones).")
-    if held_out:
-        table = held_out_rows(run, data, table, config)
-    if limit is not None and limit < len(table):
-        table = table.sample(limit, seed=0)
-    classes = table.spec.label.classes
-    template = get_template(table.spec, config.prompt.template, config.prompt.fields)
-    prompts = template.render(table)
+    select = None  # the rows to score, as positions in the file (sorted)
+    if choose:  # chosen as for the whole table in memory: from the IDs and labels alone
+        rows = Table(pd.DataFrame({spec.id.alias: checked.ids, spec.label.alias: checked.labels,
+                                   "_position": np.arange(checked.rows)}), spec, stream.source)
+        if held_out:
+            rows = held_out_rows(run, data, rows, config)
+        if limit is not None and limit < len(rows):
+            rows = rows.sample(limit, seed=0)
+        select = rows.frame["_position"].to_numpy()
+        rows = checked.ids = checked.labels = None  # what chose them is no longer needed
+    n = checked.rows if select is None else len(select)
+    classes = spec.label.classes
+    template = get_template(spec, config.prompt.template, config.prompt.fields)
+    truth, pred, probas, kinds = [], [], [], {}
+    out_dir = Path(out_dir)
     started = time.perf_counter()
-    proba, extra = None, {}
-    with progress_bar(len(prompts), "scoring" if mode == "score" else "generating", console) as advance:
-        if mode == "score":
-            proba = score(model, tokenizer, prompts, classes, batch_size, progress=advance)
-            pred = list(predict_labels(proba, classes))
-        else:
-            pred, texts = generate(model, tokenizer, prompts, classes, batch_size, progress=advance)
-            extra["generated"] = texts
-    seconds = time.perf_counter() - started
-    result = metrics(table.labels.tolist(), pred, classes, proba)
-    if system is None:  # a base model scored with a run's prompts must not take the tuned run's name
-        system = Path(run).name if run else Path(str(base)).name
-        if run and base:
-            system = f"{Path(str(base)).name} ({Path(run).name} prompts)"
-        system += "" if mode == "score" else "-generate"
-    result.update(system=system, mode=mode, template=template.name, rows_per_s=len(prompts) / seconds,
-                  seconds=seconds, data=table.source, held_out=held_out, run=str(run) if run else None, base=base)
-    from korllama.explain import group_columns  # the rows' columns, for group metrics in `korllama compare`
-    groups, result["group_columns"] = group_columns(table)
-    write_evaluation(out_dir, result, table.ids, table.labels, pred, proba, classes, {**extra, **groups})
+    with ExitStack() as stack:
+        stack.enter_context(sigterm_as_interrupt())
+        fh = json_tmp = advance = None
+        if state.is_main_process:  # both files appear together at the end (metrics.json renamed first)
+            fh = open_atomic(stack, out_dir / "predictions.csv")
+            json_tmp = stack.enter_context(atomic_path(out_dir / "metrics.json"))
+            advance = stack.enter_context(progress_bar(n, "scoring" if mode == "score" else "generating", console))
+        for offset, chunk in stream.chunks():
+            if select is not None:
+                lo, hi = np.searchsorted(select, [offset, offset + len(chunk)])
+                if lo == hi:
+                    continue
+                chunk = chunk.subset(select[lo:hi] - offset)
+            scored = score_chunk(model, tokenizer, template, chunk, batch_size, mode, state, advance)
+            if fh is None:  # not the main process
+                continue
+            frame = pd.DataFrame({"ID": chunk.ids.tolist(), "truth": chunk.labels.tolist(),
+                                  "prediction": [p or "" for p in scored.pred]})
+            if scored.proba is not None:
+                for i, c in enumerate(classes):
+                    frame[f"P_{c}"] = scored.proba[:, i].round(6)
+                probas.append(scored.proba)
+            if scored.texts is not None:
+                frame["generated"] = scored.texts
+            groups, kinds = group_columns(chunk)
+            for name, values in groups.items():
+                frame[name] = values
+            frame.to_csv(fh, index=False, header=fh.tell() == 0)
+            truth.extend(chunk.labels.tolist())
+            pred.extend(scored.pred.tolist())
+        if not state.is_main_process:
+            return {}
+        seconds = time.perf_counter() - started
+        proba = np.concatenate(probas) if mode == "score" else None
+        result = metrics(truth, pred, classes, proba)
+        if system is None:  # a base model scored with a run's prompts must not take the tuned run's name
+            system = Path(run).name if run else Path(str(base)).name
+            if run and base:
+                system = f"{Path(str(base)).name} ({Path(run).name} prompts)"
+            system += "" if mode == "score" else "-generate"
+        result.update(system=system, mode=mode, template=template.name, rows_per_s=n / max(seconds, 1e-9),
+                      seconds=seconds, data=stream.source, held_out=held_out, run=str(run) if run else None,
+                      base=base, processes=state.num_processes, group_columns=kinds)
+        json_tmp.write_text(json_text(result), encoding="utf-8")
     return result
 
 

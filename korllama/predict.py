@@ -4,11 +4,15 @@ korllama.scoring), or generate the original project's way (`generate`: its sampl
 
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from korllama.errors import KorllamaError
+from korllama.errors import DataError, KorllamaError
 from korllama.run import RunDir
 from korllama.scoring import encode_prompts, left_padded_batches, pad_id_of, predict_labels, score
 
@@ -100,26 +104,390 @@ def generate(model, tokenizer, prompts: list[str], classes: list[str], batch_siz
 
 
 def predict_file(run: str | Path | None, data: str | Path, out: str | Path, with_proba: bool = False,
-                 base: str | None = None, batch_size: int = 32, console=None) -> dict:
-    """Grade every row of a table and write the competition's format: `ID,<label header>` in input order."""
+                 base: str | None = None, batch_size: int = 32, console=None, chunk_rows: int | None = None) -> dict:
+    """Grade every row of a table and write the competition's format: `ID,<label header>` in input order.
+
+    The table streams (`TableChunks`): read, scored and written `chunk_rows` rows at a time into a temporary file
+    beside `out` that becomes `out` only at the end, so memory does not grow with the table and `out` never holds a
+    partial result (an error, Ctrl-C or SIGTERM leaves nothing). The whole file is validated before the first row
+    is scored. Under `accelerate launch --num_processes N` each chunk's rows are split between the processes and
+    the main process writes them in input order; the other processes return {}.
+    """
+    import time
+    from contextlib import ExitStack
+
     import pandas as pd
 
-    from korllama.data import read_table
-    from korllama.io import write_csv
     from korllama.prompts import get_template
     from korllama.ui import progress_bar
 
+    state = process_state()
+    out = Path(out)
+    _check_file_target(out)
     model, tokenizer, config = load_run(run, base)
-    table = read_table(data, config.data.spec)
-    spec = table.spec
-    prompts = get_template(spec, config.prompt.template, config.prompt.fields).render(table)
-    with progress_bar(len(prompts), "grading", console) as advance:
-        proba = score(model, tokenizer, prompts, spec.label.classes, batch_size, progress=advance)
-    frame = pd.DataFrame({spec.id.name: table.ids.to_numpy(),
-                          spec.label.name: predict_labels(proba, spec.label.classes)})
-    if with_proba:
-        for i, c in enumerate(spec.label.classes):
-            frame[f"P_{c}"] = proba[:, i].round(6)
-    write_csv(out, frame, encoding="utf-8")
-    counts = frame[spec.label.name].value_counts().reindex(spec.label.classes, fill_value=0)
-    return {"rows": len(frame), "out": str(out), "counts": {k: int(v) for k, v in counts.items()}}
+    stream = TableChunks(data, config.data.spec, chunk_rows or CHUNK_ROWS)
+    checked = stream.check(warn=state.is_main_process)
+    spec = stream.spec
+    classes = spec.label.classes
+    template = get_template(spec, config.prompt.template, config.prompt.fields)
+    counts = dict.fromkeys(classes, 0)
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        stack.enter_context(sigterm_as_interrupt())
+        fh = advance = None
+        if state.is_main_process:
+            fh = open_atomic(stack, out)
+            advance = stack.enter_context(progress_bar(checked.rows, "grading", console))
+        for _, chunk in stream.chunks():
+            scored = score_chunk(model, tokenizer, template, chunk, batch_size, state=state, progress=advance)
+            if fh is None:  # not the main process: its share went to the main process
+                continue
+            frame = pd.DataFrame({spec.id.name: chunk.ids.to_numpy(), spec.label.name: scored.pred})
+            if with_proba:
+                for i, c in enumerate(classes):
+                    frame[f"P_{c}"] = scored.proba[:, i].round(6)
+            frame.to_csv(fh, index=False, header=fh.tell() == 0)
+            for label, n in frame[spec.label.name].value_counts().items():
+                counts[label] += int(n)
+    if not state.is_main_process:
+        return {}
+    seconds = time.perf_counter() - started
+    return {"rows": checked.rows, "out": str(out), "counts": counts, "seconds": seconds,
+            "rows_per_s": checked.rows / max(seconds, 1e-9), "processes": state.num_processes}
+
+
+# --- streaming: a table read in chunks, scored across processes ------------------------------------------------------
+
+CHUNK_ROWS = 10_000  # rows read, cleaned, scored and written at a time: memory follows this, not the table's size
+
+
+def process_state():
+    """accelerate's PartialState: one process (a plain `korllama predict`), or one of `accelerate launch`'s N. Under
+    N processes on GPUs each process owns the GPU of its local rank (PartialState sets it), so the model that
+    load_run puts on "cuda" lands there."""
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+@dataclass
+class Checked:
+    """What a first pass over the whole file found: its rows, and when asked for (to choose rows: a split, a
+    sample) every row's ID and label."""
+
+    rows: int
+    has_labels: bool
+    ids: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class TableChunks:
+    """A CSV or Parquet table read `chunk_rows` rows at a time (CSV: pandas' chunked reader; Parquet: pyarrow's
+    `iter_batches`), each chunk validated and cleaned by korllama.data.clean with its real line numbers, so an error
+    names the same file, line, column and value as `read_table` would.
+
+    `check()` reads the whole file once before anything is scored: every chunk validated, the IDs unique across
+    chunks (64-bit hashes, 8 bytes a row; a clash is confirmed on the IDs themselves), the chunks' warnings summed
+    into one per column. `chunks()` then yields the clean chunks again, in file order.
+    """
+
+    def __init__(self, path: str | Path, spec=None, chunk_rows: int = CHUNK_ROWS):
+        from korllama.schema import TableSpec, load_spec
+
+        if chunk_rows < 1:
+            raise KorllamaError(f"chunk_rows must be at least 1, not {chunk_rows}.")
+        self.path = Path(path)
+        self.spec = spec if isinstance(spec, TableSpec) else load_spec(spec)
+        self.chunk_rows = chunk_rows
+        self.source = self.path.name
+        self.parquet, self.encoding = self._sniff()
+
+    def _sniff(self) -> tuple[bool, str | None]:
+        """Parquet or CSV, and the CSV's encoding (utf-8, utf-8 with BOM or cp949: the whole file is decoded once, a
+        block at a time, so a bad byte near the end is found before any work). The messages are read_table's."""
+        import codecs
+
+        from korllama.data import ENCODINGS
+
+        path = self.path
+        if not path.exists():
+            raise DataError(f"{path}: no such file.")
+        if path.is_dir():
+            raise DataError(f"{path} is a folder, not a table file (CSV or Parquet).")
+        with path.open("rb") as fh:
+            head = fh.read(65536)
+        if not head.strip():
+            raise DataError(f"{path.name} is empty: expected a header line and at least one row.")
+        if head.startswith(b"PAR1") or path.suffix.lower() in (".parquet", ".pq"):
+            return True, None
+        if b"\x00" in head:
+            raise DataError(f"{path.name} is not a text file (it contains binary data); expected CSV or Parquet.")
+        for encoding in ENCODINGS:
+            decoder = codecs.getincrementaldecoder(encoding)()
+            try:
+                with path.open("rb") as fh:
+                    while block := fh.read(1 << 20):
+                        decoder.decode(block)
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                continue
+            return False, encoding
+        raise DataError(f"{path.name} is not text in UTF-8 or CP949 (Korean Excel); save it as UTF-8 CSV.")
+
+    def raw_chunks(self):
+        """(offset, frame of raw strings) per chunk, in file order: row i of the frame is row offset + i."""
+        if self.parquet:
+            yield from self._parquet_chunks()
+            return
+        import pandas as pd
+
+        try:
+            reader = pd.read_csv(self.path, dtype=str, keep_default_na=False, skipinitialspace=False,
+                                 encoding=self.encoding, chunksize=self.chunk_rows)
+            offset = 0
+            with reader:
+                for frame in reader:
+                    yield offset, frame.astype(object)
+                    offset += len(frame)
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{self.source} is empty: expected a header line and at least one row.") from None
+        except pd.errors.ParserError as exc:
+            raise DataError(f"{self.source} is not a well-formed comma-separated file: {exc}") from None
+
+    def _parquet_chunks(self):
+        import pyarrow.parquet as pq
+
+        def strings(frame):  # read_table's conversion: every cell a string, a missing one ""
+            return frame.astype(object).where(frame.notna(), "").astype(str).astype(object)
+
+        try:
+            reader = pq.ParquetFile(self.path)
+            offset = 0
+            for batch in reader.iter_batches(batch_size=self.chunk_rows):
+                yield offset, strings(batch.to_pandas())
+                offset += batch.num_rows
+            if offset == 0:  # no rows at all: one empty chunk, so that clean says so in its words
+                yield 0, strings(reader.schema_arrow.empty_table().to_pandas())
+        except DataError:
+            raise
+        except Exception as exc:  # pyarrow raises many types for a broken file
+            raise DataError(f"{self.source} could not be read as Parquet: {exc}") from None
+
+    def chunks(self):
+        """(offset, clean Table) per chunk, in file order. clean's warnings are kept in each Table's `warnings`
+        (check() reports them once, summed) instead of being shown once per chunk."""
+        import warnings as _warnings
+
+        from korllama.data import DataWarning, clean
+
+        spec, source = self.spec, self.source
+        for offset, raw in self.raw_chunks():
+            if self.parquet and offset:
+                where = {"first_line": 1, "row_label": lambda i, o=offset: f"{source}, row {o + i + 1}"}
+            else:
+                where = {"first_line": 1 if self.parquet else 2 + offset}
+            try:
+                with _warnings.catch_warnings():
+                    _warnings.simplefilter("ignore", DataWarning)
+                    table = clean(raw, spec, source=source, **where)
+            except DataError as exc:  # the row within the file, not within the chunk
+                raise DataError(str(exc), row=None if exc.row is None else exc.row + offset,
+                                column=exc.column) from None
+            table.frame.reset_index(drop=True, inplace=True)  # pandas numbers a chunk's rows from its offset
+            if offset and _header(raw.columns, spec.id.name, spec.id.alias) is None:  # generated IDs go on counting
+                table.frame[spec.id.alias] = np.array([f"ROW_{offset + i:05d}" for i in range(len(table))],
+                                                      dtype=object)
+            yield offset, table
+
+    def check(self, keep: bool = False, warn: bool = True) -> Checked:
+        """Validate the whole file (see the class); `keep` keeps every row's ID and label, `warn` shows the
+        warnings."""
+        import warnings as _warnings
+
+        import pandas as pd
+
+        from korllama.data import DataWarning
+
+        rows, has_labels, hashes, ids, labels, messages = 0, False, [], [], [], []
+        for _, table in self.chunks():
+            rows += len(table)
+            has_labels = table.has_labels
+            hashes.append(pd.util.hash_array(table.ids.to_numpy(dtype=object)))
+            if keep:
+                ids.append(table.ids.to_numpy(dtype=object))
+                if has_labels:
+                    labels.append(table.labels.to_numpy(dtype=object))
+            messages.extend(table.warnings)
+        self._check_unique_ids(np.concatenate(hashes))
+        summed = sum_warnings(messages)
+        if warn:
+            for message in summed:
+                _warnings.warn(message, DataWarning, stacklevel=2)
+        return Checked(rows, has_labels, np.concatenate(ids) if keep else None,
+                       np.concatenate(labels) if keep and has_labels else None, summed)
+
+    def _check_unique_ids(self, hashes: np.ndarray) -> None:
+        """IDs unique across chunks (clean checks within one): equal hashes are confirmed on the IDs, and the first
+        duplicate is reported as clean reports one."""
+        import pandas as pd
+
+        order = np.argsort(hashes, kind="stable")
+        ordered = hashes[order]
+        same = np.flatnonzero(ordered[1:] == ordered[:-1])
+        if not len(same):
+            return
+        candidates = set(order[same].tolist()) | set(order[same + 1].tolist())
+        header, ids = None, {}
+        for offset, raw in self.raw_chunks():
+            header = _header(raw.columns, self.spec.id.name, self.spec.id.alias)
+            for i in (p - offset for p in candidates if offset <= p < offset + len(raw)):
+                ids[offset + i] = str(raw[header].iloc[i]).strip()
+        values = pd.Series(ids).sort_index()
+        dup = values[values.duplicated(keep=False)]
+        if dup.empty:  # only a clash of hashes
+            return
+        twins = dup.index[dup == dup.iloc[0]].tolist()
+        if self.parquet:
+            where, also = f"{self.source}, row {twins[1] + 1}", f"{self.source}, row {twins[0] + 1}"
+        else:
+            where, also = f"{self.source}, line {twins[1] + 2}", f"on line {twins[0] + 2}"
+        raise DataError(f"{where}, column {header}: duplicate ID {dup.iloc[0]!r} (also {also}); {len(dup)} rows "
+                        "share an ID. IDs must be unique.", row=int(twins[1]), column=self.spec.id.alias)
+
+
+class InMemoryChunks:
+    """A Table already in memory, as one chunk: the same interface as TableChunks."""
+
+    def __init__(self, table):
+        self.table, self.spec, self.source = table, table.spec, table.source
+
+    def check(self, keep: bool = False, warn: bool = True) -> Checked:
+        table = self.table
+        return Checked(len(table), table.has_labels, table.ids.to_numpy(dtype=object) if keep else None,
+                       table.labels.to_numpy(dtype=object) if keep and table.has_labels else None,
+                       list(table.warnings))
+
+    def chunks(self):
+        yield 0, self.table
+
+
+def table_chunks(data, spec=None, chunk_rows: int | None = None):
+    """TableChunks for a file, InMemoryChunks for a Table."""
+    from korllama.data import Table
+
+    return InMemoryChunks(data) if isinstance(data, Table) else TableChunks(data, spec, chunk_rows or CHUNK_ROWS)
+
+
+_UNSEEN = re.compile(r"^(?P<where>.*), column (?P<column>.*): (?P<n>\d+) rows have values never seen in training "
+                     r"\((?P<kinds>.*)\); treated as (?P<treated>.*)\.$", re.S)
+
+
+def sum_warnings(messages: list[str]) -> list[str]:
+    """One warning per column for the whole file: clean's per-chunk "N rows have values never seen in training"
+    counts added up and their values joined; any other warning once."""
+    summed: dict = {}
+    for message in messages:
+        found = _UNSEEN.match(message)
+        if not found:
+            summed.setdefault(message, None)
+            continue
+        key = (found["where"], found["column"], found["treated"])
+        n, kinds = summed.get(key) or (0, set())
+        summed[key] = (n + int(found["n"]), kinds | set(found["kinds"].split(", ")))
+    return [key if value is None else
+            f"{key[0]}, column {key[1]}: {value[0]} rows have values never seen in training "
+            f"({', '.join(sorted(value[1]))}); treated as {key[2]}."
+            for key, value in summed.items()]
+
+
+def _header(columns, name: str, alias: str):
+    """The file's header for a spec column (its name, its alias, or the alias in any case), as clean finds it."""
+    headers = {str(h).strip(): h for h in columns}
+    for key in (name, alias):
+        if key in headers:
+            return headers[key]
+    return {h.casefold(): h for h in headers}.get(alias.casefold())
+
+
+@dataclass
+class Scored:
+    """One chunk's results, rows in input order: probabilities (rank scoring) or generated texts."""
+
+    pred: np.ndarray
+    proba: np.ndarray | None = None
+    texts: list[str] | None = None
+
+
+def score_chunk(model, tokenizer, template, table, batch_size: int, mode: str = "score", state=None,
+                progress=None) -> Scored | None:
+    """Rank-score (or generate for) one chunk. With several processes each scores a contiguous share of the rows
+    (accelerate's split_between_processes) and the shares are gathered to the main process in rank order, that is
+    in input order; the other processes get None. `progress(n)` is told rows done, on the main process."""
+    classes = table.spec.label.classes
+    many = state is not None and state.num_processes > 1
+    if many:
+        with state.split_between_processes(list(range(len(table)))) as mine:
+            part = table.subset(mine)
+    else:
+        part = table
+    prompts = template.render(part) if len(part) else []
+    each_batch = progress if not many else None
+    if mode == "score":
+        proba = (score(model, tokenizer, prompts, classes, batch_size, progress=each_batch) if prompts
+                 else np.zeros((0, len(classes))))
+        result = Scored(predict_labels(proba, classes), proba)
+    else:
+        pred, texts = generate(model, tokenizer, prompts, classes, batch_size, progress=each_batch) if prompts \
+            else ([], [])
+        result = Scored(np.asarray(pred, dtype=object), None, texts)
+    if not many:
+        return result
+    from accelerate.utils import gather_object
+
+    parts = gather_object([result])  # one per process, in process order
+    if not state.is_main_process:
+        return None
+    if progress is not None:
+        progress(len(table))
+    return Scored(np.concatenate([p.pred for p in parts]),
+                  None if mode != "score" else np.concatenate([p.proba for p in parts]),
+                  None if mode == "score" else [t for p in parts for t in p.texts])
+
+
+def _check_file_target(out: Path) -> None:
+    """Fail before the work, not after it, when the output cannot be a file."""
+    if out.is_dir():
+        raise KorllamaError(f"--out {out} is a folder; name the CSV file to write.")
+
+
+def open_atomic(stack, target: Path):
+    """A text file for `target` that becomes `target` only when the stack closes without an error."""
+    from korllama.io import atomic_path
+
+    try:
+        tmp = stack.enter_context(atomic_path(target))
+        return stack.enter_context(tmp.open("w", encoding="utf-8", newline=""))
+    except OSError as exc:
+        raise KorllamaError(f"Could not write {target}: {exc.strerror or exc}.") from None
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a job scheduler, accelerate stopping its other processes) unwinds like Ctrl-C, so the temporary
+    output is removed; only the main thread can take signals."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

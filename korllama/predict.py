@@ -204,56 +204,71 @@ class TableChunks:
         self.parquet, self.encoding = self._sniff()
 
     def _sniff(self) -> tuple[bool, str | None]:
-        """Parquet or CSV, and the CSV's encoding (utf-8, utf-8 with BOM or cp949: the whole file is decoded once, a
-        block at a time, so a bad byte near the end is found before any work). The messages are read_table's."""
-        import codecs
+        """Parquet or CSV (korllama.data.sniff: the same sentences as read_table for a missing, empty or binary
+        file), and for a CSV its encoding — utf-8, utf-8 with BOM or cp949, the whole file decoded once, a block at a
+        time, so a bad byte near the end is found before any work — its header checked as read_table checks it, and
+        each row's line when blank lines make the lines differ from the rows (8 bytes a row, then)."""
+        import csv
 
-        from korllama.data import ENCODINGS
+        from korllama.data import ENCODINGS, _decode, _refuse_duplicate_headers, _refuse_other_delimiters, sniff
 
-        path = self.path
-        if not path.exists():
-            raise DataError(f"{path}: no such file.")
-        if path.is_dir():
-            raise DataError(f"{path} is a folder, not a table file (CSV or Parquet).")
-        with path.open("rb") as fh:
-            head = fh.read(65536)
-        if not head.strip():
-            raise DataError(f"{path.name} is empty: expected a header line and at least one row.")
-        if head.startswith(b"PAR1") or path.suffix.lower() in (".parquet", ".pq"):
+        self.lines = None
+        if sniff(self.path):
             return True, None
-        if b"\x00" in head:
-            raise DataError(f"{path.name} is not a text file (it contains binary data); expected CSV or Parquet.")
         for encoding in ENCODINGS:
-            decoder = codecs.getincrementaldecoder(encoding)()
             try:
-                with path.open("rb") as fh:
-                    while block := fh.read(1 << 20):
-                        decoder.decode(block)
-                decoder.decode(b"", final=True)
+                with self.path.open(encoding=encoding, newline="") as fh:
+                    header = next(csv.reader(fh), [])
+                    blank = False
+                    for line in fh:  # decodes the rest; a blank line shifts the lines of the rows after it
+                        blank = blank or not line.strip(" \t\r\n")
             except UnicodeDecodeError:
                 continue
+            _refuse_duplicate_headers(header, self.source)
+            _refuse_other_delimiters(header, self.source)
+            if blank:
+                self.lines = self._record_lines(encoding)
             return False, encoding
-        raise DataError(f"{path.name} is not text in UTF-8 or CP949 (Korean Excel); save it as UTF-8 CSV.")
+        _decode(self.path)  # raises read_table's sentence, naming the line of the first bad byte
+        raise DataError(f"{self.source} is not text in UTF-8 or CP949 (Korean Excel); save it as UTF-8 CSV.")
+
+    def _record_lines(self, encoding: str) -> np.ndarray:
+        """The line each row starts on (korllama.data.record_lines, reading the file as a stream); a row with more
+        cells than the header is a DataError naming its line."""
+        from korllama.data import record_lines
+
+        with self.path.open(encoding=encoding, newline="") as fh:
+            return record_lines(fh, self.source)
 
     def raw_chunks(self):
         """(offset, frame of raw strings) per chunk, in file order: row i of the frame is row offset + i."""
         if self.parquet:
             yield from self._parquet_chunks()
             return
+        import warnings as _warnings
+
         import pandas as pd
 
+        from korllama.data import READ_CSV
+
         try:
-            reader = pd.read_csv(self.path, dtype=str, keep_default_na=False, skipinitialspace=False,
-                                 encoding=self.encoding, chunksize=self.chunk_rows)
+            reader = pd.read_csv(self.path, encoding=self.encoding, chunksize=self.chunk_rows, **READ_CSV)
             offset = 0
             with reader:
-                for frame in reader:
+                while True:
+                    with _warnings.catch_warnings():  # a row longer than the header: pandas would drop cells
+                        _warnings.simplefilter("error", pd.errors.ParserWarning)
+                        frame = next(reader, None)
+                    if frame is None:
+                        break
                     yield offset, frame.astype(object)
                     offset += len(frame)
         except pd.errors.EmptyDataError:
             raise DataError(f"{self.source} is empty: expected a header line and at least one row.") from None
-        except pd.errors.ParserError as exc:
-            raise DataError(f"{self.source} is not a well-formed comma-separated file: {exc}") from None
+        except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
+            self._record_lines(self.encoding)  # names the line when a row has too many cells
+            raise DataError(f"{self.source} is not a well-formed comma-separated file: {' '.join(str(exc).split())}"
+                            ) from None
 
     def _parquet_chunks(self):
         import pyarrow.parquet as pq
@@ -285,6 +300,8 @@ class TableChunks:
         for offset, raw in self.raw_chunks():
             if self.parquet and offset:
                 where = {"first_line": 1, "row_label": lambda i, o=offset: f"{source}, row {o + i + 1}"}
+            elif self.lines is not None:  # blank lines: each row's own line
+                where = {"first_line": 2, "lines": self.lines[offset:offset + len(raw)]}
             else:
                 where = {"first_line": 1 if self.parquet else 2 + offset}
             try:
@@ -294,7 +311,7 @@ class TableChunks:
             except DataError as exc:  # the row within the file, not within the chunk
                 raise DataError(str(exc), row=None if exc.row is None else exc.row + offset,
                                 column=exc.column) from None
-            table.frame.reset_index(drop=True, inplace=True)  # pandas numbers a chunk's rows from its offset
+            table.frame.index = range(len(table.frame))  # pandas numbered a chunk's rows from its offset
             if offset and _header(raw.columns, spec.id.name, spec.id.alias) is None:  # generated IDs go on counting
                 table.frame[spec.id.alias] = np.array([f"ROW_{offset + i:05d}" for i in range(len(table))],
                                                       dtype=object)
@@ -351,7 +368,8 @@ class TableChunks:
         if self.parquet:
             where, also = f"{self.source}, row {twins[1] + 1}", f"{self.source}, row {twins[0] + 1}"
         else:
-            where, also = f"{self.source}, line {twins[1] + 2}", f"on line {twins[0] + 2}"
+            line = (lambda p: int(self.lines[p])) if self.lines is not None else (lambda p: p + 2)
+            where, also = f"{self.source}, line {line(twins[1])}", f"on line {line(twins[0])}"
         raise DataError(f"{where}, column {header}: duplicate ID {dup.iloc[0]!r} (also {also}); {len(dup)} rows "
                         "share an ID. IDs must be unique.", row=int(twins[1]), column=self.spec.id.alias)
 

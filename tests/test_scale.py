@@ -115,6 +115,63 @@ def test_a_bad_file_gets_read_tables_sentence(tmp_path, case):
     assert (streamed.value.row, streamed.value.column) == (whole.value.row, whole.value.column)
 
 
+def long_row(lines: list[str]) -> list[str]:
+    lines[50] += ",extra"  # row 48: a comma too many
+    return lines
+
+
+def every_row_long(lines: list[str]) -> list[str]:
+    return [line + (",extra" if i else "") for i, line in enumerate(lines)]
+
+
+def blank_lines(lines: list[str]) -> list[str]:
+    lines[44] = lines[44].replace(" 36 months", " 48 months").replace(" 60 months", " 48 months")
+    lines[10:10] = ["", "   "]  # pandas skips them: the rows after them lie two lines further down
+    return lines
+
+
+def blank_lines_and_a_late_duplicate(lines: list[str]) -> list[str]:
+    lines[50] = lines[5].split(",")[0] + lines[50][lines[50].index(","):]
+    lines[20:20] = [""]
+    return lines
+
+
+def bad_byte(lines: list[str]) -> list[str]:
+    lines[40] = "\udcff" + lines[40]  # written as the byte 0xff: neither UTF-8 nor CP949
+    return lines
+
+
+def semicolon_header(lines: list[str]) -> list[str]:
+    lines[0] = lines[0].replace(",", ";")
+    return lines
+
+
+def repeated_header(lines: list[str]) -> list[str]:
+    return [line + "," + (line.split(",")[2] if i else "대출기간") for i, line in enumerate(lines)]
+
+
+@pytest.mark.parametrize("corrupt", [long_row, every_row_long, blank_lines, blank_lines_and_a_late_duplicate,
+                                     bad_byte, semicolon_header, repeated_header])
+def test_a_badly_written_file_gets_read_tables_sentence(tmp_path, corrupt):
+    lines = corrupt(quirky_frame().to_csv(index=False, lineterminator="\n").splitlines())
+    path = tmp_path / "odd.csv"
+    path.write_bytes(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
+    with pytest.raises(DataError) as whole:
+        read_table(path)
+    with pytest.raises(DataError) as streamed:
+        TableChunks(path, None, chunk_rows=4).check()
+    assert str(streamed.value) == str(whole.value)
+
+
+def test_blank_lines_keep_every_rows_line_across_chunks(tmp_path):
+    lines = quirky_frame().to_csv(index=False, lineterminator="\n").splitlines()
+    lines[30:30] = ["", ""]
+    path = tmp_path / "gaps.csv"
+    path.write_text("\n".join(lines) + "\n\n", "utf-8")
+    streamed = pd.concat([t.frame for _, t in TableChunks(path, None, chunk_rows=7).chunks()], ignore_index=True)
+    pd.testing.assert_frame_equal(streamed, read_table(path).frame)
+
+
 def test_a_duplicate_id_across_chunks_is_named_with_both_lines(tmp_path):
     frame = quirky_frame()
     frame.loc[57, "ID"] = frame.loc[3, "ID"]

@@ -302,6 +302,7 @@ def whole_json(path: Path) -> bool:
         return False
 
 
+@pytest.mark.slow  # a subprocess training run: `make test` runs it, `-m 'not slow'` skips it
 def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, base_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -387,6 +388,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a subprocess training run: `make test` runs it, `-m 'not slow'` skips it
 def test_training_with_two_processes(tmp_path):
     accelerate = Path(sys.executable).parent / "accelerate"
     yaml_path = write_config(tmp_path / "c.yaml", run_config(train={"eval_steps": 2, "save_steps": 2}))

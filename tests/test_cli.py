@@ -277,3 +277,14 @@ def test_output_to_a_file_or_pipe_is_not_wrapped(tmp_path, cli):
     assert code == 0
     warning = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and warning[0].endswith("treated as 'other'.") and len(warning[0]) > 80
+
+
+@pytest.mark.parametrize("rows,grades", [(1, "A"), (3, "ABC")])
+def test_train_on_a_table_too_small_to_split_is_one_sentence(tmp_path, cli, rows, grades):
+    frame = quirky_frame().head(rows).copy()
+    frame["대출등급"] = list(grades)
+    data = write_table(tmp_path, "small.csv", frame=frame)
+    code, _, err = cli("train", "--config", "demo", "--data", data, "--out", tmp_path / "run")
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+    assert f"small.csv has {rows} labelled row" in err and "cannot hold a row of each label" in err
+    assert not (tmp_path / "run").exists()

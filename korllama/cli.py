@@ -325,7 +325,7 @@ def evaluate_cmd(
         return
     extra = f", invalid answers {r['invalid_rate']:.1%}" if mode == "generate" else ""
     console.print(f"{escape(r['system'])}: macro-F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}, "
-                  f"QWK {r['qwk']:.4f} on {r['n']:,} rows ({r['rows_per_s']:.1f} rows/s{extra}) -> {escape(str(out))}")
+                  f"{_qwk(r)}on {r['n']:,} rows ({r['rows_per_s']:.1f} rows/s{extra}) -> {escape(str(out))}")
 
 
 @app.command("baseline")
@@ -358,7 +358,7 @@ def baseline_cmd(
     r = run_baseline(train_file, eval_file, out, schema or data.spec,
                      data.valid_fraction if valid_fraction is None else valid_fraction,
                      data.split_seed if seed is None else seed)
-    console.print(f"baseline: macro-F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}, QWK {r['qwk']:.4f} on "
+    console.print(f"baseline: macro-F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}, {_qwk(r)}on "
                   f"{r['n']:,} rows (fit {r['fit_seconds']:.0f}s) -> {escape(str(out))}")
 
 
@@ -515,6 +515,11 @@ def demo(
     from korllama.demo import run_demo
 
     run_demo(out, rows=rows, seed=seed, console=console)
+
+
+def _qwk(result: dict) -> str:
+    """'QWK 0.9123 ' for an ordinal label set; nothing for labels without an order."""
+    return f"QWK {result['qwk']:.4f} " if result.get("qwk") is not None else ""
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

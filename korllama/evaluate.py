@@ -29,19 +29,24 @@ if TYPE_CHECKING:
     from korllama.data import Table
 
 
-def metrics(truth, pred, classes: list[str], proba: np.ndarray | None = None) -> dict:
-    """The metrics.json body. `pred` may hold None/'' for invalid answers: they count as wrong."""
+def metrics(truth, pred, classes: list[str], proba: np.ndarray | None = None, ordinal: bool = True) -> dict:
+    """The metrics.json body. `pred` may hold None/'' for invalid answers: they count as wrong. For an ordinal label
+    set (`classes` in order) also QWK and the share of answers within one label of the truth; null otherwise."""
     truth = np.asarray(truth, dtype=object)
     pred = np.asarray([p if p in classes else "" for p in pred], dtype=object)
     valid = pred != ""
     p, r, f, s = precision_recall_fscore_support(truth, pred, labels=classes, zero_division=0)
+    rank = {c: i for i, c in enumerate(classes)}
     result = {
         "n": int(len(truth)),
         "macro_f1": float(f.mean()),  # = f1_score(average="macro") over the same labels
         "accuracy": float(accuracy_score(truth, pred)),
-        # grades are ordered (`labels` gives the order): QWK rewards near misses; invalid answers are left out of it
-        "qwk": float(cohen_kappa_score(truth[valid], pred[valid], labels=classes, weights="quadratic"))
-        if valid.any() else 0.0,
+        "ordinal": bool(ordinal),
+        # QWK rewards near misses; invalid answers are left out of it
+        "qwk": (float(cohen_kappa_score(truth[valid], pred[valid], labels=classes, weights="quadratic"))
+                if valid.any() else 0.0) if ordinal else None,
+        "within_one": float(np.mean([v and abs(rank[t] - rank[q]) <= 1 for t, q, v in zip(truth, pred, valid)]))
+        if ordinal else None,
         "invalid_rate": float(1 - valid.mean()),
         "classes": list(classes),
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
@@ -173,7 +178,7 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
             return {}
         seconds = time.perf_counter() - started
         proba = np.concatenate(probas) if mode == "score" else None
-        result = metrics(truth, pred, classes, proba)
+        result = metrics(truth, pred, classes, proba, spec.label.ordinal)
         if system is None:  # a base model scored with a run's prompts must not take the tuned run's name
             system = Path(run).name if run else Path(str(base)).name
             if run and base:
@@ -248,7 +253,7 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
     seconds = time.perf_counter() - started
     classes = table.spec.label.classes
     pred = list(predict_labels(proba, classes))
-    result = metrics(score_on.labels.tolist(), pred, classes, proba)
+    result = metrics(score_on.labels.tolist(), pred, classes, proba, table.spec.label.ordinal)
     result.update(system=system, mode="trees", template="", rows_per_s=len(pred) / seconds, seconds=seconds,
                   fit_seconds=fit_seconds, train_rows=len(fit_on), data=score_on.source, run=None)
     from korllama.explain import group_columns  # the rows' columns, for group metrics in `korllama compare`

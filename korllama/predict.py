@@ -71,11 +71,13 @@ def seed_generation_config(tokenizer):
 
 
 def parse_grade(text: str, classes: list[str]) -> str | None:
-    """The first grade after "Credit Rating :" (or at the very start), else the first standalone grade; None if none."""
+    """The label the text answers: one at the very start, else the first right after a colon (the original's
+    "###Credit Rating : C", or any "grade: ..."), else the first standing alone; None if none. Labels are the spec's
+    (any script: Korean labels too); the longest wins where two start at the same place ("A+" over "A")."""
     import re
 
     alternatives = "|".join(re.escape(c) for c in sorted(classes, key=len, reverse=True))
-    for pattern in (rf"^\s*({alternatives})(?![\w+-])", rf"Credit Rating\s*:\s*({alternatives})(?![\w+-])",
+    for pattern in (rf"^\s*({alternatives})(?![\w+-])", rf"[:：]\s*({alternatives})(?![\w+-])",
                     rf"(?<![\w+-])({alternatives})(?![\w+-])"):
         found = re.search(pattern, text)
         if found:

@@ -200,7 +200,8 @@ def compare(folders: list[str | Path], out_html: str | Path, title: str = "korll
     def row(e: dict) -> str:
         speed = f"{e['rows_per_s']:,.1f}" if e.get("rows_per_s") else ""
         cells = [html.escape(e["system"]), e.get("mode", ""), e.get("template", ""), f"<b>{e['macro_f1']:.4f}</b>",
-                 f"{e['accuracy']:.4f}", f"{e['qwk']:.4f}", f"{e['invalid_rate']:.1%}", f"{e['n']:,}", speed]
+                 f"{e['accuracy']:.4f}", "—" if e.get("qwk") is None else f"{e['qwk']:.4f}",
+                 f"{e['invalid_rate']:.1%}", f"{e['n']:,}", speed]
         return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
     rows = "".join(row(e) for e in evals)

@@ -253,6 +253,11 @@ BaseOption = Annotated[str | None, typer.Option(
                    "run, the run's prompt settings are used.")]
 
 
+DecisionOption = Annotated[str, typer.Option(
+    "--decision", help="argmax: the most probable label. macro-f1: the run's decision rule, fitted on its validation "
+                       "rows at training, which weighs rare labels up for a higher macro-F1 (the competition's "
+                       "metric).")]
+
 ChunkOption = Annotated[int | None, typer.Option(
     "--chunk-rows", min=1, help="Rows read, scored and written at a time: memory follows it, not the table. "
                                 "[default: 10000]")]
@@ -267,6 +272,7 @@ def predict_cmd(
     base: BaseOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     chunk_rows: ChunkOption = None,
+    decision: DecisionOption = "argmax",
 ):
     """Grade every row (rank scoring) and write the competition's submission format: ID,대출등급, input order.
 
@@ -283,7 +289,8 @@ def predict_cmd(
     check_out_file(out)  # before torch is even imported
     from korllama.predict import predict_file
 
-    result = predict_file(run, data, out, proba, base, batch_size, console=err_console, chunk_rows=chunk_rows)
+    result = predict_file(run, data, out, proba, base, batch_size, console=err_console, chunk_rows=chunk_rows,
+                          decision=decision)
     if not result:  # another process of `accelerate launch`: the main process writes the file and reports
         return
     shares = "  ".join(f"{k} {v / result['rows']:.1%}" for k, v in result["counts"].items())
@@ -304,6 +311,7 @@ def evaluate_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     name: Annotated[str | None, typer.Option("--name", help="System name in reports (default: the run's).")] = None,
     chunk_rows: ChunkOption = None,
+    decision: DecisionOption = "argmax",
 ):
     """Score a run (or a base model) on labelled rows: macro-F1, accuracy, QWK, per-grade figures, confusion.
 
@@ -320,12 +328,17 @@ def evaluate_cmd(
         raise KorllamaError(f"--mode must be 'score' or 'generate', not {mode!r}.")
     check_out_dir(out, files=OUTPUT_FILES)
     r = evaluate_run(run, data, out, mode=mode, limit=limit, base=base, held_out=held_out, batch_size=batch_size,
-                     system=name, console=err_console, chunk_rows=chunk_rows)
+                     system=name, console=err_console, chunk_rows=chunk_rows, decision=decision)
     if not r:  # another process of `accelerate launch`: the main process writes and reports
         return
     extra = f", invalid answers {r['invalid_rate']:.1%}" if mode == "generate" else ""
     console.print(f"{escape(r['system'])}: macro-F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}, "
                   f"{_qwk(r)}on {r['n']:,} rows ({r['rows_per_s']:.1f} rows/s{extra}) -> {escape(str(out))}")
+    if r.get("decision"):
+        d = r["decision"]
+        console.print(f"decision rule on the {d['rows']:,} rows it was not fitted on: macro-F1 argmax "
+                      f"{d['argmax']['macro_f1']:.4f} -> macro-f1 rule {d['macro-f1']['macro_f1']:.4f} "
+                      f"(--decision {r['decision_rule']} chose the predictions)")
 
 
 @app.command("baseline")

@@ -21,6 +21,7 @@ from sklearn.metrics import (
 
 from korllama.errors import KorllamaError
 from korllama.io import atomic_path, json_text
+from korllama.run import RunDir
 
 METRICS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.csv"
 OUTPUT_FILES = (METRICS_FILE, PREDICTIONS_FILE)  # what every evaluation folder holds
@@ -95,8 +96,13 @@ def write_evaluation(out_dir: str | Path, result: dict, ids, truth, pred, proba:
 
 def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str | Path, mode: str = "score",
                  limit: int | None = None, base: str | None = None, held_out: bool = False, batch_size: int = 32,
-                 system: str | None = None, console=None, chunk_rows: int | None = None) -> dict:
+                 system: str | None = None, console=None, chunk_rows: int | None = None,
+                 decision: str = "argmax") -> dict:
     """Predict a labelled table with a run (or a bare base model) and write DIR/metrics.json + predictions.csv.
+
+    Labels by argmax, or by the run's macro-F1 decision rule (`decision="macro-f1"`); then the rows the rule was
+    fitted on are left out, so it is never judged on them. When the run has a rule, metrics.json also holds
+    `decision`: argmax and the rule side by side on the scored rows the rule never saw.
 
     `held_out` keeps only the run's validation split (the rows its training never saw), re-drawn from the run's
     data.valid_fraction and data.split_seed.
@@ -115,15 +121,27 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
     from korllama.data import Table
     from korllama.explain import group_columns  # the rows' columns, for group metrics in `korllama compare`
     from korllama.io import atomic_path, json_text
-    from korllama.predict import load_run, open_atomic, process_state, score_chunk, sigterm_as_interrupt, table_chunks
+    from korllama.predict import (
+        decision_rule,
+        load_run,
+        open_atomic,
+        process_state,
+        score_chunk,
+        sigterm_as_interrupt,
+        table_chunks,
+    )
     from korllama.prompts import get_template
     from korllama.ui import progress_bar
 
     state = process_state()
+    rule = decision_rule(run, base, decision) if mode == "score" else None
+    stored = decision_rule(run, base, "macro-f1") if (mode == "score" and run is not None and base is None
+                                                      and RunDir(run).decision.is_file()) else None
     model, tokenizer, config = load_run(run, base)
     stream = table_chunks(data, config.data.spec, chunk_rows)
     spec = stream.spec
-    choose = held_out or limit is not None
+    fitted = set(rule.fitted_ids or []) if rule is not None else set()
+    choose = held_out or limit is not None or bool(fitted)
     checked = stream.check(keep=choose, warn=state.is_main_process)
     if not checked.has_labels:
         raise KorllamaError(f"{stream.source} has no {spec.label.name} column: evaluation needs graded rows "
@@ -134,6 +152,8 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
                                    "_position": np.arange(checked.rows)}), spec, stream.source)
         if held_out:
             rows = held_out_rows(run, data, rows, config)
+        if fitted:  # the decision rule is never judged on the rows it was fitted on
+            rows = rows.subset(np.flatnonzero(~rows.ids.isin(fitted).to_numpy()))
         if limit is not None and limit < len(rows):
             rows = rows.sample(limit, seed=0)
         select = rows.frame["_position"].to_numpy()
@@ -141,7 +161,7 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
     n = checked.rows if select is None else len(select)
     classes = spec.label.classes
     template = get_template(spec, config.prompt.template, config.prompt.fields)
-    truth, pred, probas, kinds = [], [], [], {}
+    truth, pred, probas, ids, kinds = [], [], [], [], {}
     out_dir = Path(out_dir)
     started = time.perf_counter()
     with ExitStack() as stack:
@@ -157,7 +177,7 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
                 if lo == hi:
                     continue
                 chunk = chunk.subset(select[lo:hi] - offset)
-            scored = score_chunk(model, tokenizer, template, chunk, batch_size, mode, state, advance)
+            scored = score_chunk(model, tokenizer, template, chunk, batch_size, mode, state, advance, rule)
             if fh is None:  # not the main process
                 continue
             frame = pd.DataFrame({"ID": chunk.ids.tolist(), "truth": chunk.labels.tolist(),
@@ -173,6 +193,7 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
                 frame[name] = values
             frame.to_csv(fh, index=False, header=fh.tell() == 0)
             truth.extend(chunk.labels.tolist())
+            ids.extend(chunk.ids.tolist() if stored is not None else [])
             pred.extend(scored.pred.tolist())
         if not state.is_main_process:
             return {}
@@ -186,9 +207,27 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
             system += "" if mode == "score" else "-generate"
         result.update(system=system, mode=mode, template=template.name, rows_per_s=n / max(seconds, 1e-9),
                       seconds=seconds, data=stream.source, held_out=held_out, run=str(run) if run else None,
-                      base=base, processes=state.num_processes, group_columns=kinds)
+                      base=base, processes=state.num_processes, group_columns=kinds, decision_rule=decision)
+        if stored is not None and len(truth):
+            result["decision"] = side_by_side(stored, truth, proba, ids, classes)
         json_tmp.write_text(json_text(result), encoding="utf-8")
     return result
+
+
+def side_by_side(rule, truth, proba: np.ndarray, ids, classes: list[str]) -> dict:
+    """Argmax and the decision rule on the same rows: those of the scored rows the rule was not fitted on."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from korllama.scoring import predict_labels
+
+    unseen = ~np.isin(np.asarray(ids, dtype=object).astype(str), list(rule.fitted_ids or []))
+    truth = np.asarray(truth, dtype=object)[unseen]
+    out = {"rows": int(unseen.sum()), "left_out_fitting_rows": int((~unseen).sum()),
+           "weights": dict(zip(classes, rule.weights))}
+    for name, pred in (("argmax", predict_labels(proba[unseen], classes)), ("macro-f1", rule.apply(proba[unseen]))):
+        out[name] = {"macro_f1": float(f1_score(truth, pred, labels=classes, average="macro", zero_division=0))
+                     if len(truth) else None, "accuracy": float(accuracy_score(truth, pred)) if len(truth) else None}
+    return out
 
 
 def held_out_rows(run: str | Path | None, data: str | Path | Table, table: Table, config) -> Table:
@@ -200,7 +239,6 @@ def held_out_rows(run: str | Path | None, data: str | Path | Table, table: Table
 
     from korllama.bases import sha256_file
     from korllama.data import split
-    from korllama.run import RunDir
 
     record = None
     if run is not None and RunDir(run).finished:

@@ -105,9 +105,30 @@ def generate(model, tokenizer, prompts: list[str], classes: list[str], batch_siz
     return [parse_grade(t, classes) for t in texts], texts
 
 
+def decision_rule(run: str | Path | None, base: str | None, decision: str = "argmax"):
+    """None for plain argmax; for "macro-f1" the run's rule (korllama.decision), fitted on its eval rows when it was
+    trained, which weighs the rare labels up so that macro-F1 is higher than argmax's."""
+    from korllama.decision import RULES, DecisionRule
+
+    if decision not in RULES:
+        raise KorllamaError(f"--decision must be one of {', '.join(RULES)}, not {decision!r}.")
+    if decision == "argmax":
+        return None
+    if run is None or base is not None:
+        raise KorllamaError("--decision macro-f1 uses the rule fitted when a run was trained: name the run, "
+                            "without --base.")
+    path = RunDir(run).decision
+    if not path.is_file():
+        raise KorllamaError(f"{run} has no decision rule ({path.name}; runs trained before it existed have none): "
+                            "use --decision argmax, or train the run again.")
+    return DecisionRule.load(path)
+
+
 def predict_file(run: str | Path | None, data: str | Path, out: str | Path, with_proba: bool = False,
-                 base: str | None = None, batch_size: int = 32, console=None, chunk_rows: int | None = None) -> dict:
-    """Grade every row of a table and write the competition's format: `ID,<label header>` in input order.
+                 base: str | None = None, batch_size: int = 32, console=None, chunk_rows: int | None = None,
+                 decision: str = "argmax") -> dict:
+    """Grade every row of a table and write the competition's format: `ID,<label header>` in input order; labels
+    by argmax of the probabilities, or by the run's macro-F1 decision rule (`decision="macro-f1"`).
 
     The table streams (`TableChunks`): read, scored and written `chunk_rows` rows at a time into a temporary file
     beside `out` that becomes `out` only at the end, so memory does not grow with the table and `out` never holds a
@@ -126,6 +147,7 @@ def predict_file(run: str | Path | None, data: str | Path, out: str | Path, with
     state = process_state()
     out = Path(out)
     _check_file_target(out)
+    rule = decision_rule(run, base, decision)
     model, tokenizer, config = load_run(run, base)
     stream = TableChunks(data, config.data.spec, chunk_rows or CHUNK_ROWS)
     checked = stream.check(warn=state.is_main_process)
@@ -141,7 +163,8 @@ def predict_file(run: str | Path | None, data: str | Path, out: str | Path, with
             fh = open_atomic(stack, out)
             advance = stack.enter_context(progress_bar(checked.rows, "grading", console))
         for _, chunk in stream.chunks():
-            scored = score_chunk(model, tokenizer, template, chunk, batch_size, state=state, progress=advance)
+            scored = score_chunk(model, tokenizer, template, chunk, batch_size, state=state, progress=advance,
+                                 rule=rule)
             if fh is None:  # not the main process: its share went to the main process
                 continue
             frame = pd.DataFrame({spec.id.name: chunk.ids.to_numpy(), spec.label.name: scored.pred})
@@ -155,7 +178,7 @@ def predict_file(run: str | Path | None, data: str | Path, out: str | Path, with
         return {}
     seconds = time.perf_counter() - started
     return {"rows": checked.rows, "out": str(out), "counts": counts, "seconds": seconds,
-            "rows_per_s": checked.rows / max(seconds, 1e-9), "processes": state.num_processes}
+            "rows_per_s": checked.rows / max(seconds, 1e-9), "processes": state.num_processes, "decision": decision}
 
 
 # --- streaming: a table read in chunks, scored across processes ------------------------------------------------------
@@ -440,8 +463,9 @@ class Scored:
 
 
 def score_chunk(model, tokenizer, template, table, batch_size: int, mode: str = "score", state=None,
-                progress=None) -> Scored | None:
-    """Rank-score (or generate for) one chunk. With several processes each scores a contiguous share of the rows
+                progress=None, rule=None) -> Scored | None:
+    """Rank-score (or generate for) one chunk; labels by argmax, or by `rule` (a korllama.decision.DecisionRule).
+    With several processes each scores a contiguous share of the rows
     (accelerate's split_between_processes) and the shares are gathered to the main process in rank order, that is
     in input order; the other processes get None. `progress(n)` is told rows done, on the main process."""
     classes = table.spec.label.classes
@@ -456,7 +480,7 @@ def score_chunk(model, tokenizer, template, table, batch_size: int, mode: str = 
     if mode == "score":
         proba = (score(model, tokenizer, prompts, classes, batch_size, progress=each_batch) if prompts
                  else np.zeros((0, len(classes))))
-        result = Scored(predict_labels(proba, classes), proba)
+        result = Scored(rule.apply(proba) if rule is not None else predict_labels(proba, classes), proba)
     else:
         pred, texts = generate(model, tokenizer, prompts, classes, batch_size, progress=each_batch) if prompts \
             else ([], [])

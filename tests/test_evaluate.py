@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures import RUN_ROWS
+from fixtures import CLASSES, RUN_ROWS, unlabelled_csv
 from sklearn.metrics import accuracy_score, f1_score
 
 from korllama.baseline import TreeBaseline
@@ -23,7 +23,6 @@ from korllama.errors import KorllamaError
 from korllama.evaluate import evaluate_run, metrics, reliability, run_baseline
 from korllama.synth import synthesize, synthetic_table
 
-CLASSES = list("ABCDEFG")
 KEYS = {"macro_f1", "accuracy", "qwk", "n", "per_class", "confusion", "invalid_rate", "rows_per_s"}
 FAST_TREES = dict(n_estimators=60, num_leaves=15, max_bin=255, n_jobs=1)  # seconds, not minutes, on a busy CPU
 
@@ -347,3 +346,54 @@ def test_held_out_of_a_one_row_file_is_one_sentence(cli, run_dir, tmp_path):
     code, _, err = cli("baseline", "--train", one, "--out", tmp_path / "b")
     assert code == 2 and "one.csv has 1 labelled row of 1 label" in err and "Traceback" not in err
     assert not (tmp_path / "e").exists() and not (tmp_path / "b").exists()
+
+
+# --- the macro-F1 decision rule (korllama.decision), applied by predict and evaluate -----------------------------
+
+def test_evaluate_with_the_decision_rule_never_judges_it_on_its_fitting_rows(run_dir, tmp_path):
+    import json as _json
+
+    from korllama.decision import DecisionRule
+    from korllama.run import RunDir
+    from korllama.synth import synthetic_table
+
+    rule = DecisionRule.load(RunDir(run_dir).decision)
+    table = synthetic_table(RUN_ROWS, seed=0)
+    plain = evaluate_run(run_dir, table, tmp_path / "argmax", held_out=True)
+    ruled = evaluate_run(run_dir, table, tmp_path / "rule", held_out=True, decision="macro-f1")
+    fitted = set(rule.fitted_ids)
+    scored = pd.read_csv(tmp_path / "rule" / "predictions.csv", dtype={"ID": str})
+    assert fitted and not fitted & set(scored["ID"])  # the fitting rows are left out
+    assert ruled["n"] == plain["n"] - len(fitted & set(pd.read_csv(tmp_path / "argmax" / "predictions.csv")["ID"]))
+    proba = scored[[f"P_{c}" for c in CLASSES]].to_numpy()
+    assert list(scored["prediction"]) == list(rule.apply(proba))  # predictions by the rule, not argmax
+    side = _json.loads((tmp_path / "argmax" / "metrics.json").read_text())["decision"]
+    assert side["rows"] == ruled["n"] and side["left_out_fitting_rows"] == plain["n"] - ruled["n"]
+    assert side["macro-f1"]["macro_f1"] == pytest.approx(ruled["macro_f1"], abs=1e-9)
+    assert set(side["argmax"]) == {"macro_f1", "accuracy"}
+
+
+def test_predict_with_the_decision_rule(cli, run_dir, tmp_path):
+    from korllama.decision import DecisionRule
+    from korllama.run import RunDir
+
+    data = unlabelled_csv(tmp_path / "test.csv", rows=20)
+    code, _, err = cli("predict", run_dir, "--data", data, "--out", tmp_path / "p.csv", "--proba",
+                       "--decision", "macro-f1")
+    assert code == 0, err
+    out = pd.read_csv(tmp_path / "p.csv")
+    rule = DecisionRule.load(RunDir(run_dir).decision)
+    assert list(out["대출등급"]) == list(rule.apply(out[[f"P_{c}" for c in CLASSES]].to_numpy()))
+
+
+def test_decision_rule_errors_are_one_sentence(cli, run_dir, tmp_path):
+    import shutil
+
+    data = unlabelled_csv(tmp_path / "test.csv", rows=5)
+    code, _, err = cli("predict", run_dir, "--data", data, "--out", tmp_path / "p.csv", "--decision", "best")
+    assert code == 2 and "--decision must be one of argmax, macro-f1" in err
+    old = tmp_path / "old-run"
+    shutil.copytree(run_dir, old)
+    (old / "decision.json").unlink()
+    code, _, err = cli("predict", old, "--data", data, "--out", tmp_path / "p.csv", "--decision", "macro-f1")
+    assert code == 2 and "has no decision rule" in err and not (tmp_path / "p.csv").exists()

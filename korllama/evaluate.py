@@ -205,7 +205,8 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
             if run and base:
                 system = f"{Path(str(base)).name} ({Path(run).name} prompts)"
             system += "" if mode == "score" else "-generate"
-        result.update(system=system, mode=mode, template=template.name, rows_per_s=n / max(seconds, 1e-9),
+        result.update(system=system, mode=mode, template=template.name, spec=str(config.data.spec),
+                      rows_per_s=n / max(seconds, 1e-9),
                       seconds=seconds, data=stream.source, held_out=held_out, run=str(run) if run else None,
                       base=base, processes=state.num_processes, group_columns=kinds, decision_rule=decision)
         if stored is not None and len(truth):
@@ -293,6 +294,7 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
     pred = list(predict_labels(proba, classes))
     result = metrics(score_on.labels.tolist(), pred, classes, proba, table.spec.label.ordinal)
     result.update(system=system, mode="trees", template="", rows_per_s=len(pred) / seconds, seconds=seconds,
+                  spec=str(spec) if isinstance(spec, str | Path) else table.spec.name,
                   fit_seconds=fit_seconds, train_rows=len(fit_on), data=score_on.source, run=None)
     from korllama.explain import group_columns  # the rows' columns, for group metrics in `korllama compare`
     groups, result["group_columns"] = group_columns(score_on)

@@ -200,12 +200,13 @@ def compare(folders: list[str | Path], out_html: str | Path, title: str = "korll
     def row(e: dict) -> str:
         speed = f"{e['rows_per_s']:,.1f}" if e.get("rows_per_s") else ""
         cells = [html.escape(e["system"]), e.get("mode", ""), e.get("template", ""), f"<b>{e['macro_f1']:.4f}</b>",
-                 f"{e['accuracy']:.4f}", "—" if e.get("qwk") is None else f"{e['qwk']:.4f}",
+                 _rule_cell(e), f"{e['accuracy']:.4f}", "—" if e.get("qwk") is None else f"{e['qwk']:.4f}",
                  f"{e['invalid_rate']:.1%}", f"{e['n']:,}", speed]
         return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
     rows = "".join(row(e) for e in evals)
     figures = "".join(f"<h2>{html.escape(name)}</h2>{img(p)}" for name, p in plots.items() if p is not None)
+    figures += disagreements(folders, evals)
     figures += reasons_and_groups(folders, evals, assets, out_html, img)  # cards, importance, groups
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
@@ -214,10 +215,90 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></h
 <h1>{html.escape(title)}</h1>
 <p>{html.escape(rows_sentence)}, with the competition's metric, macro-F1 over the grades.
 Invalid = answers with no valid grade (generation only; rank scoring always answers a grade).</p>
-<table><tr><th>system</th><th>mode</th><th>template</th><th>macro-F1</th><th>accuracy</th><th>QWK</th>
-<th>invalid</th><th>rows</th><th>rows/s</th></tr>{rows}</table>{figures}</body></html>"""
+<p>macro-F1 (rule): the system's macro-F1 decision rule (per-label weights fitted on validation rows) next to
+plain argmax, both on the scored rows the rule was not fitted on (evaluate/predict <code>--decision macro-f1</code>).
+</p><table><tr><th>system</th><th>mode</th><th>template</th><th>macro-F1</th><th>macro-F1 (rule)</th>
+<th>accuracy</th><th>QWK</th><th>invalid</th><th>rows</th><th>rows/s</th></tr>{rows}</table>{figures}</body></html>"""
     write_text(out_html, page)
     return {"report": str(out_html), "systems": [(e["system"], e["macro_f1"]) for e in evals]}
+
+
+def _rule_cell(e: dict) -> str:
+    """The decision rule's macro-F1 beside argmax's on the same rows, when the evaluation has one."""
+    d = e.get("decision")
+    if not isinstance(d, dict) or not isinstance(d.get("macro-f1"), dict):
+        return "—"
+    return (f"{d['macro-f1']['macro_f1']:.4f} <small>(argmax {d['argmax']['macro_f1']:.4f} on "
+            f"{d['rows']:,} rows)</small>")
+
+
+def disagreements(folders: list[str | Path], evals: list[dict]) -> str:
+    """For each LLM system next to a tree system (else the first two systems): on the rows both scored, where they
+    disagree by true label and which one was right; then the errors on rows whose derived features are missing
+    (for the loan table: nothing repaid yet, so no implied rate) apart from the rest."""
+    import html
+
+    import pandas as pd
+
+    llm = [i for i, e in enumerate(evals) if e.get("mode") == "score"]
+    trees = [i for i, e in enumerate(evals) if e.get("mode") == "trees"]
+    pairs = [(i, j) for i in llm for j in trees] or ([(0, 1)] if len(evals) > 1 else [])
+    out = []
+    for i, j in pairs:
+        a, b = (pd.read_csv(Path(folders[k]) / "predictions.csv", dtype={"ID": str}, keep_default_na=False)
+                for k in (i, j))
+        both = a.merge(b[["ID", "prediction"]], on="ID", suffixes=("_a", "_b"))
+        if both.empty:
+            continue
+        name_a, name_b = (html.escape(evals[k]["system"]) for k in (i, j))
+        right_a, right_b = both["prediction_a"] == both["truth"], both["prediction_b"] == both["truth"]
+        differ = both["prediction_a"] != both["prediction_b"]
+        rows = []
+        for label in evals[i]["classes"]:
+            at = both["truth"] == label
+            rows.append([label, int(at.sum()), int((at & differ).sum()), int((at & differ & right_a).sum()),
+                         int((at & differ & right_b).sum()), int((at & differ & ~right_a & ~right_b).sum())])
+        rows.append(["all", len(both), int(differ.sum()), int((differ & right_a).sum()), int((differ & right_b).sum()),
+                     int((differ & ~right_a & ~right_b).sum())])
+        head = f"<tr><th>true label</th><th>rows</th><th>disagree</th><th>{name_a} right</th><th>{name_b} right</th>" \
+               "<th>both wrong</th></tr>"
+        table = head + "".join("<tr>" + "".join(f"<td>{c:,}</td>" if isinstance(c, int) else f"<td>{html.escape(c)}"
+                                                  "</td>" for c in r) + "</tr>" for r in rows)
+        out.append(f"<h2>where {name_a} and {name_b} disagree</h2><p>{len(both):,} rows scored by both; they give "
+                   f"different labels on {int(differ.sum()):,} ({differ.mean():.1%}).</p><table>{table}</table>")
+        missing = _missing_derived(both, evals[i])
+        if missing is not None and missing.any():
+            parts = []
+            for label, mask in (("derived features missing", missing), ("the other rows", ~missing)):
+                n = int(mask.sum())
+                err_a, err_b = (float((~r[mask]).mean()) if n else 0.0 for r in (right_a, right_b))
+                parts.append(f"<tr><td>{label}</td><td>{n:,}</td><td>{err_a:.1%}</td><td>{err_b:.1%}</td></tr>")
+            out.append(f"<p>Errors on rows whose derived features are missing (loan table: nothing repaid, no implied "
+                       f"rate) and on the rest:</p><table><tr><th>rows</th><th>count</th><th>{name_a} errors</th>"
+                       f"<th>{name_b} errors</th></tr>{''.join(parts)}</table>")
+    return "".join(out)
+
+
+def _missing_derived(rows, evaluation: dict):
+    """Which rows have a derived feature missing, recomputed from the spec columns predictions.csv carries; None
+    when the spec or its columns are not at hand."""
+    import numpy as np
+    import pandas as pd
+
+    from korllama.data import add_derived
+    from korllama.errors import KorllamaError
+    from korllama.schema import load_spec
+
+    try:
+        spec = load_spec(evaluation.get("spec") or "loan")
+    except KorllamaError:
+        return None
+    needed = {a for d in spec.derived for a in d.args} - {d.alias for d in spec.derived}
+    if not spec.derived or not needed <= set(rows.columns):
+        return None
+    frame = pd.DataFrame({c: pd.to_numeric(rows[c], errors="coerce") for c in needed})
+    add_derived(frame, spec)
+    return frame[[d.alias for d in spec.derived]].isna().any(axis=1).to_numpy(dtype=bool) & np.ones(len(rows), bool)
 
 
 # --- reasons, group metrics and model cards (korllama.explain, korllama.card) --------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures import RUN_ROWS
 
 from korllama.errors import KorllamaError
 from korllama.evaluate import metrics, write_evaluation
@@ -221,3 +222,27 @@ def test_a_report_name_without_a_suffix_keeps_its_plots_apart(two_systems, tmp_p
     compare([tuned_dir], tmp_path / "report")
     assert (tmp_path / "report").read_text("utf-8").startswith("<!doctype html>")
     assert (tmp_path / "report_plots" / "confusion.png").read_bytes().startswith(PNG)
+
+
+def test_compare_shows_where_the_llm_and_the_trees_disagree(run_dir, tmp_path):
+    from korllama.evaluate import evaluate_run, run_baseline
+    from korllama.synth import synthetic_table
+
+    table = synthetic_table(RUN_ROWS, seed=0)
+    llm = evaluate_run(run_dir, table, tmp_path / "llm", held_out=True)
+    trees = run_baseline(table, None, tmp_path / "trees", valid_fraction=0.2, seed=3)
+    assert llm["n"] == trees["n"]
+    compare([tmp_path / "llm", tmp_path / "trees"], tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "disagree" in page and "macro-F1 (rule)" in page
+    a, b = (pd.read_csv(tmp_path / k / "predictions.csv") for k in ("llm", "trees"))
+    differ = int((a["prediction"] != b["prediction"]).sum())
+    assert f"different labels on {differ:,}" in page
+    # the per-label rows add up to the "all" row
+    cells = re.findall(r"<tr><td>(\w+)</td><td>([\d,]+)</td><td>([\d,]+)</td>", page)
+    per_label = [c for c in cells if c[0] in list("ABCDEFG")]
+    total = next(c for c in cells if c[0] == "all")
+    assert sum(int(c[2].replace(",", "")) for c in per_label) == int(total[2].replace(",", "")) == differ
+    # rows with nothing repaid (no implied rate) are split out when there are any
+    missing = table.frame["implied_rate"].isna().sum()
+    assert ("derived features missing" in page) == bool(missing and (a["principal_repaid"] == 0).any())

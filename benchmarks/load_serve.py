@@ -8,12 +8,12 @@ Start a server first (this script starts nothing), then point the script at it:
 
 With a token (KORLLAMA_TOKEN set for the server), pass the same one: `--token "$KORLLAMA_TOKEN"` (the default reads
 $KORLLAMA_TOKEN). The script sends `--requests` (1,000) requests from `--clients` (8) concurrent asyncio + httpx
-clients, then stops: about 60% good ones (one applicant with raw Korean values or with clean English ones, lists of
-8 and 32) and 40% bad ones (a missing field, a wrong type, an unknown term, a negative amount, an unknown key,
-a body that is not JSON, 1,025 applicants). It prints requests/s, p50/p99 latency, the count of answers by status
-class, how many forward batches the server ran for them (from /health), and the number of 5xx, which must be 0:
-the exit code is 1 when any request got a 5xx, no answer, or a status of the wrong kind (a good request not
-answered 200, a bad one not answered 4xx).
+clients, then stops: 12 in 22 good ones (one applicant with raw Korean values or with clean English ones, lists
+of 8 and 32) and 10 in 22 bad ones (a missing field, a wrong type, an unknown term, a negative amount, an unknown
+key, a body that is not JSON, 1,025 applicants, an unpaired surrogate, a body sent as text/plain). It prints
+requests/s, p50/p99 latency, the count of answers by status class, how many forward batches the server ran for them
+(from /health), and the number of 5xx, which must be 0: the exit code is 1 when any request got a 5xx, no answer,
+or a status of the wrong kind (a good request not answered 200, a bad one not answered 4xx).
 """
 
 from __future__ import annotations
@@ -77,6 +77,9 @@ def request_kinds() -> list[tuple[str, bool, dict]]:
         ("one clean", True, js(english)),
         ("wrong type", False, js(english | {"annual_income": True})),
         ("list of 8", True, js(raw[56:64])),
+        ("unpaired surrogate", False, {"content": json.dumps(one | {"ID": "\ud800"}).encode(),  # as its JSON escape
+                                       "headers": {"content-type": "application/json"}}),
+        ("text/plain", False, {"content": json.dumps(english).encode(), "headers": {"content-type": "text/plain"}}),
     ]
 
 

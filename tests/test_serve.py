@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,15 +20,18 @@ import pandas as pd
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from fixtures import CLASSES, unlabelled_csv
+from fixtures import CLASSES, HEADER, TEST_00000, unlabelled_csv
+from pydantic import ValidationError
 
+from korllama.batching import as_text
 from korllama.data import DataWarning, clean
 from korllama.errors import KorllamaError
 from korllama.predict import predict_file
 from korllama.schema import load_spec
-from korllama.serve import create_app
+from korllama.serve import applicant_model, create_app, example_applicant, result_model
 from korllama.synth import synthesize
 
+REPO = Path(__file__).resolve().parents[1]
 SPEC = load_spec()
 DROP = object()
 
@@ -100,6 +105,49 @@ def test_openapi_schema_and_docs(client):
     assert "36, 60" in applicant["properties"]["term"]["description"]
     assert "employment_length" not in applicant["required"] and "term" in applicant["required"]
     assert client.get("/docs").status_code == 200
+
+
+def test_docs_load_their_scripts_from_the_service_not_a_cdn(client):
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
+        assert assets and all(a.startswith("/") for a in assets), assets  # served here: the docs work offline
+        for asset in assets:
+            r = client.get(asset)
+            assert r.status_code == 200 and len(r.content) > 50_000, asset
+
+
+def test_the_answer_schema_has_the_specs_labels(client):
+    result = client.get("/openapi.json").json()["components"]["schemas"]["GradeResult"]["properties"]
+    assert result["grade"]["enum"] == CLASSES and result["probabilities"]["propertyNames"]["enum"] == CLASSES
+    assert "grade" in result["grade"]["description"]  # the spec's label alias
+
+
+def test_the_docs_examples_come_from_the_spec_and_are_graded(client):
+    body = client.get("/openapi.json").json()["paths"]["/v1/grade"]["post"]["requestBody"]["content"]
+    examples = body["application/json"]["examples"]
+    assert set(examples["one applicant"]["value"]) == {"ID", *(c.name for c in SPEC.columns)}
+    for example in examples.values():  # "Try it out" answers 200
+        r = client.post("/v1/grade", json=example["value"])
+        assert r.status_code == 200, r.text
+
+
+def test_types_and_example_follow_any_spec():
+    """Another table (Korean labels and headers): the answer's labels and the example body are that spec's."""
+    spec = load_spec(REPO / "examples" / "hiring" / "spec.yaml")
+    labels = ["우수", "보통", "미흡"]
+    result = result_model(spec)
+    schema = result.model_json_schema()["properties"]
+    assert schema["grade"]["enum"] == labels and schema["probabilities"]["propertyNames"]["enum"] == labels
+    ok = {"id": None, "grade": "보통", "probabilities": dict.fromkeys(labels, 1 / 3), "template": "ko"}
+    assert result.model_validate(ok).grade == "보통"
+    with pytest.raises(ValidationError):
+        result.model_validate(ok | {"grade": "A"})
+    example = example_applicant(spec)
+    assert set(example) == {"지원번호", *(c.name for c in spec.columns)} and example["학력"] == "고졸"
+    applicant_model(spec).model_validate(example)
+    row = {k: as_text(v) for k, v in example.items()}
+    assert len(clean(pd.DataFrame([row], dtype=object), spec)) == 1  # and its values are the spec's
 
 
 # --- grading -----------------------------------------------------------------------------------------------------
@@ -233,6 +281,41 @@ def test_odd_but_valid_values_never_give_a_5xx(client):
     assert post(client, raw_applicant(근로기간=DROP)).status_code == 200  # a nullable field may be left out
 
 
+@pytest.mark.parametrize("changes", [{"ID": "\ud800"}, {"대출목적": "부채\udc00 통합"}, {"대출금액": "12\ud83d"},
+                                     {"\ud800": "1"}])
+def test_an_unpaired_surrogate_is_a_422_not_a_500(client, changes):
+    """Valid JSON ("\\ud800" escapes are allowed), but not text: it could not even be written back."""
+    for body in (raw_applicant(**changes), [raw_applicant(), raw_applicant(**changes)]):
+        sent = json.dumps(body).encode()  # ASCII: the surrogate goes over the wire as its JSON escape
+        assert b"\\ud8" in sent or b"\\udc" in sent
+        r = post(client, sent)
+        assert r.status_code == 422, r.text
+        problem, key = r.json()["detail"][0], next(iter(changes))
+        at = [] if key == "\ud800" else [key]  # a key pydantic cannot read: the applicant is named
+        assert problem["loc"][1:] == (at if isinstance(body, dict) else [1, *at])
+        assert "unpaired surrogate" in problem["msg"] and problem["msg"].startswith(
+            "applicant" if isinstance(body, dict) else "applicants[1]")
+
+
+def test_a_body_not_sent_as_json_is_415(client):
+    body = json.dumps(raw_applicant()).encode()
+    for headers in ({"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}, {}):
+        r = client.post("/v1/grade", content=body, headers=headers)  # a browser may send these across sites
+        assert r.status_code == 415, (headers, r.text)
+        assert "content-type: application/json" in r.json()["detail"]
+    for kind in ("application/json; charset=utf-8", "application/problem+json"):
+        assert client.post("/v1/grade", content=body, headers={"content-type": kind}).status_code == 200
+
+
+def test_the_readme_serve_example_sends_test_00000_as_it_is():
+    readme = (REPO / "README.md").read_text("utf-8")
+    serving = readme[readme.index("## Serving"):]
+    sent = json.loads(re.search(r"-d '(\{.*?\})'", serving, re.S).group(1))
+    assert sent == dict(zip(HEADER.split(","), TEST_00000.split(",")))  # the row of ../shared's test.csv
+    answer = json.loads(re.search(r"\n(\{\"id\".*?\})\n```", serving, re.S).group(1).replace("\n", ""))
+    assert answer["id"] == "TEST_00000" and list(answer["probabilities"]) == CLASSES
+
+
 def test_other_methods_and_paths_are_4xx(client):
     assert client.get("/v1/grade").status_code == 405
     assert client.get("/nope").status_code == 404
@@ -339,3 +422,4 @@ def test_serve_command_binds_loopback_by_default(cli, run_dir, monkeypatch):
 def test_serve_command_with_a_folder_that_is_not_a_run(cli, tmp_path):
     code, _, err = cli("serve", tmp_path)
     assert code == 2 and "not a korllama run directory" in err and "Traceback" not in err
+    assert "--base" not in err and "korllama train" in err  # serve has no --base to suggest

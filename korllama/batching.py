@@ -69,9 +69,12 @@ def clean_requests(requests: list[Applicants], spec: TableSpec) -> list[Table | 
         try:
             table = clean(frame, spec, source="request", row_label=None if tag else requests[alive[0]].where)
         except DataError as exc:
-            if not tag:  # alone: the error is its own
+            if not tag:  # alone: the error is its own; its column named by alias and header, as either may be sent
                 at = requests[alive[0]].loc(exc.row, exc.column) if exc.row is not None and exc.column else []
-                out[alive[0]] = HTTPException(422, [problem(at, str(exc), "value_error")])
+                col = next((c for c in spec.columns if c.alias == exc.column and c.name != c.alias), None)
+                msg = str(exc).replace(f", column {col.alias}:", f", column {col.alias} ({col.name}):", 1) if col \
+                    else str(exc)
+                out[alive[0]] = HTTPException(422, [problem(at, msg, "value_error")])
             elif exc.row is None:  # no one applicant's fault: judge each request alone
                 out = [clean_requests([requests[j]], spec)[0] if j in alive else x for j, x in enumerate(out)]
             else:  # judge the applicant's request alone; the others go on together

@@ -359,7 +359,7 @@ def test_concurrent_requests_are_scored_together(run_dir, client):
     assert [r.status_code for r in responses] == [200] * 8  # bad requests in the same batch do not spoil it
     for body, r in zip(bad, refused):  # each bad request gets the message it would get alone
         assert r.status_code == 422 and r.json() == client.post("/v1/grade", json=body).json()
-    assert refused[0].json()["detail"][0]["msg"].startswith("applicants[1], column term: ' 48 months'")
+    assert refused[0].json()["detail"][0]["msg"].startswith("applicants[1], column term (대출기간): ' 48 months'")
     assert "(2 more rows like it)" in refused[2].json()["detail"][0]["msg"]
     stats = batching.state.stats
     assert stats["requests"] == 8 and stats["applicants"] == sum(len(b) for b in bodies)

@@ -1,5 +1,9 @@
 """Predict labels with a tuned run: load it (`load_run`), grade a file (`predict_file`, rank scoring from
 korllama.scoring), or generate the original project's way (`generate`: its sampling settings and its parser).
+
+Files stream (`TableChunks`): checked whole first, then read, scored and written a chunk at a time, so memory does
+not grow with the table; under `accelerate launch --num_processes N` every chunk's rows are split between the
+processes (`score_chunk`) and the main process writes them in input order. korllama.evaluate streams the same way.
 """
 
 from __future__ import annotations

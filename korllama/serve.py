@@ -5,8 +5,8 @@ FastAPI and pydantic check the shape; the values are then validated and cleaned 
 `korllama predict` does for a file, and scored in micro-batches (korllama.batching). One RequestValidationError
 handler turns pydantic's errors into sentences naming the applicant, the field and what is allowed (422); a body over
 the size limit is a 413 (middleware), one not sent as JSON a 415, a missing or wrong bearer token (when `$token_env`
-is set) a 401, before the body is parsed. A 5xx is a bug. `GET /health` says what is served; `/docs` and `/redoc`
-load their scripts from this service (fastapi-offline), not from a CDN.
+is set) a 401, before anything else is said about the body. A 5xx is a bug. `GET /health` says what is served;
+`/docs` and `/redoc` load their scripts from this service (fastapi-offline), not from a CDN.
 """
 
 import hmac
@@ -28,8 +28,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from korllama import __version__
-from korllama.batching import Applicants, Batcher, Grader, as_text
-from korllama.batching import problem as _problem
+from korllama.batching import Applicants, Batcher, Grader, as_text, problem
 from korllama.data import Table
 from korllama.errors import KorllamaError
 from korllama.run import RunDir
@@ -40,8 +39,6 @@ MAX_BODY_BYTES = 4 * 1024 * 1024  # 1,024 applicants with Korean keys and raw va
 MAX_TEXT = 200  # characters in one value: no real cell is longer, and error messages quote the value
 MAX_ERRORS = 20  # problems listed in one 422 answer
 SEND = "send one applicant (a JSON object) or a list of them"
-
-
 Text = Annotated[str, Field(strict=True, max_length=MAX_TEXT)]  # pydantic refuses "\ud800" (string_unicode)
 
 
@@ -137,54 +134,54 @@ class Phrasing:
 
     def sentences(self, errors: list[dict], body: Any) -> list[dict]:
         if isinstance(body, NotJSON):
-            return [_problem([], f"the body is not valid JSON ({body}); {SEND}", "json_invalid")]
+            return [problem([], f"the body is not valid JSON ({body}); {SEND}", "json_invalid")]
         many, groups = isinstance(body, list), {}
         for err in errors:
             loc = err["loc"][1:]  # after "body": the union's branch, then [index,] field
             if not loc:
-                return [_problem([], f"the body is empty; {SEND}", "json_invalid")]
+                return [problem([], f"the body is empty; {SEND}", "json_invalid")]
             if (loc[0] != "Applicant") == many:  # the branch the body took (an object: Applicant; a list: list[...])
                 key = (loc[1] if many and len(loc) > 1 else None, loc[1 + many] if len(loc) > 1 + many else None)
                 groups.setdefault(key, []).append(err)
         out = [self.sentence(i, key, errs, body) for (i, key), errs in groups.items()]
         more = f"... and {len(out) - MAX_ERRORS} more problems like these"
-        return out if len(out) <= MAX_ERRORS else [*out[:MAX_ERRORS], _problem([], more, "too_many_errors")]
+        return out if len(out) <= MAX_ERRORS else [*out[:MAX_ERRORS], problem([], more, "too_many_errors")]
 
     def sentence(self, i: int | None, key: str | None, errs: list[dict], body: Any) -> dict:
         kinds, first = {e["type"] for e in errs}, errs[0]
         where, at = ("applicant", []) if i is None else (f"applicants[{i}]", [i])
         if key is None and "string_unicode" in kinds:  # pydantic cannot even read a key
-            return _problem(at, f"{where}: a field name holds an unpaired surrogate, which is not text; send valid "
+            return problem(at, f"{where}: a field name holds an unpaired surrogate, which is not text; send valid "
                                 "Unicode", "string_unicode")
         if key is None and i is None:  # the body as a whole
             if "too_long" in kinds:
-                return _problem([], f"{len(body):,} applicants in one request; at most {self.max_applicants:,} are "
+                return problem([], f"{len(body):,} applicants in one request; at most {self.max_applicants:,} are "
                                     "allowed (split them over several requests)", "too_long")
             if "too_short" in kinds:
-                return _problem([], "the list of applicants is empty", "too_short")
-            return _problem([], f"the body is a JSON {_json_type(body)}; {SEND}", "body_type")
+                return problem([], "the list of applicants is empty", "too_short")
+            return problem([], f"the body is a JSON {_json_type(body)}; {SEND}", "body_type")
         if key is None:
-            return _problem(at, f"{where} is a JSON {_json_type(first['input'])}; expected an object whose keys are "
+            return problem(at, f"{where} is a JSON {_json_type(first['input'])}; expected an object whose keys are "
                                 "the table's fields", "model_type")
         col, loc = self.by_key.get(key, False), [*at, key]
         name = key if col is False else self.spec.id.alias if col is None else \
             col.alias if col.name == col.alias else f"{col.alias} ({col.name})"
         if "missing" in kinds:
-            return _problem(loc, f"{where}: the field {name} is missing; expected {col.allowed}", "missing")
+            return problem(loc, f"{where}: the field {name} is missing; expected {col.allowed}", "missing")
         if "extra_forbidden" in kinds and col is not False:
-            return _problem(loc, f"{where}: {name} is given twice (once by its header, once by its English name); "
+            return problem(loc, f"{where}: {name} is given twice (once by its header, once by its English name); "
                                  "send it once", "extra_forbidden")
         if "extra_forbidden" in kinds:
-            return _problem(loc, f"{where}: unknown field {key!r}; the fields are "
+            return problem(loc, f"{where}: unknown field {key!r}; the fields are "
                                  f"{', '.join(c.alias for c in self.spec.columns)} (or their headers) and "
                                  f"{self.spec.id.alias}", "extra_forbidden")
         if "string_unicode" in kinds:  # valid JSON ("\\ud800"), but not text: it could not even be written back
-            return _problem(loc, f"{where}, column {key}: {_show(first['input'])} holds an unpaired surrogate, which "
+            return problem(loc, f"{where}, column {key}: {_show(first['input'])} holds an unpaired surrogate, which "
                                  "is not text; send valid Unicode", "string_unicode")
         if "string_too_long" in kinds:
-            return _problem(loc, f"{where}, column {key}: the value is longer than {MAX_TEXT} characters",
+            return problem(loc, f"{where}, column {key}: the value is longer than {MAX_TEXT} characters",
                             "string_too_long")
-        return _problem(loc, f"{where}, column {key}: {_show(first['input'])} is not allowed; expected "
+        return problem(loc, f"{where}, column {key}: {_show(first['input'])} is not allowed; expected "
                              f"{col.allowed if col else 'a string or a whole number'}", "type_error", first["input"])
 
 

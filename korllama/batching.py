@@ -44,6 +44,7 @@ class Applicants:
     single: bool  # the body was one applicant: errors say "applicant", not "applicants[i]"
     rows: list[dict[str, str]]
     ids: list[str | None]
+    explain: int = 0  # top reasons wanted per applicant (?explain=true), 0 = none
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -89,12 +90,15 @@ def clean_requests(requests: list[Applicants], spec: TableSpec) -> list[Table | 
 
 
 class Grader:
-    """A batch of requests -> per request (clean rows, P(label) per row) or a 422; `stats` counts the work done.
-    Runs on the worker's thread, the only one that touches the tokenizer and the model."""
+    """A batch of requests -> per request (clean rows, P(label) per row, reasons or None) or a 422; `stats` counts
+    the work done. Runs on the worker's thread, the only one that touches the tokenizer and the model. A request
+    that asks for reasons is scored by `explainer(table, top) -> (P(label), reasons)` (korllama.explain.explain_rows:
+    its rows and their neutralised variants in one batched pass), the others together in one `score()` call."""
 
-    def __init__(self, model, tokenizer, template, spec: TableSpec, batch_size: int, max_tokens: int):
+    def __init__(self, model, tokenizer, template, spec: TableSpec, batch_size: int, max_tokens: int,
+                 explainer=None):
         self.model, self.tokenizer, self.template, self.spec = model, tokenizer, template, spec
-        self.batch_size, self.max_tokens = batch_size, max_tokens
+        self.batch_size, self.max_tokens, self.explainer = batch_size, max_tokens, explainer
         self.stats = {"requests": 0, "applicants": 0, "batches": 0, "forward_passes": 0, "largest_batch": 0}
 
     def __call__(self, requests: list[Applicants]) -> list[tuple[Table, np.ndarray] | HTTPException]:
@@ -110,12 +114,15 @@ class Grader:
                     results[j] = HTTPException(422, [problem(
                         request.loc(i), f"{request.where(i)}: its prompt is {len(encoded.pop(j)[i]):,} tokens, more "
                         f"than this run's limit of {self.max_tokens:,} (are the numbers real?)", "prompt_too_long")])
+        for j in [j for j in encoded if requests[j].explain and self.explainer is not None]:
+            del encoded[j]
+            results[j] = (results[j], *self.explainer(results[j], requests[j].explain))
         if encoded:
             rows = [ids for j in encoded for ids in encoded[j]]
             proba = score(self.model, self.tokenizer, None, self.spec.label.classes, self.batch_size, encoded=rows)
             starts = np.cumsum([0, *(len(encoded[j]) for j in encoded)])
             for k, j in enumerate(encoded):
-                results[j] = (results[j], proba[starts[k]:starts[k + 1]])
+                results[j] = (results[j], proba[starts[k]:starts[k + 1]], None)
             s = self.stats
             s.update(requests=s["requests"] + len(encoded), applicants=s["applicants"] + len(rows),
                      batches=s["batches"] + 1, largest_batch=max(s["largest_batch"], len(rows)),

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import Body, Depends, FastAPI, HTTPException, Request
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
-from pydantic import AliasChoices, ConfigDict, Field, StrictFloat, StrictInt, conlist, create_model
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, conlist, create_model
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -71,7 +71,21 @@ def result_model(spec: TableSpec):
         grade=(Label, Field(description=f"the {label}: the most probable of {classes}")),
         probabilities=(dict[Label, float], Field(description=f"P({label}) for each of {classes} (rank scoring; "
                                                              "they sum to 1)")),
-        template=(str, Field(description="the prompt template the run was trained with")))
+        template=(str, Field(description="the prompt template the run was trained with")),
+        decision=(Literal["argmax", "macro-f1"], Field(description="how the grade was chosen from the probabilities: "
+                                                       "the most probable, or the run's macro-F1 decision rule")),
+        reasons=(list[Reason] | None, Field(None, description="with ?explain=true: the top reasons, best first")))
+
+
+class Reason(BaseModel):
+    """Why: the change in the grade's probability when one field is set to its typical (neutral) value."""
+
+    field: str = Field(description="the field (the spec's English alias)")
+    value: Any = Field(description="the applicant's value")
+    reference: Any = Field(description="the neutral value: the training median, or the most frequent category")
+    delta: float = Field(description="P(grade) minus P(grade) with the field neutral: positive = it raises the grade")
+    deltas: dict[str, float] = Field(description="the same change for every label")
+    text: str = Field(description="the reason in words")
 
 
 def example_applicant(spec: TableSpec) -> dict:
@@ -226,9 +240,12 @@ class BodyLimit:
 # --- the app -----------------------------------------------------------------------------------------------------
 
 def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64, max_wait_ms: float = 10,
-               max_body_bytes: int = MAX_BODY_BYTES, max_applicants: int = MAX_APPLICANTS) -> FastAPI:
-    """The scoring service for a run directory (the model is loaded here, once)."""
-    from korllama.predict import load_run
+               max_body_bytes: int = MAX_BODY_BYTES, max_applicants: int = MAX_APPLICANTS,
+               decision: str = "argmax") -> FastAPI:
+    """The scoring service for a run directory (the model is loaded here, once). `decision`: the grade is the most
+    probable label (argmax) or the run's macro-F1 decision rule's (korllama.decision)."""
+    from korllama.explain import explain_rows, run_references
+    from korllama.predict import decision_rule, load_run
     from korllama.prompts import get_template
     from korllama.schema import load_spec
     from korllama.scoring import predict_labels
@@ -238,6 +255,7 @@ def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch
                             "least 0.")
     run_dir = Path(run_dir)
     RunDir(run_dir).require_run(way_out="serve the --out folder of a finished `korllama train`")
+    rule = decision_rule(run_dir, None, decision)
     model, tokenizer, config = load_run(run_dir)  # safetensors only, for every command
     spec = load_spec(config.data.spec)
     template = get_template(spec, config.prompt.template, config.prompt.fields)
@@ -247,14 +265,22 @@ def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch
     token = os.environ.get(token_env) or None
     Applicant, GradeResult, phrasing = applicant_model(spec), result_model(spec), Phrasing(spec, max_applicants)
 
-    def answer(applicants: Applicants, table: Table, proba: np.ndarray) -> list[dict]:
-        """One result per applicant, in order. More per-row outputs (reasons, a decision rule's label) are made here
-        from the clean rows (`table`) and P(label), and declared in `result_model`."""
-        return [{"id": applicants.ids[i], "grade": grade, "template": template.name,
+    def answer(applicants: Applicants, table: Table, proba: np.ndarray, reasons) -> list[dict]:
+        """One result per applicant, in order (fields declared in `result_model`)."""
+        grades = rule.apply(proba) if rule is not None else predict_labels(proba, classes)
+        return [{"id": applicants.ids[i], "grade": grade, "template": template.name, "decision": decision,
                  "probabilities": {c: float(x) for c, x in zip(classes, p)}}
-                for i, (p, grade) in enumerate(zip(proba, predict_labels(proba, classes)))]
+                | ({"reasons": reasons[i]} if reasons is not None else {})
+                for i, (p, grade) in enumerate(zip(proba, grades))]
 
-    grader = Grader(model, tokenizer, template, spec, max_batch, max_tokens)
+    references: dict = {}  # the run's neutral values for reasons, read on the first request that asks
+
+    def explainer(table: Table, top: int):
+        if not references:
+            references.update(run_references(run_dir, config))
+        return explain_rows(model, tokenizer, template, table, references, classes, top, max_batch)
+
+    grader = Grader(model, tokenizer, template, spec, max_batch, max_tokens, explainer)
     batcher = Batcher(grader, max_batch, max_wait_ms / 1000)
 
     @asynccontextmanager
@@ -296,7 +322,7 @@ def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch
     async def health() -> dict:
         """Liveness and what is being served: the model, the run, the labels, the template, batching counters."""
         return {"status": "ok", "model": config.model.base, "run": run_dir.name, "labels": classes,
-                "template": template.name, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                "template": template.name, "decision": decision, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                 "max_applicants": max_applicants, "auth": bool(token), **grader.stats}
 
     example = example_applicant(spec)
@@ -309,15 +335,19 @@ def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch
               responses={401: {"description": "Missing or wrong bearer token"}, 413: {"description": "Body too large"},
                          415: {"description": "Body not sent as JSON"}, 422: {"description": "Validation error: "
                          "`detail` lists {loc, msg, type} naming the applicant and field"}})
-    async def grade(body: Applicants_):
+    async def grade(body: Applicants_, explain: Annotated[bool, Query(
+            description="add each applicant's top reasons: the fields whose neutral value (the training median or "
+                        "most frequent value) would lower the grade's probability most, computed in one batched "
+                        "pass over the applicant's variants")] = False,
+                    top: Annotated[int, Query(ge=1, le=20, description="reasons per applicant with explain")] = 3):
         """Grade one applicant (a JSON object) or a list of up to 1,024 (a JSON array): one result each, in order."""
         items = body if isinstance(body, list) else [body]
         ids = [None if a.row_id is None else str(a.row_id).strip() for a in items]
         rows = [{col.alias: as_text(getattr(a, f"c{k}")) for k, col in enumerate(spec.columns)}
                 | {spec.id.alias: f"\x00{i}" if x is None else x} for i, (a, x) in enumerate(zip(items, ids))]
-        applicants = Applicants(not isinstance(body, list), rows, ids)
-        table, proba = await batcher.submit(applicants)  # cleaned, scored with other pending requests (or a 422)
-        results = answer(applicants, table, proba)
+        applicants = Applicants(not isinstance(body, list), rows, ids, explain=top if explain else 0)
+        table, proba, reasons = await batcher.submit(applicants)  # cleaned, scored with others pending (or a 422)
+        results = answer(applicants, table, proba, reasons)
         return results[0] if applicants.single else results
 
     return app

@@ -76,7 +76,8 @@ def client(app):
 
 
 def assert_result(result: dict) -> None:
-    assert set(result) == {"id", "grade", "probabilities", "template"}
+    assert set(result) - {"reasons"} == {"id", "grade", "probabilities", "template", "decision"}
+    assert result.get("reasons") is None and result["decision"] == "argmax"  # reasons only with ?explain=true
     assert list(result["probabilities"]) == CLASSES
     assert result["grade"] == max(result["probabilities"], key=result["probabilities"].get)
     assert abs(sum(result["probabilities"].values()) - 1) < 1e-6
@@ -139,7 +140,8 @@ def test_types_and_example_follow_any_spec():
     result = result_model(spec)
     schema = result.model_json_schema()["properties"]
     assert schema["grade"]["enum"] == labels and schema["probabilities"]["propertyNames"]["enum"] == labels
-    ok = {"id": None, "grade": "보통", "probabilities": dict.fromkeys(labels, 1 / 3), "template": "ko"}
+    ok = {"id": None, "grade": "보통", "probabilities": dict.fromkeys(labels, 1 / 3), "template": "ko",
+          "decision": "argmax"}
     assert result.model_validate(ok).grade == "보통"
     with pytest.raises(ValidationError):
         result.model_validate(ok | {"grade": "A"})
@@ -423,3 +425,42 @@ def test_serve_command_with_a_folder_that_is_not_a_run(cli, tmp_path):
     code, _, err = cli("serve", tmp_path)
     assert code == 2 and "not a korllama run directory" in err and "Traceback" not in err
     assert "--base" not in err and "korllama train" in err  # serve has no --base to suggest
+
+
+# --- reasons (?explain=true) and the decision rule ----------------------------------------------------------------
+
+def test_explain_in_the_service_equals_korllama_explain(client, run_dir, tmp_path):
+    from korllama.explain import explain_run
+
+    data = unlabelled_csv(tmp_path / "rows.csv", rows=6)
+    row = pd.read_csv(data, dtype=str, keep_default_na=False).iloc[2].to_dict()
+    explain_run(run_dir, data, tmp_path / "why", ids=[row["ID"]])
+    offline = pd.read_csv(tmp_path / "why" / "reasons.csv")
+    answer = client.post("/v1/grade", params={"explain": "true", "top": len(offline)}, json=row)
+    assert answer.status_code == 200, answer.text
+    reasons = answer.json()["reasons"]
+    assert [r["field"] for r in reasons] == offline["field"].tolist()  # the same fields in the same order
+    np.testing.assert_allclose([r["delta"] for r in reasons], offline["delta"], atol=1e-5)
+    assert answer.json()["grade"] == offline["label"].iloc[0]
+    assert all(r["text"] for r in reasons)
+    plain = client.post("/v1/grade", json=row).json()
+    assert "reasons" not in plain or plain["reasons"] is None  # only when asked
+    np.testing.assert_allclose(list(plain["probabilities"].values()),
+                               list(answer.json()["probabilities"].values()), atol=1e-6)
+    assert client.post("/v1/grade", params={"explain": "true", "top": 0}, json=row).status_code == 422
+
+
+def test_the_service_applies_the_decision_rule_when_asked(run_dir):
+    from korllama.decision import DecisionRule
+    from korllama.run import RunDir
+
+    rule = DecisionRule.load(RunDir(run_dir).decision)
+    rows = raw_applicants(12)
+    with TestClient(create_app(run_dir, decision="macro-f1")) as ruled:
+        answers = ruled.post("/v1/grade", json=rows).json()
+        assert ruled.get("/health").json()["decision"] == "macro-f1"
+    proba = np.array([[a["probabilities"][c] for c in CLASSES] for a in answers])
+    assert [a["grade"] for a in answers] == list(rule.apply(proba))
+    assert {a["decision"] for a in answers} == {"macro-f1"}
+    with pytest.raises(KorllamaError, match="--decision must be one of"):
+        create_app(run_dir, decision="best")

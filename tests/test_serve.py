@@ -309,13 +309,14 @@ def test_a_body_not_sent_as_json_is_415(client):
         assert client.post("/v1/grade", content=body, headers={"content-type": kind}).status_code == 200
 
 
-def test_the_readme_serve_example_sends_test_00000_as_it_is():
+def test_the_readme_serve_example_sends_test_00000_as_it_is(client):
     readme = (REPO / "README.md").read_text("utf-8")
     serving = readme[readme.index("## Serving"):]
     sent = json.loads(re.search(r"-d '(\{.*?\})'", serving, re.S).group(1))
     assert sent == dict(zip(HEADER.split(","), TEST_00000.split(",")))  # the row of ../shared's test.csv
     answer = json.loads(re.search(r"\n(\{\"id\".*?\})\n```", serving, re.S).group(1).replace("\n", ""))
     assert answer["id"] == "TEST_00000" and list(answer["probabilities"]) == CLASSES
+    assert list(answer) == list(client.post("/v1/grade", json=sent).json())  # the answer's shape as served today
 
 
 def test_other_methods_and_paths_are_4xx(client):

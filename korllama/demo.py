@@ -1,8 +1,8 @@
 """`korllama demo`: the whole loop on the embedded default, so a newcomer sees every stage work once.
 
 synthetic loan table -> check -> prompts -> train the tiny model (configs/demo.yaml) -> evaluate it before and
-after tuning on the held-out rows (rank scoring, and the original's generation on a sample) -> the LightGBM
-baseline on the same split -> one HTML report.
+after tuning on the held-out rows (rank scoring, and the original's generation on a sample) -> the reasons for the
+tuned model's grades (korllama.explain) -> the LightGBM baseline on the same split -> one HTML report.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from rich.markup import escape
 from korllama.config import load_config
 from korllama.data import profile, read_table
 from korllama.evaluate import evaluate_run, run_baseline
+from korllama.explain import explain_run
 from korllama.io import write_csv
 from korllama.prompts import answer, get_template
 from korllama.report import compare
@@ -62,6 +63,10 @@ def run_demo(out: Path, rows: int = 4000, seed: int = 0, console: Console | None
         f"{after['macro_f1']:.3f} after (rank scoring, {after['rows_per_s']:.0f} rows/s); generation the "
         f"original's way: {generated['macro_f1']:.3f} on {generated['n']} rows, "
         f"{generated['invalid_rate']:.0%} invalid, {generated['rows_per_s']:.1f} rows/s")
+    reasons, why = explain_run(run_dir, table, evals / "after", held_out=True, console=console)
+    say("   reasons", f"each prompt field set to a typical value, the row scored again ({why['rows_per_s']:.0f} "
+        f"rows/s); row {escape(reasons.ids[0])} is {reasons.classes[reasons.predicted[0]]}: "
+        + "; ".join(escape(r["text"]) for r in reasons.top(0, 2)))
     base = run_baseline(table, None, evals / "baseline", valid_fraction=config.data.valid_fraction,
                         seed=config.data.split_seed)
     say("6. baseline", f"LightGBM on the same split: macro-F1 {base['macro_f1']:.3f}")

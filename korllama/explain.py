@@ -267,7 +267,9 @@ def sentence(spec: TableSpec, field: str, value, ref, label: str, delta: float) 
     """"implied_rate 18.91% (typical 11.57%) raises E by 0.41"."""
     verb = "raises" if delta > 0 else "lowers" if delta < 0 else "does not change"
     amount = f" by {abs(delta):.2f}" if delta != 0 else ""
-    return f"{field} {describe(spec, field, value)} (typical {describe(spec, field, ref)}) {verb} {label}{amount}"
+    shown, typical = describe(spec, field, value), describe(spec, field, ref)
+    typical = "typical" if shown == typical else f"typical {typical}"
+    return f"{field} {shown} ({typical}) {verb} {label}{amount}"
 
 
 def explain(proba_fn: ProbaFn, table: Table, fields: list[str], references: dict, classes: list[str],
@@ -370,13 +372,14 @@ def select_rows(table: Table, ids: list[str] | None = None, held_out: bool = Fal
     return table
 
 
-def explain_run(run: str | Path, data: str | Path, out: str | Path, ids: list[str] | None = None,
+def explain_run(run: str | Path, data: str | Path | Table, out: str | Path, ids: list[str] | None = None,
                 held_out: bool = False, limit: int | None = None, baseline: bool = False, batch_size: int = 32,
                 console=None) -> tuple[Reasons, dict]:
     """`korllama explain`: reasons for rows of `data` from a run (or from the tree baseline fitted on the run's
-    training split); writes OUT/reasons.csv and OUT/explain.json. Returns the reasons and the summary."""
+    training split); writes OUT/reasons.csv and OUT/explain.json. Returns the reasons and the summary. `data`: a file,
+    or the Table when the caller has already read it."""
     from korllama.config import load_config
-    from korllama.data import read_table
+    from korllama.data import as_table
     from korllama.io import write_csv, write_text
     from korllama.run import RunDir
     from korllama.ui import progress_bar
@@ -384,7 +387,7 @@ def explain_run(run: str | Path, data: str | Path, out: str | Path, ids: list[st
     run_dir = RunDir(run)
     run_dir.require_run()
     config = load_config(run_dir.config)
-    table = select_rows(read_table(data, config.data.spec), ids, held_out, limit, config)
+    table = select_rows(as_table(data, config.data.spec), ids, held_out, limit, config)
     spec, classes = table.spec, table.spec.label.classes
     if baseline:
         train = run_training_part(config)
@@ -459,24 +462,37 @@ def _short(x: float) -> str:
 
 
 def groups_of(values: pd.Series, kind: str) -> pd.Series:
-    """Each row's group name: the category; the value (few distinct values); else its quartile's range."""
+    """Each row's group name: the category; the value (few distinct values); else its quartile, named by the values
+    it holds ("Q2: 12.1 to 18.5"). A value that half the rows share (0 delinquencies) is a group of its own and the
+    rest is cut in three."""
     missing = values.isna()
     if kind == "category":
-        names = values.astype(object)
+        return values.astype(object).where(~missing, "missing")
+    numbers = values.astype(float)
+    present = numbers.dropna()
+    if present.nunique() <= FEW_VALUES:
+        return numbers.map(_short).astype(object).where(~missing, "missing")
+    mode = present.mode().iloc[0]
+    if (present == mode).mean() >= 0.5:
+        rest = numbers.where(numbers != mode)
+        names = _quantile_names(rest, 3, prefix=False)
+        names = names.where(numbers != mode, _short(mode))
     else:
-        numbers = values.astype(float)
-        distinct = numbers.dropna().unique()
-        if len(distinct) <= FEW_VALUES:
-            names = numbers.map(lambda v: _short(v))
-        else:
-            codes = pd.qcut(numbers, 4, duplicates="drop", labels=False)
-            span = numbers.groupby(codes).agg(["min", "max"])  # each group named by the values it holds
-            quartiles = len(span) == 4
-            label = {code: (f"Q{i + 1}: " if quartiles else "")
-                     + (_short(lo) if lo == hi else f"{_short(lo)} to {_short(hi)}")
-                     for i, (code, (lo, hi)) in enumerate(span.iterrows())}
-            names = codes.map(label)
+        names = _quantile_names(numbers, 4, prefix=True)
     return names.astype(object).where(~missing, "missing")
+
+
+def _quantile_names(numbers: pd.Series, q: int, prefix: bool) -> pd.Series:
+    """Names of `q` quantile groups (fewer where values tie), each named by the values it holds."""
+    present = numbers.dropna()
+    if present.nunique() <= 1:
+        return numbers.map(_short)
+    codes = pd.qcut(numbers, q, duplicates="drop", labels=False)
+    span = numbers.groupby(codes).agg(["min", "max"])
+    full = prefix and len(span) == q
+    label = {code: (f"Q{i + 1}: " if full else "") + (_short(lo) if lo == hi else f"{_short(lo)} to {_short(hi)}")
+             for i, (code, (lo, hi)) in enumerate(span.iterrows())}
+    return codes.map(label).astype(object)
 
 
 def group_metrics(features: pd.DataFrame, kinds: dict[str, str], truth, pred, classes: list[str],

@@ -345,8 +345,11 @@ def plot_group_f1(items: list[tuple[str, object]], path: str | Path, overall: di
             if overall and system in overall:
                 ax.axhline(overall[system], color=f"C{k}", linestyle="--", linewidth=0.8)
         rows = items[0][1].set_index(["column", "group"])["rows"]
-        ax.set_xticks(range(len(names)), [f"{n}\n({rows.get((column, n), 0):,})" for n in names], fontsize=6,
-                      rotation=30 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center")
+        many = len(names) > 6  # many groups: one line each, steeper
+        ax.set_xticks(range(len(names)), [f"{n}{' ' if many else chr(10)}({rows.get((column, n), 0):,})"
+                                          for n in names], fontsize=6,
+                      rotation=60 if many else 30 if len(names) > 3 else 0,
+                      ha="right" if len(names) > 3 else "center", rotation_mode="anchor")
         ax.set_ylim(0, 1.05)
         ax.set_title(column, fontsize=9)
         ax.grid(axis="y", alpha=0.3)

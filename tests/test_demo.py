@@ -26,5 +26,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
     assert html.count("data:image/png;base64,") >= 4  # confusion, F1 per grade, reliability, training curve
     for name in ("before tuning", "after tuning", "baseline (LightGBM)"):
         assert name in html
+    assert "global importance" in html and "group metrics" in html and "model_card.md" in html  # korllama.explain
+    assert len(pd.read_csv(out / "eval" / "after" / "reasons.csv")) == 60 * 3  # held-out rows x prompt fields
     assert [result[s] for s in ("before", "after", "baseline")] == [metrics[s]["macro_f1"]
                                                                     for s in ("before", "after", "baseline")]

@@ -33,6 +33,7 @@ from korllama.explain import (
     neutralised,
     reference_values,
     run_training_part,
+    sentence,
 )
 from korllama.prompts import get_template
 from korllama.schema import load_spec
@@ -103,6 +104,17 @@ def test_references_are_typical_training_values():
     assert abs(refs["loan_amount"] - frame["loan_amount"].astype(float).median()) <= 0.5
     assert refs["implied_rate"] == pytest.approx(frame["implied_rate"].median())
     json.dumps(refs)  # stored as JSON in the run
+
+
+def test_reasons_in_words():
+    spec = load_spec()
+    assert sentence(spec, "implied_rate", 0.1891, 0.1157, "E", 0.41) == \
+        "implied_rate 18.91% (typical 11.57%) raises E by 0.41"
+    assert sentence(spec, "loan_amount", 16800000, 14000000, "B", -0.123) == \
+        "loan_amount 16,800,000 (typical 14,000,000) lowers B by 0.12"
+    assert sentence(spec, "term", 36, 36, "C", 0.0) == "term 36 (typical) does not change C"
+    assert sentence(spec, "home_ownership", None, "MORTGAGE", "A", 0.05) == \
+        "home_ownership missing (typical MORTGAGE) raises A by 0.05"
 
 
 def test_only_the_deciding_field_matters_hand_written(toy):
@@ -258,7 +270,7 @@ def test_explain_prints_reasons_in_words_and_refuses_unknown_ids(cli, run_dir, r
                          "--out", tmp_path / "why")
     assert code == 0, err
     assert ids[0] in out and ids[1] in out
-    assert out.count("(typical ") == 4  # two reasons for each of two rows
+    assert out.count("(typical") == 4  # two reasons for each of two rows
     frame = pd.read_csv(tmp_path / "why" / "reasons.csv")
     assert list(dict.fromkeys(frame["id"])) == ids  # in the order asked
     code, out, err = cli("explain", run_dir, "--data", run_data, "--id", "NOPE_1", "--out", tmp_path / "none")
@@ -288,7 +300,7 @@ def test_explain_rows_for_the_service_equals_korllama_explain(cli, run_dir, run_
         for rank, r in enumerate(reasons, start=1):
             assert lines.loc[rank, "field"] == r["field"]
             assert lines.loc[rank, "delta"] == pytest.approx(r["delta"], abs=1e-6)
-            assert r["text"].startswith(r["field"]) and "(typical " in r["text"]
+            assert r["text"].startswith(r["field"]) and "(typical" in r["text"]
 
 
 def test_the_run_stores_its_references(run_dir):

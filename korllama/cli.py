@@ -336,8 +336,8 @@ def evaluate_cmd(
                   f"{_qwk(r)}on {r['n']:,} rows ({r['rows_per_s']:.1f} rows/s{extra}) -> {escape(str(out))}")
     if r.get("decision"):
         d = r["decision"]
-        console.print(f"decision rule on the {d['rows']:,} rows it was not fitted on: macro-F1 argmax "
-                      f"{d['argmax']['macro_f1']:.4f} -> macro-f1 rule {d['macro-f1']['macro_f1']:.4f} "
+        console.print(f"decision rule, on the {d['rows']:,} rows it was not fitted on: argmax "
+                      f"{d['argmax']['macro_f1']:.4f} -> rule {d['macro-f1']['macro_f1']:.4f} "
                       f"(--decision {r['decision_rule']} chose the predictions)")
 
 

@@ -266,7 +266,7 @@ def describe(spec: TableSpec, field: str, value) -> str:
 def sentence(spec: TableSpec, field: str, value, ref, label: str, delta: float) -> str:
     """"implied_rate 18.91% (typical 11.57%) raises E by 0.41"."""
     verb = "raises" if delta > 0 else "lowers" if delta < 0 else "does not change"
-    amount = f" by {abs(delta):.2f}" if delta != 0 else ""
+    amount = "" if delta == 0 else f" by {abs(delta):.2f}" if abs(delta) >= 0.005 else f" by {abs(delta):.1g}"
     shown, typical = describe(spec, field, value), describe(spec, field, ref)
     typical = "typical" if shown == typical else f"typical {typical}"
     return f"{field} {shown} ({typical}) {verb} {label}{amount}"

@@ -14,7 +14,8 @@ writing). `--compare M` predicts the first M rows in memory (read_table, one sco
 measured process) and compares them with the first M rows of the largest streamed output: the IDs, the labels,
 and the probabilities (written rounded to 6 decimals: a row scored in another batch may round the other way, so
 they are compared within 1.5e-6, and the identical lines are counted). `--processes P` predicts the smallest N with
-P processes (one torch thread each) and compares that output with the one-process output.
+P processes (one torch thread each) and compares that output with the one-process output. `--threads` (default
+1): each process's torch threads (OMP_NUM_THREADS), 1 being the fastest on a busy shared machine.
 """
 
 from __future__ import annotations
@@ -98,10 +99,14 @@ def main() -> None:
     parser.add_argument("--compare", type=int, default=64_197, help="rows predicted in memory too (0: none)")
     parser.add_argument("--processes", type=int, default=0, help="also predict the smallest N with P processes")
     parser.add_argument("--work", type=Path, default=Path("/tmp/korllama-scale-bench"))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per process (OMP_NUM_THREADS); 1 is fastest on a busy shared machine")
     args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     korllama = [sys.executable, "-m", "korllama"]
-    print(f"python {platform()}; {os.cpu_count()} CPUs; torch threads default; run {args.run}", flush=True)
+    print(f"python {platform()}; {os.cpu_count()} CPUs; {args.threads} torch thread(s) per process; run {args.run}; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
     outputs = {}
     for rows in sorted(args.rows):
@@ -129,7 +134,7 @@ def main() -> None:
         data = args.work / f"head-{rows}.csv"
         out = args.work / f"streamed-{rows}-{args.processes}p.csv"
         accelerate = Path(sys.executable).parent / "accelerate"
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         m = measured([str(accelerate), "launch", "--num_processes", str(args.processes), "--num_machines", "1",
                       "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "korllama", "predict",
                       args.run, "--data", str(data), "--out", str(out), "--proba"], env=env)

@@ -140,7 +140,8 @@ def _base_section(run: RunDir, config) -> list[str]:
     else:
         lines.append("- **Tuning:** all weights; the kept model is in `model/` (safetensors).")
     lines.append("- **Answer:** rank scoring: P(label) for every label from one forward pass; the label is the most "
-                 "probable one" + (" under the decision rule below" if run.decision.is_file() else "") + ".")
+                 "probable one" + (", or argmax(P × w) with the decision rule below" if run.decision.is_file() else "")
+                 + ".")
     return lines
 
 
@@ -199,7 +200,8 @@ def render_card(run: RunDir, config, summary: dict, table: Table, train_part: Ta
 
     qwk = figures.get("qwk")
     out += ["## Validation", "",
-            f"On the {figures['n']:,} rows of the validation sample, with the kept weights loaded from the run "
+            f"Plain argmax, on the {figures['n']:,} rows of the validation sample, with the kept weights loaded from "
+            "the run "
             "(the rows the best checkpoint was chosen on: slightly optimistic; `korllama evaluate "
             f"{run.root} --held-out` scores all {len(valid_part):,} held-out rows):", "",
             _md_table(["macro-F1", "accuracy", "QWK"],

@@ -33,6 +33,7 @@ class DecisionRule:
     fitted_ids: list[str] | None = None  # the rows it was fitted on, when the caller said
     fitted_rows: int = 0
     valid_macro_f1: dict = field(default_factory=dict)  # {"argmax": .., "decision": ..} on the fitting rows
+    cross_checked_gain: float | None = None  # mean macro-F1 gain on left-out folds of the fitting rows
 
     def apply(self, proba: np.ndarray) -> np.ndarray:
         """Labels (object array) for probabilities whose columns follow `classes`."""
@@ -55,13 +56,15 @@ class DecisionRule:
     def to_dict(self) -> dict:
         return {"rule": "macro-f1", "classes": list(self.classes), "weights": [float(w) for w in self.weights],
                 "fitted_rows": int(self.fitted_rows), "valid_macro_f1": self.valid_macro_f1,
+                "cross_checked_gain": self.cross_checked_gain,
                 "fitted_ids": None if self.fitted_ids is None else [str(i) for i in self.fitted_ids]}
 
     @classmethod
     def from_dict(cls, d: dict) -> DecisionRule:
         return cls(classes=list(d["classes"]), weights=[float(w) for w in d["weights"]],
                    fitted_ids=d.get("fitted_ids"), fitted_rows=int(d.get("fitted_rows", 0)),
-                   valid_macro_f1=dict(d.get("valid_macro_f1") or {}))
+                   valid_macro_f1=dict(d.get("valid_macro_f1") or {}),
+                   cross_checked_gain=d.get("cross_checked_gain"))
 
     def save(self, path: str | Path) -> Path:
         """Write the rule as JSON; `path` may be a folder (then FOLDER/decision.json)."""
@@ -104,27 +107,10 @@ def macro_f1_codes(truth: np.ndarray, pred: np.ndarray, k: int) -> float:
     return float(f1.mean())
 
 
-def fit_decision(proba: np.ndarray, truth, classes: list[str], ids=None, rounds: int = 10,
-                 grid: np.ndarray = GRID) -> DecisionRule:
-    """Per-class weights maximising the macro-F1 of argmax(proba * w) on these (validation) rows.
-
-    Coordinate ascent: for each class in turn, try its weight times every multiplier in `grid` and keep the best
-    (the middle of the best plateau, so a flat optimum does not drift to its edge); repeat until a pass changes
-    nothing. Weights start at 1 (plain argmax), so the fitted rule is never worse than argmax on these rows.
-    `ids` (the rows' ids) are remembered so `check_unseen` can refuse to judge the rule on them.
-    """
-    proba = np.asarray(proba, dtype=float)
-    classes = list(classes)
-    k = len(classes)
-    if proba.ndim != 2 or proba.shape[1] != k:
-        raise KorllamaError(f"probabilities of shape {proba.shape} do not match {k} classes.")
-    y = _encode(truth, classes)
-    if len(y) != len(proba):
-        raise KorllamaError(f"{len(proba)} rows of probabilities but {len(y)} labels.")
-    if len(y) == 0:
-        raise KorllamaError("a decision rule needs validation rows to be fitted on; there are none.")
+def _ascend(proba: np.ndarray, y: np.ndarray, k: int, rounds: int, grid: np.ndarray) -> tuple[np.ndarray, float]:
+    """Coordinate ascent from all-ones weights: (weights, macro-F1 they reach on these rows)."""
     weights = np.ones(k)
-    best = start = macro_f1_codes(y, proba.argmax(axis=1), k)
+    best = macro_f1_codes(y, proba.argmax(axis=1), k)
     for _ in range(rounds):
         changed = False
         for c in range(k):
@@ -141,12 +127,80 @@ def fit_decision(proba: np.ndarray, truth, classes: list[str], ids=None, rounds:
                 best, changed = float(top), True
         if not changed:
             break
-    weights /= weights.max()
+    return weights / weights.max(), best
+
+
+def fit_decision(proba: np.ndarray, truth, classes: list[str], ids=None, rounds: int = 10,
+                 grid: np.ndarray = GRID, folds: int = 5, seed: int = 0) -> DecisionRule:
+    """Per-class weights maximising the macro-F1 of argmax(proba * w) on these (validation) rows.
+
+    Coordinate ascent: for each class in turn, try its weight times every multiplier in `grid` and keep the best
+    (the middle of the best plateau, so a flat optimum does not drift to its edge); repeat until a pass changes
+    nothing. Weights start at 1 (plain argmax), so the fitted rule is never worse than argmax on these rows.
+
+    On few rows the weights can fit noise, so first a cross-check (`folds` > 1): the rows are split in `folds`
+    stratified parts, weights are fitted on all parts but one and judged on the one left out. If on average they
+    do not beat argmax on the rows they were not fitted on, the rule stays plain argmax (all weights 1), and
+    `cross_checked_gain` says by how much they lost. `ids` (the rows' ids) are remembered so `check_unseen` can
+    refuse to judge the rule on them.
+    """
+    proba = np.asarray(proba, dtype=float)
+    classes = list(classes)
+    k = len(classes)
+    if proba.ndim != 2 or proba.shape[1] != k:
+        raise KorllamaError(f"probabilities of shape {proba.shape} do not match {k} classes.")
+    y = _encode(truth, classes)
+    if len(y) != len(proba):
+        raise KorllamaError(f"{len(proba)} rows of probabilities but {len(y)} labels.")
+    if len(y) == 0:
+        raise KorllamaError("a decision rule needs validation rows to be fitted on; there are none.")
+    start = macro_f1_codes(y, proba.argmax(axis=1), k)
+    gain = None
+    if folds > 1 and len(y) >= 2 * folds:
+        gains = []
+        for fit_part, judge_part in _folds(y, folds, seed):
+            w, _ = _ascend(proba[fit_part], y[fit_part], k, rounds, grid)
+            yj, pj = y[judge_part], proba[judge_part]
+            gains.append(macro_f1_codes(yj, (pj * w).argmax(axis=1), k) - macro_f1_codes(yj, pj.argmax(axis=1), k))
+        gain = float(np.mean(gains))
+    if gain is not None and gain <= 0:
+        weights, best = np.ones(k), start
+    else:
+        weights, best = _ascend(proba, y, k, rounds, grid)
     return DecisionRule(classes=classes, weights=weights.tolist(),
                         fitted_ids=None if ids is None else [str(i) for i in ids], fitted_rows=len(y),
-                        valid_macro_f1={"argmax": start, "decision": best})
+                        valid_macro_f1={"argmax": start, "decision": best}, cross_checked_gain=gain)
+
+
+def _folds(y: np.ndarray, folds: int, seed: int):
+    """(fit, judge) positions of a stratified k-fold split (plain k-fold when a class has too few rows)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    _, counts = np.unique(y, return_counts=True)
+    splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if counts.min() >= folds
+                else KFold(folds, shuffle=True, random_state=seed))
+    return splitter.split(np.zeros(len(y)), y)
 
 
 def argmax_rule(classes: list[str]) -> DecisionRule:
     """The plain argmax as a rule (all weights 1)."""
     return DecisionRule(classes=list(classes), weights=[1.0] * len(classes))
+
+
+def side_by_side(truth, proba: np.ndarray, rule: DecisionRule, ids=None) -> dict:
+    """metrics.json's comparison: plain argmax and the decision rule on the same (scored) rows.
+
+    {"argmax": {macro_f1, accuracy}, "decision": {macro_f1, accuracy, weights, fitted_rows, valid_macro_f1}}.
+    With `ids`, first checks that the rule was not fitted on any of these rows (`check_unseen`).
+    """
+    if ids is not None:
+        rule.check_unseen(ids)
+    classes = list(rule.classes)
+    y = _encode(truth, classes)
+    k = len(classes)
+    plain = np.asarray(proba).argmax(axis=1)
+    weighted = (np.asarray(proba) * np.asarray(rule.weights)).argmax(axis=1)
+    return {"argmax": {"macro_f1": macro_f1_codes(y, plain, k), "accuracy": float(np.mean(plain == y))},
+            "decision": {"macro_f1": macro_f1_codes(y, weighted, k), "accuracy": float(np.mean(weighted == y)),
+                         "weights": dict(zip(classes, map(float, rule.weights))), "fitted_rows": rule.fitted_rows,
+                         "valid_macro_f1": rule.valid_macro_f1, "cross_checked_gain": rule.cross_checked_gain}}

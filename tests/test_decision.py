@@ -36,6 +36,7 @@ def test_fitted_weights_raise_macro_f1_on_validation_and_on_new_rows():
     plain = np.asarray(CLASSES, dtype=object)[proba.argmax(axis=1)]
     assert macro(truth, rule.apply(proba)) > macro(truth, plain) + 0.03
     assert rule.weights[2] == max(rule.weights) and rule.weights[2] > rule.weights[0]  # C up-weighted
+    assert rule.cross_checked_gain > 0.02  # and the gain held on rows left out of the fit
     assert rule.valid_macro_f1["decision"] == pytest.approx(macro(truth, rule.apply(proba)))
     assert rule.valid_macro_f1["argmax"] == pytest.approx(macro(truth, plain))
     # the weights carry over to rows they were not fitted on (same distribution)
@@ -93,3 +94,19 @@ def test_the_rule_refuses_to_be_judged_on_its_own_rows():
     rule.check_unseen(scored_ids)  # disjoint: fine
     with pytest.raises(KorllamaError, match="fitted on 1 of the rows"):
         rule.check_unseen([*scored_ids, fit_ids[7]])
+
+
+def test_weights_that_only_fit_noise_are_dropped_by_the_cross_check():
+    """Balanced classes and probabilities with no bias to correct: weights fitted on 4/5 of the rows do not beat
+    argmax on the fifth left out, so the rule stays argmax (and says by how much the weights lost)."""
+    rng = np.random.default_rng(0)
+    n = 600
+    y = rng.integers(0, 3, n)
+    noisy = np.where(rng.random(n) < 0.6, y, rng.integers(0, 3, n))
+    proba = 0.5 * rng.dirichlet([1, 1, 1], n) + 0.5 * np.eye(3)[noisy]
+    truth = np.asarray(CLASSES, dtype=object)[y]
+    rule = fit_decision(proba, truth, CLASSES)
+    assert rule.cross_checked_gain < 0 and rule.weights == [1.0, 1.0, 1.0]
+    unchecked = fit_decision(proba, truth, CLASSES, folds=0)  # without the check it fits the noise
+    assert unchecked.cross_checked_gain is None and unchecked.weights != [1.0, 1.0, 1.0]
+    assert unchecked.valid_macro_f1["decision"] > rule.valid_macro_f1["decision"]

@@ -259,8 +259,8 @@ DecisionOption = Annotated[str, typer.Option(
                        "metric).")]
 
 ChunkOption = Annotated[int | None, typer.Option(
-    "--chunk-rows", min=1, help="Rows read, scored and written at a time: memory follows it, not the table. "
-                                "[default: 10000]")]
+    "--chunk-rows", min=1, help="Rows read, scored and written at a time (default 10,000): memory follows it, "
+                                "not the table.")]
 
 
 @app.command("predict")

@@ -15,15 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
+import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
-from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from korllama.config import RunConfig, config_to_yaml
@@ -33,7 +36,7 @@ from korllama.io import write_text
 from korllama.model import build_tiny, load_base, wrap_lora
 from korllama.prompts import answer, get_template
 from korllama.run import RunDir
-from korllama.scoring import label_tokens, predict_labels, score
+from korllama.scoring import label_tokens, pad_id_of, predict_labels, score
 
 # --- data -------------------------------------------------------------------------------------------------------
 
@@ -72,22 +75,76 @@ def tokenize(tokenizer, prompts: list[str], labels: list[str], max_length: int) 
     return {"input_ids": input_ids, "labels": label_ids}
 
 
-def collator(tokenizer) -> DataCollatorForSeq2Seq:
-    """Dynamic padding to the longest row of the batch (the tokenizer's side: right), labels padded with -100.
+def collator(tokenizer) -> LeftPaddedCollator:
+    """Dynamic padding to the longest row of the batch, on the LEFT, with explicit position ids (see
+    LeftPaddedCollator): every row's answer ends in the last column, so the loss needs logits there only."""
+    return LeftPaddedCollator(pad_id_of(tokenizer))
 
-    Padding-free batches (DataCollatorWithFlattening) are not used: without flash-attention (CPU, or a GPU without
-    it) transformers' SDPA path lets packed rows attend to each other (benchmarks/gpu_lora_step.py shows it)."""
-    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
+
+class LeftPaddedCollator:
+    """Pad a batch of tokenised rows (`tokenize`) on the left to its longest row: input_ids (pad id), labels (-100),
+    attention_mask and position_ids = attention_mask.cumsum(-1) - 1, clamped at 0 — real tokens count from 0 whatever
+    the padding, exactly as korllama.scoring scores, so training and scoring see the same positions.
+
+    Left padding puts every row's answer + EOS in the batch's last columns, so GradeTrainer.compute_loss asks the
+    model for logits there only (`logits_to_keep`): the lm_head (49,152 wide for SmolLM2) and the cross-entropy run
+    over a few columns instead of every prompt position, with the same loss.
+
+    Padding-free batches (rows packed into one, positions restarting per row) are also correct on CPU in
+    transformers 5.24 with use_cache=False (its SDPA mask separates the rows by their position ids), but slower here:
+    the rows are short and of nearly one length, so the dense block-diagonal mask of a packed row costs more than
+    the few pad tokens it saves (benchmarks/cpu_lora.py measures both)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[row, width - n:] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            labels[row, width - n:] = torch.as_tensor(f["labels"], dtype=torch.long)
+            mask[row, width - n:] = 1
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+                "labels": labels}
+
+
+def loss_window(labels: torch.Tensor) -> int:
+    """How many of the batch's last columns the loss needs logits for: from the column before the first labelled
+    one (its logits predict that label) to the end. With left padding that is the longest answer + EOS, plus one."""
+    labelled = (labels != -100).any(dim=0).nonzero()
+    if not len(labelled):
+        return 1
+    return labels.shape[1] - int(labelled[0, 0]) + 1
+
+
+def shifted_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token cross-entropy of `logits` (batch, columns, vocab) against `labels` of the same columns: column t's
+    logits predict label t + 1. Summed and divided by `num_items_in_batch` (the labelled tokens of the whole
+    accumulated batch, as the Trainer counts them) when given, else by this batch's labelled tokens."""
+    logits = logits[:, :-1, :].float()
+    targets = labels[:, 1:].to(logits.device)
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                           weight=None if weight is None else weight.to(logits.device), ignore_index=-100,
+                           reduction="sum")
+    if num_items_in_batch is None:
+        num_items_in_batch = (targets != -100).sum().clamp(min=1)
+    return loss / num_items_in_batch
+
+
+def answer_loss(outputs, labels, num_items_in_batch=None) -> torch.Tensor:
+    """The default loss: token cross-entropy where labels are set (answer + EOS)."""
+    return shifted_loss(outputs.logits, labels, num_items_in_batch)
 
 
 def class_weighted_loss(vocab_weights: torch.Tensor):
     """Token cross-entropy where each label's first token's loss is scaled by its class weight (others: 1)."""
     def loss_fn(outputs, labels, num_items_in_batch=None):
-        logits = outputs.logits[:, :-1, :].float()
-        targets = labels[:, 1:].to(logits.device)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                               weight=vocab_weights.to(logits.device), ignore_index=-100, reduction="sum")
-        return loss / (num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum())
+        return shifted_loss(outputs.logits, labels, num_items_in_batch, weight=vocab_weights)
     return loss_fn
 
 
@@ -121,6 +178,22 @@ class GradeTrainer(Trainer):
                                 "weights are no longer usable. Lower train.lr (or check the data); resume from an "
                                 "earlier checkpoint with --resume, or start over with --overwrite.")
         return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The loss where the labels are, with logits only there: the model runs with `logits_to_keep` = the
+        batch's loss window (loss_window; 3 columns for a one-token grade + EOS when the collator pads on the left),
+        and `compute_loss_func` (class_weighted_loss) or answer_loss gets those logits and the same columns of the
+        labels. Equal to the model's own full-logits loss on the batch; normalised by `num_items_in_batch` when the
+        Trainer counts it, so gradient accumulation and several processes scale it as they would the model's."""
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        keep = loss_window(labels)
+        outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+        loss_fn = self.compute_loss_func or answer_loss
+        loss = loss_fn(outputs, labels[:, -keep:], num_items_in_batch=num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as Trainer.compute_loss does
+        return (loss, outputs) if return_outputs else loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -280,6 +353,44 @@ def training_arguments(config: RunConfig, run_dir: Path, device: torch.device) -
         remove_unused_columns=False, use_cpu=device.type == "cpu",
         disable_tqdm=True, dataloader_num_workers=0, save_only_model=False)
 
+def cpu_threads(processes: int = 1) -> int:
+    """Torch threads for CPU work now: one per core that other jobs leave idle, at least one, never more than the
+    current setting (so OMP_NUM_THREADS, torch.set_num_threads or accelerate's per-process share stay upper bounds).
+
+    Other jobs are counted as the runnable tasks of /proc/loadavg (median of a few samples, less this one) rather
+    than the load average, which also counts this process's own recent work. Measured on the shared 2-core machine
+    (benchmarks/cpu_lora.py, RESULTS.md): with other jobs keeping 6-12 tasks runnable, SmolLM2 + LoRA trained
+    several times faster on one thread than on two — every op's two halves wait for each other while one is
+    descheduled. Where /proc/loadavg does not exist the current setting is kept."""
+    current = torch.get_num_threads()
+    try:
+        samples = []
+        for _ in range(5):
+            with open("/proc/loadavg", encoding="ascii") as fh:
+                samples.append(int(fh.read().split()[3].split("/")[0]))
+            time.sleep(0.01)
+    except (OSError, ValueError, IndexError):
+        return current
+    others = max(0, round(statistics.median(samples)) - 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(current, (cores - others) // max(processes, 1)))
+
+
+@contextmanager
+def threads_for(device: torch.device, processes: int = 1):
+    """Within: torch threads set by cpu_threads() on a CPU device (restored after); yields the number used."""
+    if device.type != "cpu":
+        yield torch.get_num_threads()
+        return
+    previous = torch.get_num_threads()
+    threads = cpu_threads(processes)
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(previous)
+
+
 # Settings a resumed run may change: they alter what is shown, not what is trained.
 RESUMABLE_CHANGES = ("name", "train.eval_batch_size", "train.logging_steps")
 
@@ -421,10 +532,11 @@ def _train(config: RunConfig, run: RunDir, resume_from: Path | None, table: Tabl
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)  # RichProgress shows the same, on one line
     trainer.add_callback(RichProgress())
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    evaluated = {e["step"] for e in trainer.state.log_history if "eval_macro_f1" in e}
-    if trainer.state.global_step not in evaluated:
-        trainer.evaluate()  # the last steps count too: the best model may be the final one
+    with threads_for(device, state.num_processes) as threads:  # on a busy CPU, fewer threads train faster
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        evaluated = {e["step"] for e in trainer.state.log_history if "eval_macro_f1" in e}
+        if trainer.state.global_step not in evaluated:
+            trainer.evaluate()  # the last steps count too: the best model may be the final one
 
     summary = {}
     if state.is_main_process:
@@ -440,7 +552,7 @@ def _train(config: RunConfig, run: RunDir, resume_from: Path | None, table: Tabl
                    "train_loss": result.training_loss, "seconds": time.perf_counter() - started,
                    "weights": "adapter" if config.lora is not None else "model", "template": template.name,
                    "data": data_fingerprint(config, table), "decision": decision.valid_macro_f1,
-                   "base": base_record(config)}
+                   "base": base_record(config), "threads": threads if device.type == "cpu" else None}
         write_text(run.summary, json.dumps(summary, indent=2))  # written last: the run is finished
         from korllama.card import write_model_card
         write_model_card(run, table=table, on_error="warn")  # model_card.md, references.json

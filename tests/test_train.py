@@ -32,8 +32,10 @@ from korllama.run import RunDir
 from korllama.scoring import label_tokens, score
 from korllama.synth import synthetic_table
 from korllama.train import (
+    GradeTrainer,
     class_weighted_loss,
     collator,
+    loss_window,
     tokenize,
     train,
     training_arguments,
@@ -121,16 +123,91 @@ def test_tokenize_rejects_a_prompt_longer_than_max_length(tiny, prompts):
 
 # --- 2. padding --------------------------------------------------------------------------------------------------
 
-def test_collator_pads_on_the_right_with_masked_labels(tiny):
+def test_collator_pads_on_the_left_with_masked_labels_and_positions(tiny):
     _, tokenizer = tiny
     pad = tokenizer.pad_token_id
     rows = [{"input_ids": [1, 5, 6, 7], "labels": [-100, -100, 6, 7]},
             {"input_ids": [1, 8], "labels": [-100, 8]}]
     batch = collator(tokenizer)(rows)
-    assert batch["input_ids"].tolist() == [[1, 5, 6, 7], [1, 8, pad, pad]]
-    assert batch["labels"].tolist() == [[-100, -100, 6, 7], [-100, 8, -100, -100]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 7], [pad, pad, 1, 8]]
+    assert batch["labels"].tolist() == [[-100, -100, 6, 7], [-100, -100, -100, 8]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3], [0, 0, 0, 1]]  # real tokens count from 0, as scoring
     assert all(t.dtype == torch.long for t in batch.values())
+    assert loss_window(batch["labels"]) == 3  # the first labelled column is 2: logits from column 1 on
+
+
+def grade_trainer(model, tokenizer, tmp_path, compute_loss_func=None) -> GradeTrainer:
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=True)
+    return GradeTrainer(model=model, args=args, processing_class=tokenizer, compute_loss_func=compute_loss_func,
+                        classes=CLASSES, eval_batch_size=8)
+
+
+def right_padded(tokenizer, features: list[dict]) -> dict[str, torch.Tensor]:
+    """The plain layout: padded on the right, positions 0.. by default, the model's own full-logits loss."""
+    width = max(len(f["input_ids"]) for f in features)
+    pad = tokenizer.pad_token_id
+    return {"input_ids": torch.tensor([f["input_ids"] + [pad] * (width - len(f["input_ids"])) for f in features]),
+            "labels": torch.tensor([f["labels"] + [-100] * (width - len(f["labels"])) for f in features]),
+            "attention_mask": torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"]))
+                                            for f in features])}
+
+
+def test_loss_from_the_last_columns_equals_the_full_logits_loss(tiny, prompts, tmp_path, monkeypatch):
+    model, tokenizer = tiny
+    labels = ["B", "A", "B", "G", "C", "E"]
+    encoded = tokenize(tokenizer, prompts[:6], labels, max_length=256)
+    features = [{k: encoded[k][i] for k in encoded} for i in range(6)]
+    assert len({len(f["input_ids"]) for f in features}) > 1  # rows of different lengths: padding matters
+    # a label of several tokens (a rubric's phrase) widens the window: the last row's answer is three tokens
+    features[-1] = {"input_ids": features[-1]["input_ids"][:-2] + [11, 12, 13, tokenizer.eos_token_id],
+                    "labels": features[-1]["labels"][:-2] + [11, 12, 13, tokenizer.eos_token_id]}
+    trainer = grade_trainer(model, tokenizer, tmp_path)
+    kept = []
+    real_forward = model.forward
+
+    def forward(*args, **kwargs):
+        kept.append(kwargs.get("logits_to_keep"))
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    model.eval()  # no dropout: the same numbers both ways
+    with torch.no_grad():
+        reference = model(**right_padded(tokenizer, features)).loss
+        batch = collator(tokenizer)(features)
+        loss = trainer.compute_loss(model, dict(batch))
+        n_items = int((batch["labels"][:, 1:] != -100).sum())
+        summed = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(3 * n_items))
+    model.train()
+    assert kept[1:] == [5, 5]  # 3 answer tokens + EOS + the column before them, not the batch's whole width
+    assert batch["input_ids"].shape[1] > 20
+    assert abs(loss.item() - reference.item()) < 1e-5, (loss.item(), reference.item())
+    assert abs(summed.item() - reference.item() / 3) < 1e-5  # num_items_in_batch: summed over its count
+    trainer.compute_loss(model, dict(batch)).backward()  # left padding: no NaN from the rows' masked pad positions
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
+    model.zero_grad(set_to_none=True)
+
+
+def test_class_weights_on_the_last_columns_equal_them_on_full_logits(tiny, prompts, tmp_path):
+    model, tokenizer = tiny
+    labels = ["B", "A", "B", "G", "C"]
+    encoded = tokenize(tokenizer, prompts[:5], labels, max_length=256)
+    batch = collator(tokenizer)([{k: encoded[k][i] for k in encoded} for i in range(5)])
+    weights = torch.ones(len(tokenizer))
+    weights[label_tokens(tokenizer, CLASSES).first_ids[CLASSES.index("B")]] = 3.0
+    trainer = grade_trainer(model, tokenizer, tmp_path, compute_loss_func=class_weighted_loss(weights))
+    model.eval()
+    with torch.no_grad():
+        windowed = trainer.compute_loss(model, dict(batch))
+        full = class_weighted_loss(weights)(model(**{k: v for k, v in batch.items() if k != "labels"}),
+                                            batch["labels"])
+        unweighted = class_weighted_loss(torch.ones(len(tokenizer)))(
+            model(**{k: v for k, v in batch.items() if k != "labels"}), batch["labels"])
+    model.train()
+    assert abs(windowed.item() - full.item()) < 1e-5 and abs(full.item() - unweighted.item()) > 1e-3
 
 
 # --- 3. the class-weighted loss ----------------------------------------------------------------------------------

@@ -228,6 +228,8 @@ def _rule_cell(e: dict) -> str:
     d = e.get("decision")
     if not isinstance(d, dict) or not isinstance(d.get("macro-f1"), dict):
         return "—"
+    if d["macro-f1"].get("macro_f1") is None:  # every scored row was one the rule was fitted on
+        return "— <small>(no row the rule was not fitted on)</small>"
     return (f"{d['macro-f1']['macro_f1']:.4f} <small>(argmax {d['argmax']['macro_f1']:.4f} on "
             f"{d['rows']:,} rows)</small>")
 

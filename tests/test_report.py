@@ -246,3 +246,13 @@ def test_compare_shows_where_the_llm_and_the_trees_disagree(run_dir, tmp_path):
     # rows with nothing repaid (no implied rate) are split out when there are any
     missing = table.frame["implied_rate"].isna().sum()
     assert ("derived features missing" in page) == bool(missing and (a["principal_repaid"] == 0).any())
+
+
+def test_the_rule_cell_when_no_row_is_left_to_judge_the_rule():
+    from korllama.report import _rule_cell
+
+    empty = {"rows": 0, "argmax": {"macro_f1": None}, "macro-f1": {"macro_f1": None}}
+    assert "no row" in _rule_cell({"decision": empty})
+    judged = {"rows": 40, "argmax": {"macro_f1": 0.5}, "macro-f1": {"macro_f1": 0.6}}
+    assert _rule_cell({"decision": judged}).startswith("0.6000") and "40 rows" in _rule_cell({"decision": judged})
+    assert _rule_cell({}) == "—"

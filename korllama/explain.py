@@ -550,15 +550,18 @@ def group_gaps(groups: pd.DataFrame, classes: list[str], min_rows: int = MIN_GRO
             found.append((gap, f"{column}: {name} {lo[metric]:.2f} for {lo['group']} ({lo['rows']:,} rows) vs "
                                f"{hi[metric]:.2f} for {hi['group']} ({hi['rows']:,} rows), a gap of {gap:.2f}"))
     words = [text for _, text in sorted(found, key=lambda x: -x[0])[:top]]
-    if not big.empty:
-        bias = np.stack([big[f"share_{c}"] - big[f"true_share_{c}"] for c in classes], axis=1)
+    if not big.empty:  # the label a group's answers over- or under-state most, beyond the system's own bias
+        first = groups[groups["column"] == groups["column"].iloc[0]]  # one column's groups: every row once
+        weight = first["rows"].to_numpy() / first["rows"].sum()
+        overall = {c: float(weight @ (first[f"share_{c}"] - first[f"true_share_{c}"]).to_numpy()) for c in classes}
+        bias = np.stack([big[f"share_{c}"] - big[f"true_share_{c}"] - overall[c] for c in classes], axis=1)
         i, k = np.unravel_index(np.abs(bias).argmax(), bias.shape)
         if abs(bias[i, k]) >= 0.05:
-            g = big.iloc[i]
-            verb = "over" if bias[i, k] > 0 else "under"
-            words.append(f"{g['column']} = {g['group']} ({g['rows']:,} rows): {classes[k]} is {verb}-predicted, "
-                         f"{g[f'share_{classes[k]}']:.0%} of predictions vs {g[f'true_share_{classes[k]}']:.0%} "
-                         "of the truth")
+            g, c = big.iloc[i], classes[k]
+            own = 100 * (g[f"share_{c}"] - g[f"true_share_{c}"])
+            words.append(f"{g['column']} = {g['group']} ({g['rows']:,} rows): {c} is {g[f'share_{c}']:.0%} of its "
+                         f"answers and {g[f'true_share_{c}']:.0%} of its truth ({own:+.0f} points; over all rows "
+                         f"{100 * overall[c]:+.0f})")
     return words
 
 

@@ -228,7 +228,13 @@ def test_group_metrics_add_up_and_a_one_label_group_is_reported():
     assert np.allclose(shares, 1)
     words = group_gaps(groups, ["low", "mid", "high"], min_rows=20)
     assert words and any("a gap of" in w for w in words)
-    assert any("over-predicted" in w or "under-predicted" in w for w in words)
+    assert any("of its answers and" in w for w in words)
+    # a bias the whole system has is not a group's: two groups alike, every answer "low", no share sentence
+    truth = np.tile(np.array(["low", "mid", "high"] * 20, dtype=object), 2)
+    alike = group_metrics(pd.DataFrame({"kind": ["a"] * 60 + ["b"] * 60}), {"kind": "category"}, truth,
+                          np.full(120, "low", dtype=object), ["low", "mid", "high"])
+    assert alike["share_low"].tolist() == [1.0, 1.0]
+    assert not any("of its answers" in w for w in group_gaps(alike, ["low", "mid", "high"]))
     assert group_gaps(groups, ["low", "mid", "high"], min_rows=10_000) == []  # nothing big enough: nothing said
 
 

@@ -265,7 +265,8 @@ def test_explain_llm_and_baseline_give_the_same_csv_shape(cli, run_dir, run_data
     assert code == 0, err
     trees = pd.read_csv(tmp_path / "trees" / "reasons.csv")
     assert list(trees.columns) == list(llm.columns)  # the same shape: reasons compare across systems
-    assert len(trees) == 6 * 18 and set(trees["id"]) == set(llm["id"])  # the same rows; every field
+    assert len(trees) == 6 * len(known_fields(load_spec()))  # every column and derived feature
+    assert set(trees["id"]) == set(llm["id"])  # the same rows
     for frame in (llm, trees):
         assert (frame.groupby("id")["rank"].apply(sorted).map(lambda r: r == list(range(1, len(r) + 1)))).all()
 

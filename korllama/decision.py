@@ -186,21 +186,3 @@ def argmax_rule(classes: list[str]) -> DecisionRule:
     """The plain argmax as a rule (all weights 1)."""
     return DecisionRule(classes=list(classes), weights=[1.0] * len(classes))
 
-
-def side_by_side(truth, proba: np.ndarray, rule: DecisionRule, ids=None) -> dict:
-    """metrics.json's comparison: plain argmax and the decision rule on the same (scored) rows.
-
-    {"argmax": {macro_f1, accuracy}, "decision": {macro_f1, accuracy, weights, fitted_rows, valid_macro_f1}}.
-    With `ids`, first checks that the rule was not fitted on any of these rows (`check_unseen`).
-    """
-    if ids is not None:
-        rule.check_unseen(ids)
-    classes = list(rule.classes)
-    y = _encode(truth, classes)
-    k = len(classes)
-    plain = np.asarray(proba).argmax(axis=1)
-    weighted = (np.asarray(proba) * np.asarray(rule.weights)).argmax(axis=1)
-    return {"argmax": {"macro_f1": macro_f1_codes(y, plain, k), "accuracy": float(np.mean(plain == y))},
-            "decision": {"macro_f1": macro_f1_codes(y, weighted, k), "accuracy": float(np.mean(weighted == y)),
-                         "weights": dict(zip(classes, map(float, rule.weights))), "fitted_rows": rule.fitted_rows,
-                         "valid_macro_f1": rule.valid_macro_f1, "cross_checked_gain": rule.cross_checked_gain}}

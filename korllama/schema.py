@@ -92,7 +92,7 @@ class LabelSpec(_Strict):
 
 class DerivedSpec(_Strict):
     alias: str
-    op: Literal["ratio", "implied_annual_rate", "payments_made", "weighted_sum"]
+    op: Literal["ratio", "implied_annual_rate", "payments_made", "schedule_rate", "weighted_sum"]
     args: list[str]
     weights: list[float] | None = Field(None, description="weighted_sum only: one weight per arg (a rubric)")
     text: str = ""

@@ -33,7 +33,8 @@ from korllama.synth import synthetic_table
 ALIASES = ["loan_amount", "term", "employment_length", "home_ownership", "annual_income", "debt_to_income",
            "total_accounts", "purpose", "delinquencies_2y", "principal_repaid", "interest_repaid", "overdue_amount",
            "delinquent_accounts", "grade"]
-DERIVED = ["principal_ratio", "interest_ratio", "interest_per_principal", "implied_rate", "payments_made"]
+DERIVED = ["principal_ratio", "interest_ratio", "interest_per_principal", "implied_rate", "payments_made",
+           "schedule_rate"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,179 @@
+"""Tests for korllama.baseline: TreeBaseline as a scikit-learn estimator, table_features, the bounded search.
+
+Synthetic loan tables (korllama.synth), few small trees, one thread: seconds on a busy 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.metrics import f1_score
+
+from korllama.baseline import TreeBaseline, search, table_features
+from korllama.data import split
+from korllama.synth import synthetic_table
+
+CLASSES = list("ABCDEFG")
+FAST = dict(n_estimators=60, num_leaves=15, max_bin=255, n_jobs=1, early_stopping_rounds=10)
+
+
+@pytest.fixture(scope="module")
+def loans():
+    return synthetic_table(1500, seed=4)
+
+
+def test_clone_keeps_every_setting_and_no_fitted_state(loans):
+    model = TreeBaseline(**FAST, learning_rate=0.1, seed=3)
+    params = model.get_params()
+    assert params["learning_rate"] == 0.1 and params["seed"] == 3 and params["num_leaves"] == 15
+    fitted = model.fit(loans)
+    copy = clone(fitted)
+    assert copy.get_params() == params
+    assert not hasattr(copy, "model_") and not hasattr(copy, "classes_")
+    assert clone(copy.set_params(num_leaves=7)).num_leaves == 7
+
+
+def test_table_features_are_the_columns_and_derived_features(loans):
+    X = table_features(loans)
+    spec = loans.spec
+    assert list(X.columns) == [c.alias for c in spec.columns] + [d.alias for d in spec.derived]
+    assert len(X) == len(loans) and "grade" not in X and "id" not in X
+    assert X["purpose"].dtype == object and X["implied_rate"].dtype == float
+
+
+def test_fit_on_x_and_y_and_on_a_table_agree(loans):
+    fit_on, score_on = split(loans, 0.2, 0)
+    from_table = TreeBaseline(**FAST).fit(fit_on)
+    from_xy = TreeBaseline(**FAST, classes=CLASSES).fit(table_features(fit_on), fit_on.labels.to_numpy())
+    proba = from_table.predict_proba(score_on)
+    assert proba.shape == (len(score_on), 7)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(from_xy.predict_proba(table_features(score_on)), proba)
+    assert list(from_table.classes_) == CLASSES
+    pred = from_table.predict(score_on)
+    assert list(pred) == [CLASSES[i] for i in proba.argmax(axis=1)]
+    majority = fit_on.labels.value_counts().idxmax()
+    floor = f1_score(score_on.labels, [majority] * len(score_on), labels=CLASSES, average="macro", zero_division=0)
+    assert f1_score(score_on.labels, pred, labels=CLASSES, average="macro", zero_division=0) > floor + 0.3
+    assert 0 < from_table.score(score_on, score_on.labels) <= 1  # ClassifierMixin.score: accuracy
+
+
+def test_early_stopping_uses_an_inner_part_of_the_fitting_rows_only(loans):
+    fit_on, score_on = split(loans, 0.2, 0)
+    model = TreeBaseline(**{**FAST, "n_estimators": 2000, "learning_rate": 0.3}).fit(fit_on)
+    assert model.best_iteration_ < 2000  # it stopped
+    n_valid = len(model.valid_index_)
+    assert n_valid == pytest.approx(0.1 * len(fit_on), abs=2)
+    assert set(model.valid_ids_) <= set(fit_on.ids) and not set(model.valid_ids_) & set(score_on.ids)
+    assert model.valid_proba_.shape == (n_valid, 7)
+    assert list(model.valid_labels_) == list(fit_on.labels.to_numpy()[model.valid_index_])
+    plain = TreeBaseline(**{**FAST, "validation_fraction": 0}).fit(fit_on)
+    assert plain.best_iteration_ == FAST["n_estimators"] and plain.valid_proba_ is None
+
+
+def test_sklearn_x_with_plain_labels_and_unseen_categories():
+    X = pd.DataFrame({"x": np.r_[np.zeros(60), np.ones(60)], "kind": ["a", "b"] * 60})
+    y = np.where(X["x"] > 0, "hi", "lo")
+    model = TreeBaseline(**{**FAST, "min_child_samples": 2}).fit(X, y)
+    assert list(model.classes_) == ["hi", "lo"] and model.categories_ == {"kind": ["a", "b"]}
+    new = pd.DataFrame({"x": [0.0, 1.0], "kind": ["zzz", None]})  # a category never seen: missing
+    assert list(model.predict(new)) == ["lo", "hi"]
+
+
+def test_search_says_and_returns_what_it_tried(loans):
+    fit_on, _ = split(loans, 0.2, 0)
+    lines = []
+    tried = [{}, {"num_leaves": 7}, {"learning_rate": 0.2}]
+    result = search(fit_on, base=TreeBaseline(**FAST), candidates=tried, budget_s=600, say=lines.append)
+    assert [t["params"] for t in result.trials] == tried
+    assert len(lines) == 3 and "num_leaves=7" in lines[1] and "inner-validation macro-F1" in lines[0]
+    assert sum(t["kept"] for t in result.trials) == 1
+    kept = next(t for t in result.trials if t["kept"])
+    assert kept["valid_macro_f1"] == max(t["valid_macro_f1"] for t in result.trials)
+    assert result.best.get_params()["num_leaves"] == {**FAST, **kept["params"]}["num_leaves"]
+    assert all(t["seconds"] > 0 and t["iterations"] >= 1 for t in result.trials)
+
+
+def test_search_stops_at_its_budget(loans):
+    lines = []
+    result = search(loans, base=TreeBaseline(**FAST), candidates=[{}, {"num_leaves": 7}], budget_s=0,
+                    say=lines.append)
+    assert len(result.trials) == 1 and result.trials[0]["kept"]  # the first always runs
+    assert "skipped 1 more" in lines[-1]
+
+
+def test_rows_missing_the_segment_feature_get_their_own_model():
+    from korllama.baseline import defaults_for
+
+    loans = synthetic_table(3000, seed=4)  # about 6% repaid nothing: enough rows for a model of their own
+    settings = defaults_for(loans)
+    assert settings["segment_on"] == "interest_per_principal"  # the first derived feature missing on >= 1%
+    assert settings["fine_bins"]["schedule_rate"] == settings["fine_bins"]["implied_rate"] == 8191
+    fit_on, score_on = split(loans, 0.2, 0)
+    model = TreeBaseline(**FAST, **settings, validation_fraction=0.2).fit(fit_on)
+    assert set(model.models_) == {0, 1} and set(model.best_iterations_) == {0, 1}
+    assert model.models_[1].get_params()["num_leaves"] == settings["segment_params"]["num_leaves"]
+    assert len(model.models_[0].get_params()["max_bin_by_feature"]) == len(model.feature_names_)
+    proba = model.predict_proba(score_on)
+    missing = score_on.frame["interest_per_principal"].isna().to_numpy()
+    assert missing.any() and (~missing).any()
+    X = model._frame(score_on)
+    np.testing.assert_allclose(proba[missing][:, model.models_[1].classes_],
+                               model.models_[1].predict_proba(X[missing]))
+    np.testing.assert_allclose(proba[~missing][:, model.models_[0].classes_],
+                               model.models_[0].predict_proba(X[~missing]))
+    few = TreeBaseline(**FAST, **settings).fit(fit_on.subset(fit_on.frame.index[:200]))  # too few: one model
+    assert set(few.models_) == {0}
+
+
+@pytest.fixture
+def fast_search(monkeypatch):
+    import functools
+
+    import korllama.baseline
+
+    monkeypatch.setattr(korllama.baseline, "TreeBaseline", functools.partial(TreeBaseline, **FAST))
+    monkeypatch.setattr(korllama.baseline, "CANDIDATES", [{}, {"num_leaves": 7}])
+
+
+def test_run_baseline_stores_a_decision_rule_fitted_on_inner_rows_only(fast_search, tmp_path):
+    import json
+
+    from korllama.decision import DecisionRule
+    from korllama.evaluate import run_baseline
+
+    data = synthetic_table(1500, seed=5)
+    result = run_baseline(data, None, tmp_path / "b", decision="macro-f1")
+    fit_on, score_on = split(data, 0.2, 0)
+    rule = DecisionRule.load(tmp_path / "b")
+    assert set(rule.fitted_ids) < set(fit_on.ids) and not set(rule.fitted_ids) & set(score_on.ids)
+    assert rule.fitted_rows == len(rule.fitted_ids) == pytest.approx(0.1 * len(fit_on), abs=2)
+    on_disk = json.loads((tmp_path / "b" / "metrics.json").read_text("utf-8"))
+    assert on_disk["decision_rule"] == "macro-f1"
+    side = on_disk["decision"]  # the same shape as an LLM run's evaluation
+    assert side["rows"] == len(score_on) and side["left_out_fitting_rows"] == 0
+    assert set(side["argmax"]) == set(side["macro-f1"]) == {"macro_f1", "accuracy"}
+    assert side["weights"] == dict(zip(CLASSES, rule.weights))
+    assert on_disk["macro_f1"] == pytest.approx(side["macro-f1"]["macro_f1"])  # the rule is the prediction
+    assert [t["params"] for t in on_disk["search"]] == [{}, {"num_leaves": 7}]
+    predictions = pd.read_csv(tmp_path / "b" / "predictions.csv", dtype={"ID": str})
+    proba = predictions[[f"P_{c}" for c in CLASSES]].to_numpy()
+    assert (predictions["prediction"] == rule.apply(proba)).mean() > 0.99  # (probabilities rounded to 6 places)
+    assert result["decision"]["argmax"]["macro_f1"] == side["argmax"]["macro_f1"]
+
+
+def test_baseline_command_prints_both_rules_and_refuses_an_unknown_one(fast_search, cli, tmp_path):
+    from korllama.synth import synthesize
+
+    data = tmp_path / "train.csv"
+    synthesize(800, seed=2).to_csv(data, index=False)
+    code, out, err = cli("baseline", "--train", data, "--out", tmp_path / "b", "--budget", 0)
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "baseline: macro-F1" in text and "argmax: macro-F1" in text and "decision rule" in text
+    assert "[1/2] defaults" in " ".join(err.split()) and "skipped 1 more" in err  # budget 0: the first only
+    assert (tmp_path / "b" / "decision.json").is_file()
+    code, _, err = cli("baseline", "--train", data, "--out", tmp_path / "x", "--decision", "best")
+    assert code == 2 and "--decision" in err and not (tmp_path / "x").exists()

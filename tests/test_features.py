@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from korllama.features import implied_annual_rate, monthly_payment, payments_made, principal_repaid, ratio
+from korllama.features import (
+    implied_annual_rate,
+    monthly_payment,
+    payments_made,
+    principal_repaid,
+    ratio,
+    schedule_rate,
+)
 
 
 def month_by_month(amount: float, months: int, annual: float, k: int) -> tuple[float, float]:
@@ -62,3 +69,16 @@ def test_ratio_is_missing_for_zero_or_missing_denominators():
     assert np.isnan(out[[0, 1, 3]]).all()
     assert out[2] == 1.5 and out[4] == 0.0
     assert ratio([1, 2], [4, 8]).dtype == float  # integer columns come in too
+
+
+def test_schedule_rate_reads_the_rate_from_the_principal_after_whole_payments():
+    """The principal after k payments gives the rate back, whatever the interest paid: payments_made only has to
+    round to k (a first month of extra days puts it at 3.3, not 3)."""
+    principal, _ = month_by_month(12_000_000, 36, 0.1067, 3)
+    for made in (2.7, 3.0, 3.3):
+        assert schedule_rate([12_000_000], [36], [principal], [made])[0] == pytest.approx(0.1067, abs=1e-9)
+    rates = schedule_rate([5e6, 2e7], [60, 36], [principal_repaid(5e6, 60, 0.2399 / 12, 2),
+                                                 principal_repaid(2e7, 36, 0.0599 / 12, 1)], [2.1, 0.6])
+    np.testing.assert_allclose(rates, [0.2399, 0.0599], atol=1e-9)  # under one payment counts as one
+    # nothing repaid, everything repaid, no payments known: no rate
+    assert np.isnan(schedule_rate([1e6, 1e6, 1e6], [36, 36, 36], [0.0, 1e6, 5e4], [1.0, 36.0, np.nan])).all()

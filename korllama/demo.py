@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
 from korllama.config import load_config
-from korllama.data import profile, read_table
-from korllama.evaluate import evaluate_run, run_baseline
+from korllama.data import Table, profile, read_table, split
+from korllama.errors import ConfigError
+from korllama.evaluate import evaluate_run, metrics, run_baseline, write_evaluation
 from korllama.explain import explain_run
 from korllama.io import write_csv
 from korllama.prompts import answer, get_template
@@ -25,8 +27,37 @@ from korllama.synth import synthesize
 from korllama.train import train
 
 
-def run_demo(out: Path, rows: int = 4000, seed: int = 0, console: Console | None = None) -> dict:
-    console = console or Console()
+@dataclass(frozen=True)
+class PretrainedStage:
+    """The SmolLM2 stage's budget, sized so that `make demo` stays within 5 minutes on a 2-core CPU (measured:
+    README "Two commands"). Training is configs/smollm2-lora.yaml (the original's LoRA: r 8, alpha 16, dropout
+    0.1 on q_proj + v_proj; the compact prompt) on the demo's table, shortened to `steps`."""
+
+    base: str = "smollm2-135m"
+    config: str = "smollm2-lora"
+    steps: int = 60             # LoRA steps of `batch_size` rows
+    batch_size: int = 16
+    lr: float = 2e-3
+    eval_rows: int = 100        # held-out rows scored at the end of training (to keep the best weights)
+    score_rows: int = 200       # held-out rows rank-scored before and after tuning
+    generate_rows: int = 8      # held-out rows generated for, the original's way (100 new tokens: slow)
+    show_texts: int = 2         # generated texts printed, cut to `show_chars`
+    show_chars: int = 160
+
+
+def run_demo(out: Path, rows: int = 4000, seed: int = 0, console: Console | None = None,
+             pretrained: PretrainedStage | None = PretrainedStage()) -> dict:
+    """Every stage once; `pretrained=None` leaves out the SmolLM2 stage. On a CPU the demo runs on the threads
+    korllama.train.cpu_threads chooses (fewer when other jobs keep the cores busy)."""
+    from korllama.model import pick_device
+    from korllama.train import threads_for
+
+    with threads_for(pick_device("auto")) as threads:
+        result = _run_demo(out, rows, seed, console or Console(), pretrained)
+    return result | {"threads": threads}
+
+
+def _run_demo(out: Path, rows: int, seed: int, console: Console, pretrained: PretrainedStage | None) -> dict:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -55,10 +86,10 @@ def run_demo(out: Path, rows: int = 4000, seed: int = 0, console: Console | None
 
     evals = out / "eval"
     before = evaluate_run(run_dir, table, evals / "before", base=str(run_dir / "base"), held_out=True,
-                          system="before tuning", console=console)
-    after = evaluate_run(run_dir, table, evals / "after", held_out=True, system="after tuning", console=console)
+                          system="tiny before tuning", console=console)
+    after = evaluate_run(run_dir, table, evals / "after", held_out=True, system="tiny after tuning", console=console)
     generated = evaluate_run(run_dir, table, evals / "generate", mode="generate", limit=100, held_out=True,
-                             batch_size=16, system="after tuning, generation", console=console)
+                             batch_size=16, system="tiny after tuning, generation", console=console)
     say("5. evaluate", f"held-out rows: macro-F1 {before['macro_f1']:.3f} before tuning -> "
         f"{after['macro_f1']:.3f} after (rank scoring, {after['rows_per_s']:.0f} rows/s); generation the "
         f"original's way: {generated['macro_f1']:.3f} on {generated['n']} rows, "
@@ -71,11 +102,108 @@ def run_demo(out: Path, rows: int = 4000, seed: int = 0, console: Console | None
                         seed=config.data.split_seed)
     say("6. baseline", f"LightGBM on the same split: macro-F1 {base['macro_f1']:.3f}")
 
+    folders = [evals / "before", evals / "after", evals / "generate", evals / "baseline"]
+    smol = None
+    if pretrained is not None:
+        smol = pretrained_stage(pretrained, table, data_path, out, say, console)
+        folders += smol["folders"] if smol else []
+
     report = out / "report.html"
-    compare([evals / "before", evals / "after", evals / "generate", evals / "baseline"], report,
-            title="korllama demo: synthetic loan table, tiny model", allow_different_rows=True)  # generation: a sample
+    title = "korllama demo: synthetic loan table, tiny model" + (" and SmolLM2-135M + LoRA" if smol else "")
+    compare(folders, report, title=title, allow_different_rows=True)  # generation: a sample of the rows
     seconds = time.perf_counter() - started
-    say("7. report", f"{escape(str(report))} (plots in {escape(str(report.with_suffix('')))}/)")
-    console.print(f"\ndone in {seconds:.0f}s. Open {escape(str(report))} in a browser.")
+    say("9. report" if pretrained is not None else "7. report",
+        f"{escape(str(report))} (plots in {escape(str(report.with_suffix('')))}/)")
+    import torch
+
+    console.print(f"\ndone in {seconds:.0f}s ({torch.get_num_threads()} CPU threads). Open {escape(str(report))} in "
+                  "a browser.")
     return {"seconds": seconds, "before": before["macro_f1"], "after": after["macro_f1"],
-            "baseline": base["macro_f1"], "train": summary}
+            "baseline": base["macro_f1"], "train": summary,
+            "pretrained": {k: v for k, v in smol.items() if k != "folders"} if smol else None}
+
+
+def pretrained_stage(stage: PretrainedStage, table: Table, data_path: Path, out: Path, say, console) -> dict | None:
+    """The original's story on SmolLM2: generation before tuning (the seed prompt, the original's sampling), a
+    short LoRA tuning, rank scoring before/after and the same generation after, each an evaluation folder for the
+    report. None, after one sentence saying how to install the base, when its package is missing."""
+    from korllama.bases import ensure_base
+    from korllama.predict import generate, load_run
+
+    first = time.perf_counter()
+    try:
+        ensure_base(stage.base, log=lambda message: say("7. base", escape(message.removeprefix("korllama: "))))
+    except ConfigError as exc:  # the package (or the GGUF reader) is not installed: the tiny stages stand alone
+        say("7. base", f"skipped: {escape(str(exc))}")
+        return None
+    say("7. base", f"{stage.base} ready in the korllama cache ({time.perf_counter() - first:.0f} s)")
+
+    config = load_config(stage.config, [
+        f"data.train={data_path}", f"train.max_steps={stage.steps}", f"train.batch_size={stage.batch_size}",
+        f"train.lr={stage.lr}", f"train.warmup_steps={max(1, stage.steps // 10)}", f"train.eval_steps={stage.steps}",
+        f"train.save_steps={stage.steps}", f"train.eval_rows={stage.eval_rows}", "train.logging_steps=10"])
+    spec, classes = table.spec, table.spec.label.classes
+    held_out = split(table, config.data.valid_fraction, config.data.split_seed)[1]
+    # the rows evaluate_run(limit=...) picks from the same held-out split, so before and after see the same rows
+    sample = held_out.sample(stage.generate_rows, seed=0)
+    evals = out / "eval"
+    smol_run = out / "smollm2-run"
+    shutil.rmtree(smol_run, ignore_errors=True)
+
+    model, tokenizer, _ = load_run(None, base=stage.base)
+    seed_template = get_template(spec, "seed")
+    started = time.perf_counter()
+    pred, texts = generate(model, tokenizer, seed_template.render(sample), classes, batch_size=stage.generate_rows)
+    seconds = time.perf_counter() - started
+    del model
+    result = metrics(sample.labels.tolist(), pred, classes, None, spec.label.ordinal)
+    result.update(system="SmolLM2 before tuning, generation (seed prompt)", mode="generate", template="seed",
+                  rows_per_s=len(sample) / max(seconds, 1e-9), seconds=seconds, data=table.source, held_out=True,
+                  run=None, base=stage.base)
+    write_evaluation(evals / "smollm2-generate-before", result, sample.ids, sample.labels, pred, None, classes,
+                     {"generated": texts})
+    say("8. SmolLM2", f"before tuning, the original's prompt (seed) and sampling, 100 new tokens, on "
+        f"{len(sample)} held-out rows: {result['invalid_rate']:.0%} without a valid grade, macro-F1 "
+        f"{result['macro_f1']:.3f}, {result['rows_per_s']:.2f} rows/s. It wrote, e.g.:")
+    for text in _shown(texts, pred, stage):
+        console.print(text, markup=False, highlight=False)
+
+    say("", f"LoRA (r {config.lora.r}, alpha {config.lora.alpha:g}, dropout {config.lora.dropout:g} on "
+        f"{'+'.join(config.lora.target_modules)}), {stage.steps} steps of {stage.batch_size} rows, prompt "
+        f"{config.prompt.template!r} -> {escape(str(smol_run))}")
+    summary = train(config, smol_run, table=table)
+    before = evaluate_run(smol_run, table, evals / "smollm2-before", base=stage.base, held_out=True,
+                          limit=stage.score_rows, system="SmolLM2 before tuning", console=console)
+    after = evaluate_run(smol_run, table, evals / "smollm2-after", held_out=True, limit=stage.score_rows,
+                         system="SmolLM2 after LoRA", console=console)
+    generated = evaluate_run(smol_run, table, evals / "smollm2-generate-after", mode="generate",
+                             limit=stage.generate_rows, held_out=True, batch_size=stage.generate_rows,
+                             system="SmolLM2 after LoRA, generation", console=console)
+    after_texts = _read_generated(evals / "smollm2-generate-after")
+    say("", f"after tuning, the same sampling ({config.prompt.template!r} prompt) on the same rows: "
+        f"{generated['invalid_rate']:.0%} without a valid grade, e.g. {escape(repr(after_texts[0]))}; "
+        f"rank scoring on {after['n']} held-out rows: macro-F1 {before['macro_f1']:.3f} before tuning -> "
+        f"{after['macro_f1']:.3f} after ({after['rows_per_s']:.0f} rows/s)")
+    return {"folders": [evals / "smollm2-generate-before", evals / "smollm2-before", evals / "smollm2-after",
+                        evals / "smollm2-generate-after"],
+            "generate_before": result, "before": before["macro_f1"], "after": after["macro_f1"],
+            "generate_after": generated, "train": summary, "texts_before": texts, "texts_after": after_texts}
+
+
+def _shown(texts: list[str], pred: list, stage: PretrainedStage) -> list[str]:
+    """A few generated texts, the invalid ones first, cut to a readable length (line breaks shown as ⏎)."""
+    order = sorted(range(len(texts)), key=lambda i: pred[i] is not None)
+    shown = []
+    for i in order[:stage.show_texts]:
+        text = texts[i].strip().replace("\n", " ⏎ ")
+        cut = text[:stage.show_chars] + (" ..." if len(text) > stage.show_chars else "")
+        shown.append(f"  [{i + 1}] {cut!r}  -> parsed: {pred[i] or 'no valid grade'}")
+    return shown
+
+
+def _read_generated(folder: Path) -> list[str]:
+    import pandas as pd
+
+    from korllama.evaluate import PREDICTIONS_FILE
+
+    return pd.read_csv(folder / PREDICTIONS_FILE, keep_default_na=False)["generated"].astype(str).tolist()

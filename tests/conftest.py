@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/fixtures.py is importable as `fixtures`
 
-from fixtures import make_run, write_table  # noqa: E402
+from fixtures import loan_prompts, logits, make_run, write_table  # noqa: E402
 
 from korllama.cli import main  # noqa: E402
 
@@ -48,3 +48,45 @@ def cli(capsys):
         out, err = capsys.readouterr()
         return code, out, err
     return run
+
+
+SMOLLM2 = "smollm2-135m"
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """(cache root, base folder, {prompt: GGUF-loaded logits}) after one real conversion of SmolLM2 in a fresh
+    KORLLAMA_CACHE (tests/test_bases.py checks it; the demo's test uses the same cache: one conversion a session).
+    The cache starts with what a killed conversion leaves, so the conversion is also a rebuild of a broken entry."""
+    import korllama.bases as bases
+
+    cache = tmp_path_factory.mktemp("korllama-cache")
+    broken = cache / "bases" / SMOLLM2  # a conversion killed while its folder was copied in: no korllama_base.json
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{}", "utf-8")
+    (broken / "model.safetensors").write_bytes(bytes(1000))
+    stale = cache / "bases" / f".{SMOLLM2}.build-killed"  # a build folder left by a killed conversion
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    prompts = loan_prompts(2)[0] + loan_prompts(1, "seed")[0]
+    seen: dict = {}
+    real_verify = bases._verify
+
+    def verify_and_keep(gguf_model, gguf_tokenizer, folder):
+        seen.update(zip(prompts, logits(gguf_model, gguf_tokenizer, prompts)))
+        return real_verify(gguf_model, gguf_tokenizer, folder)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KORLLAMA_CACHE", str(cache))
+        mp.setattr(bases, "_verify", verify_and_keep)
+        before = bases.conversions
+        folder = Path(bases.resolve_base(SMOLLM2))
+        assert bases.conversions == before + 1
+    return cache, folder, seen
+
+
+@pytest.fixture
+def cache_env(smollm2, monkeypatch):
+    """KORLLAMA_CACHE set to the session's converted cache; the SmolLM2 folder."""
+    monkeypatch.setenv("KORLLAMA_CACHE", str(smollm2[0]))
+    return smollm2[1]

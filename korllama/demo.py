@@ -128,7 +128,7 @@ def pretrained_stage(stage: PretrainedStage, table: Table, data_path: Path, out:
     short LoRA tuning, rank scoring before/after and the same generation after, each an evaluation folder for the
     report. None, after one sentence saying how to install the base, when its package is missing."""
     from korllama.bases import ensure_base
-    from korllama.predict import generate, load_run
+    from korllama.predict import generate, load_run, off_format_rate
 
     first = time.perf_counter()
     try:
@@ -159,13 +159,14 @@ def pretrained_stage(stage: PretrainedStage, table: Table, data_path: Path, out:
     result = metrics(sample.labels.tolist(), pred, classes, None, spec.label.ordinal)
     result.update(system="SmolLM2 before tuning, generation (seed prompt)", mode="generate", template="seed",
                   rows_per_s=len(sample) / max(seconds, 1e-9), seconds=seconds, data=table.source, held_out=True,
-                  run=None, base=stage.base)
+                  run=None, base=stage.base, off_format_rate=off_format_rate(texts, classes))
     write_evaluation(evals / "smollm2-generate-before", result, sample.ids, sample.labels, pred, None, classes,
                      {"generated": texts})
     say("8. SmolLM2", f"before tuning, the original's prompt (seed) and sampling, 100 new tokens, on "
-        f"{len(sample)} held-out rows: {result['invalid_rate']:.0%} without a valid grade, macro-F1 "
+        f"{len(sample)} held-out rows: {result['invalid_rate']:.0%} without a valid grade, "
+        f"{result['off_format_rate']:.0%} not just a grade (extra text), macro-F1 "
         f"{result['macro_f1']:.3f}, {result['rows_per_s']:.2f} rows/s. It wrote, e.g.:")
-    for text in _shown(texts, pred, stage):
+    for text in _shown(texts, pred, classes, stage):
         console.print(text, markup=False, highlight=False)
 
     say("", f"LoRA (r {config.lora.r}, alpha {config.lora.alpha:g}, dropout {config.lora.dropout:g} on "
@@ -181,7 +182,8 @@ def pretrained_stage(stage: PretrainedStage, table: Table, data_path: Path, out:
                              system="SmolLM2 after LoRA, generation", console=console)
     after_texts = _read_generated(evals / "smollm2-generate-after")
     say("", f"after tuning, the same sampling ({config.prompt.template!r} prompt) on the same rows: "
-        f"{generated['invalid_rate']:.0%} without a valid grade, e.g. {escape(repr(after_texts[0]))}; "
+        f"{generated['invalid_rate']:.0%} without a valid grade, {generated['off_format_rate']:.0%} not just a "
+        f"grade, e.g. {escape(repr(after_texts[0]))}; "
         f"rank scoring on {after['n']} held-out rows: macro-F1 {before['macro_f1']:.3f} before tuning -> "
         f"{after['macro_f1']:.3f} after ({after['rows_per_s']:.0f} rows/s)")
     return {"folders": [evals / "smollm2-generate-before", evals / "smollm2-before", evals / "smollm2-after",
@@ -190,9 +192,10 @@ def pretrained_stage(stage: PretrainedStage, table: Table, data_path: Path, out:
             "generate_after": generated, "train": summary, "texts_before": texts, "texts_after": after_texts}
 
 
-def _shown(texts: list[str], pred: list, stage: PretrainedStage) -> list[str]:
-    """A few generated texts, the invalid ones first, cut to a readable length (line breaks shown as ⏎)."""
-    order = sorted(range(len(texts)), key=lambda i: pred[i] is not None)
+def _shown(texts: list[str], pred: list, classes: list[str], stage: PretrainedStage) -> list[str]:
+    """A few generated texts, the invalid ones first, then those with more than a grade, cut to a readable length
+    (line breaks shown as ⏎)."""
+    order = sorted(range(len(texts)), key=lambda i: (pred[i] is not None, texts[i].strip() in classes))
     shown = []
     for i in order[:stage.show_texts]:
         text = texts[i].strip().replace("\n", " ⏎ ")

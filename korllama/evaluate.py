@@ -161,7 +161,7 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
     n = checked.rows if select is None else len(select)
     classes = spec.label.classes
     template = get_template(spec, config.prompt.template, config.prompt.fields)
-    truth, pred, probas, ids, kinds = [], [], [], [], {}
+    truth, pred, probas, ids, kinds, texts = [], [], [], [], {}, []
     out_dir = Path(out_dir)
     started = time.perf_counter()
     with ExitStack() as stack:
@@ -188,6 +188,7 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
                 probas.append(scored.proba)
             if scored.texts is not None:
                 frame["generated"] = scored.texts
+                texts.extend(scored.texts)
             groups, kinds = group_columns(chunk)
             for name, values in groups.items():
                 frame[name] = values
@@ -209,6 +210,9 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
                       rows_per_s=n / max(seconds, 1e-9),
                       seconds=seconds, data=stream.source, held_out=held_out, run=str(run) if run else None,
                       base=base, processes=state.num_processes, group_columns=kinds, decision_rule=decision)
+        if mode == "generate":
+            from korllama.predict import off_format_rate
+            result["off_format_rate"] = off_format_rate(texts, classes)
         if stored is not None and len(truth):
             result["decision"] = side_by_side(stored, truth, proba, ids, classes)
         json_tmp.write_text(json_text(result), encoding="utf-8")

@@ -54,10 +54,14 @@ BUILTIN_ARCHITECTURES: dict[str, dict] = {
 
 
 def quiet_transformers() -> None:
-    """No "Loading weights" / "Writing model shards" bars: korllama draws its own progress for the long work."""
+    """No "Loading weights" / "Writing model shards" bars: korllama draws its own progress for the long work. No
+    deprecation notice that one library (the Trainer, peft) raises calling another: the user cannot act on it."""
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 # --- the embedded tiny model -------------------------------------------------------------------------------------
@@ -75,11 +79,7 @@ def build_tiny(texts: list[str], out_dir: Path, cfg: TinyModelConfig, seed: int 
     answers = [answer(label) for label in labels]
 
     bpe = Tokenizer(models.BPE())
-    # Digits first, one per token: "19200000" stays 8 readable tokens instead of arbitrary merged chunks.
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False),
-    ])
+    bpe.pre_tokenizer = number_pre_tokenizer(cfg.numbers)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.vocab_size, special_tokens=[PAD, BOS, EOS],
@@ -105,6 +105,21 @@ def build_tiny(texts: list[str], out_dir: Path, cfg: TinyModelConfig, seed: int 
     model = LlamaForCausalLM(config)
     model.save_pretrained(out_dir)  # safetensors
     return out_dir
+
+
+def number_pre_tokenizer(numbers: str):
+    """digits: one token per digit, so "19200000" is 8 readable tokens instead of arbitrary merged chunks. whole:
+    every number with its decimals and percent sign ("10.89%") is one piece that BPE may merge into one token when
+    it is frequent (the loan rates are discrete to 0.01%: a rate can be learned like a category); the text between
+    numbers is one piece (no word splitting: BPE merges across it as it likes; a prompt and its answer are tokenised
+    apart, so no merge crosses into the answer)."""
+    from tokenizers import Regex, pre_tokenizers
+
+    if numbers == "digits":
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\d+(?:\.\d+)?%?"), behavior="isolated"),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
 
 
 def _force_single_tokens(bpe, pieces: list[str]):

@@ -89,6 +89,12 @@ def parse_grade(text: str, classes: list[str]) -> str | None:
     return None
 
 
+def off_format_rate(texts: list[str], classes: list[str]) -> float:
+    """Share of generated answers that are not just a label (surrounding white space aside): the original's "CCC+",
+    or a right grade followed by invented "### ..." sections, which its parser may still read as a grade."""
+    return sum(text.strip() not in classes for text in texts) / max(len(texts), 1)
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[str], classes: list[str], batch_size: int = 8, seed: int = 0,
              progress=None) -> tuple[list[str | None], list[str]]:

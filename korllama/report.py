@@ -201,7 +201,8 @@ def compare(folders: list[str | Path], out_html: str | Path, title: str = "korll
         speed = f"{e['rows_per_s']:,.1f}" if e.get("rows_per_s") else ""
         cells = [html.escape(e["system"]), e.get("mode", ""), e.get("template", ""), f"<b>{e['macro_f1']:.4f}</b>",
                  _rule_cell(e), f"{e['accuracy']:.4f}", "—" if e.get("qwk") is None else f"{e['qwk']:.4f}",
-                 f"{e['invalid_rate']:.1%}", f"{e['n']:,}", speed]
+                 f"{e['invalid_rate']:.1%}" + (f" ({e['off_format_rate']:.0%} off-format)"
+                                               if e.get("off_format_rate") else ""), f"{e['n']:,}", speed]
         return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
     rows = "".join(row(e) for e in evals)

@@ -59,6 +59,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, cache_env):
         texts, parsed = rows[s]["generated"].tolist(), rows[s]["prediction"].tolist()
         assert all(texts) and parsed == [parse_grade(t, list("ABCDEFG")) or "" for t in texts]
         assert smol[s]["invalid_rate"] == sum(p == "" for p in parsed) / len(parsed)
+        assert smol[s]["off_format_rate"] == sum(t.strip() not in list("ABCDEFG") for t in texts) / len(texts)
     printed = console.export_text()
     assert f"{before_gen['invalid_rate']:.0%} without a valid grade" in printed and "-> parsed:" in printed
     assert f"macro-F1 {smol['smollm2-before']['macro_f1']:.3f} before tuning" in printed

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--settings", default=None, help="JSON list of settings to try instead of the search's")
     parser.add_argument("--valid-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-refit", action="store_true", help="keep the early-stopped model (no refit on all rows)")
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     candidates = json.loads(args.settings) if args.settings else None
     wall, cpu = time.perf_counter(), time.process_time()
     fitted = baseline.fit_baseline(fit_on, seed=args.seed, budget_s=args.budget, candidates=candidates,
-                                   console=console, say=print)
+                                   console=console, say=print,
+                                   refit=not args.no_refit)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     proba = fitted.model.predict_proba(score_on)
     truth = score_on.labels.to_numpy(dtype=object)

@@ -128,6 +128,28 @@ def test_rows_missing_the_segment_feature_get_their_own_model():
     assert set(few.models_) == {0}
 
 
+def test_refit_on_all_rows_keeps_the_rounds_per_row_and_the_inner_probabilities():
+    from korllama.baseline import defaults_for
+
+    loans = synthetic_table(3000, seed=4)
+    fit_on, score_on = split(loans, 0.2, 0)
+    model = TreeBaseline(**{**FAST, "n_estimators": 2000, "learning_rate": 0.3}, **defaults_for(loans),
+                         validation_fraction=0.2).fit(fit_on)
+    stopped = dict(model.best_iterations_)
+    fit_rows, valid_proba, before = dict(model.fit_rows_), model.valid_proba_.copy(), model.predict_proba(score_on)
+    assert set(stopped) == {0, 1} and sum(fit_rows.values()) == len(fit_on) - len(model.valid_index_)
+    model.refit_on_all(fit_on)
+    assert sum(model.fit_rows_.values()) == len(fit_on)  # the inner validation rows are trained on now
+    for part, rounds in stopped.items():  # the rounds scale with the rows, and the refitted models have them
+        assert model.best_iterations_[part] == max(1, round(rounds * model.fit_rows_[part] / fit_rows[part]))
+        trees_per_round = len(model.models_[part].classes_)  # multiclass: one tree per class a round
+        assert model.models_[part].booster_.num_trees() == model.best_iterations_[part] * trees_per_round
+    np.testing.assert_array_equal(model.valid_proba_, valid_proba)  # the rule's rows: unseen by the stopped models
+    after = model.predict_proba(score_on)
+    assert after.shape == before.shape and not np.allclose(after, before)
+    np.testing.assert_allclose(after.sum(axis=1), 1.0, atol=1e-9)
+
+
 @pytest.fixture
 def fast_search(monkeypatch):
     import functools

@@ -47,6 +47,10 @@ class TinyModelConfig(_Section):
     vocab_size: int = Field(1024, ge=260, description="BPE vocabulary trained on the rendered prompts (above the "
                                                       "256 bytes + 3 special tokens, which are always in it)")
     max_position_embeddings: int = Field(1024, ge=64)
+    numbers: Literal["digits", "whole"] = Field(
+        "digits", description="how the tokenizer cuts numbers: 'digits', one token per digit (any number reads the "
+                              "same way); 'whole', each number ('10.89%', '36') kept in one piece before BPE, so "
+                              "frequent values become single tokens the model can learn like a category")
 
     @model_validator(mode="after")
     def _heads_divide_width(self):

@@ -215,3 +215,24 @@ def test_a_label_of_several_words_stays_several_tokens(prompts, tmp_path):
                              str(build_tiny(prompts[:50], tmp_path, TINY, labels=["pass", "pass with merit"])))
     assert len(tokenizer(answer("pass"), add_special_tokens=False)["input_ids"]) == 1
     assert len(tokenizer(answer("pass with merit"), add_special_tokens=False)["input_ids"]) == 3
+
+
+def test_whole_numbers_make_frequent_values_single_tokens_and_keep_labels_whole(tmp_path):
+    # the loan rates are discrete: a few values, each on many rows (here 4 rates x 60 rows), plus one rare rate
+    rates = ["10.89%", "13.02%", "7.51%", "21.48%"] * 60 + ["18.37%"]
+    texts = [f"term: {36 if i % 3 else 60}\npayments_made: {i % 40}\nimplied_rate: {r}\ngrade:"
+             for i, r in enumerate(rates)]
+    cfg = TINY.model_copy(update={"numbers": "whole"})
+    _, tokenizer = load_base(ModelConfig(device="cpu"), str(build_tiny(texts, tmp_path, cfg, labels=LABELS)))
+    _, digits = load_base(ModelConfig(device="cpu"), str(build_tiny(texts, tmp_path / "d", TINY, labels=LABELS)))
+    for rate in ("10.89%", "21.48%"):
+        assert rate in tokenizer.tokenize(f"implied_rate: {rate}\n")  # one token for a frequent value
+        assert digits.tokenize(rate) == list(rate)  # digits: one token per character
+    assert len(tokenizer.tokenize("99.99%")) > 1  # a value never seen is in pieces, and still reads back
+    for text in [*texts[:5], texts[-1], "implied_rate: 99.99%"]:
+        assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == text
+    for label in LABELS:
+        ids = tokenizer(answer(label), add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and tokenizer.decode(ids) == answer(label)
+    with pytest.raises(ValueError, match="numbers"):
+        TinyModelConfig(numbers="chunks")

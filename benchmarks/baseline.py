@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"kept: {kept['params'] or 'defaults'} ({kept['iterations']} trees)")
     print(f"macro-F1 {result['argmax_macro_f1']:.4f} argmax, {result['decision_macro_f1']:.4f} decision rule; "
           f"accuracy {result['argmax_accuracy']:.4f} / {result['decision_accuracy']:.4f}")
-    print("decision weights: " + ", ".join(f"{c} {w:.2f}" for c, w in result["weights"].items())
-          + f" (gain on left-out folds of the inner rows: {result['cross_checked_gain']:+.4f}; all 1 = argmax kept)")
+    gain = result["cross_checked_gain"]
+    why = fitted.rule.argmax_kept or (f"gain on left-out folds of the inner rows: {gain:+.4f}; all 1 = argmax kept"
+                                      if gain is not None else "no cross-check")
+    print("decision weights: " + ", ".join(f"{c} {w:.2f}" for c, w in result["weights"].items()) + f" ({why})")
     print("F1 per grade (argmax): " + ", ".join(f"{c} {f:.3f}" for c, f in result["f1_per_grade"].items()))
     print(f"accuracy on rows that repaid something {result['accuracy_repaid']:.4f} ({rated.sum():,} rows), "
           f"on rows that repaid nothing {result['accuracy_nothing_repaid'] or 0:.4f} ({(~rated).sum():,} rows)")

@@ -46,7 +46,7 @@ def test_fitted_weights_raise_macro_f1_on_validation_and_on_new_rows():
 
 
 def test_never_worse_than_argmax_on_its_rows_and_all_ones_is_argmax():
-    proba, truth, _ = rare_class_rows(500, seed=3)
+    proba, truth, _ = rare_class_rows(1500, seed=3)
     rule = fit_decision(proba, truth, CLASSES)
     plain = argmax_rule(CLASSES).apply(proba)
     assert list(plain) == [CLASSES[i] for i in proba.argmax(axis=1)]
@@ -110,3 +110,18 @@ def test_weights_that_only_fit_noise_are_dropped_by_the_cross_check():
     unchecked = fit_decision(proba, truth, CLASSES, folds=0)  # without the check it fits the noise
     assert unchecked.cross_checked_gain is None and unchecked.weights != [1.0, 1.0, 1.0]
     assert unchecked.valid_macro_f1["decision"] > rule.valid_macro_f1["decision"]
+
+
+def test_a_class_with_too_few_fitting_rows_keeps_the_rule_at_argmax():
+    """On 300 rows a 3% class has ~9 rows: one more of them right moves macro-F1 by points, so weights fitted
+    there fit noise; the rule stays argmax and says why, while enough rows of every class give it weights."""
+    proba, truth, ids = rare_class_rows(300, seed=0)
+    assert (truth == "C").sum() < 20
+    few = fit_decision(proba, truth, CLASSES, ids=ids, folds=1)
+    assert few.weights == [1.0, 1.0, 1.0] and few.cross_checked_gain is None
+    assert few.argmax_kept == f"class C has {(truth == 'C').sum()} of the 300 validation rows, fewer than 20"
+    assert DecisionRule.from_dict(few.to_dict()) == few
+    loose = fit_decision(proba, truth, CLASSES, ids=ids, folds=1, min_class_rows=1)
+    assert loose.weights != [1.0, 1.0, 1.0] and loose.argmax_kept is None
+    many = fit_decision(*rare_class_rows(3000, seed=0)[:2], CLASSES)
+    assert many.argmax_kept is None and many.weights[2] == max(many.weights)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import time
 import warnings
 from pathlib import Path
 
@@ -24,7 +25,8 @@ import pandas as pd
 from korllama.data import Table
 from korllama.run import RunDir
 
-IMPORTANCE_ROWS = 200  # validation rows explained for the card's global importance
+IMPORTANCE_ROWS = 200  # validation rows explained for the card's global importance, at most
+IMPORTANCE_SECONDS = 60  # about how long the card's explanations may take (each row is scored once per field + 1)
 
 
 def write_model_card(run: str | Path | RunDir, table: Table | None = None, on_error: str = "raise") -> Path | None:
@@ -73,7 +75,9 @@ def _write(run: RunDir, table: Table | None) -> Path:
 
     model, tokenizer, _ = load_run(run.root)
     template = get_template(spec, config.prompt.template, config.prompt.fields)
+    started = time.perf_counter()
     proba = score(model, tokenizer, template.render(eval_part), classes, config.train.eval_batch_size)
+    rows_per_s = len(eval_part) / max(time.perf_counter() - started, 1e-9)
     pred = predict_labels(proba, classes)
     truth = eval_part.labels.tolist()
     ordinal = getattr(spec.label, "ordinal", None)  # label sets without an order get no QWK
@@ -82,15 +86,23 @@ def _write(run: RunDir, table: Table | None) -> Path:
     _, kinds = group_columns(eval_part)
     groups = group_metrics(eval_part.frame, kinds, truth, pred, classes, proba.max(axis=1))
     fields = carried_fields(template, spec)
-    explained = eval_part.sample(IMPORTANCE_ROWS, seed=0)
+    explained = eval_part.sample(explained_rows(rows_per_s, len(fields), len(eval_part)), seed=0)
     reasons = explain(llm_proba_fn(model, tokenizer, template, classes, config.train.eval_batch_size), explained,
                       fields, refs, classes) if fields else None
 
     text = render_card(run, config, summary, table, train_part, valid_part, eval_part, template, figures, groups,
                        group_gaps(groups, classes), importance(reasons.frame()) if reasons is not None else None,
-                       refs, fields)
+                       refs, fields, explained_rows=len(explained))
     write_text(run.model_card, text)
     return run.model_card
+
+
+def explained_rows(rows_per_s: float, fields: int, available: int) -> int:
+    """How many validation rows the card explains: each costs `fields` + 1 scorings, so as many as fit in about
+    IMPORTANCE_SECONDS at the rate the eval rows were just scored (a 270M model on a CPU with the Korean prompt
+    scores ~3 rows/s: 200 rows x 14 prompts took minutes), at least 20 and at most IMPORTANCE_ROWS."""
+    fit = int(rows_per_s * IMPORTANCE_SECONDS / (fields + 1))
+    return max(1, min(available, IMPORTANCE_ROWS, max(20, fit)))
 
 
 # --- the page ----------------------------------------------------------------------------------------------------
@@ -147,7 +159,7 @@ def _base_section(run: RunDir, config) -> list[str]:
 
 def render_card(run: RunDir, config, summary: dict, table: Table, train_part: Table, valid_part: Table,
                 eval_part: Table, template, figures: dict, groups: pd.DataFrame, gaps: list[str],
-                weights: pd.Series | None, refs: dict, fields: list[str]) -> str:
+                weights: pd.Series | None, refs: dict, fields: list[str], explained_rows: int | None = None) -> str:
     from korllama import __version__
     from korllama.config import config_to_yaml
     from korllama.explain import describe
@@ -238,7 +250,8 @@ def render_card(run: RunDir, config, summary: dict, table: Table, train_part: Ta
     if weights is not None and len(weights):
         out += [f"What the model leans on: each field the prompt shows is set in turn to a typical value of the "
                 f"training rows and the row scored again (`korllama explain`); the mean change in the probability "
-                f"of the answered label over {min(IMPORTANCE_ROWS, len(eval_part))} validation rows:", "",
+                f"of the answered label over {explained_rows or min(IMPORTANCE_ROWS, len(eval_part))} validation "
+                "rows:", "",
                 _md_table(["field", "mean |change|", "typical value"],
                           [[f, f"{w:.3f}", describe(spec, f, refs.get(f))] for f, w in weights.items()]), ""]
     else:

@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import statistics
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -575,7 +576,9 @@ def _train(config: RunConfig, run: RunDir, resume_from: Path | None, table: Tabl
                    "data": data_fingerprint(config, table), "decision": decision.valid_macro_f1,
                    "base": base_record(config), "threads": threads if device.type == "cpu" else None}
         write_text(run.summary, json.dumps(summary, indent=2))  # written last: the run is finished
-        from korllama.card import write_model_card
+        from korllama.card import IMPORTANCE_SECONDS, write_model_card
+        print(f"korllama: writing {run.model_card.name} (the validation rows scored again and explained: up to "
+              f"about {IMPORTANCE_SECONDS} s more)", file=sys.stderr, flush=True)
         write_model_card(run, table=table, on_error="warn")  # model_card.md, references.json
     state.wait_for_everyone()
     return summary

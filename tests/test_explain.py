@@ -375,3 +375,13 @@ def test_compare_shows_cards_importance_and_groups(cli, run_dir, run_data, tmp_p
     (groups / "metrics.json").write_text(json.dumps(metrics))
     compare([groups], tmp_path / "old.html")
     assert "group metrics" not in (tmp_path / "old.html").read_text("utf-8")
+
+
+def test_the_card_explains_as_many_rows_as_fit_its_time():
+    from korllama.card import IMPORTANCE_ROWS, IMPORTANCE_SECONDS, explained_rows
+
+    assert explained_rows(2000.0, 3, 5000) == IMPORTANCE_ROWS  # the tiny model: all it may
+    assert explained_rows(2000.0, 3, 40) == 40  # never more rows than there are
+    assert explained_rows(3.0, 13, 100) == 20  # Gemma on the Korean prompt: the floor (60 s would give 12)
+    assert explained_rows(25.0, 3, 300) == min(IMPORTANCE_ROWS, int(25.0 * IMPORTANCE_SECONDS / 4))
+    assert explained_rows(10.0, 9, 300) == 60

@@ -341,14 +341,20 @@ def cpu_bf16() -> bool:
         return False
 
 
-def training_precision(requested: str, device: torch.device) -> str:
-    """fp32, fp16 or bf16 for the Trainer. auto: bf16 (fp16 before Ampere) on a GPU; bf16 autocast on a CPU with bf16
-    matrix instructions (cpu_bf16; LoRA on SmolLM2 measured 1.3x faster per CPU-second, benchmarks/cpu_lora.py),
-    else fp32. The weights stay float32 either way; autocast runs the matmuls in bf16."""
+CPU_BF16_MIN_WIDTH = 512  # hidden size from which bf16 autocast pays on a CPU (measured at 128 and 576, see below)
+
+
+def training_precision(requested: str, device: torch.device, width: int | None = None) -> str:
+    """fp32, fp16 or bf16 for the Trainer. auto: bf16 (fp16 before Ampere) on a GPU; on a CPU with bf16 matrix
+    instructions (cpu_bf16) bf16 autocast for a model at least CPU_BF16_MIN_WIDTH wide (`width`, its hidden size:
+    LoRA on SmolLM2, 576 wide, ran 1.4-1.6x faster, benchmarks/cpu_lora.py), fp32 for narrower ones (the tiny Llama,
+    128 wide, trained 1.35x SLOWER under autocast: its matmuls are too small to win back the casts); else fp32. The
+    weights stay float32 either way; autocast runs the matmuls in bf16."""
     if requested == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if device.type == "cpu" and cpu_bf16() else "fp32"
+        wide = width is None or width >= CPU_BF16_MIN_WIDTH
+        return "bf16" if device.type == "cpu" and cpu_bf16() and wide else "fp32"
     if requested == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision=fp16 needs a CUDA GPU; use train.precision=auto, bf16 or fp32.")
     if requested == "bf16" and device.type != "cuda" and not (device.type == "cpu" and cpu_bf16()):
@@ -357,9 +363,10 @@ def training_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
-def training_arguments(config: RunConfig, run_dir: Path, device: torch.device) -> TrainingArguments:
+def training_arguments(config: RunConfig, run_dir: Path, device: torch.device,
+                       width: int | None = None) -> TrainingArguments:
     t = config.train
-    precision = training_precision(t.precision, device)
+    precision = training_precision(t.precision, device, width)
     return TrainingArguments(
         output_dir=str(RunDir(run_dir).checkpoints), num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
@@ -541,7 +548,8 @@ def _train(config: RunConfig, run: RunDir, resume_from: Path | None, table: Tabl
         write_text(run.config, config_to_yaml(config))
     device = next(model.parameters()).device
     trainer = GradeTrainer(
-        model=model, args=training_arguments(config, run.root, device), train_dataset=dataset,
+        model=model, args=training_arguments(config, run.root, device, getattr(model.config, "hidden_size", None)),
+        train_dataset=dataset,
         eval_dataset=eval_dataset, processing_class=tokenizer, data_collator=collator(tokenizer),
         compute_loss_func=compute_loss_func, callbacks=[VerifyCheckpoint(config.lora is not None),
                                                        KeepBest(run, config.lora is not None)],

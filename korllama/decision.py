@@ -162,29 +162,26 @@ def fit_decision(proba: np.ndarray, truth, classes: list[str], ids=None, rounds:
         raise KorllamaError("a decision rule needs validation rows to be fitted on; there are none.")
     start = macro_f1_codes(y, proba.argmax(axis=1), k)
     counts = np.bincount(y[y >= 0], minlength=k)[:k]
+    weights, best, gain, kept = np.ones(k), start, None, None
     if counts.min() < min_class_rows:  # one row of such a class moves macro-F1 by points: weights would fit noise
         rare = int(counts.argmin())
-        return DecisionRule(classes=classes, weights=[1.0] * k,
-                            fitted_ids=None if ids is None else [str(i) for i in ids], fitted_rows=len(y),
-                            valid_macro_f1={"argmax": start, "decision": start},
-                            argmax_kept=f"class {classes[rare]} has {counts[rare]} of the {len(y):,} validation rows, "
-                                        f"fewer than {min_class_rows}")
-    gain = None
-    if folds > 1 and len(y) >= 2 * folds:
-        gains = []
-        for fit_part, judge_part in _folds(y, folds, seed):
-            w, _ = _ascend(proba[fit_part], y[fit_part], k, rounds, grid)
-            yj, pj = y[judge_part], proba[judge_part]
-            gains.append(macro_f1_codes(yj, (pj * w).argmax(axis=1), k) - macro_f1_codes(yj, pj.argmax(axis=1), k))
-        gain = float(np.mean(gains))
-    if gain is not None and gain <= 0:
-        weights, best = np.ones(k), start
+        kept = (f"class {classes[rare]} has {counts[rare]} of the {len(y):,} validation rows, "
+                f"fewer than {min_class_rows}")
     else:
-        weights, best = _ascend(proba, y, k, rounds, grid)
+        if folds > 1 and len(y) >= 2 * folds:
+            gains = []
+            for fit_part, judge_part in _folds(y, folds, seed):
+                w, _ = _ascend(proba[fit_part], y[fit_part], k, rounds, grid)
+                yj, pj = y[judge_part], proba[judge_part]
+                gains.append(macro_f1_codes(yj, (pj * w).argmax(axis=1), k)
+                             - macro_f1_codes(yj, pj.argmax(axis=1), k))
+            gain = float(np.mean(gains))
+        if gain is None or gain > 0:
+            weights, best = _ascend(proba, y, k, rounds, grid)
     return DecisionRule(classes=classes, weights=weights.tolist(),
                         fitted_ids=None if ids is None else [str(i) for i in ids], fitted_rows=len(y),
-                        valid_macro_f1={"argmax": start, "decision": best}, cross_checked_gain=gain)
-
+                        valid_macro_f1={"argmax": start, "decision": best}, cross_checked_gain=gain,
+                        argmax_kept=kept)
 
 def _folds(y: np.ndarray, folds: int, seed: int):
     """(fit, judge) positions of a stratified k-fold split (plain k-fold when a class has too few rows)."""

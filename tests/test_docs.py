@@ -173,7 +173,19 @@ def problems(files: list[Path], texts: dict[Path, str] | None = None) -> tuple[l
     return found, checked
 
 
+def anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation dropped, spaces as hyphens."""
+    found, fenced = set(), False
+    for line in path.read_text("utf-8").splitlines():
+        if FENCE.match(line):
+            fenced = not fenced
+        elif not fenced and (heading := re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)):
+            found.add(re.sub(r"[^\w\- ]", "", heading.group(1).lower()).replace(" ", "-"))
+    return found
+
+
 def broken_links(files: list[Path]) -> list[str]:
+    """Relative links (and their #anchors, on Markdown pages) that point to nothing."""
     found = []
     for path in files:
         text, fenced = path.read_text("utf-8"), False
@@ -183,14 +195,18 @@ def broken_links(files: list[Path]) -> list[str]:
             if fenced:
                 continue
             for target in LINK.findall(SPAN.sub("", line)):
-                if re.match(r"^[a-z]+:|^#", target):  # https:, mailto:, an anchor on the same page
+                if re.match(r"^[a-z]+:", target):  # https:, mailto:
                     continue
-                file = (path.parent / target.split("#")[0]).resolve()
+                name, _, anchor = target.partition("#")
+                file = (path.parent / name).resolve() if name else path
                 relative = file.relative_to(REPO).as_posix() if file.is_relative_to(REPO) else str(file)
                 if relative in PENDING_LINKS:
                     continue
+                where = f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}:{number}: link to {target}"
                 if not file.exists():
-                    found.append(f"{path.relative_to(REPO)}:{number}: link to {target} points to nothing")
+                    found.append(f"{where} points to nothing")
+                elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+                    found.append(f"{where}: {relative} has no heading #{anchor}")
     return found
 
 
@@ -232,6 +248,18 @@ def test_every_relative_link_points_to_a_file():
     for pending in PENDING_LINKS:
         assert not (REPO / pending).exists(), (f"{pending} exists now: remove it from PENDING_LINKS in "
                                                "tests/test_docs.py so a broken link to it fails again")
+
+
+def test_the_link_check_catches_a_missing_file_and_a_missing_heading(tmp_path):
+    (tmp_path / "other.md").write_text("# Other page\n\n## What a run folder holds (`korllama train --out RUN`)\n")
+    page = tmp_path / "page.md"
+    page.write_text("# A page\n\n[a](gone.md), [b](#nope), [c](#a-page), `[not a link](gone.md)`\n\n```\n"
+                    "[in code](gone.md)\n```\n[d](other.md#what-a-run-folder-holds-korllama-train---out-run) "
+                    "[e](other.md#other) [f](https://example.com/x.md)\n", "utf-8")
+    found = broken_links([page])
+    assert found == [f"{page}:3: link to gone.md points to nothing",
+                     f"{page}:3: link to #nope: {page} has no heading #nope",
+                     f"{page}:8: link to other.md#other: {tmp_path / 'other.md'} has no heading #other"]
 
 
 def test_the_readme_is_short_and_links_every_docs_page():

@@ -3,7 +3,8 @@
 Every `korllama ...` command they show (in fenced code blocks, and inline code spans that start with `korllama `)
 must name a real subcommand of the typer app and only options of that subcommand, so a renamed or removed command or
 flag fails here; every `make` target they name must be a Makefile target; every repository path a command uses
-(configs/..., examples/..., benchmarks/...) and every relative link must exist. Failures name file:line and the text.
+(configs/..., examples/..., benchmarks/...) and every relative link (and its #heading) must exist. Failures name
+file:line and the offending text.
 """
 
 from __future__ import annotations

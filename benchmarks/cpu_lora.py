@@ -13,7 +13,7 @@ model (a copy each, the same weights), the same rows and the same batches (same 
                  at every position, fp32 (what a plain reproduction of the original does)
   answer-only    Trainer + DataCollatorForSeq2Seq: right padding, loss on answer + EOS only (labels -100 on the
                  prompt), but still the model's own loss over full logits (korllama's path before this benchmark)
-  answer-logits  korllama's GradeTrainer + its collator (korllama.train): left padding with explicit position ids,
+  answer-logits  korllama's GradeTrainer + its collator (korllama.training): left padding with explicit position ids,
                  logits only in the loss window (`logits_to_keep`: 3 columns for a grade + EOS), own cross-entropy
   packed         padding-free batches (DataCollatorWithFlattening: one row, positions restarting per row) with
                  logits only at the labelled positions; use_cache=False, so transformers' SDPA mask separates rows
@@ -57,7 +57,7 @@ def rows_and_model(args):
     from korllama.data import read_table
     from korllama.model import load_base, wrap_lora
     from korllama.prompts import get_template
-    from korllama.train import tokenize
+    from korllama.training.collate import tokenize
 
     config = load_config(args.config)
     table = read_table(args.data).sample(args.rows, seed=0)
@@ -101,7 +101,8 @@ def make_trainer(variant: str, model, tokenizer, rows, config, args, workdir: st
         TrainingArguments,
     )
 
-    from korllama.train import GradeTrainer, collator
+    from korllama.training.collate import collator
+    from korllama.training.trainer import GradeTrainer
 
     class TimedTrainer(Timed, Trainer):
         pass
@@ -151,7 +152,8 @@ def check(model, tokenizer, rows, batch: int) -> dict:
     """Loss of one batch (dropout off, no gradient) on each path; answer-only's full-logits loss is the reference."""
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
-    from korllama.train import answer_loss, collator, loss_window
+    from korllama.training.collate import collator
+    from korllama.training.losses import answer_loss, loss_window
 
     features = [{"input_ids": rows["input_ids"][i], "labels": rows["labels"][i]} for i in range(batch)]
     model.eval()

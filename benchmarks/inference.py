@@ -25,8 +25,9 @@ import torch
 
 from korllama.data import read_table, split
 from korllama.evaluate import metrics
-from korllama.predict import generate, load_run
+from korllama.predict import generate
 from korllama.prompts import get_template
+from korllama.run import Run
 from korllama.scoring import predict_labels, score
 
 
@@ -43,7 +44,9 @@ def main() -> None:
                                        "untrained model never says EOS, so generation runs all 100 new tokens)")
     args = parser.parse_args()
 
-    model, tokenizer, config = load_run(args.run, args.base)
+    loaded = Run.load(args.run, args.base)
+
+    model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
     table = split(read_table(args.data, config.data.spec), config.data.valid_fraction, config.data.split_seed)[1]
     table = table.sample(args.rows, seed=0)
     classes = table.spec.label.classes

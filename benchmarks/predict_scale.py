@@ -35,12 +35,13 @@ IN_MEMORY = """
 import sys
 import pandas as pd
 from korllama.data import read_table
-from korllama.predict import load_run
+from korllama.run import Run
 from korllama.prompts import get_template
 from korllama.scoring import predict_labels, score
 
 run, data, out = sys.argv[1:4]
-model, tokenizer, config = load_run(run)
+loaded = Run.load(run)
+model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
 table = read_table(data, config.data.spec)
 spec = table.spec
 prompts = get_template(spec, config.prompt.template, config.prompt.fields).render(table)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from korllama.data import read_table
-from korllama.predict import load_run
 from korllama.prompts import get_template
+from korllama.run import Run
 from korllama.scoring import encode_prompts, label_tokens, left_padded_batches, pad_id_of, score
 
 
@@ -63,7 +63,9 @@ def main() -> None:
     parser.add_argument("--labels", nargs="+", default=["우수", "보통", "미흡"])
     args = parser.parse_args()
 
-    model, tokenizer, config = load_run(args.run)
+    loaded = Run.load(args.run)
+
+    model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
     table = read_table(args.data, config.data.spec).sample(args.rows, seed=0)
     prompts = get_template(table.spec, config.prompt.template, config.prompt.fields).render(table)
     encoded = encode_prompts(tokenizer, prompts)

@@ -66,7 +66,7 @@ def run_path(args) -> dict:
     from korllama.model import load_base
     from korllama.predict import predict_labels, score
     from korllama.prompts import answer
-    from korllama.train import collator, tokenize
+    from korllama.training.collate import collator, tokenize
 
     torch.manual_seed(0)
     config = path_config(args, args.path)

@@ -31,10 +31,11 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from filelock import FileLock
 
 from korllama.errors import ConfigError, KorllamaError
 
@@ -173,7 +174,7 @@ def ensure_base(name: str, log=None) -> Path:
         return folder
     log = log or _log_stderr
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(folder.parent / f".{name}.lock"):
+    with FileLock(folder.parent / f".{name}.lock"):  # one conversion at a time, across processes
         problem = cache_problem(folder, spec)  # another process may have converted it while we waited
         if problem is None:
             return folder
@@ -192,21 +193,6 @@ def ensure_base(name: str, log=None) -> Path:
 
 def _log_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-@contextmanager
-def _lock(path: Path):
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock; the atomic rename still keeps the entry whole
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --- finding the GGUF file -----------------------------------------------------------------------------------------

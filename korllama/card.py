@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -23,28 +24,39 @@ from pathlib import Path
 import pandas as pd
 
 from korllama.data import Table
-from korllama.run import RunDir
+from korllama.io import write_text
+from korllama.references import reference_values, save_references
+from korllama.report import plot_train_curve
+from korllama.run import Run, RunDir
+from korllama.scoring import predict_labels, score
 
 IMPORTANCE_ROWS = 200  # validation rows explained for the card's global importance, at most
 IMPORTANCE_SECONDS = 60  # about how long the card's explanations may take (each row is scored once per field + 1)
 
 
-def write_model_card(run: str | Path | RunDir, table: Table | None = None, on_error: str = "raise") -> Path | None:
-    """Write RUN/model_card.md and RUN/references.json for a finished run; `table`: the run's data, when the caller
-    has already read it. With on_error="warn" a failure is a warning (training calls it so: a finished training is
-    not lost to its card), and None is returned."""
+def document_run(run: Run, on_error: str = "warn") -> Path | None:
+    """What a finished training leaves for people: RUN/train_curve.png from its trainer_state.json, and the model
+    card (write_model_card). The CLI and the demo call it after `train()`; training itself writes neither."""
+    log_history = json.loads(run.dir.trainer_state.read_text("utf-8"))["log_history"]
+    plot_train_curve(log_history, run.dir.train_curve)
+    print(f"korllama: writing {run.dir.model_card.name} (the validation rows scored again and explained: up to "
+          f"about {IMPORTANCE_SECONDS} s more)", file=sys.stderr, flush=True)
+    return write_model_card(run, on_error=on_error)
+
+
+def write_model_card(run: Run, on_error: str = "raise") -> Path | None:
+    """Write RUN/model_card.md and RUN/references.json for a finished run. With on_error="warn" a failure is a
+    warning (after training: a finished training is not lost to its card), and None is returned."""
     try:
-        return _write(RunDir(run.root if isinstance(run, RunDir) else run), table)
+        return _write(run)
     except Exception as exc:
         if on_error != "warn":
             raise
-        warnings.warn(f"the model card of {run} was not written: {exc}", stacklevel=2)
+        warnings.warn(f"the model card of {run.root} was not written: {exc}", stacklevel=2)
         return None
 
 
-def _write(run: RunDir, table: Table | None) -> Path:
-    from korllama.config import load_config
-    from korllama.data import split
+def _write(run: Run) -> Path:
     from korllama.evaluate import metrics
     from korllama.explain import (
         carried_fields,
@@ -54,27 +66,19 @@ def _write(run: RunDir, table: Table | None) -> Path:
         group_metrics,
         importance,
         llm_proba_fn,
-        reference_values,
-        save_references,
     )
-    from korllama.io import write_text
-    from korllama.predict import load_run
-    from korllama.prompts import get_template
-    from korllama.scoring import predict_labels, score
-    from korllama.train import load_training_table
 
-    config = load_config(run.config)
-    summary = run.read_summary()
-    table = table if table is not None else load_training_table(config)
-    train_part, valid_part = split(table, config.data.valid_fraction, config.data.split_seed)
-    eval_part = valid_part.sample(config.train.eval_rows, seed=config.data.split_seed)  # the training's own sample
-    spec, classes = table.spec, table.spec.label.classes
+    config, folder = run.config, run.dir
+    summary = folder.read_summary()
+    table = run.training_table()
+    train_part, valid_part = run.split()
+    eval_part = run.eval_sample(valid_part)  # the training's own sample
+    spec, classes = run.spec, run.classes
 
     refs = reference_values(train_part)
-    save_references(run.references, refs, table.source, len(train_part))
+    save_references(folder.references, refs, table.source, len(train_part))
 
-    model, tokenizer, _ = load_run(run.root)
-    template = get_template(spec, config.prompt.template, config.prompt.fields)
+    model, tokenizer, template = run.model, run.tokenizer, run.template
     started = time.perf_counter()
     proba = score(model, tokenizer, template.render(eval_part), classes, config.train.eval_batch_size)
     rows_per_s = len(eval_part) / max(time.perf_counter() - started, 1e-9)
@@ -90,11 +94,11 @@ def _write(run: RunDir, table: Table | None) -> Path:
     reasons = explain(llm_proba_fn(model, tokenizer, template, classes, config.train.eval_batch_size), explained,
                       fields, refs, classes) if fields else None
 
-    text = render_card(run, config, summary, table, train_part, valid_part, eval_part, template, figures, groups,
+    text = render_card(folder, config, summary, table, train_part, valid_part, eval_part, template, figures, groups,
                        group_gaps(groups, classes), importance(reasons.frame()) if reasons is not None else None,
                        refs, fields, explained_rows=len(explained))
-    write_text(run.model_card, text)
-    return run.model_card
+    write_text(folder.model_card, text)
+    return folder.model_card
 
 
 def explained_rows(rows_per_s: float, fields: int, available: int) -> int:

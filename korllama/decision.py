@@ -17,10 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
+from korllama.choices import Decision
 from korllama.errors import KorllamaError
 
 FILENAME = "decision.json"
-RULES = ("argmax", "macro-f1")  # the choices of a `--decision` option
+
+
+def decision_choice(name: str) -> Decision:
+    """`name` as a Decision; anything else is one sentence naming the choices."""
+    try:
+        return Decision(name)
+    except ValueError:
+        raise KorllamaError(f"--decision must be one of {', '.join(Decision)}, not {name!r}.") from None
+
 # Fewer validation rows of any class than this: the rule stays argmax. Measured: SmolLM2's rule fitted on 300
 # validation rows (G: 1 row, F: 6) passed the cross-check below and then lost 0.09 macro-F1 on 2,000 new rows.
 MIN_CLASS_ROWS = 20

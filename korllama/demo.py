@@ -12,19 +12,25 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+import torch
 from rich.console import Console
 from rich.markup import escape
 
+from korllama.bases import ensure_base
+from korllama.card import document_run
 from korllama.config import load_config
 from korllama.data import Table, profile, read_table, split
 from korllama.errors import ConfigError
-from korllama.evaluate import evaluate_run, metrics, run_baseline, write_evaluation
+from korllama.evaluate import PREDICTIONS_FILE, evaluate_run, metrics, run_baseline, write_evaluation
 from korllama.explain import explain_run
 from korllama.io import write_csv
+from korllama.predict import generate, off_format_rate
 from korllama.prompts import answer, get_template
 from korllama.report import compare
+from korllama.run import Run
 from korllama.synth import synthesize
-from korllama.train import train
+from korllama.training import train
 
 
 @dataclass(frozen=True)
@@ -83,18 +89,20 @@ def _run_demo(out: Path, rows: int, seed: int, console: Console, pretrained: Pre
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo's own folder: start clean every time
     say("4. train", f"the tiny Llama built here, all weights, {config.train.epochs:g} epochs -> {run_dir}")
     summary = train(config, run_dir, table=table)  # the table read above: not read again
+    tuned = Run.load(run_dir, table=table)
+    document_run(tuned)
 
     evals = out / "eval"
-    before = evaluate_run(run_dir, table, evals / "before", base=str(run_dir / "base"), held_out=True,
-                          system="tiny before tuning", console=console)
-    after = evaluate_run(run_dir, table, evals / "after", held_out=True, system="tiny after tuning", console=console)
-    generated = evaluate_run(run_dir, table, evals / "generate", mode="generate", limit=100, held_out=True,
+    before = evaluate_run(Run.load(run_dir, base=str(run_dir / "base"), table=table), table, evals / "before",
+                          held_out=True, system="tiny before tuning", console=console)
+    after = evaluate_run(tuned, table, evals / "after", held_out=True, system="tiny after tuning", console=console)
+    generated = evaluate_run(tuned, table, evals / "generate", mode="generate", limit=100, held_out=True,
                              batch_size=16, system="tiny after tuning, generation", console=console)
     say("5. evaluate", f"held-out rows: macro-F1 {before['macro_f1']:.3f} before tuning -> "
         f"{after['macro_f1']:.3f} after (rank scoring, {after['rows_per_s']:.0f} rows/s); generation the "
         f"original's way: {generated['macro_f1']:.3f} on {generated['n']} rows, "
         f"{generated['invalid_rate']:.0%} invalid, {generated['rows_per_s']:.1f} rows/s")
-    reasons, why = explain_run(run_dir, table, evals / "after", held_out=True, console=console)
+    reasons, why = explain_run(tuned, table, evals / "after", held_out=True, console=console)
     say("   reasons", f"each prompt field set to a typical value, the row scored again ({why['rows_per_s']:.0f} "
         f"rows/s); row {escape(reasons.ids[0])} is {reasons.classes[reasons.predicted[0]]}: "
         + "; ".join(escape(r["text"]) for r in reasons.top(0, 2)))
@@ -114,8 +122,6 @@ def _run_demo(out: Path, rows: int, seed: int, console: Console, pretrained: Pre
     seconds = time.perf_counter() - started
     say("9. report" if pretrained is not None else "7. report",
         f"{escape(str(report))} (plots in {escape(str(report.with_suffix('')))}/)")
-    import torch
-
     console.print(f"\ndone in {seconds:.0f}s ({torch.get_num_threads()} CPU threads). Open {escape(str(report))} in "
                   "a browser.")
     return {"seconds": seconds, "before": before["macro_f1"], "after": after["macro_f1"],
@@ -127,9 +133,6 @@ def pretrained_stage(stage: PretrainedStage, table: Table, data_path: Path, out:
     """The original's story on SmolLM2: generation before tuning (the seed prompt, the original's sampling), a
     short LoRA tuning, rank scoring before/after and the same generation after, each an evaluation folder for the
     report. None, after one sentence saying how to install the base, when its package is missing."""
-    from korllama.bases import ensure_base
-    from korllama.predict import generate, load_run, off_format_rate
-
     first = time.perf_counter()
     try:
         ensure_base(stage.base, log=lambda message: say("7. base", escape(message.removeprefix("korllama: "))))
@@ -143,19 +146,20 @@ def pretrained_stage(stage: PretrainedStage, table: Table, data_path: Path, out:
         f"train.lr={stage.lr}", f"train.warmup_steps={max(1, stage.steps // 10)}", f"train.eval_steps={stage.steps}",
         f"train.save_steps={stage.steps}", f"train.eval_rows={stage.eval_rows}", "train.logging_steps=10"])
     spec, classes = table.spec, table.spec.label.classes
-    held_out = split(table, config.data.valid_fraction, config.data.split_seed)[1]
+    held_out = split(table, config.data.valid_fraction, config.data.split_seed)[1]  # as Run.split, before a run
     # the rows evaluate_run(limit=...) picks from the same held-out split, so before and after see the same rows
     sample = held_out.sample(stage.generate_rows, seed=0)
     evals = out / "eval"
     smol_run = out / "smollm2-run"
     shutil.rmtree(smol_run, ignore_errors=True)
 
-    model, tokenizer, _ = load_run(None, base=stage.base)
+    untuned = Run.load(base=stage.base)
+    model, tokenizer = untuned.model, untuned.tokenizer
     seed_template = get_template(spec, "seed")
     started = time.perf_counter()
     pred, texts = generate(model, tokenizer, seed_template.render(sample), classes, batch_size=stage.generate_rows)
     seconds = time.perf_counter() - started
-    del model
+    del model, untuned
     result = metrics(sample.labels.tolist(), pred, classes, None, spec.label.ordinal)
     result.update(system="SmolLM2 before tuning, generation (seed prompt)", mode="generate", template="seed",
                   rows_per_s=len(sample) / max(seconds, 1e-9), seconds=seconds, data=table.source, held_out=True,
@@ -173,11 +177,13 @@ def pretrained_stage(stage: PretrainedStage, table: Table, data_path: Path, out:
         f"{'+'.join(config.lora.target_modules)}), {stage.steps} steps of {stage.batch_size} rows, prompt "
         f"{config.prompt.template!r} -> {escape(str(smol_run))}")
     summary = train(config, smol_run, table=table)
-    before = evaluate_run(smol_run, table, evals / "smollm2-before", base=stage.base, held_out=True,
-                          limit=stage.score_rows, system="SmolLM2 before tuning", console=console)
-    after = evaluate_run(smol_run, table, evals / "smollm2-after", held_out=True, limit=stage.score_rows,
+    tuned = Run.load(smol_run, table=table)
+    document_run(tuned)
+    before = evaluate_run(Run.load(smol_run, base=stage.base, table=table), table, evals / "smollm2-before",
+                          held_out=True, limit=stage.score_rows, system="SmolLM2 before tuning", console=console)
+    after = evaluate_run(tuned, table, evals / "smollm2-after", held_out=True, limit=stage.score_rows,
                          system="SmolLM2 after LoRA", console=console)
-    generated = evaluate_run(smol_run, table, evals / "smollm2-generate-after", mode="generate",
+    generated = evaluate_run(tuned, table, evals / "smollm2-generate-after", mode="generate",
                              limit=stage.generate_rows, held_out=True, batch_size=stage.generate_rows,
                              system="SmolLM2 after LoRA, generation", console=console)
     after_texts = _read_generated(evals / "smollm2-generate-after")
@@ -205,8 +211,4 @@ def _shown(texts: list[str], pred: list, classes: list[str], stage: PretrainedSt
 
 
 def _read_generated(folder: Path) -> list[str]:
-    import pandas as pd
-
-    from korllama.evaluate import PREDICTIONS_FILE
-
     return pd.read_csv(folder / PREDICTIONS_FILE, keep_default_na=False)["generated"].astype(str).tolist()

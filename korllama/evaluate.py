@@ -7,8 +7,10 @@ Every system — the base model before tuning, the tuned run in each template, t
 
 from __future__ import annotations
 
+import time
+import warnings
+from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,15 +21,20 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from korllama.bases import sha256_file
+from korllama.data import Table, table_chunks
+from korllama.decision import decision_choice
 from korllama.errors import KorllamaError
 from korllama.io import atomic_path, json_text
-from korllama.run import RunDir
+from korllama.predict import off_format_rate, open_atomic, process_state, score_chunk, sigterm_as_interrupt
+from korllama.run import Run
+from korllama.synth import synthetic_table
+from korllama.ui import progress_bar
 
 METRICS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.csv"
-OUTPUT_FILES = (METRICS_FILE, PREDICTIONS_FILE)  # what every evaluation folder holds
 
-if TYPE_CHECKING:
-    from korllama.data import Table
+
+OUTPUT_FILES = (METRICS_FILE, PREDICTIONS_FILE)  # what every evaluation folder holds
 
 
 def metrics(truth, pred, classes: list[str], proba: np.ndarray | None = None, ordinal: bool = True) -> dict:
@@ -94,11 +101,11 @@ def write_evaluation(out_dir: str | Path, result: dict, ids, truth, pred, proba:
     return out_dir
 
 
-def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str | Path, mode: str = "score",
-                 limit: int | None = None, base: str | None = None, held_out: bool = False, batch_size: int = 32,
-                 system: str | None = None, console=None, chunk_rows: int | None = None,
-                 decision: str = "argmax") -> dict:
-    """Predict a labelled table with a run (or a bare base model) and write DIR/metrics.json + predictions.csv.
+def evaluate_run(run: Run, data: str | Path | Table, out_dir: str | Path, mode: str = "score",
+                 limit: int | None = None, held_out: bool = False, batch_size: int = 32, system: str | None = None,
+                 console=None, chunk_rows: int | None = None, decision: str = "argmax") -> dict:
+    """Predict a labelled table with a run (or a bare base model: `Run.load(base=...)`) and write
+    DIR/metrics.json + predictions.csv.
 
     Labels by argmax, or by the run's macro-F1 decision rule (`decision="macro-f1"`); then the rows the rule was
     fitted on are left out, so it is never judged on them. When the run has a rule, metrics.json also holds
@@ -107,39 +114,20 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
     `held_out` keeps only the run's validation split (the rows its training never saw), re-drawn from the run's
     data.valid_fraction and data.split_seed.
 
-    A file streams as in `korllama predict` (korllama.predict.TableChunks): checked whole first, then read, scored
+    A file streams as in `korllama predict` (korllama.data.stream.TableChunks): checked whole first, then read, scored
     and written `chunk_rows` rows at a time; predictions.csv and metrics.json appear together at the end, or not at
     all. What stays in memory for the metrics is, per row, its truth, prediction and probabilities (about 80 bytes;
     with --held-out or --limit also its ID, to choose the rows). Under `accelerate launch` each chunk's rows are
     split between the processes and the main process writes; the other processes return {}.
     """
-    import time
-    from contextlib import ExitStack
-
-    import pandas as pd
-
-    from korllama.data import Table
     from korllama.explain import group_columns  # the rows' columns, for group metrics in `korllama compare`
-    from korllama.io import atomic_path, json_text
-    from korllama.predict import (
-        decision_rule,
-        load_run,
-        open_atomic,
-        process_state,
-        score_chunk,
-        sigterm_as_interrupt,
-        table_chunks,
-    )
-    from korllama.prompts import get_template
-    from korllama.ui import progress_bar
 
     state = process_state()
-    rule = decision_rule(run, base, decision) if mode == "score" else None
-    stored = decision_rule(run, base, "macro-f1") if (mode == "score" and run is not None and base is None
-                                                      and RunDir(run).decision.is_file()) else None
-    model, tokenizer, config = load_run(run, base)
-    stream = table_chunks(data, config.data.spec, chunk_rows)
-    spec = stream.spec
+    rule = run.rule(decision) if mode == "score" else None
+    stored = run.stored_rule if mode == "score" else None
+    model, tokenizer, template = run.model, run.tokenizer, run.template
+    stream = table_chunks(data, run.spec, chunk_rows)
+    spec = run.spec
     fitted = set(rule.fitted_ids or []) if rule is not None else set()
     choose = held_out or limit is not None or bool(fitted)
     checked = stream.check(keep=choose, warn=state.is_main_process)
@@ -151,7 +139,7 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
         rows = Table(pd.DataFrame({spec.id.alias: checked.ids, spec.label.alias: checked.labels,
                                    "_position": np.arange(checked.rows)}), spec, stream.source)
         if held_out:
-            rows = held_out_rows(run, data, rows, config)
+            rows = held_out_rows(run, data, rows)
         if fitted:  # the decision rule is never judged on the rows it was fitted on
             rows = rows.subset(np.flatnonzero(~rows.ids.isin(fitted).to_numpy()))
         if limit is not None and limit < len(rows):
@@ -159,8 +147,7 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
         select = rows.frame["_position"].to_numpy()
         rows = checked.ids = checked.labels = None  # what chose them is no longer needed
     n = checked.rows if select is None else len(select)
-    classes = spec.label.classes
-    template = get_template(spec, config.prompt.template, config.prompt.fields)
+    classes = run.classes
     truth, pred, probas, ids, kinds, texts = [], [], [], [], {}, []
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -201,17 +188,13 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
         seconds = time.perf_counter() - started
         proba = np.concatenate(probas) if mode == "score" else None
         result = metrics(truth, pred, classes, proba, spec.label.ordinal)
-        if system is None:  # a base model scored with a run's prompts must not take the tuned run's name
-            system = Path(run).name if run else Path(str(base)).name
-            if run and base:
-                system = f"{Path(str(base)).name} ({Path(run).name} prompts)"
-            system += "" if mode == "score" else "-generate"
-        result.update(system=system, mode=mode, template=template.name, spec=str(config.data.spec),
-                      rows_per_s=n / max(seconds, 1e-9),
-                      seconds=seconds, data=stream.source, held_out=held_out, run=str(run) if run else None,
-                      base=base, processes=state.num_processes, group_columns=kinds, decision_rule=decision)
+        if system is None:
+            system = run.name + ("" if mode == "score" else "-generate")
+        result.update(system=system, mode=mode, template=template.name, spec=str(run.config.data.spec),
+                      rows_per_s=n / max(seconds, 1e-9), seconds=seconds, data=stream.source, held_out=held_out,
+                      run=str(run.root) if run.root else None, base=run.base, processes=state.num_processes,
+                      group_columns=kinds, decision_rule=decision)
         if mode == "generate":
-            from korllama.predict import off_format_rate
             result["off_format_rate"] = off_format_rate(texts, classes)
         if stored is not None and len(truth):
             result["decision"] = side_by_side(stored, truth, proba, ids, classes)
@@ -235,26 +218,20 @@ def side_by_side(rule, truth, proba: np.ndarray, ids, classes: list[str]) -> dic
     return out
 
 
-def held_out_rows(run: str | Path | None, data: str | Path | Table, table: Table, config) -> Table:
+def held_out_rows(run: Run, data: str | Path | Table, table: Table) -> Table:
     """The run's validation split of `table`, once `table` is known to be the table the run was trained on: the
     same split of any other table holds rows the training saw. The run's train_summary.json records its data
     (korllama.train.data_fingerprint): a file's sha256 and rows, or "synthetic" (then the rows are drawn again
     from data.synth_rows and data.synth_seed and compared by ID and label)."""
-    import warnings
-
-    from korllama.bases import sha256_file
-    from korllama.data import split
-
+    config = run.config
     record = None
-    if run is not None and RunDir(run).finished:
-        record = RunDir(run).read_summary().get("data")
-    if run is not None and record is None:
+    if run.dir is not None and run.dir.finished:
+        record = run.dir.read_summary().get("data")
+    if run.dir is not None and record is None:
         warnings.warn(f"{run} does not record the table it was trained on (a run made by an older korllama), so "
                       f"--held-out cannot check that {table.source} is that table.", stacklevel=2)
     if record is not None:
         if record["source"] == "synthetic":
-            from korllama.synth import synthetic_table
-
             rows, seed = config.data.synth_rows, config.data.synth_seed
             drawn = synthetic_table(rows, seed, table.spec)
             same = (len(drawn) == len(table) and drawn.ids.tolist() == table.ids.tolist()
@@ -271,7 +248,7 @@ def held_out_rows(run: str | Path | None, data: str | Path | Table, table: Table
             raise KorllamaError(f"--held-out: {table.source} is not the table {run} was trained on ({trained_on}); "
                                 "its held-out rows exist only in that table: pass it as --data, or leave out "
                                 f"--held-out to score every row of {table.source}.")
-    return split(table, config.data.valid_fraction, config.data.split_seed)[1]
+    return run.split(table)[1]
 
 
 def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None, out_dir: str | Path, spec=None,
@@ -287,11 +264,9 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
 
     from korllama.baseline import fit_baseline
     from korllama.data import as_table, split
-    from korllama.decision import RULES
     from korllama.scoring import predict_labels
 
-    if decision not in RULES:
-        raise KorllamaError(f"--decision must be one of {', '.join(RULES)}, not {decision!r}.")
+    decision = decision_choice(decision)
 
     table = as_table(train, spec)
     if eval_data is None:

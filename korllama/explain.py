@@ -48,10 +48,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from korllama.data import Table
+from korllama.baseline import TreeBaseline
+from korllama.data import Table, as_table
 from korllama.errors import KorllamaError
 from korllama.features import OPS
+from korllama.io import write_csv, write_text
+from korllama.references import reference_values
+from korllama.run import Run
 from korllama.schema import TableSpec
+from korllama.scoring import score
+from korllama.ui import progress_bar
 
 ProbaFn = Callable[[Table], np.ndarray]
 REASON_COLUMNS = ["id", "label", "probability", "rank", "field", "value", "reference", "delta"]
@@ -73,70 +79,6 @@ def carried_fields(template, spec: TableSpec) -> list[str]:
     known = set(known_fields(spec))
     found = [field for _, field, _, _ in string.Formatter().parse(template.text) if field in known]
     return list(dict.fromkeys(found))
-
-
-def reference_values(train: Table) -> dict[str, object]:
-    """The neutral value of every column and derived feature, from training rows (see the module's docstring)."""
-    spec, frame = train.spec, train.frame
-    refs: dict[str, object] = {}
-    for col in spec.columns:
-        values = frame[col.alias].dropna()
-        if values.empty:
-            refs[col.alias] = None
-        elif col.parser == "category" or col.values:
-            counts = values.value_counts()
-            top = counts[counts == counts.max()].index  # ties: the smallest value, so the choice is repeatable
-            best = sorted(top, key=str)[0]
-            refs[col.alias] = str(best) if col.parser == "category" else _number(best, col.integer)
-        else:
-            refs[col.alias] = _number(values.astype(float).median(), col.integer)
-    for d in spec.derived:
-        values = pd.Series(frame[d.alias], dtype=float).dropna()
-        refs[d.alias] = None if values.empty else float(values.median())
-    return refs
-
-
-def _number(x, integer: bool):
-    return int(np.floor(float(x) + 0.5)) if integer else float(x)
-
-
-def save_references(path: str | Path, refs: dict, source: str, rows: int) -> None:
-    from korllama.io import write_text
-
-    write_text(path, json.dumps({"source": source, "rows": rows, "references": refs}, indent=1,
-                                ensure_ascii=False))
-
-
-def load_references(path: str | Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text("utf-8"))["references"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise KorllamaError(f"{path} is not a references file written by korllama ({exc}); delete it and the "
-                            "references are derived again from the run's training rows.") from None
-
-
-def run_training_part(config, table: Table | None = None) -> Table:
-    """The run's own training rows: its split of its data (`table`: that data, when the caller holds it)."""
-    from korllama.data import split
-    from korllama.train import load_training_table
-
-    if table is None:
-        try:
-            table = load_training_table(config)
-        except KorllamaError as exc:
-            raise KorllamaError(f"The run's training data cannot be read, so the neutral references cannot be "
-                                f"derived from it: {exc}") from None
-    return split(table, config.data.valid_fraction, config.data.split_seed)[0]
-
-
-def run_references(run, config, table: Table | None = None) -> dict:
-    """The run's stored references (RUN/references.json), or derived from its training split when absent."""
-    from korllama.run import RunDir
-
-    path = RunDir(run).references
-    if path.is_file():
-        return load_references(path)
-    return reference_values(run_training_part(config, table))
 
 
 # --- variants and reasons -----------------------------------------------------------------------------------------
@@ -320,8 +262,6 @@ def explain(proba_fn: ProbaFn, table: Table, fields: list[str], references: dict
 
 def llm_proba_fn(model, tokenizer, template, classes: list[str], batch_size: int = 32) -> ProbaFn:
     """proba_fn of a language model: render the prompts, score each distinct prompt once (korllama.scoring)."""
-    from korllama.scoring import score
-
     def proba(table: Table) -> np.ndarray:
         prompts = template.render(table)
         codes, unique = pd.factorize(pd.Series(prompts, dtype=object))
@@ -344,20 +284,16 @@ def explain_rows(model, tokenizer, template, table: Table, references: dict, cla
 
 def baseline_proba_fn(train: Table) -> ProbaFn:
     """The tree baseline fitted on `train`; its predict_proba as a proba_fn."""
-    from korllama.baseline import TreeBaseline
-
     return TreeBaseline().fit(train).predict_proba
 
 
 # --- the command ----------------------------------------------------------------------------------------------------
 
 def select_rows(table: Table, ids: list[str] | None = None, held_out: bool = False, limit: int | None = None,
-                config=None) -> Table:
+                run: Run | None = None) -> Table:
     """The rows to explain: the run's held-out split, a seeded sample (as `evaluate --limit`), or given IDs."""
-    from korllama.data import split
-
     if held_out:
-        table = split(table, config.data.valid_fraction, config.data.split_seed)[1]
+        table = run.split(table)[1]
     if ids:
         index = pd.Index(table.ids)
         absent = [i for i in ids if i not in index]
@@ -372,36 +308,22 @@ def select_rows(table: Table, ids: list[str] | None = None, held_out: bool = Fal
     return table
 
 
-def explain_run(run: str | Path, data: str | Path | Table, out: str | Path, ids: list[str] | None = None,
+def explain_run(run: Run, data: str | Path | Table, out: str | Path, ids: list[str] | None = None,
                 held_out: bool = False, limit: int | None = None, baseline: bool = False, batch_size: int = 32,
                 console=None) -> tuple[Reasons, dict]:
     """`korllama explain`: reasons for rows of `data` from a run (or from the tree baseline fitted on the run's
     training split); writes OUT/reasons.csv and OUT/explain.json. Returns the reasons and the summary. `data`: a file,
     or the Table when the caller has already read it."""
-    from korllama.config import load_config
-    from korllama.data import as_table
-    from korllama.io import write_csv, write_text
-    from korllama.run import RunDir
-    from korllama.ui import progress_bar
-
-    run_dir = RunDir(run)
-    run_dir.require_run()
-    config = load_config(run_dir.config)
-    table = select_rows(as_table(data, config.data.spec), ids, held_out, limit, config)
-    spec, classes = table.spec, table.spec.label.classes
+    table = select_rows(as_table(data, run.spec), ids, held_out, limit, run)
+    spec, classes = run.spec, run.classes
     if baseline:
-        train = run_training_part(config)
+        train = run.split()[0]
         references = reference_values(train)
         proba_fn, fields, system, template = baseline_proba_fn(train), known_fields(spec), "baseline", ""
     else:
-        from korllama.predict import load_run
-        from korllama.prompts import get_template
-
-        model, tokenizer, config = load_run(run_dir.root)
-        template_ = get_template(spec, config.prompt.template, config.prompt.fields)
-        references = run_references(run_dir.root, config)
-        proba_fn = llm_proba_fn(model, tokenizer, template_, classes, batch_size)
-        fields, system, template = carried_fields(template_, spec), run_dir.root.name, template_.name
+        references = run.references
+        proba_fn = llm_proba_fn(run.model, run.tokenizer, run.template, classes, batch_size)
+        fields, system, template = carried_fields(run.template, spec), run.name, run.template.name
     if not fields:
         raise KorllamaError(f"The run's prompt template {template!r} shows no column of spec {spec.name!r}: "
                             "there is nothing to neutralise.")
@@ -411,7 +333,7 @@ def explain_run(run: str | Path, data: str | Path | Table, out: str | Path, ids:
     seconds = time.perf_counter() - started
     out = Path(out)
     write_csv(out / "reasons.csv", reasons.frame())
-    summary = {"system": system, "run": str(run_dir.root), "template": template, "data": table.source,
+    summary = {"system": system, "run": str(run.root), "template": template, "data": table.source,
                "held_out": held_out, "rows": len(reasons), "fields": fields, "references": reasons.references,
                "seconds": seconds, "rows_per_s": len(reasons) / max(seconds, 1e-9)}
     write_text(out / "explain.json", json.dumps(summary, indent=1, ensure_ascii=False, default=str))

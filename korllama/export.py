@@ -24,8 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from korllama.errors import KorllamaError
-from korllama.run import RunDir
+from korllama import __version__
+from korllama.data import TableChunks
+from korllama.errors import DataError, KorllamaError
+from korllama.prompts import answer
+from korllama.run import Run
+from korllama.scoring import label_tokens, score
+from korllama.synth import synthetic_table
 
 EXPORT_FILE = "korllama.json"  # marks a folder as a korllama export (so --overwrite may replace it)
 README = "README.md"
@@ -34,31 +39,22 @@ TOLERANCE = 1e-5  # max |P(label) exported - P(label) run| for float32 weights (
 EXAMPLES = 3
 
 
-def export_run(run: str | Path, out: str | Path, overwrite: bool = False, examples: int = EXAMPLES) -> dict:
+def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: int = EXAMPLES) -> dict:
     """Write the export folder (see the module) and return what korllama.json records, plus `out`."""
-    from korllama import __version__
-    from korllama.predict import load_run
-    from korllama.prompts import answer, get_template
-    from korllama.scoring import label_tokens, score
-
-    run = RunDir(run)
-    run.require_run()
+    run = source.dir
     if not run.finished:
         raise KorllamaError(f"{run} has not finished training (no {run.summary.name}); finish it with "
                             f"`korllama train --out {run} --resume` before exporting it.")
     out = Path(out)
     _check_target(out, overwrite)
-    from korllama.config import load_config
-
-    if load_config(run.config).model.load_in_4bit:
+    config = source.config
+    if config.model.load_in_4bit:
         raise KorllamaError(f"{run} was trained on a 4-bit base (model.load_in_4bit): merging an adapter into 4-bit "
                             "weights loses precision, and korllama does not export such runs; serve its adapter "
                             "on the full-precision base instead (see the README, vLLM with --enable-lora).")
 
-    model, tokenizer, config = load_run(run.root)
-    spec = _spec(config)
-    classes = spec.label.classes
-    template = get_template(spec, config.prompt.template, config.prompt.fields)
+    model, tokenizer, template = source.model, source.tokenizer, source.template
+    spec, classes = source.spec, source.classes
     labels = label_tokens(tokenizer, classes)
     rows = _example_rows(config, spec, examples)
     prompts = template.render(rows) if rows is not None else []
@@ -139,29 +135,18 @@ def _check_target(out: Path, overwrite: bool) -> None:
                                 "to replace it.")
 
 
-def _spec(config):
-    from korllama.schema import load_spec
-
-    return load_spec(config.data.spec)
-
-
 def _example_rows(config, spec, n: int):
     """The first `n` rows of the run's training table (its file, read only that far; or its synthetic table), as a
     clean Table; None when there is none to read (the file has moved, or a spec has no synthetic table)."""
     if n <= 0:
         return None
-    from korllama.errors import DataError
-
     if config.data.train is not None:
-        from korllama.predict import TableChunks
-
         if not Path(config.data.train).is_file():
             return None
         try:
             return next(TableChunks(config.data.train, spec, chunk_rows=n).chunks())[1]
         except (DataError, StopIteration):
             return None
-    from korllama.synth import synthetic_table
 
     try:
         return synthetic_table(n, config.data.synth_seed, spec)

@@ -241,6 +241,34 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
     return model, tokenizer
 
 
+def load_run_weights(config, folder, base: str | None = None):
+    """(model, tokenizer) of a run (`folder`, a korllama.run.RunDir; None for a bare base under `config`): model/
+    (full training: a complete save_pretrained folder) or adapter/ (LoRA: loaded on top of the run's base with
+    PeftModel.from_pretrained); with `base`, that model instead of the run's weights, with its own tokenizer.
+    Weights from safetensors only: a pickle can run code."""
+    if folder is None:
+        return load_base(config.model, base, for_training=False)
+    for weights in (folder.model, folder.adapter):
+        if weights.is_dir() and not any(weights.glob("*.safetensors")):
+            raise KorllamaError(f"{weights} holds no safetensors weights; korllama loads safetensors only "
+                                "(never pickled .bin files).")
+    run_tokenizer = folder.tokenizer if folder.tokenizer.is_dir() else None
+    if base is not None:  # the run's prompt settings with another model (its untrained base)
+        return load_base(config.model, base, for_training=False)
+    if (folder.model / "config.json").is_file():
+        return load_base(config.model, folder.model, for_training=False, tokenizer_source=run_tokenizer)
+    if (folder.adapter / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base_path = folder.base if config.model.base == "tiny" else config.model.base
+        model, tokenizer = load_base(config.model, base_path, for_training=False, tokenizer_source=run_tokenizer)
+        model = PeftModel.from_pretrained(model, folder.adapter)  # safetensors adapter
+        model.eval()
+        return model, tokenizer
+    raise KorllamaError(f"{folder} holds neither model/ nor adapter/: its training did not finish; "
+                        f"resume it with `korllama train --out {folder} --resume`.")
+
+
 # --- LoRA and parameter counts -----------------------------------------------------------------------------------
 
 def wrap_lora(model, lora_cfg: LoraConfig):
@@ -259,16 +287,12 @@ def wrap_lora(model, lora_cfg: LoraConfig):
 
 
 def parameter_report(model) -> tuple[int, int]:
-    """(trainable, total) parameters, counted as PEFT does (tied weights once, bitsandbytes 4-bit unpacked)."""
-    trainable = total = 0
-    for _, param in model.named_parameters():  # named_parameters yields a tied weight only once
-        n = param.numel()
-        if param.__class__.__name__ == "Params4bit":  # two 4-bit values per byte of the storage dtype
-            n *= 2 * (param.quant_storage.itemsize if hasattr(param, "quant_storage") else 1)
-        total += n
-        if param.requires_grad:
-            trainable += n
-    return trainable, total
+    """(trainable, total) parameters: peft's own count for a LoRA model (tied weights once, bitsandbytes 4-bit
+    unpacked); a model trained in full trains every parameter it has (named_parameters yields a tied one once)."""
+    if hasattr(model, "get_nb_trainable_parameters"):  # a PeftModel
+        return model.get_nb_trainable_parameters()
+    total = sum(param.numel() for _, param in model.named_parameters())
+    return total, total
 
 
 def format_parameter_report(trainable: int, total: int) -> str:

@@ -1,4 +1,6 @@
-"""RunDir: the one owner of a run directory's layout. Nothing else in korllama spells these names.
+"""A run: `RunDir`, the one owner of a run directory's layout (nothing else in korllama spells these names), and
+`Run`, a run read once — its config, spec, template, labels, split, evaluation sample, decision rule, references,
+model and tokenizer — which every consumer (predict, evaluate, explain, serve, export, the card) takes.
 
     RUN/config.yaml          the validated RunConfig the run was trained with (resume reads it back)
     RUN/base/                the tiny model before training (model.base: tiny only)
@@ -13,10 +15,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from functools import cached_property
 from pathlib import Path
 
+from korllama.choices import Decision
+from korllama.config import RunConfig, load_config
+from korllama.data import Table, read_table, split
+from korllama.decision import DecisionRule, decision_choice
 from korllama.errors import KorllamaError
+from korllama.model import load_run_weights
+from korllama.prompts import Template, get_template
+from korllama.references import load_references, reference_values
+from korllama.schema import TableSpec, load_spec
+from korllama.synth import synthetic_table
 
 
 class RunDir:
@@ -98,3 +111,137 @@ class RunDir:
 
     def __str__(self) -> str:
         return str(self.root)
+
+
+# --- what a run was trained on -------------------------------------------------------------------------------------
+
+def load_training_table(config: RunConfig) -> Table:
+    """The configured table, or the synthetic loan table when `data.train` is empty."""
+    if config.data.train is not None:
+        return read_table(config.data.train, config.data.spec)
+    return synthetic_table(config.data.synth_rows, config.data.synth_seed, load_spec(config.data.spec))
+
+
+def data_fingerprint(config: RunConfig, table: Table) -> dict:
+    """What the run was trained on, so that `evaluate --held-out` can tell the same file from another one."""
+    found = {"source": str(config.data.train) if config.data.train else "synthetic", "rows": len(table)}
+    if config.data.train is not None and Path(config.data.train).is_file():
+        found["sha256"] = hashlib.sha256(Path(config.data.train).read_bytes()).hexdigest()
+    return found
+
+
+# --- a run, read once ----------------------------------------------------------------------------------------------
+
+class Run:
+    """A trained run (or a bare base model scored with the default config, `base`), read once.
+
+    Everything derived from the config is computed here and nowhere else: the spec, the prompt template, the labels,
+    the split of the training table, the evaluation sample training chose its best weights on, the decision rule,
+    the neutral references of explain; the model and tokenizer are loaded on first use (safetensors only)."""
+
+    def __init__(self, config: RunConfig, root: str | Path | None = None, base: str | None = None,
+                 table: Table | None = None):
+        self.config = config
+        self.dir = RunDir(root) if root is not None else None
+        self.base = base
+        self.spec: TableSpec = table.spec if table is not None else load_spec(config.data.spec)
+        self.template: Template = get_template(self.spec, config.prompt.template, config.prompt.fields)
+        self.classes: list[str] = list(self.spec.label.classes)
+        self._table = table
+
+    @classmethod
+    def load(cls, root: str | Path | None = None, base: str | None = None, table: Table | None = None,
+             way_out: str | None = None) -> Run:
+        """A run directory's run; with `base` its prompts on another model (its untrained base); with `base` alone
+        a bare base model under the default config. `table`: the run's training table, when the caller holds it.
+        `way_out` ends the sentence refusing a folder that is not a run."""
+        if root is None and base is None:
+            raise KorllamaError("Name a run directory, or a base model with --base.")
+        if root is None:
+            config = RunConfig()
+            return cls(config.model_copy(update={"model": config.model.model_copy(update={"base": base})}), None, base)
+        folder = RunDir(root)
+        folder.require_run(*([way_out] if way_out else []))
+        return cls(load_config(folder.config), folder.root, base, table)
+
+    @property
+    def root(self) -> Path | None:
+        return self.dir.root if self.dir is not None else None
+
+    @property
+    def tuned(self) -> bool:
+        """The run's own weights are scored (not a bare or untuned base)."""
+        return self.dir is not None and self.base is None
+
+    @property
+    def name(self) -> str:
+        """The system's name in reports: a base model scored with a run's prompts does not take the run's name."""
+        if self.dir is None:
+            return Path(str(self.base)).name
+        if self.base is not None:
+            return f"{Path(str(self.base)).name} ({self.dir.root.name} prompts)"
+        return self.dir.root.name
+
+    # -- data --
+    def training_table(self) -> Table:
+        """The table the run was trained on (read once)."""
+        if self._table is None:
+            self._table = load_training_table(self.config)
+        return self._table
+
+    def split(self, table: Table | None = None) -> tuple[Table, Table]:
+        """(training rows, validation rows) of `table` (default: the run's own table), as training split them."""
+        data = self.config.data
+        return split(table if table is not None else self.training_table(), data.valid_fraction, data.split_seed)
+
+    def eval_sample(self, valid: Table) -> Table:
+        """The validation rows training scores at each evaluation (and the card reports): one definition."""
+        return valid.sample(self.config.train.eval_rows, seed=self.config.data.split_seed)
+
+    # -- the model --
+    @cached_property
+    def _model_and_tokenizer(self):
+        return load_run_weights(self.config, self.dir, self.base)
+
+    @property
+    def model(self):
+        return self._model_and_tokenizer[0]
+
+    @property
+    def tokenizer(self):
+        return self._model_and_tokenizer[1]
+
+    # -- the decision rule and the references --
+    @cached_property
+    def stored_rule(self) -> DecisionRule | None:
+        """The run's macro-F1 decision rule (RUN/decision.json), fitted on its eval rows; None when it has none or
+        another model is scored."""
+        if not self.tuned or not self.dir.decision.is_file():
+            return None
+        return DecisionRule.load(self.dir.decision)
+
+    def rule(self, decision: str = "argmax") -> DecisionRule | None:
+        """None for plain argmax; for "macro-f1" the run's rule, which weighs the rare labels up so that macro-F1
+        is higher than argmax's."""
+        if decision_choice(decision) is Decision.ARGMAX:
+            return None
+        if not self.tuned:
+            raise KorllamaError("--decision macro-f1 uses the rule fitted when a run was trained: name the run, "
+                                "without --base.")
+        if self.stored_rule is None:
+            raise KorllamaError(f"{self.root} has no decision rule ({self.dir.decision.name}; runs trained before it "
+                                "existed have none): use --decision argmax, or train the run again.")
+        return self.stored_rule
+
+    @cached_property
+    def references(self) -> dict:
+        """The neutral value of every field: stored in the run (RUN/references.json) when its card was written,
+        else derived from its training split."""
+        if self.dir is not None and self.dir.references.is_file():
+            return load_references(self.dir.references)
+        try:
+            train_part = self.split()[0]
+        except KorllamaError as exc:
+            raise KorllamaError(f"The run's training data cannot be read, so the neutral references cannot be "
+                                f"derived from it: {exc}") from None
+        return reference_values(train_part)

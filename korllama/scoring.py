@@ -76,18 +76,25 @@ def pad_id_of(tokenizer) -> int:
     return 0
 
 
+def pad_left(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(padded, attention mask): `rows` padded with `value` on the LEFT to the longest, so that every row's last
+    token sits in the last column (where the answer's logits, or generation, start). Training's collator pads the
+    same way, so training and scoring see the same positions."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, width - len(r):] = torch.as_tensor(r, dtype=torch.long)
+        mask[j, width - len(r):] = 1
+    return ids, mask
+
+
 def left_padded_batches(encoded: list[list[int]], batch_size: int, pad_id: int):
-    """(row indices, input ids, attention mask) batches of similar-length rows, padded on the left so that every
-    row's last token sits in the last column (where the answer's logits, or generation, start)."""
+    """(row indices, input ids, attention mask) batches of similar-length rows, padded on the left (pad_left)."""
     order = np.argsort([len(e) for e in encoded], kind="stable")
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, i in enumerate(rows):
-            ids[j, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[j, width - len(encoded[i]):] = 1
+        ids, mask = pad_left([encoded[i] for i in rows], pad_id)
         yield rows, ids, mask
 
 

@@ -13,7 +13,6 @@ import hmac
 import json
 import os
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -31,8 +30,10 @@ from korllama import __version__
 from korllama.batching import Applicants, Batcher, Grader, as_text, problem
 from korllama.data import Table
 from korllama.errors import KorllamaError
-from korllama.run import RunDir
+from korllama.explain import explain_rows
+from korllama.run import Run
 from korllama.schema import ColumnSpec, TableSpec
+from korllama.scoring import predict_labels
 
 MAX_APPLICANTS = 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024  # 1,024 applicants with Korean keys and raw values are about 0.7 MiB
@@ -239,27 +240,18 @@ class BodyLimit:
 
 # --- the app -----------------------------------------------------------------------------------------------------
 
-def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64, max_wait_ms: float = 10,
+def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64, max_wait_ms: float = 10,
                max_body_bytes: int = MAX_BODY_BYTES, max_applicants: int = MAX_APPLICANTS,
                decision: str = "argmax") -> FastAPI:
-    """The scoring service for a run directory (the model is loaded here, once). `decision`: the grade is the most
-    probable label (argmax) or the run's macro-F1 decision rule's (korllama.decision)."""
-    from korllama.explain import explain_rows, run_references
-    from korllama.predict import decision_rule, load_run
-    from korllama.prompts import get_template
-    from korllama.schema import load_spec
-    from korllama.scoring import predict_labels
-
+    """The scoring service for a run (its model is loaded here, once). `decision`: the grade is the most probable
+    label (argmax) or the run's macro-F1 decision rule's (korllama.decision)."""
     if max_batch < 1 or max_wait_ms < 0 or max_body_bytes < 1 or max_applicants < 1:
         raise KorllamaError("max_batch, max_body_bytes and max_applicants must be at least 1 and max_wait_ms at "
                             "least 0.")
-    run_dir = Path(run_dir)
-    RunDir(run_dir).require_run(way_out="serve the --out folder of a finished `korllama train`")
-    rule = decision_rule(run_dir, None, decision)
-    model, tokenizer, config = load_run(run_dir)  # safetensors only, for every command
-    spec = load_spec(config.data.spec)
-    template = get_template(spec, config.prompt.template, config.prompt.fields)
-    classes = list(spec.label.classes)
+    run_dir = run.root
+    rule = run.rule(decision)
+    model, tokenizer, config = run.model, run.tokenizer, run.config  # safetensors only, for every command
+    spec, template, classes = run.spec, run.template, run.classes
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     max_tokens = min(config.train.max_length, positions or config.train.max_length)
     token = os.environ.get(token_env) or None
@@ -277,7 +269,7 @@ def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch
 
     def explainer(table: Table, top: int):
         if not references:
-            references.update(run_references(run_dir, config))
+            references.update(run.references)
         return explain_rows(model, tokenizer, template, table, references, classes, top, max_batch)
 
     grader = Grader(model, tokenizer, template, spec, max_batch, max_tokens, explainer)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from fixtures import loan_prompts, logits, make_run, write_table
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/fixtures.py is importable as `fixtures`
-
-from fixtures import loan_prompts, logits, make_run, write_table  # noqa: E402
-
-from korllama.cli import main  # noqa: E402
+from korllama.cli import main
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dacon-loan"
 SEED_README = Path(__file__).resolve().parents[1].parent / "shared" / "seed" / "Kor_llama-README.md"

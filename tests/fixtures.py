@@ -183,12 +183,15 @@ RUN_ROWS = 200  # synthetic rows (seed 0) the tiny run trains on; its validation
 def make_run(run_dir: Path) -> Path:
     """Full-weight training of a tiny random Llama on RUN_ROWS synthetic rows: 4 steps, one evaluation. Its split
     seed is not the default, so a test can tell the run's held-out rows from a default split's."""
+    from korllama.card import document_run
     from korllama.config import RunConfig
-    from korllama.train import train
+    from korllama.run import Run
+    from korllama.training import train
 
     config = run_config(name="tiny", data={"synth_rows": RUN_ROWS, "split_seed": 3},
                         train={"max_steps": 4, "eval_steps": 4, "save_steps": 4})
     train(RunConfig.model_validate(config), run_dir)
+    document_run(Run.load(run_dir), on_error="raise")  # as `korllama train` does: the curve and the card
     return run_dir
 
 

@@ -23,7 +23,7 @@ import korllama.bases as bases
 from korllama.config import LoraConfig, ModelConfig
 from korllama.errors import ConfigError
 from korllama.model import load_base, wrap_lora
-from korllama.train import tokenize
+from korllama.training.collate import tokenize
 
 try:  # rank scoring moves to korllama.scoring
     from korllama.scoring import score

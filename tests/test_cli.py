@@ -236,16 +236,16 @@ def test_lora_info_reads_a_local_base_folder(tmp_path, cli):
 # --- Ctrl-C and piped output ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
-def test_ctrl_c_says_nothing_was_written(tmp_path, cli, monkeypatch, command):
-    import korllama.predict
+def test_ctrl_c_says_nothing_was_written(tmp_path, cli, monkeypatch, command, run_dir):
+    import korllama.run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(korllama.predict, "load_run", interrupted)
+    monkeypatch.setattr(korllama.run, "load_run_weights", interrupted)
     data = write_table(tmp_path)
     out = tmp_path / "out" / ("submission.csv" if command == "predict" else "eval")
-    code, stdout, err = cli(command, tmp_path / "run", "--data", data, "--out", out)
+    code, stdout, err = cli(command, run_dir, "--data", data, "--out", out)  # Ctrl-C while the weights load
     assert code == 130
     assert err.strip() == "interrupted; nothing written" and stdout == ""
     assert not (tmp_path / "out").exists()

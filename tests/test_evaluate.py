@@ -21,6 +21,7 @@ from korllama.config import load_config
 from korllama.data import read_table, split
 from korllama.errors import KorllamaError
 from korllama.evaluate import evaluate_run, metrics, reliability, run_baseline
+from korllama.run import Run
 from korllama.synth import synthesize, synthetic_table
 
 KEYS = {"macro_f1", "accuracy", "qwk", "n", "per_class", "confusion", "invalid_rate", "rows_per_s"}
@@ -118,7 +119,7 @@ def test_reliability_bins_and_a_perfectly_calibrated_case():
 
 def test_evaluate_run_on_the_held_out_split(run_dir, labelled_csv, tmp_path):
     out = tmp_path / "tuned"
-    result = evaluate_run(run_dir, labelled_csv, out, held_out=True, batch_size=8)
+    result = evaluate_run(Run.load(run_dir), labelled_csv, out, held_out=True, batch_size=8)
     data = load_config(run_dir / "config.yaml").data
     assert data.split_seed != 0  # the run's own split, not the default one
     valid = split(read_table(labelled_csv), data.valid_fraction, data.split_seed)[1]
@@ -152,7 +153,7 @@ def test_evaluate_run_on_the_held_out_split(run_dir, labelled_csv, tmp_path):
 
 def test_evaluate_run_in_generate_mode(run_dir, labelled_csv, tmp_path):
     out = tmp_path / "generate"
-    result = evaluate_run(run_dir, labelled_csv, out, mode="generate", limit=5, held_out=True, batch_size=5)
+    result = evaluate_run(Run.load(run_dir), labelled_csv, out, mode="generate", limit=5, held_out=True, batch_size=5)
     assert result["n"] == 5 and result["mode"] == "generate" and result["system"] == "run-generate"
     assert "calibration" not in result
     predictions = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
@@ -164,11 +165,11 @@ def test_evaluate_run_in_generate_mode(run_dir, labelled_csv, tmp_path):
 
 
 def test_evaluate_run_before_tuning_is_named_apart_from_the_run(run_dir, labelled_csv, tmp_path):
-    before = evaluate_run(run_dir, labelled_csv, tmp_path / "before", base=str(run_dir / "base"), limit=8)
+    before = evaluate_run(Run.load(run_dir, base=str(run_dir / "base")), labelled_csv, tmp_path / "before", limit=8)
     assert before["system"] == "base (run prompts)" and before["base"] == str(run_dir / "base")
-    after = evaluate_run(run_dir, labelled_csv, tmp_path / "after", limit=8)
+    after = evaluate_run(Run.load(run_dir), labelled_csv, tmp_path / "after", limit=8)
     assert after["system"] == "run" and after["base"] is None
-    bare = evaluate_run(None, labelled_csv, tmp_path / "bare", base=str(run_dir / "base"), limit=4)
+    bare = evaluate_run(Run.load(base=str(run_dir / "base")), labelled_csv, tmp_path / "bare", limit=4)
     assert bare["system"] == "base" and bare["run"] is None and bare["template"] == "compact"
 
 
@@ -176,7 +177,7 @@ def test_evaluate_run_refuses_an_unlabelled_table(run_dir, tmp_path):
     data = tmp_path / "test.csv"
     synthesize(10, seed=1).drop(columns=["대출등급"]).to_csv(data, index=False)
     with pytest.raises(KorllamaError, match="대출등급.*korllama predict"):
-        evaluate_run(run_dir, data, tmp_path / "out")
+        evaluate_run(Run.load(run_dir), data, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -295,14 +296,13 @@ def test_metrics_json_holds_null_where_a_metric_is_undefined(tmp_path):
 def test_held_out_refuses_a_table_the_run_was_not_trained_on(run_dir, labelled_csv, tmp_path):
     from korllama.evaluate import held_out_rows
 
-    config = load_config(run_dir / "config.yaml")
-    same = held_out_rows(run_dir, labelled_csv, read_table(labelled_csv), config)  # the run's synthetic rows
+    same = held_out_rows(Run.load(run_dir), labelled_csv, read_table(labelled_csv))  # the run's synthetic rows
     assert len(same) == RUN_ROWS // 5
     other = tmp_path / "other.csv"
     synthesize(RUN_ROWS, seed=1).to_csv(other, index=False)  # same size and IDs, other loans
     with pytest.raises(KorllamaError, match=r"--held-out: other\.csv is not the table .* was trained on \(a synthetic "
                                             r"table of 200 rows, seed 0; `korllama data synth --rows 200 --seed 0"):
-        held_out_rows(run_dir, other, read_table(other), config)
+        held_out_rows(Run.load(run_dir), other, read_table(other))
 
 
 def test_held_out_compares_a_training_file_by_its_hash(run_dir, tmp_path):
@@ -319,15 +319,14 @@ def test_held_out_compares_a_training_file_by_its_hash(run_dir, tmp_path):
     summary["data"] = {"source": str(trained_on), "rows": 300,
                        "sha256": hashlib.sha256(trained_on.read_bytes()).hexdigest()}
     (run / "train_summary.json").write_text(json.dumps(summary))
-    config = load_config(run / "config.yaml")
 
     copy = tmp_path / "copy.csv"
     shutil.copy(trained_on, copy)  # the same bytes under another name: the same table
-    assert len(held_out_rows(run, copy, read_table(copy), config)) == 60
+    assert len(held_out_rows(Run.load(run), copy, read_table(copy))) == 60
     edited = tmp_path / "edited.csv"
     edited.write_text(trained_on.read_text().replace("SYN_00007", "SYN_99999"))
     with pytest.raises(KorllamaError, match=rf"edited\.csv is not the table .* \({trained_on}, 300 rows\)"):
-        held_out_rows(run, edited, read_table(edited), config)
+        held_out_rows(Run.load(run), edited, read_table(edited))
 
 
 def test_evaluate_command_refuses_held_out_rows_of_another_file(cli, run_dir, tmp_path):
@@ -359,8 +358,8 @@ def test_evaluate_with_the_decision_rule_never_judges_it_on_its_fitting_rows(run
 
     rule = DecisionRule.load(RunDir(run_dir).decision)
     table = synthetic_table(RUN_ROWS, seed=0)
-    plain = evaluate_run(run_dir, table, tmp_path / "argmax", held_out=True)
-    ruled = evaluate_run(run_dir, table, tmp_path / "rule", held_out=True, decision="macro-f1")
+    plain = evaluate_run(Run.load(run_dir), table, tmp_path / "argmax", held_out=True)
+    ruled = evaluate_run(Run.load(run_dir), table, tmp_path / "rule", held_out=True, decision="macro-f1")
     fitted = set(rule.fitted_ids)
     scored = pd.read_csv(tmp_path / "rule" / "predictions.csv", dtype={"ID": str})
     assert fitted and not fitted & set(scored["ID"])  # the fitting rows are left out

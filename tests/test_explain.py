@@ -29,13 +29,12 @@ from korllama.explain import (
     group_metrics,
     importance,
     known_fields,
-    load_references,
     neutralised,
-    reference_values,
-    run_training_part,
     sentence,
 )
 from korllama.prompts import get_template
+from korllama.references import load_references, reference_values
+from korllama.run import Run
 from korllama.schema import load_spec
 from korllama.synth import synthesize, synthetic_table
 
@@ -288,14 +287,10 @@ def test_explain_prints_reasons_in_words_and_refuses_unknown_ids(cli, run_dir, r
 
 def test_explain_rows_for_the_service_equals_korllama_explain(cli, run_dir, run_data, tmp_path):
     from korllama.data import read_table
-    from korllama.explain import run_references
-    from korllama.predict import load_run
 
-    model, tokenizer, config = load_run(run_dir)
+    run = Run.load(run_dir)
     table = read_table(run_data).subset([5, 9])
-    template = get_template(table.spec, config.prompt.template, config.prompt.fields)
-    proba, top = explain_rows(model, tokenizer, template, table, run_references(run_dir, config),
-                              table.spec.label.classes, top=2)
+    proba, top = explain_rows(run.model, run.tokenizer, run.template, table, run.references, run.classes, top=2)
     assert proba.shape == (2, 7) and [len(t) for t in top] == [2, 2]
     code, _, err = cli("explain", run_dir, "--data", run_data, "--id", table.ids.iloc[0], "--id",
                        table.ids.iloc[1], "--out", tmp_path / "cli")
@@ -311,11 +306,10 @@ def test_explain_rows_for_the_service_equals_korllama_explain(cli, run_dir, run_
 
 
 def test_the_run_stores_its_references(run_dir):
-    from korllama.config import load_config
     from korllama.run import RunDir
 
     stored = load_references(RunDir(run_dir).references)
-    assert stored == json.loads(json.dumps(reference_values(run_training_part(load_config(RunDir(run_dir).config)))))
+    assert stored == json.loads(json.dumps(reference_values(Run.load(run_dir).split()[0])))
 
 
 def test_the_model_card(run_dir, tmp_path):
@@ -339,26 +333,30 @@ def test_the_model_card(run_dir, tmp_path):
     shutil.copytree(run_dir, copy)
     DecisionRule(list("ABCDEFG"), [1, 0.5, 1, 1, 1, 2, 1], fitted_rows=40,
                  valid_macro_f1={"argmax": 0.1, "decision": 0.2}).save(RunDir(copy).decision)
-    card = write_model_card(copy).read_text("utf-8")
+    card = write_model_card(Run.load(copy)).read_text("utf-8")
     assert "fitted on 40 validation rows" in card and "0.1000 with plain argmax -> 0.2000" in card
     shutil.rmtree(RunDir(copy).model)
     with pytest.warns(UserWarning, match="model card"):  # after training a broken card is a warning, not a failure
-        assert write_model_card(copy, on_error="warn") is None
+        assert write_model_card(Run.load(copy), on_error="warn") is None
     with pytest.raises(KorllamaError):
-        write_model_card(copy)
+        write_model_card(Run.load(copy))
+    (copy / "references.json").unlink()
+    run = Run.load(copy)  # a run without its stored references derives them from its training split
+    assert run.references == stored_references(run_dir)
 
 
 def test_compare_shows_cards_importance_and_groups(cli, run_dir, run_data, tmp_path):
     from korllama.evaluate import evaluate_run
     from korllama.report import compare
 
-    tuned = evaluate_run(run_dir, run_data, tmp_path / "tuned", held_out=True, system="tuned")
+    tuned = evaluate_run(Run.load(run_dir), run_data, tmp_path / "tuned", held_out=True, system="tuned")
     assert set(tuned["group_columns"]) == {c.alias for c in load_spec().columns}
     predictions = pd.read_csv(tmp_path / "tuned" / "predictions.csv")
     assert {"home_ownership", "loan_amount"} <= set(predictions.columns)
     code, _, err = cli("explain", run_dir, "--data", run_data, "--held-out", "--out", tmp_path / "tuned")
     assert code == 0, err
-    evaluate_run(run_dir, run_data, tmp_path / "before", base=str(run_dir / "base"), held_out=True, system="before")
+    evaluate_run(Run.load(run_dir, base=str(run_dir / "base")), run_data, tmp_path / "before", held_out=True,
+                 system="before")
     report = tmp_path / "report.html"
     compare([tmp_path / "before", tmp_path / "tuned"], report)
     page = report.read_text("utf-8")
@@ -385,3 +383,9 @@ def test_the_card_explains_as_many_rows_as_fit_its_time():
     assert explained_rows(3.0, 13, 100) == 20  # Gemma on the Korean prompt: the floor (60 s would give 12)
     assert explained_rows(25.0, 3, 300) == min(IMPORTANCE_ROWS, int(25.0 * IMPORTANCE_SECONDS / 4))
     assert explained_rows(10.0, 9, 300) == 60
+
+
+def stored_references(run_dir) -> dict:
+    from korllama.run import RunDir
+
+    return load_references(RunDir(run_dir).references)

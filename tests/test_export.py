@@ -20,11 +20,11 @@ from korllama.config import RunConfig, TinyModelConfig
 from korllama.errors import KorllamaError
 from korllama.export import EXPORT_FILE, TOLERANCE, export_run
 from korllama.model import build_tiny
-from korllama.predict import load_run
 from korllama.prompts import render
+from korllama.run import Run
 from korllama.scoring import score
 from korllama.synth import synthetic_table
-from korllama.train import train
+from korllama.training import train
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,9 @@ def test_export_of_a_lora_run_merges_it_and_scores_as_the_run(cli, lora_run, pro
     assert type(model).__name__ == "LlamaForCausalLM"  # a plain transformers model, no PEFT wrapper
     assert not [k for k in model.state_dict() if "lora" in k]
 
-    run_model, run_tokenizer, config = load_run(lora_run)
+    _loaded = Run.load(lora_run)
+
+    run_model, run_tokenizer, config = _loaded.model, _loaded.tokenizer, _loaded.config
     assert type(run_model).__name__.startswith("Peft")
     expected = score(run_model, run_tokenizer, prompts, CLASSES)
     exported = score(model, tokenizer, prompts, CLASSES)
@@ -118,7 +120,8 @@ def test_export_of_a_full_weight_run_scores_exactly_as_the_run(cli, run_dir, pro
     assert code == 0, err
     assert "full model" in " ".join(stdout.split())
     model, tokenizer = load_export(out)
-    run_model, run_tokenizer, _ = load_run(run_dir)
+    _loaded = Run.load(run_dir)
+    run_model, run_tokenizer, _ = _loaded.model, _loaded.tokenizer, _loaded.config
     expected = score(run_model, run_tokenizer, prompts, CLASSES)
     np.testing.assert_array_equal(score(model, tokenizer, prompts, CLASSES), expected)  # the same weights: exact
     np.testing.assert_allclose(by_hand(out, prompts), expected, atol=1e-6, rtol=0)
@@ -166,7 +169,7 @@ def test_a_failed_export_leaves_nothing(run_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", broken)
     with pytest.raises(OSError, match="disk full"):
-        export_run(run_dir, tmp_path / "export")
+        export_run(Run.load(run_dir), tmp_path / "export")
     assert list(tmp_path.iterdir()) == []  # neither the folder nor its staging copy
 
 
@@ -179,5 +182,5 @@ def test_a_4bit_run_is_refused_with_a_sentence(run_dir, tmp_path):
     config["model"]["load_in_4bit"] = True
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(KorllamaError, match="4-bit"):
-        export_run(run, tmp_path / "export")
+        export_run(Run.load(run), tmp_path / "export")
     assert not (tmp_path / "export").exists()

@@ -15,15 +15,17 @@ import torch
 from fixtures import CLASSES, FIELDS, TINY, unlabelled_csv
 
 from korllama.errors import KorllamaError
-from korllama.predict import generate, load_run, parse_grade, seed_generation_config
+from korllama.predict import generate, parse_grade, seed_generation_config
 from korllama.prompts import render
+from korllama.run import Run
 from korllama.scoring import score
 from korllama.synth import synthetic_table
 
 
 @pytest.fixture(scope="module")
 def loaded(run_dir):
-    return load_run(run_dir)
+    run = Run.load(run_dir)
+    return run.model, run.tokenizer, run.config
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,8 @@ def test_generate_returns_a_grade_or_none_and_the_text_per_prompt(loaded, mixed_
 def test_generation_is_the_same_alone_or_left_padded_in_a_batch(run_dir, mixed_prompts):
     # top_k=1 makes the original's sampling greedy, so left padding (rows of other lengths in one batch) must not
     # change a row's text. The untrained base never says EOS: every row runs all 100 new tokens.
-    model, tokenizer, _ = load_run(run_dir, base=str(run_dir / "base"))
+    _loaded = Run.load(run_dir, base=str(run_dir / "base"))
+    model, tokenizer, _ = _loaded.model, _loaded.tokenizer, _loaded.config
     prompts = [mixed_prompts[i] for i in (0, 1, 2)]  # long, short, truncated: padded by different amounts
     assert len({len(tokenizer(p)["input_ids"]) for p in prompts}) == 3
     batched = generate(model, tokenizer, prompts, CLASSES, batch_size=3)[1]
@@ -105,9 +108,9 @@ def test_generation_is_the_same_alone_or_left_padded_in_a_batch(run_dir, mixed_p
 
 def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(KorllamaError, match="not a korllama run directory.*--base"):
-        load_run(tmp_path)
+        Run.load(tmp_path)
     with pytest.raises(KorllamaError, match="--base"):
-        load_run(None, None)
+        Run.load(None, None)
 
 
 def test_load_run_of_an_unfinished_run_says_resume(run_dir, tmp_path):
@@ -115,7 +118,7 @@ def test_load_run_of_an_unfinished_run_says_resume(run_dir, tmp_path):
     unfinished.mkdir()
     shutil.copy(run_dir / "config.yaml", unfinished / "config.yaml")
     with pytest.raises(KorllamaError, match="did not finish.*--resume"):
-        load_run(unfinished)
+        _ = Run.load(unfinished).model
 
 
 def test_load_run_with_base_gives_the_untuned_model(run_dir, loaded):
@@ -126,11 +129,15 @@ def test_load_run_with_base_gives_the_untuned_model(run_dir, loaded):
     tuned = loaded[0].state_dict()[name]
     assert not torch.equal(tuned, before)
 
-    model, tokenizer, config = load_run(run_dir, base=str(run_dir / "base"))
+    _loaded = Run.load(run_dir, base=str(run_dir / "base"))
+
+    model, tokenizer, config = _loaded.model, _loaded.tokenizer, _loaded.config
     assert torch.equal(model.state_dict()[name], before)
     assert config.prompt.fields == FIELDS  # the run's prompt settings, the base's weights
 
-    model, tokenizer, config = load_run(None, base=str(run_dir / "base"))
+    _loaded = Run.load(None, base=str(run_dir / "base"))
+
+    model, tokenizer, config = _loaded.model, _loaded.tokenizer, _loaded.config
     assert torch.equal(model.state_dict()[name], before)
     assert config.model.base == str(run_dir / "base")
     proba = score(model, tokenizer, ["term: 36\nimplied_rate: 9.5%\ngrade:"], CLASSES)
@@ -143,7 +150,8 @@ def test_load_run_with_another_base_keeps_that_bases_tokenizer(run_dir, mixed_pr
 
     other = build_tiny(mixed_prompts, tmp_path / "other", TinyModelConfig(**(TINY | {"vocab_size": 300})), seed=1,
                        labels=CLASSES)
-    model, tokenizer, config = load_run(run_dir, base=str(other))
+    _loaded = Run.load(run_dir, base=str(other))
+    model, tokenizer, config = _loaded.model, _loaded.tokenizer, _loaded.config
     assert len(tokenizer) == model.get_input_embeddings().num_embeddings < 384  # not the run's 384-token vocabulary
     assert config.prompt.fields == FIELDS
     proba = score(model, tokenizer, mixed_prompts[:3], CLASSES)

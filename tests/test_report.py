@@ -17,6 +17,7 @@ from fixtures import RUN_ROWS
 from korllama.errors import KorllamaError
 from korllama.evaluate import metrics, write_evaluation
 from korllama.report import compare, load_evaluation, plot_train_curve
+from korllama.run import Run
 
 CLASSES = list("ABCDEFG")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -229,7 +230,7 @@ def test_compare_shows_where_the_llm_and_the_trees_disagree(run_dir, tmp_path):
     from korllama.synth import synthetic_table
 
     table = synthetic_table(RUN_ROWS, seed=0)
-    llm = evaluate_run(run_dir, table, tmp_path / "llm", held_out=True)
+    llm = evaluate_run(Run.load(run_dir), table, tmp_path / "llm", held_out=True)
     trees = run_baseline(table, None, tmp_path / "trees", valid_fraction=0.2, seed=3)
     assert llm["n"] == trees["n"]
     compare([tmp_path / "llm", tmp_path / "trees"], tmp_path / "r.html")

@@ -16,9 +16,10 @@ from fastapi.testclient import TestClient
 
 from korllama.config import load_config
 from korllama.evaluate import evaluate_run
-from korllama.predict import load_run, predict_file
+from korllama.predict import predict_file
+from korllama.run import Run
 from korllama.scoring import label_tokens, score
-from korllama.train import train
+from korllama.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 HIRING = REPO / "examples" / "hiring"
@@ -40,9 +41,9 @@ def hiring_run(tmp_path_factory) -> Path:
 
 
 def test_korean_labels_train_evaluate_and_predict(hiring_run, tmp_path):
-    model, tokenizer, config = load_run(hiring_run)
+    config = Run.load(hiring_run).config
     assert config.data.spec.endswith("spec.yaml")
-    result = evaluate_run(hiring_run, HIRING / "hiring.csv", tmp_path / "eval", held_out=True)
+    result = evaluate_run(Run.load(hiring_run), HIRING / "hiring.csv", tmp_path / "eval", held_out=True)
     assert result["classes"] == LABELS and result["n"] == 480
     assert np.asarray(result["confusion"]).shape == (3, 3) and set(result["per_class"]) == set(LABELS)
     assert result["ordinal"] is True and result["qwk"] is not None
@@ -52,7 +53,7 @@ def test_korean_labels_train_evaluate_and_predict(hiring_run, tmp_path):
 
     unlabelled = pd.read_csv(HIRING / "hiring.csv").head(30).drop(columns=["평가"])
     unlabelled.to_csv(tmp_path / "new.csv", index=False)
-    summary = predict_file(hiring_run, tmp_path / "new.csv", tmp_path / "graded.csv")
+    summary = predict_file(Run.load(hiring_run), tmp_path / "new.csv", tmp_path / "graded.csv")
     graded = pd.read_csv(tmp_path / "graded.csv")
     assert list(graded.columns) == ["지원번호", "평가"]  # the spec's id and label headers
     assert set(graded["평가"]) <= set(LABELS) and summary["rows"] == 30
@@ -63,7 +64,7 @@ def test_korean_labels_are_served(hiring_run):
     from korllama.serve import create_app
 
     row = pd.read_csv(HIRING / "hiring.csv", dtype=str, keep_default_na=False).iloc[0].drop("평가").to_dict()
-    with TestClient(create_app(hiring_run)) as client:
+    with TestClient(create_app(Run.load(hiring_run))) as client:
         answer = client.post("/v1/grade", json=row)
         assert answer.status_code == 200, answer.text
         body = answer.json()
@@ -103,7 +104,8 @@ def test_a_prefix_label_is_trained_and_scored_correctly(tmp_path):
         "train.max_length=64", "train.logging_steps=20"])
     run_dir = tmp_path / "run"
     train(config, run_dir)
-    model, tokenizer, _ = load_run(run_dir)
+    _loaded = Run.load(run_dir)
+    model, tokenizer, _ = _loaded.model, _loaded.tokenizer, _loaded.config
     labels = label_tokens(tokenizer, MERIT_SPEC["label"]["classes"])
     assert not labels.single and labels.answers[1][:1] == labels.answers[0]  # " pass" starts " pass with merit"
 

@@ -20,9 +20,11 @@ import pytest
 from fixtures import BAD_CASES, CLASSES, quirky_frame, unlabelled_csv, write_bad, write_table
 
 from korllama.data import read_table
+from korllama.data.stream import TableChunks, sum_warnings
 from korllama.errors import DataError
-from korllama.predict import TableChunks, load_run, predict_file, sum_warnings
+from korllama.predict import predict_file
 from korllama.prompts import get_template
+from korllama.run import Run
 from korllama.scoring import predict_labels, score
 from korllama.synth import synthesize
 
@@ -32,7 +34,8 @@ ROUNDING = 1.5e-6  # P_x columns are rounded to 6 decimals: a row scored in anot
 
 def in_memory_predictions(run_dir: Path, data: Path, with_proba: bool = True) -> pd.DataFrame:
     """The in-memory path, as predict_file was before streaming: read the whole table, score it, build the frame."""
-    model, tokenizer, config = load_run(run_dir)
+    _loaded = Run.load(run_dir)
+    model, tokenizer, config = _loaded.model, _loaded.tokenizer, _loaded.config
     table = read_table(data, config.data.spec)
     spec = table.spec
     prompts = get_template(spec, config.prompt.template, config.prompt.fields).render(table)
@@ -63,7 +66,7 @@ def labelled_csv(path: Path, rows: int, seed: int = 5) -> Path:
 def test_streaming_predictions_equal_the_in_memory_path(run_dir, tmp_path):
     data = unlabelled_csv(tmp_path / "test.csv", rows=53, seed=8)
     out = tmp_path / "sub.csv"
-    result = predict_file(run_dir, data, out, with_proba=True, chunk_rows=7)  # 8 chunks, the last one of 4 rows
+    result = predict_file(Run.load(run_dir), data, out, with_proba=True, chunk_rows=7)  # 8 chunks, the last of 4 rows
     assert result["rows"] == 53 and sum(result["counts"].values()) == 53
     got = pd.read_csv(out, dtype={"ID": str})
     assert_same_predictions(got, in_memory_predictions(run_dir, data))
@@ -75,8 +78,8 @@ def test_a_parquet_table_streams_in_batches_like_its_csv(run_dir, tmp_path):
     frame = synthesize(30, seed=9).drop(columns=["대출등급"])
     frame.to_csv(tmp_path / "t.csv", index=False)
     frame.to_parquet(tmp_path / "t.parquet", index=False)
-    predict_file(run_dir, tmp_path / "t.parquet", tmp_path / "p.csv", with_proba=True, chunk_rows=8)
-    predict_file(run_dir, tmp_path / "t.csv", tmp_path / "c.csv", with_proba=True, chunk_rows=30)
+    predict_file(Run.load(run_dir), tmp_path / "t.parquet", tmp_path / "p.csv", with_proba=True, chunk_rows=8)
+    predict_file(Run.load(run_dir), tmp_path / "t.csv", tmp_path / "c.csv", with_proba=True, chunk_rows=30)
     assert (tmp_path / "p.csv").read_text() == (tmp_path / "c.csv").read_text()
     assert len(list(TableChunks(tmp_path / "t.parquet", None, 8).chunks())) == 4
 
@@ -216,7 +219,7 @@ def test_an_interrupted_prediction_leaves_nothing(run_dir, tmp_path, monkeypatch
 
     monkeypatch.setattr(predict, "score_chunk", stop_on_the_third_chunk)
     with pytest.raises(interrupt):
-        predict_file(run_dir, data, tmp_path / "sub.csv", chunk_rows=5)
+        predict_file(Run.load(run_dir), data, tmp_path / "sub.csv", chunk_rows=5)
     assert len(calls) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test.csv"]
 
@@ -260,8 +263,8 @@ def test_streaming_evaluation_equals_the_in_memory_one(run_dir, tmp_path, choice
     from korllama.evaluate import evaluate_run
 
     data = trained_rows_csv(tmp_path / "train.csv")
-    streamed = evaluate_run(run_dir, data, tmp_path / "streamed", chunk_rows=9, **choice)
-    whole = evaluate_run(run_dir, read_table(data), tmp_path / "whole", **choice)  # a Table: one chunk
+    streamed = evaluate_run(Run.load(run_dir), data, tmp_path / "streamed", chunk_rows=9, **choice)
+    whole = evaluate_run(Run.load(run_dir), read_table(data), tmp_path / "whole", **choice)  # a Table: one chunk
     got = pd.read_csv(tmp_path / "streamed" / "predictions.csv", dtype={"ID": str})
     expected = pd.read_csv(tmp_path / "whole" / "predictions.csv", dtype={"ID": str})
     assert got["ID"].tolist() == expected["ID"].tolist()  # the same rows chosen: split and sample as in memory
@@ -285,7 +288,7 @@ def test_evaluation_of_a_bad_file_writes_nothing(run_dir, tmp_path):
     data = tmp_path / "bad.csv"
     frame.to_csv(data, index=False)
     with pytest.raises(DataError, match="bad.csv, line 57, column 대출등급: 'Z' is not a grade"):
-        evaluate_run(run_dir, data, tmp_path / "eval", chunk_rows=10)
+        evaluate_run(Run.load(run_dir), data, tmp_path / "eval", chunk_rows=10)
     assert not (tmp_path / "eval").exists() or not list((tmp_path / "eval").iterdir())
 
 
@@ -297,7 +300,7 @@ def peak_python_memory(run_dir: Path, data: Path, out: Path, chunk_rows: int) ->
     gc.collect()
     tracemalloc.start()
     try:
-        predict_file(run_dir, data, out, with_proba=True, chunk_rows=chunk_rows)
+        predict_file(Run.load(run_dir), data, out, with_proba=True, chunk_rows=chunk_rows)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -318,7 +321,8 @@ def test_memory_does_not_grow_with_the_table(run_dir, tmp_path, monkeypatch):
         return np.full((len(prompts), len(classes)), 1 / len(classes))
 
     monkeypatch.setattr(predict, "score", uniform)
-    predict_file(run_dir, unlabelled_csv(tmp_path / "warm.csv", rows=20), tmp_path / "warm-out.csv")  # imports
+    warm = unlabelled_csv(tmp_path / "warm.csv", rows=20)
+    predict_file(Run.load(run_dir), warm, tmp_path / "warm-out.csv")  # imports
     small = unlabelled_csv(tmp_path / "small.csv", rows=600, seed=1)
     large = unlabelled_csv(tmp_path / "large.csv", rows=2400, seed=2)
     peak_small = peak_python_memory(run_dir, small, tmp_path / "s.csv", 150)
@@ -354,7 +358,7 @@ def launch(args: list, processes: int = 2) -> subprocess.CompletedProcess:
 def test_two_processes_predict_what_one_does_in_input_order(run_dir, tmp_path):
     data = unlabelled_csv(tmp_path / "test.csv", rows=45, seed=6)
     one = tmp_path / "one.csv"
-    predict_file(run_dir, data, one, with_proba=True, chunk_rows=10)
+    predict_file(Run.load(run_dir), data, one, with_proba=True, chunk_rows=10)
     two = tmp_path / "two.csv"
     result = launch(["predict", run_dir, "--data", data, "--out", two, "--proba", "--chunk-rows", 10])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -371,7 +375,7 @@ def test_two_processes_evaluate_what_one_does(run_dir, tmp_path):
     from korllama.evaluate import evaluate_run
 
     data = trained_rows_csv(tmp_path / "train.csv")
-    evaluate_run(run_dir, data, tmp_path / "one", held_out=True, chunk_rows=16)
+    evaluate_run(Run.load(run_dir), data, tmp_path / "one", held_out=True, chunk_rows=16)
     result = launch(["evaluate", run_dir, "--data", data, "--out", tmp_path / "two", "--held-out",
                      "--chunk-rows", 16])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

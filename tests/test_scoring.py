@@ -10,15 +10,16 @@ import torch
 from fixtures import CLASSES, FIELDS
 
 from korllama.errors import KorllamaError
-from korllama.predict import load_run
 from korllama.prompts import render
+from korllama.run import Run
 from korllama.scoring import label_tokens, predict_labels, score
 from korllama.synth import synthetic_table
 
 
 @pytest.fixture(scope="module")
 def loaded(run_dir):
-    return load_run(run_dir)
+    run = Run.load(run_dir)
+    return run.model, run.tokenizer, run.config
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from korllama.batching import as_text
 from korllama.data import DataWarning, clean
 from korllama.errors import KorllamaError
 from korllama.predict import predict_file
+from korllama.run import Run
 from korllama.schema import load_spec
 from korllama.serve import applicant_model, create_app, example_applicant, result_model
 from korllama.synth import synthesize
@@ -66,7 +67,7 @@ def as_clean_english(row: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def app(run_dir):
-    return create_app(run_dir)
+    return create_app(Run.load(run_dir))
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +185,7 @@ def test_many_applicants_match_korllama_predict(client, run_dir, tmp_path):
     for result in results:
         assert_result(result)
 
-    predict_file(run_dir, csv, tmp_path / "sub.csv", with_proba=True)
+    predict_file(Run.load(run_dir), csv, tmp_path / "sub.csv", with_proba=True)
     expected = pd.read_csv(tmp_path / "sub.csv", dtype={"ID": str, "대출등급": str})
     assert [x["id"] for x in results] == expected["ID"].tolist()  # input order
     assert [x["grade"] for x in results] == expected["대출등급"].tolist()
@@ -262,7 +263,7 @@ def test_many_bad_applicants_are_listed_up_to_a_limit(client):
 
 
 def test_a_body_over_the_limit_is_413(run_dir):
-    small = create_app(run_dir, max_body_bytes=2000)
+    small = create_app(Run.load(run_dir), max_body_bytes=2000)
     with TestClient(small) as client:
         assert post(client, raw_applicant()).status_code == 200  # about 600 bytes
         r = post(client, [raw_applicant()] * 10)  # declared Content-Length
@@ -328,7 +329,7 @@ def test_other_methods_and_paths_are_4xx(client):
 
 def test_bearer_token_when_the_env_var_is_set(run_dir, monkeypatch):
     monkeypatch.setenv("KORLLAMA_TEST_TOKEN", "s3cret")
-    guarded = create_app(run_dir, token_env="KORLLAMA_TEST_TOKEN")
+    guarded = create_app(Run.load(run_dir), token_env="KORLLAMA_TEST_TOKEN")
     with TestClient(guarded) as client:
         assert client.get("/health").status_code == 200 and client.get("/health").json()["auth"] is True
         assert client.get("/openapi.json").status_code == 200 and client.get("/docs").status_code == 200
@@ -344,7 +345,7 @@ def test_bearer_token_when_the_env_var_is_set(run_dir, monkeypatch):
 # --- micro-batching ------------------------------------------------------------------------------------------------
 
 def test_concurrent_requests_are_scored_together(run_dir, client):
-    batching = create_app(run_dir, max_wait_ms=300)
+    batching = create_app(Run.load(run_dir), max_wait_ms=300)
     bodies = [raw_applicants(1 + i % 3, seed=20 + i) for i in range(8)]
     bad = [[raw_applicant(), raw_applicant(대출기간=" 48 months")], raw_applicant(대출금액="-1"),
            [raw_applicant(대출기간=" 48 months")] * 3]
@@ -379,7 +380,7 @@ def test_a_prompt_over_the_runs_length_limit_is_refused_alone(run_dir, tmp_path)
     config = yaml.safe_load((copy / "config.yaml").read_text("utf-8"))
     config["train"]["max_length"] = 16  # shorter than any prompt of this run: every applicant is too long
     (copy / "config.yaml").write_text(yaml.safe_dump(config), "utf-8")
-    with TestClient(create_app(copy)) as short:
+    with TestClient(create_app(Run.load(copy))) as short:
         r = short.post("/v1/grade", json=[raw_applicant(), raw_applicant()])
     assert r.status_code == 422
     problem = r.json()["detail"][0]
@@ -388,7 +389,7 @@ def test_a_prompt_over_the_runs_length_limit_is_refused_alone(run_dir, tmp_path)
 
 
 def test_a_request_larger_than_max_batch_is_scored_in_several_passes(run_dir, client):
-    small = create_app(run_dir, max_batch=4)
+    small = create_app(Run.load(run_dir), max_batch=4)
     body = raw_applicants(10, seed=5)
     with TestClient(small) as c:
         results = c.post("/v1/grade", json=body).json()
@@ -402,7 +403,7 @@ def test_weights_that_are_not_safetensors_are_refused(run_dir, tmp_path):
     copy = shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints", "logs"))
     (copy / "model" / "model.safetensors").rename(copy / "model" / "pytorch_model.bin")
     with pytest.raises(KorllamaError, match="safetensors"):
-        create_app(copy)
+        create_app(Run.load(copy))
 
 
 def test_serve_command_binds_loopback_by_default(cli, run_dir, monkeypatch):
@@ -435,7 +436,7 @@ def test_explain_in_the_service_equals_korllama_explain(client, run_dir, tmp_pat
 
     data = unlabelled_csv(tmp_path / "rows.csv", rows=6)
     row = pd.read_csv(data, dtype=str, keep_default_na=False).iloc[2].to_dict()
-    explain_run(run_dir, data, tmp_path / "why", ids=[row["ID"]])
+    explain_run(Run.load(run_dir), data, tmp_path / "why", ids=[row["ID"]])
     offline = pd.read_csv(tmp_path / "why" / "reasons.csv")
     answer = client.post("/v1/grade", params={"explain": "true", "top": len(offline)}, json=row)
     assert answer.status_code == 200, answer.text
@@ -457,11 +458,11 @@ def test_the_service_applies_the_decision_rule_when_asked(run_dir):
 
     rule = DecisionRule.load(RunDir(run_dir).decision)
     rows = raw_applicants(12)
-    with TestClient(create_app(run_dir, decision="macro-f1")) as ruled:
+    with TestClient(create_app(Run.load(run_dir), decision="macro-f1")) as ruled:
         answers = ruled.post("/v1/grade", json=rows).json()
         assert ruled.get("/health").json()["decision"] == "macro-f1"
     proba = np.array([[a["probabilities"][c] for c in CLASSES] for a in answers])
     assert [a["grade"] for a in answers] == list(rule.apply(proba))
     assert {a["decision"] for a in answers} == {"macro-f1"}
     with pytest.raises(KorllamaError, match="--decision must be one of"):
-        create_app(run_dir, decision="best")
+        create_app(Run.load(run_dir), decision="best")

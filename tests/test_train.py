@@ -31,16 +31,12 @@ from korllama.prompts import render
 from korllama.run import RunDir
 from korllama.scoring import label_tokens, score
 from korllama.synth import synthetic_table
-from korllama.train import (
-    GradeTrainer,
-    class_weighted_loss,
-    collator,
-    loss_window,
-    tokenize,
-    train,
-    training_arguments,
-    verify_weights,
-)
+from korllama.training import hardware, train
+from korllama.training.callbacks import verify_weights
+from korllama.training.collate import collator, tokenize
+from korllama.training.losses import class_weighted_loss, loss_window
+from korllama.training.recipe import training_arguments
+from korllama.training.trainer import GradeTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 def write_config(path: Path, config: dict) -> Path:
@@ -497,11 +493,10 @@ def test_half_precision_on_cpu_is_a_config_error(tmp_path):
 
 
 def test_bf16_on_a_cpu_only_with_bf16_instructions(tmp_path, monkeypatch):
-    import korllama.train as train_module
 
     cpu = torch.device("cpu")
     for has_bf16 in (True, False):
-        monkeypatch.setattr(train_module, "cpu_bf16", lambda has=has_bf16: has)
+        monkeypatch.setattr(hardware, "cpu_bf16", lambda has=has_bf16: has)
         auto = training_arguments(load_config(None), tmp_path, cpu)
         assert auto.bf16 is has_bf16 and not auto.fp16  # auto: bf16 autocast where the CPU has it, else fp32
         if has_bf16:
@@ -509,8 +504,8 @@ def test_bf16_on_a_cpu_only_with_bf16_instructions(tmp_path, monkeypatch):
         else:
             with pytest.raises(ConfigError, match=r"precision=bf16 needs a CUDA GPU or a CPU with bf16"):
                 training_arguments(load_config(None, ["train.precision=bf16"]), tmp_path, cpu)
-    assert train_module.training_precision("auto", torch.device("mps")) == "fp32"
-    monkeypatch.setattr(train_module, "cpu_bf16", lambda: True)  # a narrow model trains faster in fp32 on a CPU
+    assert hardware.training_precision("auto", torch.device("mps")) == "fp32"
+    monkeypatch.setattr(hardware, "cpu_bf16", lambda: True)  # a narrow model trains faster in fp32 on a CPU
     assert training_arguments(load_config(None), tmp_path, cpu, width=128).bf16 is False
     assert training_arguments(load_config(None), tmp_path, cpu, width=576).bf16 is True
     assert training_arguments(load_config(None, ["train.precision=bf16"]), tmp_path, cpu, width=128).bf16  # asked

@@ -1,0 +1,18 @@
+"""The choices of options that several commands share, as enums: typer shows and checks them, and each value
+is also the string the code and the output files use (StrEnum)."""
+
+from enum import StrEnum
+
+
+class Decision(StrEnum):
+    """How a grade is chosen from the probabilities (`--decision`)."""
+
+    ARGMAX = "argmax"  # the most probable label
+    MACRO_F1 = "macro-f1"  # argmax(P x w): per-label weights fitted for macro-F1 (korllama.decision.DecisionRule)
+
+
+class Mode(StrEnum):
+    """How a system answers (`evaluate --mode`): rank scoring, or the original project's generation and parser."""
+
+    SCORE = "score"
+    GENERATE = "generate"

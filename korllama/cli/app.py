@@ -1,0 +1,145 @@
+"""The `korllama` command's frame: the typer app, its consoles and shared options, and `main`, which turns a
+KorllamaError into one red sentence and exit code 2 (`--debug` shows the traceback instead). The subcommands live
+beside it, one module per part of the pipeline; imports of heavy libraries stay inside the commands so that
+`korllama --help` starts fast."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from korllama import __version__
+from korllama.choices import Decision
+from korllama.errors import KorllamaError
+from korllama.io import written
+
+
+def _console(stderr: bool = False) -> Console:
+    """A terminal gets rich's wrapping at its width; a file or a pipe gets whole lines (no 80-column wrap that
+    splits paths and numbers)."""
+    terminal = Console(stderr=stderr)
+    if terminal.is_terminal:
+        return terminal
+    return Console(stderr=stderr, soft_wrap=True, width=10_000)
+
+
+console = _console()
+err_console = _console(stderr=True)
+
+app = typer.Typer(
+    help="Teach a language model to grade credit: data -> prompts -> model -> train -> predict -> evaluate.",
+    no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Check a table against its spec, or make a synthetic loan table.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+SpecOption = Annotated[str | None, typer.Option(
+    "--schema", help="Table spec: built-in 'loan' (default) or a YAML spec file (see examples/students).")]
+
+
+def _print_version(value: bool) -> None:
+    if value:  # eager: runs before click asks for a command
+        console.print(f"korllama {__version__}")
+        raise typer.Exit()
+
+
+_options = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+):
+    _options["debug"] = debug  # main() reads it when a command fails
+
+
+ConfigArg = Annotated[Path, typer.Option("--config", "-c", help="Run config YAML (configs/demo.yaml, "
+                                                               "configs/seed.yaml, ...).")]
+OverridesArg = Annotated[list[str] | None, typer.Argument(
+    help="Config overrides as section.key=value, e.g. train.epochs=1 model.base=./my-llama", show_default=False)]
+
+
+RunArg = Annotated[Path | None, typer.Argument(help="A run directory made by `korllama train`.", show_default=False)]
+BaseOption = Annotated[str | None, typer.Option(
+    "--base", help="Score a bare base model instead (a folder or hub id): the 'before tuning' figures. With a "
+                   "run, the run's prompt settings are used.")]
+
+
+DecisionOption = Annotated[Decision, typer.Option(
+    "--decision", help="argmax: the most probable label. macro-f1: the run's decision rule, fitted on its validation "
+                       "rows at training, which weighs rare labels up for a higher macro-F1 (the competition's "
+                       "metric).")]
+
+ChunkOption = Annotated[int | None, typer.Option(
+    "--chunk-rows", min=1, help="Rows read, scored and written at a time (default 10,000): memory follows it, "
+                                "not the table.")]
+
+
+def qwk(result: dict) -> str:
+    """'QWK 0.9123 ' for an ordinal label set; nothing for labels without an order."""
+    return f"QWK {result['qwk']:.4f} " if result.get("qwk") is not None else ""
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the typer app, turning KorllamaError into one sentence and exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    _options["debug"] = False
+    written.clear()
+    warnings.showwarning = _show_warning
+    command = typer.main.get_command(app)
+    try:  # click handles usage errors and --help itself (standalone mode) and exits through SystemExit
+        command.main(args=args, prog_name="korllama", standalone_mode=True)
+    except KorllamaError as exc:
+        if _options["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        return _interrupted(args)
+    except SystemExit as exc:  # standalone mode ends every run (success included) with SystemExit
+        if _caused_by_ctrl_c(exc):  # typer turns Ctrl-C into a silent Exit(130)
+            return _interrupted(args)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+# commands whose every output goes through korllama.io's atomic writes, at the end of their work
+_ATOMIC_COMMANDS = {"data", "predict", "evaluate", "baseline", "compare"}
+
+
+def _interrupted(args: list[str]) -> int:
+    """Ctrl-C: say what exists now. The commands above write whole files only, and korllama.io lists them."""
+    command = next((a for a in args if not a.startswith("-")), "")
+    if command not in _ATOMIC_COMMANDS:
+        message = "interrupted"
+    elif written:
+        message = f"interrupted; already written: {', '.join(str(p) for p in written)} (nothing else)"
+    else:
+        message = "interrupted; nothing written"
+    err_console.print(message, highlight=False)
+    return 130
+
+
+def _caused_by_ctrl_c(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""`korllama predict`, `evaluate`, `baseline`, `explain`, `compare`: grades and how good they are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from korllama.choices import Decision, Mode
+from korllama.cli.app import (
+    BaseOption,
+    ChunkOption,
+    DecisionOption,
+    RunArg,
+    SpecOption,
+    app,
+    console,
+    err_console,
+    qwk,
+)
+
+
+@app.command("predict")
+def predict_cmd(
+    run: RunArg = None,
+    data: Annotated[Path, typer.Option("--data", help="Table to grade (labelled or not).")] = ...,
+    out: Annotated[Path, typer.Option("--out", help="Submission CSV to write.")] = Path("submission.csv"),
+    proba: Annotated[bool, typer.Option("--proba", help="Add P_A..P_G columns.")] = False,
+    base: BaseOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    chunk_rows: ChunkOption = None,
+    decision: DecisionOption = Decision.ARGMAX,
+):
+    """Grade every row (rank scoring) and write the competition's submission format: ID,대출등급, input order.
+
+    The table streams: read, scored and written --chunk-rows rows at a time into a temporary file that becomes
+    --out only when every row is done (an error or Ctrl-C leaves nothing). Under accelerate launch the rows are
+    split between the processes (one per GPU) and the main process writes them in input order.
+
+    Examples:
+      korllama predict runs/dacon-tiny --data ../shared/data/dacon-loan/test.csv --out submission.csv
+      accelerate launch --num_processes 8 -m korllama predict runs/big --data big.csv --out big-graded.csv
+    """
+    from korllama.io import check_out_file
+
+    check_out_file(out)  # before torch is even imported
+    from korllama.predict import predict_file
+    from korllama.run import Run
+
+    result = predict_file(Run.load(run, base), data, out, proba, batch_size, console=err_console,
+                          chunk_rows=chunk_rows, decision=decision)
+    if not result:  # another process of `accelerate launch`: the main process writes the file and reports
+        return
+    shares = "  ".join(f"{k} {v / result['rows']:.1%}" for k, v in result["counts"].items())
+    console.print(f"wrote {escape(result['out'])}: {result['rows']:,} rows ({shares})")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: RunArg = None,
+    data: Annotated[Path, typer.Option("--data", help="Labelled table.")] = ...,
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and predictions.csv.")] = ...,
+    mode: Annotated[Mode, typer.Option("--mode", help="score (rank scoring, default) or generate (the original's "
+                                                      "sampling + parsing).")] = Mode.SCORE,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Score a seeded sample of N rows.")] = None,
+    held_out: Annotated[bool, typer.Option("--held-out", help="Only the run's validation split of --data (the rows "
+                                                              "its training never saw).")] = False,
+    base: BaseOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    name: Annotated[str | None, typer.Option("--name", help="System name in reports (default: the run's).")] = None,
+    chunk_rows: ChunkOption = None,
+    decision: DecisionOption = Decision.ARGMAX,
+):
+    """Score a run (or a base model) on labelled rows: macro-F1, accuracy, QWK, per-grade figures, confusion.
+
+    Examples:
+      korllama evaluate runs/dacon-tiny --data ../shared/data/dacon-loan/train.csv --held-out --out runs/eval/tuned
+      korllama evaluate runs/dacon-tiny --base runs/dacon-tiny/base --data ... --held-out --out runs/eval/before
+      korllama evaluate runs/dacon-tiny --data ... --held-out --mode generate --limit 200 --out runs/eval/generate
+      accelerate launch --num_processes 8 -m korllama evaluate runs/big --data big.csv --out runs/eval/big
+    """
+    from korllama.evaluate import OUTPUT_FILES, evaluate_run
+    from korllama.io import check_out_dir
+    from korllama.run import Run
+
+    check_out_dir(out, files=OUTPUT_FILES)
+    r = evaluate_run(Run.load(run, base), data, out, mode=mode, limit=limit, held_out=held_out,
+                     batch_size=batch_size, system=name, console=err_console, chunk_rows=chunk_rows, decision=decision)
+    if not r:  # another process of `accelerate launch`: the main process writes and reports
+        return
+    extra = f", invalid answers {r['invalid_rate']:.1%}" if mode == "generate" else ""
+    console.print(f"{escape(r['system'])}: macro-F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}, "
+                  f"{qwk(r)}on {r['n']:,} rows ({r['rows_per_s']:.1f} rows/s{extra}) -> {escape(str(out))}")
+    if r.get("decision"):
+        d = r["decision"]
+        console.print(f"decision rule, on the {d['rows']:,} rows it was not fitted on: argmax "
+                      f"{d['argmax']['macro_f1']:.4f} -> rule {d['macro-f1']['macro_f1']:.4f} "
+                      f"(--decision {r['decision_rule']} chose the predictions)")
+
+
+@app.command("baseline")
+def baseline_cmd(
+    train_file: Annotated[Path, typer.Option("--train", help="Labelled table to fit on.")] = ...,
+    eval_file: Annotated[Path | None, typer.Option("--eval", help="Labelled table to score (default: the "
+                                                                  "held-out split of --train).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and predictions.csv.")] = ...,
+    schema: SpecOption = None,
+    config_file: Annotated[str | None, typer.Option(
+        "--config", help="A run's config.yaml (or a built-in config name): its data.valid_fraction, data.split_seed "
+                         "and data.spec give the split, so the trees see that run's held-out rows.")] = None,
+    valid_fraction: Annotated[float | None, typer.Option(
+        "--valid-fraction", min=0.01, max=0.99, help="Share held out without --eval. [default: 0.2]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Split seed without --eval. [default: 0]")] = None,
+    decision: Annotated[Decision, typer.Option(
+        "--decision", help="argmax: the most probable label. macro-f1: the decision rule (per-label weights fitted "
+                           "on the trees' inner validation rows, stored as OUT/decision.json). metrics.json holds "
+                           "both either way.")] = Decision.ARGMAX,
+    budget: Annotated[float, typer.Option("--budget", min=0, help="Seconds for the parameter search: settings are "
+                                                                   "tried until the next would not fit (the first "
+                                                                   "always runs).")] = 600,
+):
+    """Gradient-boosted trees (LightGBM) on the cleaned columns plus the derived features, same metrics.
+
+    Without --eval it fits on a stratified 80% of --train and scores the other 20%: the split `korllama train`
+    makes with the default config (pass --config RUN/config.yaml for a run's own split). The trees stop early on
+    an inner 10% of the fitting rows; a few settings are tried within --budget, each printed, and the best on
+    those inner rows is kept, then refitted on all the fitting rows with the rounds it stopped at.
+
+    Example: korllama baseline --train ../shared/data/dacon-loan/train.csv --out runs/eval/baseline
+    """
+    from korllama.config import load_config
+    from korllama.evaluate import OUTPUT_FILES, run_baseline
+    from korllama.io import check_out_dir
+
+    check_out_dir(out, files=(*OUTPUT_FILES, "decision.json"))
+    data = load_config(config_file).data  # the defaults when no config is named: one source for the split
+    r = run_baseline(train_file, eval_file, out, schema or data.spec,
+                     data.valid_fraction if valid_fraction is None else valid_fraction,
+                     data.split_seed if seed is None else seed, decision=decision, budget_s=budget,
+                     console=err_console)
+    a, d = r["decision"]["argmax"], r["decision"]["macro-f1"]
+    console.print(f"baseline: macro-F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}, {qwk(r)}on "
+                  f"{r['n']:,} rows (fit {r['fit_seconds']:.0f}s) -> {escape(str(out))}")
+    console.print(f"  argmax: macro-F1 {a['macro_f1']:.4f}, accuracy {a['accuracy']:.4f}; with the decision rule: "
+                  f"macro-F1 {d['macro_f1']:.4f}, accuracy {d['accuracy']:.4f} (--decision {decision})")
+
+
+@app.command("explain")
+def explain_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory made by `korllama train`.", show_default=False)],
+    data: Annotated[Path, typer.Option("--data", help="Table whose rows to explain (labelled or not).")] = ...,
+    out: Annotated[Path, typer.Option("--out", help="Folder for reasons.csv and explain.json (an evaluation "
+                                                    "folder: `korllama compare` then shows the importance).")] = ...,
+    ids: Annotated[list[str] | None, typer.Option("--id", help="Explain this row (repeat for more); default: "
+                                                               "every row.")] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Reasons printed per row.")] = 3,
+    held_out: Annotated[bool, typer.Option("--held-out", help="Only the run's validation split of --data (as "
+                                                              "`evaluate --held-out`).")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="A seeded sample of N rows (the rows "
+                                                                     "`evaluate --limit N` scores).")] = None,
+    baseline: Annotated[bool, typer.Option("--baseline", help="Explain the tree baseline fitted on the run's "
+                                                              "training split instead of the run's model.")] = False,
+    show: Annotated[int, typer.Option("--show", min=0, help="Rows printed in words (all of them with --id).")] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+):
+    """Why each row got its grade: every field the prompt carries is set to a typical value in turn and the row is
+    scored again; the reason is the change in the probability of the predicted grade.
+
+    Writes OUT/reasons.csv (id, label, probability, rank, field, value, reference, delta, delta_<label>...) and
+    prints the top reasons per row, e.g. "implied_rate 18.91% (typical 11.57%) raises E by 0.41".
+
+    Examples:
+      korllama explain runs/demo/run --data runs/demo/data.csv --id SYN_00007 --top 3 --out /tmp/why
+      korllama explain runs/dacon-tiny --data ../shared/data/dacon-loan/train.csv --held-out --limit 1000 \
+          --out runs/eval/tuned
+      korllama explain runs/dacon-tiny --baseline --data ... --held-out --limit 1000 --out runs/eval/baseline
+    """
+    from korllama.explain import explain_run
+    from korllama.run import Run
+
+    reasons, summary = explain_run(Run.load(run), data, out, ids=ids, held_out=held_out, limit=limit, baseline=baseline,
+                                   batch_size=batch_size, console=err_console)
+    shown = len(reasons) if ids else min(show, len(reasons))
+    for i in range(shown):
+        label = reasons.classes[reasons.predicted[i]]
+        console.print(f"[bold]{escape(reasons.ids[i])}[/]: {escape(label)} "
+                      f"(P {reasons.proba[i, reasons.predicted[i]]:.2f})", highlight=False)
+        for r in reasons.top(i, top):
+            console.print(f"  {escape(r['text'])}", highlight=False)
+    more = f" ({len(reasons) - shown:,} more rows in reasons.csv)" if shown < len(reasons) else ""
+    console.print(f"{escape(summary['system'])}: {len(reasons):,} rows x {len(summary['fields'])} fields explained "
+                  f"in {summary['seconds']:.1f}s ({summary['rows_per_s']:.1f} rows/s){more} -> "
+                  f"{escape(str(Path(out) / 'reasons.csv'))}", highlight=False)
+
+
+@app.command("compare")
+def compare_cmd(
+    folders: Annotated[list[Path], typer.Argument(help="Evaluation folders (each with metrics.json).")],
+    out: Annotated[Path, typer.Option("--out", help="HTML report to write.")] = Path("report.html"),
+    title: Annotated[str, typer.Option("--title")] = "korllama report",
+    allow_different_rows: Annotated[bool, typer.Option(
+        "--allow-different-rows", help="Compare evaluations scored on different rows (the report then says so, "
+                                       "with each system's row count).")] = False,
+):
+    """Write one self-contained HTML report comparing evaluations, with plots.
+
+    The report holds a table of figures, confusion matrices, F1 per grade, a reliability diagram and the
+    training curves. The systems must have been scored on the same rows (the IDs in each predictions.csv),
+    unless --allow-different-rows.
+
+    Example: korllama compare runs/eval/before runs/eval/tuned runs/eval/baseline --out report.html
+    """
+    from korllama.io import check_out_dir, check_out_file
+    from korllama.report import compare, plots_folder
+
+    check_out_file(out)
+    check_out_dir(plots_folder(out), option=f"--out {out}: its plots folder")
+    r = compare(folders, out, title, allow_different_rows=allow_different_rows)
+    console.print(f"wrote {escape(str(out))}: " + ", ".join(f"{s} {f:.4f}" for s, f in r["systems"]))

@@ -1,0 +1,103 @@
+"""`korllama export`, `serve` and `demo`: the run handed on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from korllama.choices import Decision
+from korllama.cli.app import (
+    DecisionOption,
+    app,
+    console,
+    err_console,
+)
+
+
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="A finished run directory made by `korllama train`.",
+                                        show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (new or empty): a Hugging Face model "
+                                                    "folder.")] = ...,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous export in --out (a folder of "
+                                                                "other files is never replaced).")] = False,
+):
+    """Write the run as a standard Hugging Face model folder for other serving stacks (vLLM, TGI, transformers).
+
+    LoRA is merged into the base (merge_and_unload), a full-weight run is saved as is: safetensors, the tokenizer,
+    a generation config, and korllama.json + README.md recording the labels, their token ids, the prompt template
+    and the spec, so that another tool can score it. Loadable by AutoModelForCausalLM.from_pretrained(DIR).
+
+    Example: korllama export runs/dacon-tiny --out exports/dacon-tiny
+    """
+    from korllama.export import export_run
+    from korllama.run import Run
+
+    r = export_run(Run.load(run), out, overwrite=overwrite)
+    check = r["check"]
+    agreed = (f"; its probabilities equal the run's within {check['max_abs_difference']:.1e} on "
+              f"{check['rows']} example rows" if check["max_abs_difference"] is not None else "")
+    console.print(f"exported {escape(str(run))} ({r['weights']}, {r['dtype']}) -> {escape(r['out'])}{agreed}")
+
+
+@app.command("serve")
+def serve_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory made by `korllama train`.", show_default=False)],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on: 127.0.0.1 is this machine only; "
+                                                     "0.0.0.0 opens the service to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most applicants scored in one forward "
+                                                                      "pass.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long the first pending request "
+                                                                            "waits for others to batch with.")] = 10,
+    decision: DecisionOption = Decision.ARGMAX,
+):
+    """Serve the run's rank scoring over HTTP: POST /v1/grade, GET /health, docs at /docs.
+
+    Requests arriving together are scored in one batched forward pass. Set KORLLAMA_TOKEN to require
+    `Authorization: Bearer <token>` on /v1/grade.
+
+    Example: korllama serve runs/demo/run --port 8000
+    """
+    import os
+
+    import uvicorn
+
+    from korllama.run import Run
+    from korllama.serve import create_app
+
+    served = Run.load(run, way_out="serve the --out folder of a finished `korllama train`")
+    application = create_app(served, max_batch=max_batch, max_wait_ms=max_wait_ms, decision=decision)
+    shown = f"[{host}]" if ":" in host else host
+    has_token = bool(os.environ.get("KORLLAMA_TOKEN"))
+    auth = "bearer token required ($KORLLAMA_TOKEN)" if has_token else "no token"
+    console.print(f"serving {escape(str(run))} on {escape(f'http://{shown}:{port}')} (docs at /docs, {auth}); "
+                  "Ctrl+C stops",
+                  soft_wrap=True)
+    if host not in ("127.0.0.1", "localhost", "::1") and not has_token:
+        err_console.print(f"[yellow]warning:[/] listening on {escape(host)} without a token: anyone who can reach "
+                          "this port can use the model (set KORLLAMA_TOKEN).", soft_wrap=True)
+    uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/demo"),
+    rows: Annotated[int, typer.Option("--rows", min=50, help="Rows of synthetic data.")] = 4000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+):
+    """Run the whole loop on the embedded default: synthetic data -> train -> evaluate -> report (~1 min).
+
+    Synthetic loan table -> check -> prompts -> the tiny Llama trained with configs/demo.yaml -> evaluation before
+    and after tuning on held-out rows -> LightGBM baseline -> runs/demo/report.html.
+    """
+    from korllama.io import check_out_dir
+
+    check_out_dir(out)  # before torch is even imported
+    from korllama.demo import run_demo
+
+    run_demo(out, rows=rows, seed=seed, console=console)

@@ -1,0 +1,128 @@
+"""The Table: a validated, clean frame with its spec; the stratified split; a table's profile."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from korllama.errors import DataError
+from korllama.features import OPS
+from korllama.schema import TableSpec
+
+
+@dataclass
+class Table:
+    """A validated, clean table: `frame` columns are id, the spec's aliases, the label (if any), derived."""
+
+    frame: pd.DataFrame
+    spec: TableSpec
+    source: str = "<memory>"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.spec.label.alias in self.frame
+
+    @property
+    def labels(self) -> pd.Series:
+        return self.frame[self.spec.label.alias]
+
+    @property
+    def ids(self) -> pd.Series:
+        return self.frame[self.spec.id.alias]
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def subset(self, index) -> Table:
+        return Table(self.frame.loc[index].reset_index(drop=True), self.spec, self.source, list(self.warnings))
+
+    def sample(self, n: int, seed: int = 0) -> Table:
+        """`n` random rows (all of them when there are fewer), the same for the same seed, in table order."""
+        return self.subset(self.frame.sample(n=min(n, len(self)), random_state=seed).sort_index().index)
+
+
+def duplicate_ids(ids) -> tuple[int, int] | None:
+    """(first, twin): the positions of the first ID that occurs again and of its first occurrence, or None when
+    the IDs are unique. Missing IDs (None) are no one's twin."""
+    ids = pd.Series(list(ids), dtype=object)
+    again = (ids.duplicated(keep="first") & ids.notna()).to_numpy()
+    if not again.any():
+        return None
+    twin = int(np.flatnonzero(again)[0])
+    first = int(np.flatnonzero((ids == ids.iloc[twin]).to_numpy())[0])
+    return first, twin
+
+
+def add_derived(frame: pd.DataFrame, spec: TableSpec) -> None:
+    """Add the spec's derived features to a clean frame, in place (vectorised)."""
+    for d in spec.derived:
+        args = [frame[a].to_numpy(dtype=float, na_value=np.nan) for a in d.args]
+        frame[d.alias] = OPS[d.op](*args, weights=d.weights) if d.weights else OPS[d.op](*args)
+
+
+def split(table: Table, valid_fraction: float = 0.2, seed: int = 0) -> tuple[Table, Table]:
+    """Stratified train/validation split by label (rows keep their order within each part)."""
+    from sklearn.model_selection import train_test_split
+
+    if not table.has_labels:
+        raise DataError(f"{table.source} has no {table.spec.label.name} column: a split needs labelled rows.")
+    counts = table.labels.value_counts()
+    need = smallest_split(len(counts), valid_fraction)
+    if len(table) < need:  # too few rows for a row of each label on both sides (and scikit-learn's traceback)
+        n_valid = math.ceil(valid_fraction * len(table))
+        raise DataError(f"{table.source} has {len(table):,} labelled row{'s' * (len(table) != 1)} of {len(counts)} "
+                        f"label{'s' * (len(counts) != 1)}: split {len(table) - n_valid}/{n_valid} (valid fraction "
+                        f"{valid_fraction:g}), one part cannot hold a row of each label; it needs at least {need} "
+                        "rows (or another valid fraction).")
+    stratify = table.labels if counts.min() >= 2 else None
+    train_idx, valid_idx = train_test_split(
+        np.arange(len(table)), test_size=valid_fraction, random_state=seed, stratify=stratify)
+    return table.subset(np.sort(train_idx)), table.subset(np.sort(valid_idx))
+
+
+def smallest_split(labels: int, valid_fraction: float) -> int:
+    """The fewest rows whose split at `valid_fraction` (scikit-learn's: ceil for the validation part) leaves room
+    for one row of each of `labels` labels in both parts."""
+    k = max(labels, 1)
+
+    def fits(n: int) -> bool:
+        n_valid = math.ceil(valid_fraction * n)
+        return n_valid >= k and n - n_valid >= k
+
+    n = max(2 * k, math.floor((k - 1) / valid_fraction) + 1, math.ceil(k / (1 - valid_fraction)))
+    while n > 2 * k and fits(n - 1):  # the closed form, corrected for rounding
+        n -= 1
+    while not fits(n):
+        n += 1
+    return n
+
+
+def profile(table: Table) -> dict:
+    """What `korllama data check` prints: rows, per-column summary, label distribution, derived by label."""
+    frame, spec = table.frame, table.spec
+    columns = []
+    for col in [*spec.columns, *spec.derived]:
+        s = frame[col.alias]
+        entry = {"column": col.alias, "header": getattr(col, "name", "(derived)"), "missing": int(s.isna().sum())}
+        if getattr(col, "parser", None) == "category":
+            top = s.value_counts().head(3)
+            entry["summary"] = ", ".join(f"{k} {v / len(s):.0%}" for k, v in top.items())
+            entry["distinct"] = int(s.nunique())
+        else:
+            x = s.astype(float)
+            entry.update(min=float(x.min()), median=float(x.median()), max=float(x.max()))
+        columns.append(entry)
+    result = {"source": table.source, "spec": spec.name, "rows": len(frame), "columns": columns,
+              "warnings": table.warnings}
+    if table.has_labels:
+        counts = table.labels.value_counts().reindex(spec.label.classes, fill_value=0)
+        result["labels"] = {k: int(v) for k, v in counts.items()}
+        result["derived_median_by_label"] = {
+            d.alias: {k: (None if pd.isna(v) else float(v)) for k, v in
+                      frame.groupby(spec.label.alias)[d.alias].median().reindex(spec.label.classes).items()}
+            for d in spec.derived}
+    return result

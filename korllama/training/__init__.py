@@ -1,0 +1,6 @@
+"""Training: collate.py (rows and batches), losses.py, trainer.py (GradeTrainer), callbacks.py, hardware.py
+(precision, threads), recipe.py (`train`: the recipe, nothing else)."""
+
+from korllama.training.recipe import train
+
+__all__ = ["train"]

@@ -1,0 +1,57 @@
+"""Training rows: a prompt + its answer tokenised with the loss on the answer only, and batches padded on the left
+(so every row's answer ends in the batch's last columns, where the loss needs logits)."""
+
+from __future__ import annotations
+
+import torch
+
+from korllama.errors import ConfigError
+from korllama.prompts import answer
+from korllama.scoring import pad_id_of, pad_left
+
+
+def tokenize(tokenizer, prompts: list[str], labels: list[str], max_length: int) -> dict[str, list]:
+    """input_ids = <s> prompt + answer + EOS; labels = -100 on the prompt, so only the answer's tokens (all of
+    them, for a label of several tokens) and EOS carry loss. The collator pads and builds the attention mask."""
+    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    answer_ids = tokenizer([answer(y) for y in labels], add_special_tokens=False)["input_ids"]
+    eos = [tokenizer.eos_token_id]
+    input_ids, label_ids = [], []
+    for p, a in zip(prompt_ids, answer_ids):
+        input_ids.append(p + a + eos)
+        label_ids.append([-100] * len(p) + a + eos)
+    longest = max(len(x) for x in input_ids)
+    if longest > max_length:
+        raise ConfigError(f"The longest prompt is {longest} tokens, over train.max_length={max_length}; raise it "
+                          "or choose a shorter template (prompt.template=compact).")
+    return {"input_ids": input_ids, "labels": label_ids}
+
+
+def collator(tokenizer) -> LeftPaddedCollator:
+    """Dynamic padding to the longest row of the batch, on the LEFT, with explicit position ids (see
+    LeftPaddedCollator): every row's answer ends in the last column, so the loss needs logits there only."""
+    return LeftPaddedCollator(pad_id_of(tokenizer))
+
+
+class LeftPaddedCollator:
+    """Pad a batch of tokenised rows (`tokenize`) on the left to its longest row: input_ids (pad id), labels (-100),
+    attention_mask and position_ids = attention_mask.cumsum(-1) - 1, clamped at 0 — real tokens count from 0 whatever
+    the padding, exactly as korllama.scoring scores, so training and scoring see the same positions.
+
+    Left padding puts every row's answer + EOS in the batch's last columns, so GradeTrainer.compute_loss asks the
+    model for logits there only (`logits_to_keep`): the lm_head (49,152 wide for SmolLM2) and the cross-entropy run
+    over a few columns instead of every prompt position, with the same loss.
+
+    Padding-free batches (rows packed into one, positions restarting per row) are also correct on CPU in
+    transformers 5.24 with use_cache=False (its SDPA mask separates the rows by their position ids), but slower here:
+    the rows are short and of nearly one length, so the dense block-diagonal mask of a packed row costs more than
+    the few pad tokens it saves (benchmarks/cpu_lora.py measures both)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        ids, mask = pad_left([f["input_ids"] for f in features], self.pad_id)
+        labels, _ = pad_left([f["labels"] for f in features], -100)
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+                "labels": labels}

@@ -1,0 +1,67 @@
+"""GradeTrainer: the transformers Trainer with korllama's loss (logits only where the answer is) and evaluation
+(rank scoring of the held-out prompts: macro-F1, the competition's metric), stopping at a non-finite loss."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import Trainer
+
+from korllama.errors import KorllamaError
+from korllama.scoring import predict_labels, score
+from korllama.training.losses import answer_loss, loss_window
+
+
+class GradeTrainer(Trainer):
+    """A Trainer whose evaluation is rank scoring of its eval_dataset (prompt ids + true label): macro-F1 and
+    accuracy, the competition's metric; and which stops at the first non-finite loss, naming the step."""
+
+    def __init__(self, *args, classes: list[str], eval_batch_size: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.classes, self.eval_batch = classes, eval_batch_size
+        self.eval_proba: dict[int, np.ndarray] = {}  # step -> probabilities of the eval rows (for the decision rule)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not math.isfinite(float(loss)):
+            raise KorllamaError(f"The training loss became {float(loss)} at step {self.state.global_step + 1}: the "
+                                "weights are no longer usable. Lower train.lr (or check the data); resume from an "
+                                "earlier checkpoint with --resume, or start over with --overwrite.")
+        return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The loss where the labels are, with logits only there: the model runs with `logits_to_keep` = the
+        batch's loss window (loss_window; 3 columns for a one-token grade + EOS when the collator pads on the left),
+        and `compute_loss_func` (class_weighted_loss) or answer_loss gets those logits and the same columns of the
+        labels. Equal to the model's own full-logits loss on the batch; normalised by `num_items_in_batch` when the
+        Trainer counts it, so gradient accumulation and several processes scale it as they would the model's."""
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        keep = loss_window(labels)
+        outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+        loss_fn = self.compute_loss_func or answer_loss
+        loss = loss_fn(outputs, labels[:, -keep:], num_items_in_batch=num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as Trainer.compute_loss does
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        started = time.perf_counter()
+        proba = score(self.model, self.processing_class, None, self.classes, self.eval_batch,
+                      encoded=dataset["input_ids"])
+        truth, pred = dataset["label"], predict_labels(proba, self.classes)
+        if dataset is self.eval_dataset:
+            self.eval_proba[self.state.global_step] = proba
+        metrics = {
+            f"{metric_key_prefix}_macro_f1": float(f1_score(truth, pred, labels=self.classes, average="macro",
+                                                            zero_division=0)),
+            f"{metric_key_prefix}_accuracy": float(accuracy_score(truth, pred)),
+            f"{metric_key_prefix}_rows_per_s": len(pred) / (time.perf_counter() - started),
+        }
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
+        return metrics

@@ -49,14 +49,12 @@ def _write(run: RunDir, table: Table | None) -> Path:
     from korllama.explain import (
         carried_fields,
         explain,
-        group_columns,
-        group_gaps,
-        group_metrics,
         importance,
         llm_proba_fn,
         reference_values,
         save_references,
     )
+    from korllama.groups import group_columns, group_gaps, group_metrics
     from korllama.io import write_text
     from korllama.predict import load_run
     from korllama.prompts import get_template

@@ -119,7 +119,7 @@ def evaluate_run(run: str | Path | None, data: str | Path | Table, out_dir: str 
     import pandas as pd
 
     from korllama.data import Table
-    from korllama.explain import group_columns  # the rows' columns, for group metrics in `korllama compare`
+    from korllama.groups import group_columns  # the rows' columns, for group metrics in `korllama compare`
     from korllama.io import atomic_path, json_text
     from korllama.predict import (
         decision_rule,
@@ -310,7 +310,7 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
                   fit_seconds=fitted.seconds, train_rows=len(fit_on), data=score_on.source, run=None,
                   decision_rule=decision, search=fitted.trials,
                   decision=side_by_side(fitted.rule, score_on.labels, proba, score_on.ids.astype(str), classes))
-    from korllama.explain import group_columns  # the rows' columns, for group metrics in `korllama compare`
+    from korllama.groups import group_columns  # the rows' columns, for group metrics in `korllama compare`
     groups, result["group_columns"] = group_columns(score_on)
     write_evaluation(out_dir, result, score_on.ids, score_on.labels, pred, proba, classes, groups)
     fitted.rule.save(Path(out_dir) / "decision.json")  # what `--decision macro-f1` applies, fitted on inner rows

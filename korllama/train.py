@@ -572,7 +572,7 @@ def _train(config: RunConfig, run: RunDir, resume_from: Path | None, table: Tabl
     if state.is_main_process:
         tokenizer.save_pretrained(run.tokenizer)
         trainer.state.save_to_json(str(run.trainer_state))
-        from korllama.report import plot_train_curve
+        from korllama.plots import plot_train_curve
         plot_train_curve(trainer.state.log_history, run.train_curve)
         best = json.loads(run.best.read_text())
         decision = fit_run_decision(run, eval_part, eval_prompts, trainer.eval_proba.get(best["step"]),

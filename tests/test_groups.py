@@ -90,13 +90,16 @@ def test_group_columns_survive_predictions_csv_and_give_the_same_groups(tmp_path
     direct = group_metrics(table.frame, kinds, truth, pred, classes, proba.max(axis=1))
     pd.testing.assert_frame_equal(read, direct)
     typed = read_group_columns(pd.read_csv(tmp_path / "predictions.csv", dtype=str, keep_default_na=False), kinds)
-    assert typed["loan_amount"].dtype.kind in "if" and typed["home_ownership"].dtype == object
+    assert pd.api.types.is_numeric_dtype(typed["loan_amount"])
+    assert not pd.api.types.is_numeric_dtype(typed["home_ownership"])
     assert evaluation_groups(tmp_path, {**result, "group_columns": None}) is None  # an evaluation from before groups
 
 
 @pytest.mark.parametrize("values,kind,names", [
     ([36.0, 60.0, 36.0, None], "number", ["36", "60", "36", "missing"]),
-    ([0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8], "number", ["0"] * 4 + ["1 to 3"] * 3 + ["4 to 6"] * 3 + ["7 to 8"] * 2),
+    ([0] * 6 + [1, 2, 3, 4, 5, 6], "number", ["0"] * 6 + ["1 to 2"] * 2 + ["3 to 4"] * 2 + ["5 to 6"] * 2),  # half 0s
+    (list(range(1, 9)), "number", ["Q1: 1 to 2", "Q1: 1 to 2", "Q2: 3 to 4", "Q2: 3 to 4", "Q3: 5 to 6",
+                                   "Q3: 5 to 6", "Q4: 7 to 8", "Q4: 7 to 8"]),
     (["x", None], "category", ["x", "missing"]),
 ])
 def test_groups_of_names_values_quartiles_and_missing(values, kind, names):

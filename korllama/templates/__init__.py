@@ -20,6 +20,6 @@ def environment() -> jinja2.Environment:
                               undefined=jinja2.StrictUndefined)
 
 
-def render(name: str, **data) -> str:
+def render(name: str, /, **data) -> str:
     """Template `name` of this folder filled with `data`."""
     return environment().get_template(name).render(**data)

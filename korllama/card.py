@@ -23,12 +23,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from korllama import __version__, bases
+from korllama.config import config_to_yaml
 from korllama.data import Table
+from korllama.decision import DecisionRule
+from korllama.evaluate import metrics
+from korllama.explain import carried_fields, describe, explain, importance, llm_proba_fn
+from korllama.groups import group_columns, group_gaps, group_metrics
 from korllama.io import write_text
+from korllama.plots import plot_train_curve
 from korllama.references import reference_values, save_references
-from korllama.report import plot_train_curve
 from korllama.run import Run, RunDir
 from korllama.scoring import predict_labels, score
+from korllama.templates import render
 
 IMPORTANCE_ROWS = 200  # validation rows explained for the card's global importance, at most
 IMPORTANCE_SECONDS = 60  # about how long the card's explanations may take (each row is scored once per field + 1)
@@ -57,16 +64,6 @@ def write_model_card(run: Run, on_error: str = "raise") -> Path | None:
 
 
 def _write(run: Run) -> Path:
-    from korllama.evaluate import metrics
-    from korllama.explain import (
-        carried_fields,
-        explain,
-        group_columns,
-        group_gaps,
-        group_metrics,
-        importance,
-        llm_proba_fn,
-    )
 
     config, folder = run.config, run.dir
     summary = folder.read_summary()
@@ -109,30 +106,14 @@ def explained_rows(rows_per_s: float, fields: int, available: int) -> int:
     return max(1, min(available, IMPORTANCE_ROWS, max(20, fit)))
 
 
-# --- the page ----------------------------------------------------------------------------------------------------
+# --- the page: korllama/templates/model_card.md.j2 lays out what these functions prepare -------------------------
 
-def _md_table(header: list[str], rows: list[list]) -> str:
-    def cell(x) -> str:
-        return str(x).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _base_section(run: RunDir, config) -> list[str]:
-    from korllama import bases
-
+def _base(run: RunDir, config) -> dict:
+    """The Model section's facts: the tiny base's size, or a named base's record / local folder / hub id; LoRA."""
     base = config.model.base
-    lines = []
-    if base == "tiny":
-        t = config.model.tiny
-        lines.append(f"- **Base:** `tiny`, a small Llama built by korllama with random weights (hidden size "
-                     f"{t.hidden_size}, {t.num_hidden_layers} layers, {t.num_attention_heads} heads, vocabulary "
-                     f"{t.vocab_size}: a byte-level BPE trained on this run's training prompts). Nothing pretrained: "
-                     "everything it knows comes from this run's training rows. Saved in `base/`.")
-    else:
-        lines.append(f"- **Base:** `{base}`")
+    facts = {"name": base, "tiny": config.model.tiny if base == "tiny" else None, "record": None, "local": False,
+             "lora": config.lora}
+    if base != "tiny":
         record = None
         if run.base_info.is_file():
             try:
@@ -141,162 +122,70 @@ def _base_section(run: RunDir, config) -> list[str]:
                 record = None
         elif bases.is_named_base(base):
             record = bases.provenance(bases.base_dir(base))
-        if record:
-            lines.append("- **Where it came from:** " + ", ".join(f"{k}: `{v}`" for k, v in record.items()
-                                                                    if not isinstance(v, dict | list)))
-        elif Path(base).is_dir():
-            lines.append(f"- **Where it came from:** the local folder `{base}`.")
-        else:
-            lines.append(f"- **Where it came from:** the Hugging Face hub id `{base}` (as cached on the training "
-                         "machine).")
-    if config.lora is not None:
-        lo = config.lora
-        lines.append(f"- **Tuning:** LoRA (r {lo.r}, alpha {lo.alpha}, dropout {lo.dropout}, modules "
-                     f"{lo.target_modules or 'PEFT default'}); the adapter is in `adapter/` (safetensors).")
-    else:
-        lines.append("- **Tuning:** all weights; the kept model is in `model/` (safetensors).")
-    lines.append("- **Answer:** rank scoring: P(label) for every label from one forward pass; the label is the most "
-                 "probable one" + (", or argmax(P × w) with the decision rule below" if run.decision.is_file() else "")
-                 + ".")
-    return lines
+        if record:  # its plain values; nested ones (file lists) stay in base.json
+            facts["record"] = [(k, v) for k, v in record.items() if not isinstance(v, dict | list)]
+        facts["local"] = Path(base).is_dir()
+    return facts
 
 
 def render_card(run: RunDir, config, summary: dict, table: Table, train_part: Table, valid_part: Table,
                 eval_part: Table, template, figures: dict, groups: pd.DataFrame, gaps: list[str],
                 weights: pd.Series | None, refs: dict, fields: list[str], explained_rows: int | None = None) -> str:
-    from korllama import __version__
-    from korllama.config import config_to_yaml
-    from korllama.explain import describe
-
     spec, classes = table.spec, table.spec.label.classes
     data = summary.get("data", {})
-    synthetic = config.data.train is None
-    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    out = [f"# Model card: {config.name}", "",
-           f"_Written by korllama {__version__} on {now} for the run in `{run.root}`. The figures below are "
-           "measured, not claimed: how each was obtained is said beside it._", ""]
-
-    out += ["## What it does", "",
-            f"Reads one row of a `{spec.name}` table ({spec.description or 'a table with a rubric'}) written as a "
-            f"prompt and answers its `{spec.label.name}`: one of {', '.join(classes)}, with a probability for "
-            "each.", ""]
-
-    out += ["## Model", "", *_base_section(run, config), ""]
-
     counts = train_part.labels.value_counts().reindex(classes, fill_value=0)
-    out += ["## Data", "",
-            f"- **File:** `{data.get('source', table.source)}`" + (" (a synthetic loan table made by korllama: "
-                                                                   f"{config.data.synth_rows} rows, seed "
-                                                                   f"{config.data.synth_seed})" if synthetic else ""),
-            f"- **Rows:** {data.get('rows', len(table)):,}"
-            + (f"; sha256 `{data['sha256']}`" if data.get("sha256") else ""),
-            f"- **Spec:** `{config.data.spec}` ({len(spec.columns)} columns, {len(spec.derived)} derived "
-            "features)",
-            f"- **Split:** stratified by label, {config.data.valid_fraction:.0%} held out (seed "
-            f"{config.data.split_seed}): {len(train_part):,} training rows, {len(valid_part):,} held-out rows; "
-            f"{len(eval_part):,} of the held-out rows are the validation sample scored during training.",
-            "", "Labels in the training rows:", "",
-            _md_table(["label", *classes], [["rows", *[f"{int(n):,}" for n in counts]],
-                                            ["share", *[f"{n / max(counts.sum(), 1):.1%}" for n in counts]]]),
-            ""]
+    qwk, cal = figures.get("qwk"), figures.get("calibration")
+    page = {
+        "name": config.name, "version": __version__, "root": run.root, "classes": classes,
+        "now": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "spec": {"name": spec.name, "description": spec.description or "a table with a rubric",
+                 "label": spec.label.name, "columns": len(spec.columns), "derived": len(spec.derived)},
+        "base": _base(run, config),
+        "data": {"file": data.get("source", table.source), "rows": f"{data.get('rows', len(table)):,}",
+                 "synthetic": {"rows": config.data.synth_rows, "seed": config.data.synth_seed}
+                 if config.data.train is None else None,
+                 "sha256": data.get("sha256"), "spec": config.data.spec,
+                 "held_out": f"{config.data.valid_fraction:.0%}", "seed": config.data.split_seed,
+                 "train_rows": f"{len(train_part):,}",
+                 "valid_rows": f"{len(valid_part):,}", "eval_rows": f"{len(eval_part):,}",
+                 "labels": [["rows", *[f"{int(n):,}" for n in counts]],
+                            ["share", *[f"{n / max(counts.sum(), 1):.1%}" for n in counts]]]},
+        "prompt": {"name": template.name, "about": getattr(template, "about", ""), "fields": fields,
+                   "missing": template.missing, "text": template.text},
+        "recipe": {"steps": summary.get("global_step", "?"), "seconds": f"{summary.get('seconds', 0):.0f}",
+                   "best_step": summary.get("best_step", "?"),
+                   "best_f1": f"{summary.get('best_eval_macro_f1', float('nan')):.4f}",
+                   "loss": f"{summary.get('train_loss', float('nan')):.4f}",
+                   "config": config_to_yaml(config).rstrip()},
+        "validation": {"n": f"{figures['n']:,}",
+                       "overall": [f"{figures['macro_f1']:.4f}", f"{figures['accuracy']:.4f}",
+                                   "—" if qwk is None else f"{qwk:.4f}"],
+                       "per_class": [[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
+                                     for c, v in figures["per_class"].items()]},
+        "calibration": {"ece": f"{cal['ece']:.3f}", "rows": [
+            [f"{cal['bin_edges'][i]:.1f}–{cal['bin_edges'][i + 1]:.1f}", cal["count"][i], f"{cal['confidence'][i]:.3f}",
+             f"{cal['accuracy'][i]:.3f}"] for i in range(len(cal["count"])) if cal["count"][i]]} if cal else None,
+        "decision": _decision(run),
+        "reasons": {"rows": explained_rows or min(IMPORTANCE_ROWS, len(eval_part)),
+                    "weights": [[f, f"{w:.3f}", describe(spec, f, refs.get(f))] for f, w in weights.items()]}
+        if weights is not None and len(weights) else None,
+        "groups": {"gaps": gaps, "columns": [
+            {"name": column, "rows": [[g["group"], f"{g['rows']:,}", f"{g['macro_f1']:.3f}", f"{g['accuracy']:.3f}",
+                                       f"{g['mean_top_probability']:.3f}",
+                                       " ".join(f"{c} {g[f'share_{c}']:.0%}" for c in classes if g[f"share_{c}"] > 0)]
+                                      for _, g in part.iterrows()]}
+            for column, part in groups.groupby("column", sort=False)]},
+    }
+    return render("model_card.md.j2", **page)
 
-    out += ["## Prompt", "",
-            f"Template `{template.name}`"
-            + (f" ({template.about})" if getattr(template, "about", "") else "")
-            + f"; the fields it shows: {', '.join(f'`{f}`' for f in fields) or 'none'}. A missing value is "
-            f"written `{template.missing}`. The answer is a space and the label, then EOS.", "",
-            "```text", template.text, "```", ""]
 
-    out += ["## Recipe", "",
-            f"{summary.get('global_step', '?')} optimizer steps in {summary.get('seconds', 0):.0f} s; the kept "
-            f"weights are from step {summary.get('best_step', '?')} (best validation macro-F1 "
-            f"{summary.get('best_eval_macro_f1', float('nan')):.4f}); final training loss "
-            f"{summary.get('train_loss', float('nan')):.4f}. Loss on the answer tokens only. The whole config:", "",
-            "```yaml", config_to_yaml(config).rstrip(), "```", ""]
-
-    qwk = figures.get("qwk")
-    out += ["## Validation", "",
-            f"Plain argmax, on the {figures['n']:,} rows of the validation sample, with the kept weights loaded from "
-            "the run "
-            "(the rows the best checkpoint was chosen on: slightly optimistic; `korllama evaluate "
-            f"{run.root} --held-out` scores all {len(valid_part):,} held-out rows):", "",
-            _md_table(["macro-F1", "accuracy", "QWK"],
-                      [[f"{figures['macro_f1']:.4f}", f"{figures['accuracy']:.4f}",
-                        "—" if qwk is None else f"{qwk:.4f}"]]), "",
-            _md_table(["label", "precision", "recall", "F1", "rows"],
-                      [[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
-                       for c, v in figures["per_class"].items()]), ""]
-
-    cal = figures.get("calibration")
-    if cal:
-        edges = cal["bin_edges"]
-        rows = [[f"{edges[i]:.1f}–{edges[i + 1]:.1f}", cal["count"][i], f"{cal['confidence'][i]:.3f}",
-                 f"{cal['accuracy'][i]:.3f}"] for i in range(len(cal["count"])) if cal["count"][i]]
-        out += ["## Calibration", "",
-                f"Expected calibration error {cal['ece']:.3f}: how far, on average, the probability of the answered "
-                "label is from how often it is right (0 = the probabilities can be read as frequencies).", "",
-                _md_table(["P(answer)", "rows", "mean P", "share right"], rows), ""]
-
-    out += ["## Decision rule", ""]
-    if run.decision.is_file():
-        from korllama.decision import DecisionRule
-
-        rule = DecisionRule.load(run.decision)
-        f1 = rule.valid_macro_f1
-        out += [f"`decision.json`: label = argmax(P × w), fitted on {rule.fitted_rows:,} validation rows"
-                + (f" (macro-F1 {f1.get('argmax', float('nan')):.4f} with plain argmax -> "
-                   f"{f1.get('decision', float('nan')):.4f} with the rule, on those rows)" if f1 else "") + ".", "",
-                _md_table(["label", *rule.classes], [["w", *[f"{w:.3f}" for w in rule.weights]]]), ""]
-    else:
-        out += ["None: the answer is the most probable label (plain argmax).", ""]
-
-    out += ["## Reasons", ""]
-    if weights is not None and len(weights):
-        out += [f"What the model leans on: each field the prompt shows is set in turn to a typical value of the "
-                f"training rows and the row scored again (`korllama explain`); the mean change in the probability "
-                f"of the answered label over {explained_rows or min(IMPORTANCE_ROWS, len(eval_part))} validation "
-                "rows:", "",
-                _md_table(["field", "mean |change|", "typical value"],
-                          [[f, f"{w:.3f}", describe(spec, f, refs.get(f))] for f, w in weights.items()]), ""]
-    else:
-        out += ["The prompt shows no column of the spec: there is nothing to explain.", ""]
-
-    out += ["## Group metrics", "",
-            "On the validation sample, by each category column and by quartiles of each numeric column (groups "
-            "under 30 rows are listed but not compared). Macro-F1 within a group is over the labels present in it.",
-            ""]
-    out += [f"- {g}" for g in gaps] or ["- No gap to report (no column has two groups of 30 rows or more)."]
-    out.append("")
-    for column, part in groups.groupby("column", sort=False):
-        out += [f"**{column}**", "",
-                _md_table(["group", "rows", "macro-F1", "accuracy", "mean P(answer)", "answers"],
-                          [[g["group"], f"{g['rows']:,}", f"{g['macro_f1']:.3f}", f"{g['accuracy']:.3f}",
-                            f"{g['mean_top_probability']:.3f}",
-                            " ".join(f"{c} {g[f'share_{c}']:.0%}" for c in classes if g[f"share_{c}"] > 0)]
-                           for _, g in part.iterrows()]), ""]
-
-    out += ["## Intended use", "",
-            f"Grading rows of the `{spec.name}` table the way the training rows were graded: to reproduce, check "
-            "or study an existing grading, in research and in tests of this toolkit. With a person who reviews "
-            "the grade and its reasons (`korllama explain`), it can help prepare a decision; it is not a decision.",
-            "", "## Limits", ""]
-    limits = []
-    if synthetic:
-        limits.append("It was trained on **synthetic** rows made by korllama: its figures say nothing about real "
-                      "applicants.")
-    if config.model.base == "tiny":
-        limits.append("The base is a tiny model trained from scratch on these rows: it knows no language and no "
-                      "finance beyond the patterns of the prompts it was shown.")
-    limits += [
-        "It learns the grades it was shown, including any unfairness in how they were given; the group metrics "
-        "above show where it does worse, not why. Check them on your own rows before any use.",
-        f"It saw only the fields of its prompt ({', '.join(fields) or 'none'}); rows unlike the training rows "
-        "(values outside their range, categories never seen) get grades with no evidence behind them.",
-        "The probabilities are calibrated only as the section above shows, on rows like the training rows.",
-        "The reasons are one field at a time against a typical value: interactions between fields are not shown, "
-        "and they explain the model, not the world.",
-        "It is not a credit decision: lenders must state the principal reasons for an adverse decision and "
-        "credit scoring is high-risk under the EU AI Act (Annex III 5(b)); a person decides.",
-    ]
-    out += [f"- {x}" for x in limits]
-    return "\n".join(out) + "\n"
+def _decision(run: RunDir) -> dict | None:
+    """The run's decision rule (decision.json) as the card shows it, or None when the run has none."""
+    if not run.decision.is_file():
+        return None
+    rule = DecisionRule.load(run.decision)
+    f1 = rule.valid_macro_f1
+    return {"fitted_rows": f"{rule.fitted_rows:,}", "classes": list(rule.classes),
+            "weights": [f"{w:.3f}" for w in rule.weights],
+            "f1": {"argmax": f"{f1.get('argmax', float('nan')):.4f}",
+                   "decision": f"{f1.get('decision', float('nan')):.4f}"} if f1 else None}

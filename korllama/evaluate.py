@@ -25,6 +25,7 @@ from korllama.bases import sha256_file
 from korllama.data import Table, table_chunks
 from korllama.decision import decision_choice
 from korllama.errors import KorllamaError
+from korllama.groups import group_columns  # the rows' columns, for group metrics in `korllama compare`
 from korllama.io import atomic_path, json_text
 from korllama.predict import off_format_rate, open_atomic, process_state, score_chunk, sigterm_as_interrupt
 from korllama.run import Run
@@ -120,7 +121,6 @@ def evaluate_run(run: Run, data: str | Path | Table, out_dir: str | Path, mode: 
     with --held-out or --limit also its ID, to choose the rows). Under `accelerate launch` each chunk's rows are
     split between the processes and the main process writes; the other processes return {}.
     """
-    from korllama.explain import group_columns  # the rows' columns, for group metrics in `korllama compare`
 
     state = process_state()
     rule = run.rule(decision) if mode == "score" else None
@@ -285,7 +285,6 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
                   fit_seconds=fitted.seconds, train_rows=len(fit_on), data=score_on.source, run=None,
                   decision_rule=decision, search=fitted.trials,
                   decision=side_by_side(fitted.rule, score_on.labels, proba, score_on.ids.astype(str), classes))
-    from korllama.explain import group_columns  # the rows' columns, for group metrics in `korllama compare`
     groups, result["group_columns"] = group_columns(score_on)
     write_evaluation(out_dir, result, score_on.ids, score_on.labels, pred, proba, classes, groups)
     fitted.rule.save(Path(out_dir) / "decision.json")  # what `--decision macro-f1` applies, fitted on inner rows

@@ -252,7 +252,7 @@ def test_ctrl_c_says_nothing_was_written(tmp_path, cli, monkeypatch, command, ru
 
 
 def test_ctrl_c_after_a_file_was_written_names_it(tmp_path, cli, monkeypatch):
-    import korllama.report
+    import korllama.plots
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -261,7 +261,7 @@ def test_ctrl_c_after_a_file_was_written_names_it(tmp_path, cli, monkeypatch):
 
     write_evaluation(tmp_path / "a", metrics(list("AB"), list("AB"), list("AB")), ["1", "2"], list("AB"),
                      list("AB"), None, list("AB"))
-    monkeypatch.setattr(korllama.report, "plot_per_class_f1", interrupted)  # after the confusion plot
+    monkeypatch.setattr(korllama.plots, "plot_per_class_f1", interrupted)  # after the confusion plot
     code, _, err = cli("compare", tmp_path / "a", "--out", tmp_path / "r.html")
     assert code == 130
     assert " ".join(err.split()) == f"interrupted; already written: {tmp_path / 'r' / 'confusion.png'} (nothing else)"

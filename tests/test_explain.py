@@ -1,4 +1,4 @@
-"""Tests for korllama.explain (reasons, group metrics), korllama.card (the model card), `korllama explain` and the
+"""Tests for korllama.explain (reasons), korllama.card (the model card), `korllama explain` and the
 report's importance and group sections.
 
 A toy spec where only `signal` decides the label shows the reasons are faithful: with a hand-written proba_fn and
@@ -25,8 +25,6 @@ from korllama.explain import (
     carried_fields,
     explain,
     explain_rows,
-    group_gaps,
-    group_metrics,
     importance,
     known_fields,
     neutralised,
@@ -199,42 +197,6 @@ def test_a_derived_field_is_neutralised_by_its_own_median():
     pd.testing.assert_series_equal(out["principal_ratio"], frame["principal_ratio"])  # inputs untouched
     pd.testing.assert_series_equal(out["principal_repaid"], frame["principal_repaid"])
     assert not np.allclose(out["payments_made"], frame["payments_made"], equal_nan=True)  # derived from it: follows
-
-
-def test_group_metrics_add_up_and_a_one_label_group_is_reported():
-    rng = np.random.default_rng(1)
-    n = 200
-    features = pd.DataFrame({"kind": rng.choice(["a", "b", "c"], n).astype(object),
-                             "amount": rng.lognormal(10, 1, n), "few": rng.choice([36.0, 60.0], n)})
-    features.loc[:9, "amount"] = np.nan
-    truth = rng.choice(["low", "mid", "high"], n).astype(object)
-    features.loc[truth == "high", "kind"] = "only-high"  # a group whose every row has one label
-    features.loc[np.flatnonzero(truth != "high")[:5], "kind"] = None
-    pred = np.where(rng.random(n) < 0.7, truth, "low").astype(object)
-    kinds = {"kind": "category", "amount": "number", "few": "number"}
-    groups = group_metrics(features, kinds, truth, pred, ["low", "mid", "high"], rng.random(n))
-    for column in kinds:
-        assert groups.loc[groups["column"] == column, "rows"].sum() == n  # groups partition the rows
-    one = groups[(groups["column"] == "kind") & (groups["group"] == "only-high")].iloc[0]
-    assert one["rows"] == (truth == "high").sum()
-    assert one["true_share_high"] == 1.0 and 0 <= one["macro_f1"] <= 1
-    assert one["accuracy"] == pytest.approx((pred[truth == "high"] == "high").mean())
-    amount = groups[groups["column"] == "amount"]
-    assert list(amount["group"].str[:3]) == ["Q1:", "Q2:", "Q3:", "Q4:", "mis"]  # quartiles in order, missing last
-    assert set(groups.loc[groups["column"] == "few", "group"]) == {"36", "60"}  # few values: by value
-    assert "missing" in set(groups.loc[groups["column"] == "kind", "group"])
-    shares = groups[[f"share_{c}" for c in ["low", "mid", "high"]]].sum(axis=1)
-    assert np.allclose(shares, 1)
-    words = group_gaps(groups, ["low", "mid", "high"], min_rows=20)
-    assert words and any("a gap of" in w for w in words)
-    assert any("of its answers and" in w for w in words)
-    # a bias the whole system has is not a group's: two groups alike, every answer "low", no share sentence
-    truth = np.tile(np.array(["low", "mid", "high"] * 20, dtype=object), 2)
-    alike = group_metrics(pd.DataFrame({"kind": ["a"] * 60 + ["b"] * 60}), {"kind": "category"}, truth,
-                          np.full(120, "low", dtype=object), ["low", "mid", "high"])
-    assert alike["share_low"].tolist() == [1.0, 1.0]
-    assert not any("of its answers" in w for w in group_gaps(alike, ["low", "mid", "high"]))
-    assert group_gaps(groups, ["low", "mid", "high"], min_rows=10_000) == []  # nothing big enough: nothing said
 
 
 # --- the tiny trained run: CLI, LLM shape, stored references, the model card, the report ------------------------

@@ -1,4 +1,4 @@
-"""Tests for korllama.report: the training curve, loading evaluations, the plots and the self-contained HTML report
+"""Tests for korllama.report: loading evaluations, the plots and the self-contained HTML report
 (`korllama compare`). The evaluation folders are made here with korllama.evaluate on hand-made predictions.
 """
 
@@ -16,7 +16,8 @@ from fixtures import RUN_ROWS
 
 from korllama.errors import KorllamaError
 from korllama.evaluate import metrics, write_evaluation
-from korllama.report import compare, load_evaluation, plot_train_curve
+from korllama.plots import plot_train_curve
+from korllama.report import compare, load_evaluation
 from korllama.run import Run
 
 CLASSES = list("ABCDEFG")
@@ -52,14 +53,6 @@ def two_systems(tmp_path) -> tuple[Path, Path, dict, dict]:
     tuned = evaluation(tmp_path / "eval" / "tuned", "tuned <tiny>", 0.8, seed=1, run=run)
     baseline = evaluation(tmp_path / "eval" / "baseline", None, 0.5, seed=2, proba=False)
     return tmp_path / "eval" / "tuned", tmp_path / "eval" / "baseline", tuned, baseline
-
-
-def test_plot_train_curve_writes_a_png(tmp_path):
-    history = [{"step": s, "loss": 3.0 / s} for s in range(1, 6)] + [{"step": 5, "eval_macro_f1": 0.3}]
-    path = plot_train_curve(history, tmp_path / "deep" / "curve.png")
-    assert path.read_bytes().startswith(PNG)
-    assert plot_train_curve([], tmp_path / "empty.png").read_bytes().startswith(PNG)  # no history yet: still a file
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "empty.png"]  # no temporary files left
 
 
 def test_load_evaluation(two_systems, tmp_path):
@@ -249,11 +242,19 @@ def test_compare_shows_where_the_llm_and_the_trees_disagree(run_dir, tmp_path):
     assert ("derived features missing" in page) == bool(missing and (a["principal_repaid"] == 0).any())
 
 
-def test_the_rule_cell_when_no_row_is_left_to_judge_the_rule():
-    from korllama.report import _rule_cell
+def test_the_rule_cell_when_no_row_is_left_to_judge_the_rule(two_systems, tmp_path):
+    from korllama.report import _rule
 
     empty = {"rows": 0, "argmax": {"macro_f1": None}, "macro-f1": {"macro_f1": None}}
-    assert "no row" in _rule_cell({"decision": empty})
-    judged = {"rows": 40, "argmax": {"macro_f1": 0.5}, "macro-f1": {"macro_f1": 0.6}}
-    assert _rule_cell({"decision": judged}).startswith("0.6000") and "40 rows" in _rule_cell({"decision": judged})
-    assert _rule_cell({}) == "—"
+    assert _rule({"decision": empty}) == {"macro_f1": None}
+    judged = {"rows": 4000, "argmax": {"macro_f1": 0.5}, "macro-f1": {"macro_f1": 0.6}}
+    assert _rule({"decision": judged}) == {"macro_f1": "0.6000", "argmax": "0.5000", "rows": "4,000"}
+    assert _rule({}) is None
+    tuned_dir, baseline_dir, _, _ = two_systems  # and as the page shows them
+    for folder, decision in ((tuned_dir, judged), (baseline_dir, empty)):
+        result = json.loads((folder / "metrics.json").read_text("utf-8"))
+        (folder / "metrics.json").write_text(json.dumps({**result, "decision": decision}), "utf-8")
+    compare([tuned_dir, baseline_dir], tmp_path / "rule.html")
+    page = (tmp_path / "rule.html").read_text("utf-8")
+    assert "<td>0.6000 <small>(argmax 0.5000 on 4,000 rows)</small></td>" in page
+    assert "<td>— <small>(no row the rule was not fitted on)</small></td>" in page

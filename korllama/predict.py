@@ -130,7 +130,7 @@ def predict_file(run: Run, data: str | Path, out: str | Path, with_proba: bool =
 def process_state():
     """accelerate's PartialState: one process (a plain `korllama predict`), or one of `accelerate launch`'s N. Under
     N processes on GPUs each process owns the GPU of its local rank (PartialState sets it), so the model that
-    load_run puts on "cuda" lands there."""
+    Run.model puts on "cuda" lands there."""
     return PartialState()
 
 

@@ -11,7 +11,7 @@ Each label's completion is `answer(label)` (" A", " 우수", " pass with merit")
   KV cache; the cache is repeated once per label and every label continuation is scored in one more pass.
 
 Rows are sorted by length and left-padded with explicit position ids, so padding never changes a row's result.
-Prompts and answers are tokenised separately, exactly as training joins them (korllama.train.tokenize).
+Prompts and answers are tokenised separately, exactly as training joins them (korllama.training.collate.tokenize).
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from korllama.data import clean
 from korllama.features import monthly_payment, principal_repaid
+from korllama.schema import load_spec
 
 COLUMNS = [
     "ID", "대출금액", "대출기간", "근로기간", "주택소유상태", "연간소득", "부채_대비_소득_비율", "총계좌수",
@@ -136,8 +138,5 @@ def synthesize(rows: int, seed: int = 0) -> pd.DataFrame:
 
 def synthetic_table(rows: int, seed: int = 0, spec=None):
     """`synthesize` read the way a CSV is (every cell a string, validated and cleaned with the loan spec): a Table."""
-    from korllama.data import clean
-    from korllama.schema import load_spec
-
     spec = spec if spec is not None else load_spec()
     return clean(synthesize(rows, seed).astype(str), spec, source=f"synthetic({rows}, seed {seed})")

@@ -390,7 +390,8 @@ def test_decision_rule_errors_are_one_sentence(cli, run_dir, tmp_path):
 
     data = unlabelled_csv(tmp_path / "test.csv", rows=5)
     code, _, err = cli("predict", run_dir, "--data", data, "--out", tmp_path / "p.csv", "--decision", "best")
-    assert code == 2 and "--decision must be one of argmax, macro-f1" in err
+    assert code == 2 and err.count("\n") == 1 and "'best' is not one of 'argmax', 'macro-f1'" in err
+    assert "korllama predict --help" in err and "╭" not in err  # one line, not typer's box
     old = tmp_path / "old-run"
     shutil.copytree(run_dir, old)
     (old / "decision.json").unlink()

@@ -1,4 +1,4 @@
-"""Tests for prediction at scale: streaming (korllama.predict.TableChunks, predict_file, evaluate_run) equals the
+"""Tests for prediction at scale: streaming (korllama.data.stream.TableChunks, predict_file, evaluate_run) equals the
 in-memory path, with the same error messages and nothing written on an error or Ctrl-C, in memory that does not
 grow with the table; and data-parallel prediction with `accelerate launch --num_processes 2` on CPU.
 

@@ -1,4 +1,4 @@
-"""Tests for korllama.train: answer-only masking, padding, the class-weighted loss, full and LoRA training on a tiny
+"""Tests for korllama.training: answer-only masking, padding, the class-weighted loss, full and LoRA training on a tiny
 model, checkpoint verification, kill-and-resume, several processes, config errors.
 
 Everything runs on tiny models (hidden 32, 2 layers) with one CPU thread per process: on a 2-core machine that may

@@ -13,6 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer 0.29 bundles click; these are not re-exported
+from typer.rich_utils import rich_format_error
 
 from korllama import __version__
 from korllama.choices import Decision
@@ -92,26 +94,40 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the typer app, turning KorllamaError into one sentence and exit code 2."""
+    """Entry point: runs the typer app. Every error the user can fix — a KorllamaError from a command, or a bad
+    option or argument that click refuses — is one red sentence and exit code 2; `--debug` shows tracebacks."""
     args = sys.argv[1:] if argv is None else argv
     _options["debug"] = False
     written.clear()
     warnings.showwarning = _show_warning
     command = typer.main.get_command(app)
-    try:  # click handles usage errors and --help itself (standalone mode) and exits through SystemExit
-        command.main(args=args, prog_name="korllama", standalone_mode=True)
+    try:  # not standalone: click raises its usage errors here instead of drawing them in a box
+        code = command.main(args=args, prog_name="korllama", standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `korllama` or `korllama data` alone: the help, as click would show it
+        rich_format_error(exc)
+        return exc.exit_code
+    except UsageError as exc:
+        return _refuse(exc.format_message() + _help_hint(exc))
     except KorllamaError as exc:
         if _options["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        return 2
-    except KeyboardInterrupt:
+        return _refuse(str(exc))
+    except (KeyboardInterrupt, typer.Abort):
         return _interrupted(args)
-    except SystemExit as exc:  # standalone mode ends every run (success included) with SystemExit
-        if _caused_by_ctrl_c(exc):  # typer turns Ctrl-C into a silent Exit(130)
-            return _interrupted(args)
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return 0
+    if code == 130:  # typer turns Ctrl-C into Exit(130), returned as the code when not standalone
+        return _interrupted(args)
+    return code if isinstance(code, int) else 0
+
+
+def _refuse(sentence: str) -> int:
+    err_console.print(f"[bold red]error:[/] {escape(sentence)}", highlight=False, soft_wrap=True)
+    return 2
+
+
+def _help_hint(exc: UsageError) -> str:
+    """' (see `korllama predict --help`)' for an error of one command."""
+    path = exc.ctx.command_path if exc.ctx is not None else "korllama"
+    return f" (see `{path} --help`)"
 
 
 # commands whose every output goes through korllama.io's atomic writes, at the end of their work
@@ -129,17 +145,3 @@ def _interrupted(args: list[str]) -> int:
         message = "interrupted; nothing written"
     err_console.print(message, highlight=False)
     return 130
-
-
-def _caused_by_ctrl_c(exc: BaseException) -> bool:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import train_test_split
 
 from korllama.errors import DataError
 from korllama.features import OPS
@@ -66,8 +67,6 @@ def add_derived(frame: pd.DataFrame, spec: TableSpec) -> None:
 
 def split(table: Table, valid_fraction: float = 0.2, seed: int = 0) -> tuple[Table, Table]:
     """Stratified train/validation split by label (rows keep their order within each part)."""
-    from sklearn.model_selection import train_test_split
-
     if not table.has_labels:
         raise DataError(f"{table.source} has no {table.spec.label.name} column: a split needs labelled rows.")
     counts = table.labels.value_counts()

@@ -243,13 +243,14 @@ def test_full_training_writes_a_complete_run(full_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run_dir, summary = full_run
-    for name in ("config.yaml", "trainer_state.json", "train_summary.json", "best.json", "train_curve.png"):
+    for name in ("config.yaml", "trainer_state.json", "train_summary.json", "best.json"):
         assert (run_dir / name).is_file(), name
+    for name in ("train_curve.png", "model_card.md"):  # written for people by document_run, not by training
+        assert not (run_dir / name).exists(), name
     assert (run_dir / "model" / "model.safetensors").is_file()
     assert not (run_dir / "adapter").exists()
     assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
     assert list((run_dir / "logs").glob("events.out.tfevents.*"))
-    assert (run_dir / "train_curve.png").read_bytes().startswith(b"\x89PNG")
     checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1  # save_total_limit=1 (6 steps, saved at 3 and 6)
     assert checkpoints[-1].name == "checkpoint-6"
@@ -452,6 +453,17 @@ def test_training_into_a_finished_run_needs_resume(cli, full_run, tmp_path):
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "already holds a finished run" in err and "--overwrite" in err
     assert (run_dir / "train_summary.json").read_bytes() == before
+
+
+def test_the_train_command_documents_the_finished_run(cli, tmp_path):
+    """Training writes the run; the command then writes what people read: the curve and the model card."""
+    yaml_path = write_config(tmp_path / "c.yaml", run_config(train={"max_steps": 2, "eval_steps": 2,
+                                                                    "save_steps": 2}))
+    code, out, err = cli("train", "--config", yaml_path, "--out", tmp_path / "run")
+    assert code == 0, err
+    assert (tmp_path / "run" / "train_curve.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "run" / "model_card.md").read_text("utf-8").startswith("# Model card")
+    assert "writing model_card.md" in err
 
 
 # --- 9. several processes ----------------------------------------------------------------------------------------

@@ -363,7 +363,7 @@ def test_concurrent_requests_are_scored_together(run_dir, client):
     for body, r in zip(bad, refused):  # each bad request gets the message it would get alone
         assert r.status_code == 422 and r.json() == client.post("/v1/grade", json=body).json()
     assert refused[0].json()["detail"][0]["msg"].startswith("applicants[1], column term (대출기간): ' 48 months'")
-    assert refused[2].json()["detail"][0]["msg"].startswith("applicants[2], column ID: duplicate ID 'X1'")
+    assert refused[2].json()["detail"][0]["msg"].startswith("applicants[2], column id: duplicate ID 'X1'")
     stats = batching.state.stats
     assert stats["requests"] == 8 and stats["applicants"] == sum(len(b) for b in bodies)
     assert stats["batches"] < 8 and stats["forward_passes"] < 8

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, conlist, create_model
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, conlist, create_model
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -84,13 +84,22 @@ def value_type(col: ColumnSpec):
         low = max(low, 0) if col.parser != "number" else low  # their raw form has no sign
         high = min(col.max, WHOLE) if col.max is not None else WHOLE if whole else sys.float_info.max
         number = [Annotated[StrictInt, Field(ge=low, le=high)],  # a float of a whole value too ("type": "integer")
-                  Annotated[float, Field(strict=True, ge=low, le=high, multiple_of=1)]] if whole else \
+                  Annotated[float, Field(strict=True, ge=low, le=high, multiple_of=1), BeforeValidator(_not_int)]] \
+            if whole else \
             [Annotated[float, Field(strict=True, ge=low, le=high, allow_inf_nan=False)]]  # ints are numbers too
         kinds = [*number, *raw]
     kind = kinds[0]
     for other in kinds[1:]:
         kind = kind | other
     return kind | None if col.nullable else kind
+
+
+def _not_int(value):
+    """The float branch of a whole-number column: an int is judged by the int branch alone (a float would round
+    2**53 + 1 into the bounds)."""
+    if isinstance(value, int):
+        raise ValueError("out of bounds")
+    return value
 
 
 WHOLE = 2**53  # the largest whole number korllama.schema.parse_column accepts (past it a float skips some)
@@ -160,7 +169,8 @@ def _upto(n: int) -> str:
     digits = str(n)
     alts = [f"[0-9]{{1,{len(digits) - 1}}}"] if len(digits) > 1 else []
     rest = [f"[0-9]{{{len(digits) - i - 1}}}" if i < len(digits) - 1 else "" for i in range(len(digits))]
-    alts += [digits[:i] + (f"[0-{int(d) - 1}]" if d != "1" else "0") + rest[i] for i, d in enumerate(digits) if d != "0"]
+    alts += [digits[:i] + (f"[0-{int(d) - 1}]" if d != "1" else "0") + rest[i]  # n's first i digits, then less
+             for i, d in enumerate(digits) if d != "0"]
     return f"0*(?:{'|'.join([*alts, digits])})"
 
 

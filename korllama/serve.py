@@ -110,11 +110,12 @@ MONTHS, YEARS = "[mM][oO][nN][tT][hH][sS]?", "[yY][eE][aA][rR][sS]?"  # _MONTHS,
 def raw_pattern(col: ColumnSpec) -> str | None:
     """A regular expression for the strings the column's parser reads as an allowed value, written in the syntax
     JSON Schema, Python and Rust (pydantic) share. It is exact for categories and missing tokens; for numbers it
-    is the plain decimal forms ("16800000", "19.64", "+3", "007", "1,234.5", " 36 months", "10+ years", "< 1 year")
+    is the plain decimal forms ("16800000", "19.64", "007", "1,234.5", " 36 months", "10+ years", "< 1 year")
     within the column's bounds, without exponents ("1.2e7") or other whitespace than spaces: the value a decimal in
-    exponent form stands for is not a regular language. None where no bounded plain form is written here (a lower
-    bound above 0, a fractional or negative upper bound, allowed values that are not whole numbers): such a column
-    is sent as a JSON number."""
+    exponent form stands for is not a regular language, and pandas reads "+96824511081009.00000000000" as
+    96824511081008.98 (a whole number that is not), so no "+" either. None where no bounded plain form is written
+    here (a lower bound above 0, a fractional or negative upper bound, allowed values that are not whole numbers):
+    such a column is sent as a JSON number."""
     missing = [""] + col.missing if col.nullable else []
     if col.parser == "category":
         return f"^(?:{'|'.join(_escape(v) for v in spellings(col))})$"
@@ -133,13 +134,13 @@ def raw_pattern(col: ColumnSpec) -> str | None:
         return _anchored([f"(?:<{SPACE}1|{digits}{SPACE}\\+?){SPACE}(?:{YEARS})?"], missing)
     point = "(?:\\.0*)?" if whole else "(?:\\.[0-9]*)?"
     if digits is not None:  # whole numbers, or one of the allowed values
-        forms = [f"\\+?{digits}{point}"]
+        forms = [f"{digits}{point}"]
         if col.max is None and not col.values:  # thousands separated: at most 15 digits, below WHOLE
-            forms.append(f"\\+?[0-9]{{1,3}}(?:,[0-9]{{3}}){{1,4}}{point}")
+            forms.append(f"[0-9]{{1,3}}(?:,[0-9]{{3}}){{1,4}}{point}")
     elif col.max is not None:  # a fraction up to a whole maximum
-        forms = [f"\\+?{_upto(int(col.max) - 1)}{point}", f"\\+?0*{int(col.max)}(?:\\.0*)?"]
+        forms = [f"{_upto(int(col.max) - 1)}{point}", f"0*{int(col.max)}(?:\\.0*)?"]
     else:
-        forms = [f"\\+?[0-9]+{point}", f"\\+?[0-9]{{1,3}}(?:,[0-9]{{3}})+{point}"]
+        forms = [f"[0-9]+{point}", f"[0-9]{{1,3}}(?:,[0-9]{{3}})+{point}"]
     if col.min is None:  # any sign: below 0 only the magnitude is bounded (a whole number's by WHOLE)
         forms.append(f"-{_upto(WHOLE) if whole else '[0-9]+'}{point}")
     return _anchored(forms, missing)

@@ -70,7 +70,7 @@ def excused(case, response) -> list:
     kinds, said = {d["type"] for d in detail}, " ".join(d["msg"] for d in detail)
     if kinds == {"prompt_too_long"}:
         return [positive_data_acceptance]
-    ids = [str(a.get("id")).strip() for a in case.body if a.get("id") is not None] \
+    ids = [str(a["id"]).strip() for a in case.body if isinstance(a, dict) and a.get("id") is not None] \
         if isinstance(case.body, list) else []
     if len(set(ids)) < len(ids) and kinds == {"value_error"} and "duplicate ID" in said:
         return [positive_data_acceptance]

@@ -16,9 +16,15 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 import schemathesis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
+
+from korllama.schema import load_spec, parse_column
+from korllama.serve import MAX_TEXT, raw_pattern
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,3 +103,18 @@ def test_the_service_passes_the_fuzzer_with_every_check(service, tmp_path):
     assert result.returncode == 0 and "No issues found" in out, out[-6000:]
     cases = int(re.search(r"(\d+) generated", out).group(1))
     assert cases > 50, out[-3000:]  # it did send requests (the count is the same each run: derandomized)
+
+
+@pytest.mark.parametrize("column", [c.alias for c in load_spec().columns])
+def test_every_raw_form_the_schema_allows_is_one_the_parser_accepts(column):
+    """The schema's string pattern for a column (pydantic enforces it) admits only strings clean reads as allowed."""
+    col = load_spec().column(column)
+    pattern = raw_pattern(col)
+
+    @settings(max_examples=60, derandomize=True, deadline=None)
+    @given(st.from_regex(pattern, fullmatch=True).filter(lambda s: len(s) <= MAX_TEXT))
+    def accepted(raw):
+        assert re.search(pattern, raw)  # as JSON Schema and pydantic read it: a search, anchored by ^ and $
+        _, missing, bad = parse_column(pd.Series([raw], dtype=object), col)
+        assert not bad.iloc[0] and (col.nullable or not missing.iloc[0]), raw
+    accepted()

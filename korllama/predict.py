@@ -136,7 +136,7 @@ def decision_rule(run: str | Path | None, base: str | None, decision: str = "arg
 
 def predict_file(run: str | Path | None, data: str | Path, out: str | Path, with_proba: bool = False,
                  base: str | None = None, batch_size: int = 32, console=None, chunk_rows: int | None = None,
-                 decision: str = "argmax") -> dict:
+                 decision: str = "argmax", loaded: tuple | None = None, progress=None) -> dict:
     """Grade every row of a table and write the competition's format: `ID,<label header>` in input order; labels
     by argmax of the probabilities, or by the run's macro-F1 decision rule (`decision="macro-f1"`).
 
@@ -145,6 +145,9 @@ def predict_file(run: str | Path | None, data: str | Path, out: str | Path, with
     partial result (an error, Ctrl-C or SIGTERM leaves nothing). The whole file is validated before the first row
     is scored. Under `accelerate launch --num_processes N` each chunk's rows are split between the processes and
     the main process writes them in input order; the other processes return {}.
+
+    `loaded`: the (model, tokenizer, config) of `run`, already loaded (the service's page grades uploads with the
+    model it serves); `progress(done, total)`: told the rows graded, instead of the console's progress bar.
     """
     import time
     from contextlib import ExitStack
@@ -158,7 +161,7 @@ def predict_file(run: str | Path | None, data: str | Path, out: str | Path, with
     out = Path(out)
     _check_file_target(out)
     rule = decision_rule(run, base, decision)
-    model, tokenizer, config = load_run(run, base)
+    model, tokenizer, config = loaded or load_run(run, base)
     stream = TableChunks(data, config.data.spec, chunk_rows or CHUNK_ROWS)
     checked = stream.check(warn=state.is_main_process)
     spec = stream.spec
@@ -171,7 +174,8 @@ def predict_file(run: str | Path | None, data: str | Path, out: str | Path, with
         fh = advance = None
         if state.is_main_process:
             fh = open_atomic(stack, out)
-            advance = stack.enter_context(progress_bar(checked.rows, "grading", console))
+            advance = stack.enter_context(progress_bar(checked.rows, "grading", console)) if progress is None \
+                else _counter(progress, checked.rows)
         for _, chunk in stream.chunks():
             scored = score_chunk(model, tokenizer, template, chunk, batch_size, state=state, progress=advance,
                                  rule=rule)
@@ -188,7 +192,19 @@ def predict_file(run: str | Path | None, data: str | Path, out: str | Path, with
         return {}
     seconds = time.perf_counter() - started
     return {"rows": checked.rows, "out": str(out), "counts": counts, "seconds": seconds,
-            "rows_per_s": checked.rows / max(seconds, 1e-9), "processes": state.num_processes, "decision": decision}
+            "rows_per_s": checked.rows / max(seconds, 1e-9), "processes": state.num_processes, "decision": decision,
+            "warnings": checked.warnings}
+
+
+def _counter(progress, total: int):
+    """advance(n) for score(): tells `progress(done, total)`, from 0."""
+    done = [0]
+    progress(0, total)
+
+    def advance(n: int = 1) -> None:
+        done[0] += n
+        progress(done[0], total)
+    return advance
 
 
 # --- streaming: a table read in chunks, scored across processes ------------------------------------------------------

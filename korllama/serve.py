@@ -6,7 +6,8 @@ FastAPI and pydantic check the shape; the values are then validated and cleaned 
 handler turns pydantic's errors into sentences naming the applicant, the field and what is allowed (422); a body over
 the size limit is a 413 (middleware), one not sent as JSON a 415, a missing or wrong bearer token (when `$token_env`
 is set) a 401, before anything else is said about the body. A 5xx is a bug. `GET /health` says what is served;
-`/docs` and `/redoc` load their scripts from this service (fastapi-offline), not from a CDN.
+`/docs` and `/redoc` load their scripts from this service (fastapi-offline), not from a CDN. `/` is a page for
+analysts (korllama.page).
 """
 
 import hmac
@@ -27,7 +28,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictFloat, St
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from korllama import __version__
+from korllama import __version__, page
 from korllama.batching import Applicants, Batcher, Grader, as_text, problem
 from korllama.data import Table
 from korllama.errors import KorllamaError
@@ -211,13 +212,14 @@ class SafeJSONResponse(JSONResponse):
 
 class BodyLimit:
     """ASGI middleware: a POST body over `limit` bytes (declared, or counted as it arrives) is a 413 naming the
-    limit; the body is read here (never more than the limit) and handed on whole."""
+    limit; the body is read here (never more than the limit) and handed on whole. The `exempt` paths stream their
+    bodies and check their own limit (the page's file upload, korllama.page)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, exempt: frozenset[str] = frozenset()):
+        self.app, self.limit, self.exempt = app, limit, exempt
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] in self.exempt:
             return await self.app(scope, receive, send)
         declared, chunks, more = Headers(scope=scope).get("content-length", ""), [], True
         size = int(declared) if declared.isdigit() and int(declared) > self.limit else 0  # over: refused unread
@@ -294,7 +296,7 @@ def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch
                     f"{', '.join(classes)}). Keys: the table's headers or English aliases; values raw as in the CSV "
                     "or clean.")
     app.router.route_class = StrictJSONRoute
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(BodyLimit, limit=max_body_bytes, exempt=frozenset({page.UPLOAD}))
     app.state.batcher, app.state.stats, app.state.run_dir = batcher, grader.stats, run_dir
 
     @app.exception_handler(RequestValidationError)
@@ -350,4 +352,5 @@ def create_app(run_dir: str | Path, token_env: str = "KORLLAMA_TOKEN", max_batch
         results = answer(applicants, table, proba, reasons)
         return results[0] if applicants.single else results
 
+    page.add_page(app, run_dir, (model, tokenizer, config), decision, [Depends(require_token)] * bool(token), max_batch)
     return app

@@ -6,9 +6,9 @@ a bad value gets the service's 422 sentence, shown at its field) and a whole fil
 chunked path `korllama predict` uses, run as a polled job on one worker thread with the model the service already
 holds. Its routes are left out of the OpenAPI schema: the API is /v1/grade.
 
-    GET  /                       the page
+    GET  /                       the page, with its form's description from the run's spec in it (public, as
+                                 /docs is): columns, labels, limits, whether a token is needed
     GET  /page/static/{file}     its CSS and JavaScript
-    GET  /page/form              the form, from the run's spec (public, as /docs is): columns, labels, limits
     GET  /page/run               the run: base and provenance, data and split, metrics, decision, card as HTML,
                                  example rows (token)
     POST /page/jobs?name=&proba= a table file as the raw body -> {"id": ...}; over the limit a 413 (token)
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from korllama.errors import KorllamaError
@@ -45,7 +45,7 @@ EXAMPLE_ROWS = 10
 
 
 def add_page(app: FastAPI, run_dir: Path, loaded: tuple, decision: str, auth: list, batch_size: int,
-             max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
+             max_upload_bytes: int | None = None) -> None:
     """Register the page's routes on the service. `loaded`: the (model, tokenizer, config) it serves; `auth`: the
     dependencies that check the bearer token (empty without one), put on every route that shows the run or grades."""
     _, _, config = loaded
@@ -53,19 +53,17 @@ def add_page(app: FastAPI, run_dir: Path, loaded: tuple, decision: str, auth: li
 
     spec = load_spec(config.data.spec)
     jobs = Jobs(run_dir, loaded, decision, batch_size)
-    form = form_info(spec, decision, bool(auth), max_upload_bytes)
+    max_upload_bytes = max_upload_bytes or MAX_UPLOAD_BYTES
+    form = json.dumps(form_info(spec, decision, bool(auth), max_upload_bytes), ensure_ascii=False)
+    html = (WEB / "index.html").read_text("utf-8").replace("{}<!-- form -->", form.replace("<", "\\u003c"), 1)
     run_info: dict = {}  # built on the first request: the card rendered, the example rows read
     app.state.page_jobs = jobs
 
     @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(WEB / "index.html", media_type="text/html; charset=utf-8")
+    async def index() -> HTMLResponse:
+        return HTMLResponse(html)
 
     app.mount("/page/static", StaticFiles(directory=WEB), name="page-static")
-
-    @app.get("/page/form", include_in_schema=False)
-    async def page_form() -> dict:
-        return form
 
     @app.get("/page/run", include_in_schema=False, dependencies=auth)
     def page_run() -> dict:  # a plain def: FastAPI runs it on a thread (reading the card and the example rows)
@@ -76,7 +74,7 @@ def add_page(app: FastAPI, run_dir: Path, loaded: tuple, decision: str, auth: li
     @app.post(UPLOAD, include_in_schema=False, dependencies=auth)
     async def upload(request: Request, name: str = Query("upload.csv", max_length=300), proba: bool = True) -> dict:
         declared = request.headers.get("content-length", "")
-        too_big = HTTPException(413, f"the file is larger than {max_upload_bytes / 2**20:,.0f} MB, the most this page "
+        too_big = HTTPException(413, f"the file is larger than {size_text(max_upload_bytes)}, the most this page "
                                      "grades; use `korllama predict RUN --data FILE` for a larger file")
         if declared.isdigit() and int(declared) > max_upload_bytes:
             raise too_big
@@ -105,10 +103,14 @@ def add_page(app: FastAPI, run_dir: Path, loaded: tuple, decision: str, auth: li
         return FileResponse(job.out, media_type="text/csv; charset=utf-8", filename=f"{job.path.stem}-graded.csv")
 
 
+def size_text(n: int) -> str:
+    return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n:,} bytes"
+
+
 # --- the form ------------------------------------------------------------------------------------------------------
 
 def form_info(spec, decision: str, auth: bool, max_upload_bytes: int) -> dict:
-    """What the page builds its form from: one entry per column, in the spec's order."""
+    """What the page builds its form from (JSON in the page itself): one entry per column, in the spec's order."""
     return {"spec": spec.name, "description": spec.description, "id": {"name": spec.id.name, "alias": spec.id.alias},
             "label": {"name": spec.label.name, "alias": spec.label.alias, "classes": list(spec.label.classes)},
             "columns": [column_info(col) for col in spec.columns], "decision": decision, "auth": auth,

@@ -1,5 +1,6 @@
-// korllama's grading page: plain JavaScript, no libraries (it works offline). It builds the form from /page/form,
-// grades through the service's own POST /v1/grade?explain=true, and grades a file as a job (/page/jobs) it polls.
+// korllama's grading page: plain JavaScript, no libraries (it works offline). It builds the form from the spec's
+// columns that the service wrote into the page, grades through the service's own POST /v1/grade?explain=true, and
+// grades a file as a job (/page/jobs) that it polls.
 "use strict";
 
 const TOKEN_KEY = "korllama-token";
@@ -56,6 +57,7 @@ async function detail(response) {
 
 function askForToken(problem) {
   sessionStorage.removeItem(TOKEN_KEY);
+  $("token-input").value = "";
   show($("token-panel"));
   $("token-problem").textContent = problem || "";
   show($("token-problem"), Boolean(problem));
@@ -182,7 +184,7 @@ async function grade(event) {
 function bars(container, shares, top) {
   container.replaceChildren();
   for (const [label, p] of Object.entries(shares)) {
-    container.append(el("div", { class: "bar" + (label === top ? " top" : ""), role: "listitem",
+    container.append(el("div", { class: "bar" + (label === top ? " chosen" : ""), role: "listitem",
       "data-label": label, "data-probability": String(p), "aria-label": `${label}: ${percent(p)}` },
     el("span", { class: "name", lang: "ko", text: label }),
     el("div", { class: "track" }, el("div", { class: "fill", style: `width: ${(100 * p).toFixed(2)}%` })),
@@ -369,13 +371,7 @@ async function start() {
   $("applicant").addEventListener("reset", () => { clearProblems(); show($("result"), false); $("example-note").textContent = ""; });
   $("example-button").addEventListener("click", fillExample);
   $("upload-form").addEventListener("submit", upload);
-  try {
-    const response = await fetch("/page/form");
-    state.form = await response.json();
-  } catch (err) {
-    $("subtitle").textContent = "The service did not answer (is it still running?).";
-    return;
-  }
+  state.form = JSON.parse($("form-data").textContent);  // the service writes it into the page
   buildForm(state.form);
   if (state.form.auth && !sessionStorage.getItem(TOKEN_KEY)) {
     askForToken(null);

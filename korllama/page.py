@@ -73,6 +73,10 @@ def add_page(app: FastAPI, run_dir: Path, loaded: tuple, decision: str, auth: li
 
     @app.post(UPLOAD, include_in_schema=False, dependencies=auth)
     async def upload(request: Request, name: str = Query("upload.csv", max_length=300), proba: bool = True) -> dict:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/octet-stream":  # as /v1/grade wants JSON: no other site's form can post here
+            raise HTTPException(415, "send the file as the body with 'content-type: application/octet-stream' (this "
+                                     f"request says {kind or 'nothing'!r})")
         declared = request.headers.get("content-length", "")
         too_big = HTTPException(413, f"the file is larger than {size_text(max_upload_bytes)}, the most this page "
                                      "grades; use `korllama predict RUN --data FILE` for a larger file")

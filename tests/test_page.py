@@ -12,6 +12,7 @@ the system's chromedriver and chromium, so Selenium Manager never runs.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -42,6 +43,14 @@ INSTALL = "apt-get install -y chromium chromium-driver"
 def client(run_dir):
     with TestClient(create_app(run_dir)) as c:
         yield c
+
+
+def upload(client, path: Path, **params) -> str:
+    """The page's upload: the file as the raw body, its name in the query; the job's id."""
+    r = client.post("/page/jobs", params={"name": path.name, **params}, content=path.read_bytes(),
+                    headers={"content-type": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    return r.json()["id"]
 
 
 def wait_job(client, job_id: str, headers: dict | None = None) -> dict:
@@ -98,8 +107,7 @@ def test_card_html_keeps_no_markup_of_its_own(tmp_path):
 
 def test_a_file_job_grades_as_korllama_predict(client, run_dir, tmp_path, cli):
     data = unlabelled_csv(tmp_path / "신청.csv", rows=30)
-    r = client.post("/page/jobs", params={"name": data.name, "proba": "false"}, content=data.read_bytes())
-    state = wait_job(client, r.json()["id"])
+    state = wait_job(client, upload(client, data, proba="false"))
     assert state["status"] == "done" and state["done"] == state["total"] == state["rows"] == 30
     graded = client.get(f"/page/jobs/{state['id']}/file")
     assert "%EC%8B%A0%EC%B2%AD-graded.csv" in graded.headers["content-disposition"]  # 신청-graded.csv
@@ -107,10 +115,19 @@ def test_a_file_job_grades_as_korllama_predict(client, run_dir, tmp_path, cli):
     assert code == 0 and graded.text == (tmp_path / "cli.csv").read_text("utf-8")
 
 
+def test_a_parquet_file_is_graded_too(client, tmp_path):
+    data = tmp_path / "applicants.parquet"
+    pd.read_csv(unlabelled_csv(tmp_path / "applicants.csv", rows=12), dtype=str).to_parquet(data, index=False)
+    state = wait_job(client, upload(client, data))
+    assert state["status"] == "done" and state["rows"] == sum(state["counts"].values()) == 12
+    graded = pd.read_csv(io.StringIO(client.get(f"/page/jobs/{state['id']}/file").text))
+    assert list(graded.columns) == ["ID", "대출등급", *(f"P_{c}" for c in "ABCDEFG")] and len(graded) == 12
+
+
 def test_a_bad_file_gets_the_clis_sentence(client, run_dir, tmp_path, cli):
     bad = tmp_path / "bad.csv"
     bad.write_text(unlabelled_csv(tmp_path / "ok.csv").read_text("utf-8").replace(",", ";"), "utf-8")
-    state = wait_job(client, client.post("/page/jobs?name=bad.csv", content=bad.read_bytes()).json()["id"])
+    state = wait_job(client, upload(client, bad))
     code, _, err = cli("predict", run_dir, "--data", bad, "--out", tmp_path / "out.csv")
     assert code == 2 and state["status"] == "failed"
     assert state["error"] == err.strip().removeprefix("error: ") and state["error"].startswith("bad.csv: ")
@@ -125,9 +142,12 @@ def test_uploads_over_the_limit_are_refused_and_the_token_is_required(run_dir, m
         for path in ("/page/run", "/page/jobs/x"):
             assert c.get(path).status_code == 401
         assert c.post("/page/jobs", content=b"x").status_code == 401
-        r = c.post("/page/jobs", content=b"x" * 1001, headers={"Authorization": "Bearer s3cret"})
+        auth = {"Authorization": "Bearer s3cret", "content-type": "application/octet-stream"}
+        r = c.post("/page/jobs", content=b"x" * 1001, headers=auth)
         assert r.status_code == 413 and r.json()["detail"].startswith("the file is larger than 1,000 bytes")
-        assert c.get("/page/jobs/nope", headers={"Authorization": "Bearer s3cret"}).status_code == 404
+        assert c.get("/page/jobs/nope", headers=auth).status_code == 404
+        r = c.post("/page/jobs", content=b"ID\n1\n", headers=auth | {"content-type": "text/plain"})
+        assert r.status_code == 415 and "application/octet-stream" in r.json()["detail"]  # no other site's form
 
 
 # --- in a real browser -----------------------------------------------------------------------------------------------

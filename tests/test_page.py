@@ -348,7 +348,9 @@ def test_browser_grades_a_file_and_downloads_it(browser, servers, shots, downloa
     by_css(browser, "#file-input").send_keys(str(big))
     by_css(browser, "#upload-button").click()
     try:
-        wait_for(browser, lambda d: "Grading" in by_css(d, "#job-status").text, "the progress bar", 20)
+        wait_for(browser, lambda d: d.execute_script("const bar = document.getElementById('job-progress'); "
+                                                      "return bar.hasAttribute('value') && bar.value > 0"),
+                 "the progress bar moving", 20)
         browser.execute_script("document.getElementById('file').scrollIntoView()")
         browser.save_screenshot(str(shots / "06-file-progress.png"))
     except TimeoutException:  # graded before the bar was seen: no screenshot of it

@@ -30,7 +30,12 @@ gemma: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/korllama demo
 
+# The browser tests (tests/test_page.py, marked browser) drive the service's page in Debian's chromium; without it
+# they are skipped, and this says so first.
 test: $(VENV)/.installed
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || echo "note: the browser tests of the \
+	service's page will not run: chromium is not installed. Install it with: sudo apt-get install -y chromium \
+	chromium-driver fonts-nanum"
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed

@@ -80,7 +80,7 @@ def generate(model, tokenizer, prompts: list[str], classes: list[str], batch_siz
 
 
 def predict_file(run: Run, data: str | Path, out: str | Path, with_proba: bool = False, batch_size: int = 32,
-                 console=None, chunk_rows: int | None = None, decision: str = "argmax") -> dict:
+                 console=None, chunk_rows: int | None = None, decision: str = "argmax", progress=None) -> dict:
     """Grade every row of a table and write the competition's format: `ID,<label header>` in input order; labels
     by argmax of the probabilities, or by the run's macro-F1 decision rule (`decision="macro-f1"`).
 
@@ -89,6 +89,9 @@ def predict_file(run: Run, data: str | Path, out: str | Path, with_proba: bool =
     partial result (an error, Ctrl-C or SIGTERM leaves nothing). The whole file is validated before the first row
     is scored. Under `accelerate launch --num_processes N` each chunk's rows are split between the processes and
     the main process writes them in input order; the other processes return {}.
+
+    `progress(done, total)`: told the rows graded, instead of the console's progress bar (the service's page
+    grades uploads with the Run it serves, and polls this).
     """
     state = process_state()
     out = Path(out)
@@ -105,7 +108,8 @@ def predict_file(run: Run, data: str | Path, out: str | Path, with_proba: bool =
         fh = advance = None
         if state.is_main_process:
             fh = open_atomic(stack, out)
-            advance = stack.enter_context(progress_bar(checked.rows, "grading", console))
+            advance = stack.enter_context(progress_bar(checked.rows, "grading", console)) if progress is None \
+                else _counter(progress, checked.rows)
         for _, chunk in stream.chunks():
             scored = score_chunk(model, tokenizer, template, chunk, batch_size, state=state, progress=advance,
                                  rule=rule)
@@ -122,7 +126,19 @@ def predict_file(run: Run, data: str | Path, out: str | Path, with_proba: bool =
         return {}
     seconds = time.perf_counter() - started
     return {"rows": checked.rows, "out": str(out), "counts": counts, "seconds": seconds,
-            "rows_per_s": checked.rows / max(seconds, 1e-9), "processes": state.num_processes, "decision": decision}
+            "rows_per_s": checked.rows / max(seconds, 1e-9), "processes": state.num_processes, "decision": decision,
+            "warnings": checked.warnings}
+
+
+def _counter(progress, total: int):
+    """advance(n) for score(): tells `progress(done, total)`, from 0."""
+    done = [0]
+    progress(0, total)
+
+    def advance(n: int = 1) -> None:
+        done[0] += n
+        progress(done[0], total)
+    return advance
 
 
 # --- streaming: a table read in chunks, scored across processes ------------------------------------------------------

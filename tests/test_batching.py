@@ -1,5 +1,5 @@
-"""korllama.batching without a model: several requests cleaned in one call (a bad value fails its own request only,
-with the message it would get alone; IDs are unique within a request, not across), and the Batcher's queue
+"""korllama.serve.batching without a model: several requests cleaned in one call (a bad value fails its own request
+only, with the message it would get alone; IDs are unique within a request, not across), and the Batcher's queue
 (concurrent requests in one batch, `max_batch` respected, a bug reaches every waiting request, not the worker).
 """
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from fastapi import HTTPException
 
-from korllama.batching import Applicants, Batcher, as_text, clean_requests
 from korllama.data import Table
 from korllama.schema import load_spec
+from korllama.serve.batching import Applicants, Batcher, as_text, clean_requests
 from korllama.synth import synthesize
 
 SPEC = load_spec()
@@ -98,7 +98,7 @@ def test_a_bug_in_grading_reaches_every_waiting_request_and_the_worker_lives_on(
 
 @pytest.mark.parametrize("bad", [{"loan_amount": "abc"}, {"purpose": "여행"}])
 def test_a_lone_bad_request_is_cleaned_once(bad, monkeypatch):
-    import korllama.batching as batching
+    import korllama.serve.batching as batching
 
     calls = []
     real = batching.clean

@@ -23,13 +23,13 @@ from fastapi.testclient import TestClient
 from fixtures import CLASSES, HEADER, TEST_00000, unlabelled_csv
 from pydantic import ValidationError
 
-from korllama.batching import as_text
 from korllama.data import DataWarning, clean
 from korllama.errors import KorllamaError
 from korllama.predict import predict_file
 from korllama.run import Run
 from korllama.schema import load_spec
 from korllama.serve import applicant_model, create_app, example_applicant, result_model
+from korllama.serve.batching import as_text
 from korllama.synth import synthesize
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
 
 from korllama.schema import load_spec, parse_column
-from korllama.serve import MAX_TEXT, raw_pattern
+from korllama.serve.errors import MAX_TEXT
+from korllama.serve.schema import raw_pattern
 
 REPO = Path(__file__).resolve().parents[1]
 

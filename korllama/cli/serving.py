@@ -56,7 +56,7 @@ def serve_cmd(
                                                                             "waits for others to batch with.")] = 10,
     decision: DecisionOption = Decision.ARGMAX,
 ):
-    """Serve the run's rank scoring over HTTP: POST /v1/grade, GET /health, docs at /docs.
+    """Serve the run's rank scoring over HTTP: a grading page at /, POST /v1/grade, GET /health, docs at /docs.
 
     Requests arriving together are scored in one batched forward pass. Set KORLLAMA_TOKEN to require
     `Authorization: Bearer <token>` on /v1/grade.
@@ -75,8 +75,8 @@ def serve_cmd(
     shown = f"[{host}]" if ":" in host else host
     has_token = bool(os.environ.get("KORLLAMA_TOKEN"))
     auth = "bearer token required ($KORLLAMA_TOKEN)" if has_token else "no token"
-    console.print(f"serving {escape(str(run))} on {escape(f'http://{shown}:{port}')} (docs at /docs, {auth}); "
-                  "Ctrl+C stops",
+    console.print(f"serving {escape(str(run))} on {escape(f'http://{shown}:{port}')} (the page at /, docs at /docs, "
+                  f"{auth}); Ctrl+C stops",
                   soft_wrap=True)
     if host not in ("127.0.0.1", "localhost", "::1") and not has_token:
         err_console.print(f"[yellow]warning:[/] listening on {escape(host)} without a token: anyone who can reach "

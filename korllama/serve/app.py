@@ -1,0 +1,150 @@
+"""The scoring service for a run: `korllama serve RUN` (FastAPI + uvicorn); docs/serving.md tells how to use it.
+
+`POST /v1/grade` takes `Applicant | list[Applicant]` as JSON, the Applicant model built from the run's spec, so
+FastAPI and pydantic check the shape; the values are then validated and cleaned by `korllama.data.clean`, as
+`korllama predict` does for a file, and scored in micro-batches (serve/batching.py). One RequestValidationError
+handler turns pydantic's errors into sentences naming the applicant, the field and what is allowed (422); a body over
+the size limit is a 413 (middleware), one not sent as JSON a 415, a missing or wrong bearer token (when `$token_env`
+is set) a 401, before anything else is said about the body. A 5xx is a bug. `GET /health` says what is served;
+`/docs` and `/redoc` load their scripts from this service (fastapi-offline), not from a CDN. `/` is a page for
+analysts (serve/page.py). The types come from serve/schema.py, the refusals from serve/errors.py.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import numpy as np
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
+from pydantic import conlist
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from korllama import __version__
+from korllama.data import Table
+from korllama.errors import KorllamaError
+from korllama.explain import explain_rows
+from korllama.run import Run
+from korllama.scoring import predict_labels
+from korllama.serve import page
+from korllama.serve.batching import Applicants, Batcher, Grader, as_text
+from korllama.serve.errors import (
+    MAX_APPLICANTS,
+    MAX_BODY_BYTES,
+    BodyLimit,
+    Phrasing,
+    SafeJSONResponse,
+    StrictJSONRoute,
+)
+from korllama.serve.schema import applicant_model, example_applicant, result_model
+
+
+def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64, max_wait_ms: float = 10,
+               max_body_bytes: int = MAX_BODY_BYTES, max_applicants: int = MAX_APPLICANTS,
+               decision: str = "argmax") -> FastAPI:
+    """The scoring service for a run (its model is loaded here, once). `decision`: the grade is the most probable
+    label (argmax) or the run's macro-F1 decision rule's (korllama.decision)."""
+    if max_batch < 1 or max_wait_ms < 0 or max_body_bytes < 1 or max_applicants < 1:
+        raise KorllamaError("max_batch, max_body_bytes and max_applicants must be at least 1 and max_wait_ms at "
+                            "least 0.")
+    run_dir = run.root
+    rule = run.rule(decision)
+    model, tokenizer, config = run.model, run.tokenizer, run.config  # safetensors only, for every command
+    spec, template, classes = run.spec, run.template, run.classes
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    max_tokens = min(config.train.max_length, positions or config.train.max_length)
+    token = os.environ.get(token_env) or None
+    Applicant, GradeResult, phrasing = applicant_model(spec), result_model(spec), Phrasing(spec, max_applicants)
+
+    def answer(applicants: Applicants, table: Table, proba: np.ndarray, reasons) -> list[dict]:
+        """One result per applicant, in order (fields declared in `result_model`)."""
+        grades = rule.apply(proba) if rule is not None else predict_labels(proba, classes)
+        return [{"id": applicants.ids[i], "grade": grade, "template": template.name, "decision": decision,
+                 "probabilities": {c: float(x) for c, x in zip(classes, p)}}
+                | ({"reasons": reasons[i]} if reasons is not None else {})
+                for i, (p, grade) in enumerate(zip(proba, grades))]
+
+    references: dict = {}  # the run's neutral values for reasons, read on the first request that asks
+
+    def explainer(table: Table, top: int):
+        if not references:
+            references.update(run.references)
+        return explain_rows(model, tokenizer, template, table, references, classes, top, max_batch)
+
+    grader = Grader(model, tokenizer, template, spec, max_batch, max_tokens, explainer)
+    batcher = Batcher(grader, max_batch, max_wait_ms / 1000)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        await batcher.aclose()
+
+    app = FastAPIOffline(  # FastAPI whose /docs and /redoc load their scripts from this service, not from a CDN
+        title="korllama", version=__version__, lifespan=lifespan,
+        description=f"Grades applicants with the tuned run `{run_dir.name}` (rank scoring over {spec.label.alias} "
+                    f"{', '.join(classes)}). Keys: the table's headers or English aliases; values raw as in the CSV "
+                    "or clean.")
+    app.router.route_class = StrictJSONRoute
+    app.add_middleware(BodyLimit, limit=max_body_bytes, exempt=frozenset({page.UPLOAD}))
+    app.state.batcher, app.state.stats, app.state.run_dir = batcher, grader.stats, run_dir
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError):
+        return SafeJSONResponse({"detail": phrasing.sentences(exc.errors(), exc.body)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _refused(_request: Request, exc: StarletteHTTPException):
+        return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    bearer = HTTPBearer(auto_error=False, description=f"the token in the server's ${token_env}")
+
+    async def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)):
+        if not hmac.compare_digest(credentials.credentials.encode() if credentials else b"", token.encode()):
+            raise HTTPException(401, f"a valid bearer token is required: send 'Authorization: Bearer <token>' (the "
+                                     f"token is the server's ${token_env})", headers={"WWW-Authenticate": "Bearer"})
+
+    async def require_json(request: Request):
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json" and not kind.endswith("+json"):
+            raise HTTPException(415, f"the body must be JSON sent with 'content-type: application/json' (this "
+                                     f"request says {kind or 'nothing'!r})")
+
+    @app.get("/health")
+    async def health() -> dict:
+        """Liveness and what is being served: the model, the run, the labels, the template, batching counters."""
+        return {"status": "ok", "model": config.model.base, "run": run_dir.name, "labels": classes,
+                "template": template.name, "decision": decision, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                "max_applicants": max_applicants, "auth": bool(token), **grader.stats}
+
+    example = example_applicant(spec)
+    examples = {"one applicant": {"value": example}, "a list": {"value": [example, example | {spec.id.name: "EX_2"}]}}
+    Applicants_ = Annotated[Applicant | conlist(Applicant, min_length=1, max_length=max_applicants),
+                            Body(media_type="application/json", openapi_examples=examples)]
+
+    @app.post("/v1/grade", dependencies=[Depends(require_token)] * bool(token) + [Depends(require_json)],
+              response_model=GradeResult | list[GradeResult],
+              responses={401: {"description": "Missing or wrong bearer token"}, 413: {"description": "Body too large"},
+                         415: {"description": "Body not sent as JSON"}, 422: {"description": "Validation error: "
+                         "`detail` lists {loc, msg, type} naming the applicant and field"}})
+    async def grade(body: Applicants_, explain: Annotated[bool, Query(
+            description="add each applicant's top reasons: the fields whose neutral value (the training median or "
+                        "most frequent value) would lower the grade's probability most, computed in one batched "
+                        "pass over the applicant's variants")] = False,
+                    top: Annotated[int, Query(ge=1, le=20, description="reasons per applicant with explain")] = 3):
+        """Grade one applicant (a JSON object) or a list of up to 1,024 (a JSON array): one result each, in order."""
+        items = body if isinstance(body, list) else [body]
+        ids = [None if a.row_id is None else str(a.row_id).strip() for a in items]
+        rows = [{col.alias: as_text(getattr(a, f"c{k}")) for k, col in enumerate(spec.columns)}
+                | {spec.id.alias: f"\x00{i}" if x is None else x} for i, (a, x) in enumerate(zip(items, ids))]
+        applicants = Applicants(not isinstance(body, list), rows, ids, explain=top if explain else 0)
+        table, proba, reasons = await batcher.submit(applicants)  # cleaned, scored with others pending (or a 422)
+        results = answer(applicants, table, proba, reasons)
+        return results[0] if applicants.single else results
+
+    page.add_page(app, run, decision, [Depends(require_token)] * bool(token), max_batch)
+    return app

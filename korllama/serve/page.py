@@ -1,0 +1,284 @@
+"""The analysts' page of `korllama serve`: `add_page(app, ...)` registers it on the service (see docs/serving-page.md).
+
+The page is plain HTML, CSS and JavaScript shipped in the package (serve/web/): no CDN, no build step, so it works
+on a machine without internet. It grades one applicant through the service's own `POST /v1/grade?explain=true` (so
+a bad value gets the service's 422 sentence, shown at its field) and a whole file through `predict_file`, the
+chunked path `korllama predict` uses, run as a polled job on one worker thread with the model the service already
+holds. Its routes are left out of the OpenAPI schema: the API is /v1/grade.
+
+    GET  /                       the page, with its form's description from the run's spec in it (public, as
+                                 /docs is): columns, labels, limits, whether a token is needed
+    GET  /page/static/{file}     its CSS and JavaScript
+    GET  /page/run               the run: base and provenance, data and split, metrics, decision, card as HTML,
+                                 example rows (token)
+    POST /page/jobs?name=&proba= a table file as the raw body -> {"id": ...}; over the limit a 413 (token)
+    GET  /page/jobs/{id}         its state: queued, checking, grading (done of total rows), done or failed (token)
+    GET  /page/jobs/{id}/file    the graded CSV, as `korllama predict` writes it (token)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import threading
+import traceback
+import uuid
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from markdown_it import MarkdownIt
+
+from korllama.data import TableChunks
+from korllama.errors import KorllamaError
+from korllama.predict import predict_file
+from korllama.run import Run, RunDir
+from korllama.serve.schema import example_applicant
+from korllama.synth import synthetic_table
+
+WEB = Path(__file__).with_name("web")
+UPLOAD = "/page/jobs"
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # a 100,000-row loan CSV is about 12 MB
+JOBS_KEPT = 8  # finished jobs whose graded files are kept for download; older ones are deleted
+EXAMPLE_ROWS = 10
+
+
+def add_page(app: FastAPI, run: Run, decision: str, auth: list, batch_size: int,
+             max_upload_bytes: int | None = None) -> None:
+    """Register the page's routes on the service. `run`: the Run it serves (its model already loaded); `auth`: the
+    dependencies that check the bearer token (empty without one), put on every route that shows the run or grades."""
+    config, spec, run_dir = run.config, run.spec, run.root
+    jobs = Jobs(run, decision, batch_size)
+    max_upload_bytes = max_upload_bytes or MAX_UPLOAD_BYTES
+    form = json.dumps(form_info(spec, decision, bool(auth), max_upload_bytes), ensure_ascii=False)
+    html = (WEB / "index.html").read_text("utf-8").replace("{}<!-- form -->", form.replace("<", "\\u003c"), 1)
+    run_info: dict = {}  # built on the first request: the card rendered, the example rows read
+    app.state.page_jobs = jobs
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(html)
+
+    app.mount("/page/static", StaticFiles(directory=WEB), name="page-static")
+
+    @app.get("/page/run", include_in_schema=False, dependencies=auth)
+    def page_run() -> dict:  # a plain def: FastAPI runs it on a thread (reading the card and the example rows)
+        if not run_info:
+            run_info.update(describe_run(run_dir, config, spec, decision))
+        return run_info
+
+    @app.post(UPLOAD, include_in_schema=False, dependencies=auth)
+    async def upload(request: Request, name: str = Query("upload.csv", max_length=300), proba: bool = True) -> dict:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/octet-stream":  # as /v1/grade wants JSON: no other site's form can post here
+            raise HTTPException(415, "send the file as the body with 'content-type: application/octet-stream' (this "
+                                     f"request says {kind or 'nothing'!r})")
+        declared = request.headers.get("content-length", "")
+        too_big = HTTPException(413, f"the file is larger than {size_text(max_upload_bytes)}, the most this page "
+                                     "grades; use `korllama predict RUN --data FILE` for a larger file")
+        if declared.isdigit() and int(declared) > max_upload_bytes:
+            raise too_big
+        job = jobs.new(name, proba)
+        size = 0
+        with job.path.open("wb") as fh:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_upload_bytes:
+                    fh.close()
+                    jobs.forget(job)
+                    raise too_big
+                fh.write(chunk)
+        jobs.start(job)
+        return {"id": job.id}
+
+    @app.get(UPLOAD + "/{job_id}", include_in_schema=False, dependencies=auth)
+    async def job_state(job_id: str) -> dict:
+        return jobs.get(job_id).state()
+
+    @app.get(UPLOAD + "/{job_id}/file", include_in_schema=False, dependencies=auth)
+    async def job_file(job_id: str) -> FileResponse:
+        job = jobs.get(job_id)
+        if job.status != "done":
+            raise HTTPException(409, f"the file {job.name} is not graded yet ({job.status})")
+        return FileResponse(job.out, media_type="text/csv; charset=utf-8", filename=f"{job.path.stem}-graded.csv")
+
+
+def size_text(n: int) -> str:
+    return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n:,} bytes"
+
+
+# --- the form ------------------------------------------------------------------------------------------------------
+
+def form_info(spec, decision: str, auth: bool, max_upload_bytes: int) -> dict:
+    """What the page builds its form from (JSON in the page itself): one entry per column, in the spec's order."""
+    return {"spec": spec.name, "description": spec.description, "id": {"name": spec.id.name, "alias": spec.id.alias},
+            "label": {"name": spec.label.name, "alias": spec.label.alias, "classes": list(spec.label.classes)},
+            "columns": [column_info(col) for col in spec.columns], "decision": decision, "auth": auth,
+            "max_upload_bytes": max_upload_bytes}
+
+
+def column_info(col) -> dict:
+    """A column as a form field: a select for a category or a column of allowed numbers, else a number input with
+    the spec's bounds. `hint`: the English alias, the spec's description when it is not the header, the bounds."""
+    bounds = [f"≥ {col.min:g}" if col.min is not None else "", f"≤ {col.max:g}" if col.max is not None else ""]
+    hint = " · ".join(x for x in [col.alias, col.text if col.text not in ("", col.name) else "", *bounds] if x)
+    out = {"name": col.name, "alias": col.alias, "hint": hint, "required": not col.nullable, "allowed": col.allowed}
+    if col.parser == "category":
+        pairs = col.values.items() if isinstance(col.values, dict) else ((v, v) for v in col.values)
+        options = [{"value": raw, "text": raw if raw == clean else f"{raw} ({clean})"} for raw, clean in pairs]
+        return out | {"kind": "select", "options": options}
+    if col.values:
+        return out | {"kind": "select", "options": [{"value": str(v), "text": str(v)} for v in col.values]}
+    return out | {"kind": "number", "min": col.min, "max": col.max, "step": 1 if col.integer else "any"}
+
+
+# --- the run -------------------------------------------------------------------------------------------------------
+
+def describe_run(run_dir: Path, config, spec, decision: str) -> dict:
+    """The run panel: what was trained on what, how well it did on validation rows, how grades are decided, the
+    model card as HTML, and example rows (by header, as the form takes them)."""
+    run = RunDir(run_dir)
+    summary = run.read_summary() if run.finished else {}
+    provenance = summary.get("base") or {}
+    if run.base_info.is_file():
+        try:
+            provenance = json.loads(run.base_info.read_text("utf-8"))
+        except ValueError:
+            pass
+    rule = json.loads(run.decision.read_text("utf-8")) if run.decision.is_file() else None
+    lora = config.lora
+    return {
+        "run": run_dir.name, "path": str(run_dir), "base": config.model.base,
+        "provenance": {k: v for k, v in provenance.items() if not isinstance(v, dict | list)},
+        "tuning": f"LoRA (r {lora.r}, alpha {lora.alpha})" if lora is not None else "all weights",
+        "template": config.prompt.template,
+        "data": {"source": str(config.data.train) if config.data.train else
+                 f"synthetic loan table ({config.data.synth_rows:,} rows, seed {config.data.synth_seed})",
+                 "spec": spec.name, **{k: v for k, v in (summary.get("data") or {}).items() if k != "source"}},
+        "split": {"held_out": config.data.valid_fraction, "seed": config.data.split_seed,
+                  "train_rows": summary.get("train_rows"), "validation_rows": summary.get("eval_rows")},
+        "metrics": {"macro_f1": summary.get("best_eval_macro_f1"), "best_step": summary.get("best_step"),
+                    "steps": summary.get("global_step"), "train_loss": summary.get("train_loss"),
+                    "macro_f1_by_decision": summary.get("decision")},
+        "decision": {"served": decision, "rule": rule and {k: rule.get(k) for k in
+                                                          ("classes", "weights", "fitted_rows", "argmax_kept")}},
+        "card_html": card_html(run.model_card) if run.model_card.is_file() else None,
+        "examples": example_rows(config, spec),
+    }
+
+
+def card_html(path: Path) -> str:
+    """The model card's markdown as HTML: markdown-it (installed with rich) with raw HTML off, so nothing in the
+    card can inject markup or script; its link check refuses javascript: URLs."""
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(path.read_text("utf-8"))
+
+
+def example_rows(config, spec) -> list[dict]:
+    """Up to EXAMPLE_ROWS rows of the run's own data (its file, or its synthetic table), keyed by header with the
+    values the form's inputs take (a category's raw value, a number as a string, "" for missing); the spec's example
+    when the data cannot be read here (the run was trained on another machine)."""
+
+
+    try:
+        if config.data.train is not None:
+            table = next(TableChunks(config.data.train, spec, EXAMPLE_ROWS).chunks())[1]
+        else:
+            table = synthetic_table(config.data.synth_rows, config.data.synth_seed, spec)
+            table = table.subset(table.frame.index[:EXAMPLE_ROWS])
+    except (KorllamaError, OSError, StopIteration):
+        example = example_applicant(spec)
+        return [{k: "" if v is None else str(v) for k, v in example.items()}]
+
+    def raw(col, value) -> str:
+        if value is None or (not isinstance(value, str) and pd.isna(value)):
+            return ""
+        if col.parser == "category":
+            return next((k for k, v in col.values.items() if v == value), value) if isinstance(col.values, dict) \
+                else str(value)
+        return str(int(value)) if col.integer or float(value).is_integer() else repr(float(value))
+
+    frame = table.frame
+    return [{spec.id.name: str(frame[spec.id.alias].iloc[i])}
+            | {col.name: raw(col, frame[col.alias].iloc[i]) for col in spec.columns} for i in range(len(frame))]
+
+
+# --- file jobs -----------------------------------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    folder: Path
+    proba: bool
+    status: str = "queued"  # queued, checking, grading, done, failed
+    done: int = 0
+    total: int = 0
+    error: str | None = None
+    result: dict = field(default_factory=dict)
+
+    path = property(lambda self: self.folder / self.name)
+    out = property(lambda self: self.folder / "graded.csv")
+
+    def state(self) -> dict:
+        return {"id": self.id, "name": self.name, "status": self.status, "done": self.done, "total": self.total,
+                "error": self.error} | {k: self.result.get(k) for k in ("rows", "counts", "seconds", "warnings")}
+
+
+class Jobs:
+    """Uploaded files graded one at a time on a worker thread by `predict_file`, each in its own temporary folder
+    (named as uploaded, so that error sentences name the user's file, as the CLI's do)."""
+
+    def __init__(self, run: Run, decision: str, batch_size: int):
+        self.run, self.decision, self.batch_size = run, decision, batch_size
+        self.root = Path(tempfile.mkdtemp(prefix="korllama-page-"))
+        weakref.finalize(self, shutil.rmtree, self.root, True)  # the uploads and graded files go with the service
+        self.jobs: dict[str, Job] = {}
+        self.lock = threading.Lock()
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="korllama-page")
+
+    def new(self, name: str, proba: bool) -> Job:
+        name = re.sub(r"[\x00-\x1f\x7f/\\:*?\"<>|]", "_", Path(name.strip()).name).strip(". ")[:120] or "upload.csv"
+        job = Job(uuid.uuid4().hex, name if name != "graded.csv" else "graded-input.csv",
+                  Path(tempfile.mkdtemp(dir=self.root)), proba)
+        with self.lock:
+            self.jobs[job.id] = job
+            finished = [j for j in self.jobs.values() if j.status in ("done", "failed")]
+            for old in finished[:max(0, len(finished) - JOBS_KEPT)]:
+                self.forget(old)
+        return job
+
+    def forget(self, job: Job) -> None:
+        self.jobs.pop(job.id, None)
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+    def get(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no file job {job_id!r} here (finished jobs are kept for the last "
+                                     f"{JOBS_KEPT} files, and not across restarts); upload the file again")
+        return job
+
+    def start(self, job: Job) -> None:
+        self.worker.submit(self.grade, job)
+
+    def grade(self, job: Job) -> None:
+        def progress(done: int, total: int) -> None:
+            job.status, job.done, job.total = "grading", done, total
+
+        job.status = "checking"
+        try:
+            job.result = predict_file(self.run, job.path, job.out, with_proba=job.proba,
+                                      batch_size=self.batch_size, decision=self.decision, progress=progress)
+            job.status = "done"
+        except KorllamaError as exc:  # the CLI's sentence; a path in it is the temporary folder's: not said
+            job.error, job.status = str(exc).replace(f"{job.folder}/", ""), "failed"
+        except Exception as exc:  # a bug: said on the page, the traceback in the service's log
+            traceback.print_exc()
+            job.error, job.status = f"grading failed unexpectedly ({type(exc).__name__}: {exc})", "failed"

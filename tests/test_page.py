@@ -28,6 +28,7 @@ from fastapi.testclient import TestClient
 from fixtures import run_config, unlabelled_csv
 
 import korllama.serve.page as page
+from korllama.run import Run
 from korllama.schema import load_spec
 from korllama.serve import create_app
 
@@ -41,7 +42,7 @@ INSTALL = "apt-get install -y chromium chromium-driver"
 
 @pytest.fixture(scope="module")
 def client(run_dir):
-    with TestClient(create_app(run_dir)) as c:
+    with TestClient(create_app(Run.load(run_dir))) as c:
         yield c
 
 
@@ -137,7 +138,7 @@ def test_a_bad_file_gets_the_clis_sentence(client, run_dir, tmp_path, cli):
 def test_uploads_over_the_limit_are_refused_and_the_token_is_required(run_dir, monkeypatch):
     monkeypatch.setattr(page, "MAX_UPLOAD_BYTES", 1000)
     monkeypatch.setenv("KORLLAMA_TOKEN", "s3cret")
-    with TestClient(create_app(run_dir)) as c:
+    with TestClient(create_app(Run.load(run_dir))) as c:
         assert c.get("/").status_code == 200 and '"auth": true' in c.get("/").text  # the page itself is public
         for path in ("/page/run", "/page/jobs/x"):
             assert c.get(path).status_code == 401
@@ -191,9 +192,8 @@ class Server:
 
 def make_hiring_run(run_dir: Path) -> Path:
     """The hiring rubric (Korean headers and labels) on the tiny model: 2 steps, enough to serve it."""
-    from korllama.train import train
-
     from korllama.config import RunConfig
+    from korllama.training import train
 
     config = run_config(name="hiring", data={"train": str(HIRING / "hiring.csv"), "spec": str(HIRING / "spec.yaml")},
                         prompt={"template": "compact", "fields": ["written", "interview", "rubric_score"]},

@@ -10,7 +10,6 @@ is set) a 401, before anything else is said about the body. A 5xx is a bug. `GET
 analysts (serve/page.py). The types come from serve/schema.py, the refusals from serve/errors.py.
 """
 
-from __future__ import annotations
 
 import hmac
 import os

@@ -1,23 +1,28 @@
 """The classical baseline: gradient-boosted trees (LightGBM) on the same split and the same features the
 prompts carry (the cleaned columns plus the spec's derived ones).
 
-`TreeBaseline` is a scikit-learn estimator (`fit(X, y)`, `predict_proba(X)`, `clone` works, every setting an
-`__init__` argument); `table_features(table)` turns a korllama `Table` into its X, and `fit` also takes a Table
-as it is (y = its labels, classes = the spec's). Early stopping watches an inner validation part of the rows it
-is given (stratified, `validation_fraction`), never rows scored later; those inner rows' probabilities are kept
-(`valid_proba_`) so a decision rule can be fitted on them. `search` tries a few settings in a bounded time, says
-what each gave and keeps the best by inner-validation macro-F1.
+`TreeBaseline` is a scikit-learn classifier that passes sklearn's own estimator checks (tests/test_baseline.py):
+`fit(X, y)` on any numeric array or DataFrame (object, string and category columns of a frame are LightGBM
+categoricals; missing values are allowed, inf is not), `predict_proba(X)`, every setting an `__init__` argument.
+`table_features(table)` (or the `TableFeatures` Pipeline step) turns a korllama `Table` into its X, and `fit` also
+takes a Table as it is (y = its labels, classes = the spec's). Early stopping watches an inner validation part of
+the rows it is given (stratified, `validation_fraction`), never rows scored later; those inner rows'
+probabilities are kept (`valid_proba_`) so a decision rule can be fitted on them. `search` tries a few settings
+in a bounded time, says what each gave and keeps the best by inner-validation macro-F1.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from inspect import signature
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from korllama.data import Table
 
@@ -37,12 +42,41 @@ def table_features(table: Table) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+class TableFeatures(TransformerMixin, BaseEstimator):
+    """`table_features` as a Pipeline step: a korllama Table in, its feature frame out (nothing is learnt)."""
+
+    def fit(self, X: Table, y=None) -> TableFeatures:
+        self.feature_names_out_ = np.asarray(table_features(_table(X)).columns, dtype=object)
+        return self
+
+    def transform(self, X: Table) -> pd.DataFrame:
+        check_is_fitted(self)
+        return table_features(_table(X))
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        check_is_fitted(self)
+        return self.feature_names_out_
+
+
+def _table(X) -> Table:
+    if not isinstance(X, Table):
+        raise TypeError(f"TableFeatures takes a korllama Table, not {type(X).__name__}")
+    return X
+
+
+def _is_category(dtype) -> bool:
+    """A frame column the trees take as categories: strings, objects or a pandas Categorical."""
+    return isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype)
+
+
 def _inner_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified positions (fit, valid) of the rows given to `fit`."""
     from sklearn.model_selection import train_test_split
 
     _, counts = np.unique(y, return_counts=True)
-    stratify = y if counts.min() >= 2 else None
+    n_valid = int(np.ceil(fraction * len(y)))  # as train_test_split counts it
+    # stratified when every class can be on both sides (a few rows of many classes cannot)
+    stratify = y if counts.min() >= 2 and min(n_valid, len(y) - n_valid) >= len(counts) else None
     fit_idx, valid_idx = train_test_split(np.arange(len(y)), test_size=fraction, random_state=seed,
                                           stratify=stratify)
     return np.sort(fit_idx), np.sort(valid_idx)
@@ -51,23 +85,30 @@ def _inner_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray,
 class TreeBaseline(ClassifierMixin, BaseEstimator):
     """LightGBM multiclass with early stopping on an inner validation part of the training rows.
 
-    X: a DataFrame (object/category columns become LightGBM categoricals with the categories seen in `fit`; a
-    value never seen is missing) or a korllama Table. `classes` fixes the probability columns (a class absent
-    from y gets a zero column); by default they are the Table spec's classes, or the sorted labels of y.
-    `validation_fraction=0` or `early_stopping_rounds=0` trains all `n_estimators` trees on every row.
+    X: a numeric array, a DataFrame (object/string/category columns become LightGBM categoricals with the
+    categories seen in `fit`; a value never seen is missing) or a korllama Table. `classes` fixes the probability
+    columns (a class absent from y gets a zero column); by default they are the Table spec's classes, or the
+    sorted labels of y. `validation_fraction=0` or `early_stopping_rounds=0` trains all `n_estimators` trees on
+    every row. `refit=True`: once early stopping has found the rounds, each model is refitted on all the rows
+    (the inner validation rows too) with its rounds scaled by the rows added; `valid_proba_` stays the
+    early-stopped models' (their inner rows are unseen by them: a decision rule is fitted there). Measured on the
+    loan table: benchmarks/RESULTS.md. `progress`, if given, is called with 1 after every boosting round (a
+    progress bar: it changes no result, and a fitted model holding one does not pickle).
 
     `fine_bins` gives the features it names their own number of histogram bins (the loan table's rates are
     discrete to 0.01%, and neighbouring values can belong to different grades: the trees need to see each one;
     other features keep `max_bin`). `segment_on` names a feature whose missing rows get a model of their own with
     `segment_params` (the loan rows that repaid nothing have no rate: a small, regularised model of their own stops
-    them from cutting the rated rows' training short); it applies when both parts have rows enough.
+    them from cutting the rated rows' training short); it applies when both parts have rows enough. Features of
+    an X without column names are named x0, x1, ...
     """
 
     def __init__(self, n_estimators: int = 3000, learning_rate: float = 0.05, num_leaves: int = 63,
                  max_bin: int = 255, fine_bins: dict | None = None, min_child_samples: int = 20,
                  colsample_bytree: float = 0.8, subsample: float = 1.0, reg_lambda: float = 0.0,
                  early_stopping_rounds: int = 50, validation_fraction: float = 0.1, segment_on: str | None = None,
-                 segment_params: dict | None = None, classes: list | None = None, seed: int = 0, n_jobs: int = 0):
+                 segment_params: dict | None = None, classes: list | None = None, refit: bool = False,
+                 seed: int = 0, n_jobs: int = 0, progress=None):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
@@ -82,21 +123,52 @@ class TreeBaseline(ClassifierMixin, BaseEstimator):
         self.segment_on = segment_on
         self.segment_params = segment_params
         self.classes = classes
+        self.refit = refit
         self.seed = seed
         self.n_jobs = n_jobs
+        self.progress = progress
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # LightGBM sends missing values down a learnt side of each split
+        return tags
 
     # --- X handling ---------------------------------------------------------------------------------------------
-    def _frame(self, X) -> pd.DataFrame:
-        frame = table_features(X) if isinstance(X, Table) else pd.DataFrame(X).reset_index(drop=True)
+    def _validate(self, X, y="no_validation", reset: bool = False):
+        """sklearn's checks of X (and y) and of the features' names and count; then the frame the trees see and y.
+
+        A frame with category columns is checked for shape and names as a whole and its number columns on their
+        own (finite or missing); any other X must be numeric (sparse, complex, 1-d or empty X are refused)."""
+        if isinstance(X, Table):
+            X = table_features(X)
+        if reset:
+            has_categories = isinstance(X, pd.DataFrame) and any(_is_category(t) for t in X.dtypes)
+        else:
+            has_categories = bool(self.categories_)
+        with_y = not (isinstance(y, str) and y == "no_validation")
+        if has_categories:
+            checked = validate_data(self, X, y, reset=reset, dtype=None, ensure_all_finite=False)
+            frame = X.reset_index(drop=True) if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X))
+        else:
+            checked = validate_data(self, X, y, reset=reset, ensure_all_finite="allow-nan")
+            frame = pd.DataFrame(checked[0] if with_y else checked)
+        if reset:
+            names = getattr(self, "feature_names_in_", [f"x{i}" for i in range(self.n_features_in_)])
+            self.feature_names_ = [str(name) for name in names]
+            self.categories_ = {name: sorted(frame.iloc[:, i].dropna().astype(str).unique())
+                                for i, name in enumerate(self.feature_names_) if _is_category(frame.dtypes.iloc[i])}
+        numbers = [i for i, name in enumerate(self.feature_names_) if name not in self.categories_]
+        if has_categories and numbers:
+            check_array(frame.iloc[:, numbers], ensure_all_finite="allow-nan", input_name="X", estimator=self)
         out = {}
-        for name in self.feature_names_:
-            values = frame[name]
+        for i, name in enumerate(self.feature_names_):
+            values = frame.iloc[:, i]
             if name in self.categories_:
                 out[name] = pd.Categorical(values.astype(object).where(values.notna(), None),
                                            categories=self.categories_[name])
             else:
-                out[name] = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
-        return pd.DataFrame(out)
+                out[name] = pd.to_numeric(values).to_numpy(dtype=float, na_value=np.nan)
+        return pd.DataFrame(out), (checked[1] if with_y else None)
 
     def _segments(self, X_frame: pd.DataFrame) -> np.ndarray:
         """Per row: 0 = the main model, 1 = the model of the rows missing `segment_on`."""
@@ -117,11 +189,15 @@ class TreeBaseline(ClassifierMixin, BaseEstimator):
                                   subsample_freq=1 if params["subsample"] < 1 else 0, random_state=self.seed,
                                   n_jobs=self.n_jobs, verbose=-1, **params, **extra)
 
-    def _fit_one(self, model, X_fit, y_fit, X_valid, y_valid, progress=None):
+    def _callbacks(self) -> list:
+        progress = self.progress
+        return [lambda env: progress(1)] if progress is not None else []
+
+    def _fit_one(self, model, X_fit, y_fit, X_valid, y_valid):
         """Fit with early stopping on (X_valid, y_valid) when there are such rows; returns the rounds kept."""
         import lightgbm as lgb
 
-        callbacks = [lambda env: progress(1)] if progress is not None else []
+        callbacks = self._callbacks()
         if X_valid is None or len(y_valid) == 0:
             model.fit(X_fit, y_fit, callbacks=callbacks)
             return model.n_estimators
@@ -132,31 +208,28 @@ class TreeBaseline(ClassifierMixin, BaseEstimator):
         model.fit(X_fit, y_fit, **watch, callbacks=callbacks)
         return int(model.best_iteration_ or model.n_estimators)
 
-    def _xy(self, X, y):
-        """(feature frame, labels, IDs or None, classes) of what fit was given: a Table, or X and y."""
-        if isinstance(X, Table):
-            classes = self.classes if self.classes is not None else list(X.spec.label.classes)
-            y = X.labels.to_numpy(dtype=object) if y is None else np.asarray(y, dtype=object)
-            return table_features(X), y, X.ids.astype(str).to_numpy(), classes
-        if y is None:
-            raise ValueError("TreeBaseline.fit needs y unless X is a Table")
-        y = np.asarray(y, dtype=object)
-        classes = self.classes if self.classes is not None else sorted(set(y.tolist()))
-        return pd.DataFrame(X).reset_index(drop=True), y, None, classes
+    def _codes(self, y: np.ndarray) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.classes_)}
+        unknown = sorted({str(v) for v in y if v not in index})
+        if unknown:
+            raise ValueError(f"y has labels that are not in classes: {', '.join(unknown[:5])}")
+        return np.fromiter((index[v] for v in y), dtype=int, count=len(y))
 
     # --- scikit-learn API ---------------------------------------------------------------------------------------
-    def fit(self, X, y=None, progress=None) -> TreeBaseline:
-        """Fit on X (a DataFrame with labels y, or a Table); `progress(1)` is called after every boosting round."""
-        frame, y, ids, classes = self._xy(X, y)
-        self.classes_ = np.asarray(classes, dtype=object)
-        index = {c: i for i, c in enumerate(classes)}
-        codes = np.asarray([index[v] for v in y])
-        self.feature_names_ = [str(c) for c in frame.columns]
-        self.categories_ = {str(c): sorted(frame[c].dropna().astype(str).unique())
-                            for c in frame.columns
-                            if frame[c].dtype == object or isinstance(frame[c].dtype, pd.CategoricalDtype)
-                            or pd.api.types.is_string_dtype(frame[c].dtype)}
-        X_all = self._frame(frame)
+    def fit(self, X, y=None) -> TreeBaseline:
+        """Fit on X with labels y, or on a Table (y: its labels unless given)."""
+        table = X if isinstance(X, Table) else None
+        if table is not None and y is None:
+            y = table.labels.to_numpy(dtype=object)
+        X_all, y = self._validate(X, y, reset=True)
+        check_classification_targets(y)
+        seen = np.unique(y)
+        if len(seen) < 2:
+            raise ValueError(f"TreeBaseline needs at least 2 classes in y; got 1 class ({seen[0]!r})")
+        classes = self.classes if self.classes is not None else (table.spec.label.classes if table else None)
+        self.classes_ = seen if classes is None else np.asarray(list(classes), dtype=object)
+        codes = self._codes(y)
+        ids = table.ids.astype(str).to_numpy() if table is not None else None
         started = time.perf_counter()
 
         stop = bool(self.early_stopping_rounds and self.validation_fraction and len(codes) >= 20)
@@ -176,45 +249,38 @@ class TreeBaseline(ClassifierMixin, BaseEstimator):
             model = self._lgbm(len(np.unique(codes[rows_fit])), **((self.segment_params or {}) if part == 1 else {}))
             self.best_iterations_[int(part)] = self._fit_one(
                 model, X_all.iloc[rows_fit], codes[rows_fit], X_all.iloc[rows_valid] if stop else None,
-                codes[rows_valid], progress)
+                codes[rows_valid])
             self.models_[int(part)] = model
             self.fit_rows_[int(part)] = len(rows_fit)
-        self.model_ = self.models_[0] if 0 in self.models_ else next(iter(self.models_.values()))
-        self.best_iteration_ = self.best_iterations_.get(0, next(iter(self.best_iterations_.values())))
+        self._keep_first()
         if stop:
             X_valid = X_all.iloc[valid_idx]
             self.valid_index_ = valid_idx
             self.valid_labels_ = self.classes_[codes[valid_idx]]
             self.valid_ids_ = None if ids is None else ids[valid_idx]
             self.valid_proba_ = self._proba(X_valid)
+            if self.refit:
+                self._refit_all(X_all, codes)
         else:
             self.valid_index_ = self.valid_labels_ = self.valid_ids_ = self.valid_proba_ = None
         self.fit_seconds_ = time.perf_counter() - started
         return self
 
-    def refit_on_all(self, X, y=None, progress=None) -> TreeBaseline:
-        """After an early-stopped fit on the same X: each part refitted on all its rows (the inner validation rows
-        too) with its kept number of rounds scaled by the rows added, as is usual once the rounds are known.
-        `valid_proba_` stays the early-stopped models' (their inner rows are unseen by them: the decision rule is
-        fitted there) and `valid_macro_f1()` with it. Measured on the loan table: benchmarks/RESULTS.md."""
-        if self.valid_proba_ is None:  # no inner rows were held out: every row was used already
-            return self
-        frame, y, _, _ = self._xy(X, y)
-        X_all = self._frame(frame)
-        index = {c: i for i, c in enumerate(self.classes_)}
-        codes = np.asarray([index[v] for v in y])
+    def _keep_first(self) -> None:
+        self.model_ = self.models_[0] if 0 in self.models_ else next(iter(self.models_.values()))
+        self.best_iteration_ = self.best_iterations_.get(0, next(iter(self.best_iterations_.values())))
+
+    def _refit_all(self, X_all: pd.DataFrame, codes: np.ndarray) -> None:
+        """`refit`: each part's model refitted on all its rows with its kept rounds scaled by the rows added."""
         segment = self._segments(X_all) if len(self.models_) > 1 else np.zeros(len(X_all), dtype=int)
-        callbacks = [lambda env: progress(1)] if progress is not None else []
         for part in list(self.models_):
             rows = np.flatnonzero(segment == part)
             rounds = max(1, round(self.best_iterations_[part] * len(rows) / self.fit_rows_[part]))
             model = self._lgbm(len(np.unique(codes[rows])), n_estimators=rounds,
                                **((self.segment_params or {}) if part == 1 else {}))
-            model.fit(X_all.iloc[rows], codes[rows], callbacks=callbacks)
+            model.fit(X_all.iloc[rows], codes[rows], callbacks=self._callbacks())
             self.models_[part], self.best_iterations_[part], self.fit_rows_[part] = model, rounds, len(rows)
-        self.model_ = self.models_[0] if 0 in self.models_ else next(iter(self.models_.values()))
-        self.best_iteration_ = self.best_iterations_.get(0, next(iter(self.best_iterations_.values())))
-        return self
+        self._keep_first()
 
     def _proba(self, X_frame: pd.DataFrame) -> np.ndarray:
         proba = np.zeros((len(X_frame), len(self.classes_)))
@@ -227,10 +293,12 @@ class TreeBaseline(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """P(class) per row, columns in `classes_` order (a class absent from the fitting rows: 0)."""
-        return self._proba(self._frame(X))
+        check_is_fitted(self)
+        return self._proba(self._validate(X)[0])
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)  # first: it says NotFittedError before fit
+        return self.classes_[proba.argmax(axis=1)]
 
     def valid_macro_f1(self) -> float:
         """Macro-F1 of plain argmax on the inner validation rows (the search's yardstick)."""
@@ -245,6 +313,23 @@ class TreeBaseline(ClassifierMixin, BaseEstimator):
         index = {c: i for i, c in enumerate(self.classes_)}
         p = self.valid_proba_[np.arange(len(self.valid_labels_)), [index[c] for c in self.valid_labels_]]
         return float(-np.mean(np.log(np.clip(p, 1e-15, 1))))
+
+
+def refit_on_all(model: TreeBaseline, X, y=None) -> TreeBaseline:
+    """A new estimator: `model` (fitted with `refit=False` on X, y) as `fit` with `refit=True` leaves it, without
+    fitting the early-stopped models again. `model` itself is unchanged."""
+    check_is_fitted(model)
+    new = copy.deepcopy(model).set_params(refit=True)
+    if model.refit or model.valid_proba_ is None:  # refitted already, or no inner rows held out: all rows used
+        return new
+    if y is None and isinstance(X, Table):
+        y = X.labels.to_numpy(dtype=object)
+    X_all, y = new._validate(X, y)
+    if len(y) != sum(model.fit_rows_.values()) + len(model.valid_index_):
+        raise ValueError(f"refit_on_all needs the {sum(model.fit_rows_.values()) + len(model.valid_index_)} rows "
+                         f"the model was fitted on, not {len(y)}")
+    new._refit_all(X_all, new._codes(y))
+    return new
 
 
 # --- the bounded search -----------------------------------------------------------------------------------------
@@ -306,7 +391,8 @@ def search(X, y=None, base: TreeBaseline | None = None, candidates: list[dict] |
                 break
             t0 = time.perf_counter()
             progress.reset(rounds, total=None)
-            model = clone(base).set_params(**params).fit(X, y, progress=lambda n: progress.advance(rounds, n))
+            model = clone(base).set_params(**params, progress=lambda n: progress.advance(rounds, n)).fit(X, y)
+            model.set_params(progress=None)  # the bar is done; the kept model must not hold it (nor fail to pickle)
             seconds = time.perf_counter() - t0
             slowest = max(slowest, seconds)
             score = model.valid_macro_f1() if model.valid_proba_ is not None else float("nan")
@@ -352,7 +438,7 @@ def fit_baseline(fit_on: Table, seed: int = 0, budget_s: float = 600.0, candidat
     rule = fit_decision(model.valid_proba_, model.valid_labels_, list(model.classes_), ids=model.valid_ids_)
     if refit:
         t0 = time.perf_counter()
-        model.refit_on_all(fit_on)
+        model = refit_on_all(model, fit_on)
         from rich.console import Console
 
         tell = say if say is not None else (console if console is not None else Console(stderr=True)).print

@@ -1,17 +1,24 @@
-"""Tests for korllama.baseline: TreeBaseline as a scikit-learn estimator, table_features, the bounded search.
+"""Tests for korllama.baseline: TreeBaseline as a scikit-learn estimator (sklearn's own estimator checks),
+table_features and the TableFeatures Pipeline step, refit, the bounded search.
 
 Synthetic loan tables (korllama.synth), few small trees, one thread: seconds on a busy 2-core CPU.
 """
 
 from __future__ import annotations
 
+import pickle
+from inspect import signature
+
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import f1_score
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from korllama.baseline import TreeBaseline, search, table_features
+from korllama.baseline import TableFeatures, TreeBaseline, refit_on_all, search, table_features
 from korllama.data import split
 from korllama.synth import synthetic_table
 
@@ -22,6 +29,61 @@ FAST = dict(n_estimators=60, num_leaves=15, max_bin=255, n_jobs=1, early_stoppin
 @pytest.fixture(scope="module")
 def loans():
     return synthetic_table(1500, seed=4)
+
+
+@parametrize_with_checks([TreeBaseline(n_estimators=20, n_jobs=1)])
+def test_sklearn_estimator_checks(estimator, check, monkeypatch):
+    # sklearn runs its array-API check (for an estimator without array-API support: dispatch on, NumPy in, the
+    # same results out) only when this is set; it is read when the check runs
+    monkeypatch.setenv("SCIPY_ARRAY_API", "1")
+    check(estimator)
+
+
+def test_what_the_checks_do_not_ask_missing_values_yes_inf_no():
+    # allow_nan=True (LightGBM routes missing values) makes sklearn drop its NaN/inf check: inf is still refused
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 3)), np.repeat([0, 1], 30)
+    X[:, 0] += y * 3
+    with_nan = X.copy()
+    with_nan[::7, 1] = np.nan
+    model = TreeBaseline(**FAST, min_child_samples=2).fit(with_nan, y)
+    assert (model.predict(with_nan) == y).mean() > 0.9
+    with pytest.raises(NotFittedError):
+        TreeBaseline().predict_proba(X)
+    X[0, 2] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        TreeBaseline(**FAST).fit(X, y)
+    with pytest.raises(ValueError, match="infinity"):
+        model.predict(X)
+    frame = pd.DataFrame({"kind": ["a", "b"] * 30, "x": X[:, 2]})  # a frame with categories: its numbers too
+    with pytest.raises(ValueError, match="infinity"):
+        TreeBaseline(**FAST).fit(frame, y)
+    with pytest.raises(ValueError, match="1 class"):
+        TreeBaseline(**FAST).fit(with_nan, np.zeros(60))
+
+
+def test_table_features_step_in_a_pipeline_gives_what_fit_on_a_table_gives(loans):
+    fit_on, score_on = split(loans, 0.2, 0)
+    pipe = make_pipeline(TableFeatures(), TreeBaseline(**FAST, classes=CLASSES)).fit(fit_on, fit_on.labels)
+    direct = TreeBaseline(**FAST).fit(fit_on)
+    np.testing.assert_allclose(pipe.predict_proba(score_on), direct.predict_proba(score_on))
+    names = list(pipe[0].get_feature_names_out())
+    assert names == list(table_features(fit_on).columns) == list(pipe[-1].feature_names_in_)
+    assert pipe[-1].n_features_in_ == len(names) and set(pipe[-1].categories_) == {"home_ownership", "purpose"}
+    with pytest.raises(TypeError, match="korllama Table"):
+        TableFeatures().fit(table_features(fit_on))
+
+
+def test_progress_is_a_setting_called_every_round_and_clone_keeps_it(loans):
+    rounds = []
+
+    def advance(n):
+        rounds.append(n)
+
+    model = TreeBaseline(**{**FAST, "validation_fraction": 0}, progress=advance)
+    clone(model).fit(loans)  # a callback: a clone calls the same one
+    assert rounds == [1] * FAST["n_estimators"]
+    assert "progress" not in signature(TreeBaseline.fit).parameters
 
 
 def test_clone_keeps_every_setting_and_no_fitted_state(loans):
@@ -94,6 +156,9 @@ def test_search_says_and_returns_what_it_tried(loans):
     assert kept["valid_macro_f1"] == max(t["valid_macro_f1"] for t in result.trials)
     assert result.best.get_params()["num_leaves"] == {**FAST, **kept["params"]}["num_leaves"]
     assert all(t["seconds"] > 0 and t["iterations"] >= 1 for t in result.trials)
+    assert result.best.progress is None  # the search's bar is not kept: the model pickles
+    copy = pickle.loads(pickle.dumps(result.best))
+    np.testing.assert_array_equal(copy.predict_proba(fit_on), result.best.predict_proba(fit_on))
 
 
 def test_search_stops_at_its_budget(loans):
@@ -119,7 +184,7 @@ def test_rows_missing_the_segment_feature_get_their_own_model():
     proba = model.predict_proba(score_on)
     missing = score_on.frame["interest_per_principal"].isna().to_numpy()
     assert missing.any() and (~missing).any()
-    X = model._frame(score_on)
+    X = model._validate(score_on)[0]  # the frame the trees see
     np.testing.assert_allclose(proba[missing][:, model.models_[1].classes_],
                                model.models_[1].predict_proba(X[missing]))
     np.testing.assert_allclose(proba[~missing][:, model.models_[0].classes_],
@@ -138,16 +203,26 @@ def test_refit_on_all_rows_keeps_the_rounds_per_row_and_the_inner_probabilities(
     stopped = dict(model.best_iterations_)
     fit_rows, valid_proba, before = dict(model.fit_rows_), model.valid_proba_.copy(), model.predict_proba(score_on)
     assert set(stopped) == {0, 1} and sum(fit_rows.values()) == len(fit_on) - len(model.valid_index_)
-    model.refit_on_all(fit_on)
-    assert sum(model.fit_rows_.values()) == len(fit_on)  # the inner validation rows are trained on now
+    refitted = refit_on_all(model, fit_on)
+    assert refitted is not model and refitted.refit and not model.refit
+    assert model.best_iterations_ == stopped and model.fit_rows_ == fit_rows  # the stopped model is unchanged
+    np.testing.assert_array_equal(model.predict_proba(score_on), before)
+    assert sum(refitted.fit_rows_.values()) == len(fit_on)  # the inner validation rows are trained on now
     for part, rounds in stopped.items():  # the rounds scale with the rows, and the refitted models have them
-        assert model.best_iterations_[part] == max(1, round(rounds * model.fit_rows_[part] / fit_rows[part]))
-        trees_per_round = len(model.models_[part].classes_)  # multiclass: one tree per class a round
-        assert model.models_[part].booster_.num_trees() == model.best_iterations_[part] * trees_per_round
-    np.testing.assert_array_equal(model.valid_proba_, valid_proba)  # the rule's rows: unseen by the stopped models
-    after = model.predict_proba(score_on)
+        assert refitted.best_iterations_[part] == max(1, round(rounds * refitted.fit_rows_[part] / fit_rows[part]))
+        trees_per_round = len(refitted.models_[part].classes_)  # multiclass: one tree per class a round
+        assert refitted.models_[part].booster_.num_trees() == refitted.best_iterations_[part] * trees_per_round
+    np.testing.assert_array_equal(refitted.valid_proba_, valid_proba)  # the rule's rows: unseen by stopped models
+    after = refitted.predict_proba(score_on)
     assert after.shape == before.shape and not np.allclose(after, before)
     np.testing.assert_allclose(after.sum(axis=1), 1.0, atol=1e-9)
+    # the same as fit with refit=True: the function only spares fitting the early-stopped models twice
+    in_fit = clone(model).set_params(refit=True).fit(fit_on)
+    assert in_fit.best_iterations_ == refitted.best_iterations_
+    np.testing.assert_allclose(in_fit.predict_proba(score_on), after)
+    np.testing.assert_array_equal(in_fit.valid_proba_, valid_proba)
+    with pytest.raises(ValueError, match="rows the model was fitted on"):
+        refit_on_all(model, score_on)
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sklearn.metrics import f1_score
 
     import korllama.baseline as baseline
+    import korllama.baseline.estimator as estimator  # where TreeBaseline.fit(table) looks up table_features
     from korllama.data import read_table, split
     from korllama.evaluate import side_by_side
 
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
         unknown = set(args.drop) - set(baseline.table_features(fit_on).columns)
         if unknown:
             raise SystemExit(f"--drop: no feature {', '.join(sorted(unknown))}")
-        original = baseline.table_features
-        baseline.table_features = lambda t: original(t).drop(columns=args.drop)
+        original = estimator.table_features
+        estimator.table_features = lambda t: original(t).drop(columns=args.drop)
         print(f"features left out: {', '.join(args.drop)}")
     candidates = json.loads(args.settings) if args.settings else None
     wall, cpu = time.perf_counter(), time.process_time()

@@ -17,12 +17,13 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
+from korllama.baseline.command import run_baseline
 from korllama.bases import ensure_base
 from korllama.card import document_run
 from korllama.config import load_config
 from korllama.data import Table, profile, read_table, split
 from korllama.errors import ConfigError
-from korllama.evaluate import PREDICTIONS_FILE, evaluate_run, metrics, run_baseline, write_evaluation
+from korllama.evaluate import PREDICTIONS_FILE, evaluate_run, metrics, write_evaluation
 from korllama.explain import explain_run
 from korllama.io import write_csv
 from korllama.model import pick_device

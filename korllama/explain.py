@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from korllama.baseline import TreeBaseline
+from korllama.baseline.estimator import TreeBaseline
 from korllama.data import Table, as_table
 from korllama.errors import KorllamaError
 from korllama.features import OPS

@@ -229,10 +229,10 @@ def test_refit_on_all_rows_keeps_the_rounds_per_row_and_the_inner_probabilities(
 def fast_search(monkeypatch):
     import functools
 
-    import korllama.baseline
+    import korllama.baseline.tune
 
-    monkeypatch.setattr(korllama.baseline, "TreeBaseline", functools.partial(TreeBaseline, **FAST))
-    monkeypatch.setattr(korllama.baseline, "CANDIDATES", [{}, {"num_leaves": 7}])
+    monkeypatch.setattr(korllama.baseline.tune, "TreeBaseline", functools.partial(TreeBaseline, **FAST))
+    monkeypatch.setattr(korllama.baseline.tune, "CANDIDATES", [{}, {"num_leaves": 7}])
 
 
 def test_run_baseline_stores_a_decision_rule_fitted_on_inner_rows_only(fast_search, tmp_path):

@@ -1,4 +1,5 @@
-"""Tests for korllama.evaluate (metrics, reliability, evaluate_run, run_baseline) and korllama.baseline.TreeBaseline.
+"""Tests for korllama.evaluate (metrics, reliability, evaluate_run), korllama.baseline.command.run_baseline and
+korllama.baseline.TreeBaseline.
 
 The metrics are checked against scikit-learn on hand-made predictions; evaluate_run runs on a tiny trained run
 (see tests/test_predict.py); the tree baseline on a synthetic table with few, small trees and one thread.
@@ -17,10 +18,11 @@ from fixtures import CLASSES, RUN_ROWS, unlabelled_csv
 from sklearn.metrics import accuracy_score, f1_score
 
 from korllama.baseline import TreeBaseline
+from korllama.baseline.command import run_baseline
 from korllama.config import load_config
 from korllama.data import read_table, split
 from korllama.errors import KorllamaError
-from korllama.evaluate import evaluate_run, metrics, reliability, run_baseline
+from korllama.evaluate import evaluate_run, metrics, reliability
 from korllama.run import Run
 from korllama.synth import synthesize, synthetic_table
 
@@ -236,9 +238,9 @@ def test_tree_baseline_keeps_absent_classes_as_zero_columns(loans):
 
 
 def test_run_baseline_writes_the_same_metrics(monkeypatch, tmp_path):
-    import korllama.baseline
+    import korllama.baseline.tune
 
-    monkeypatch.setattr(korllama.baseline, "TreeBaseline", functools.partial(TreeBaseline, **FAST_TREES))
+    monkeypatch.setattr(korllama.baseline.tune, "TreeBaseline", functools.partial(TreeBaseline, **FAST_TREES))
     data = tmp_path / "train.csv"
     synthesize(600, seed=2).to_csv(data, index=False)
     result = run_baseline(data, None, tmp_path / "baseline")
@@ -260,10 +262,10 @@ def test_run_baseline_writes_the_same_metrics(monkeypatch, tmp_path):
 
 
 def test_baseline_command_takes_the_split_from_a_run_config(monkeypatch, tmp_path):
-    import korllama.baseline
+    import korllama.baseline.tune
     from korllama.cli import main
 
-    monkeypatch.setattr(korllama.baseline, "TreeBaseline", functools.partial(TreeBaseline, **FAST_TREES))
+    monkeypatch.setattr(korllama.baseline.tune, "TreeBaseline", functools.partial(TreeBaseline, **FAST_TREES))
     data, config = tmp_path / "train.csv", tmp_path / "config.yaml"
     synthesize(600, seed=2).to_csv(data, index=False)
     config.write_text("data: {valid_fraction: 0.3, split_seed: 5}\n")

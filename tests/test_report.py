@@ -219,7 +219,8 @@ def test_a_report_name_without_a_suffix_keeps_its_plots_apart(two_systems, tmp_p
 
 
 def test_compare_shows_where_the_llm_and_the_trees_disagree(run_dir, tmp_path):
-    from korllama.evaluate import evaluate_run, run_baseline
+    from korllama.baseline.command import run_baseline
+    from korllama.evaluate import evaluate_run
     from korllama.synth import synthetic_table
 
     table = synthetic_table(RUN_ROWS, seed=0)

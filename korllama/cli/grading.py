@@ -130,8 +130,9 @@ def baseline_cmd(
 
     Example: korllama baseline --train ../shared/data/dacon-loan/train.csv --out runs/eval/baseline
     """
+    from korllama.baseline.command import run_baseline
     from korllama.config import load_config
-    from korllama.evaluate import OUTPUT_FILES, run_baseline
+    from korllama.evaluate import OUTPUT_FILES
     from korllama.io import check_out_dir
 
     check_out_dir(out, files=(*OUTPUT_FILES, "decision.json"))

@@ -11,6 +11,7 @@ from rich.markup import escape
 from korllama.choices import Decision
 from korllama.cli.app import (
     DecisionOption,
+    OverwriteOption,
     app,
     console,
     err_console,
@@ -34,6 +35,9 @@ def export_cmd(
 
     Example: korllama export runs/dacon-tiny --out exports/dacon-tiny
     """
+    from korllama.export import claim_export
+
+    claim_export(out, overwrite)  # before the run's weights are loaded
     from korllama.export import export_run
     from korllama.run import Run
 
@@ -84,20 +88,25 @@ def serve_cmd(
     uvicorn.run(application, host=host, port=port, log_level="info")
 
 
+DEMO_FILES = ("data.csv", "run", "eval", "report.html")  # what marks a demo's folder (korllama.demo writes them)
+
+
 @app.command("demo")
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option("--out", help="The demo's folder: new or empty (a previous demo is replaced "
+                                                    "with --overwrite).")] = Path("runs/demo"),
     rows: Annotated[int, typer.Option("--rows", min=50, help="Rows of synthetic data.")] = 4000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    overwrite: OverwriteOption = False,
 ):
     """Run the whole loop on the embedded default: synthetic data -> train -> evaluate -> report (~1 min).
 
     Synthetic loan table -> check -> prompts -> the tiny Llama trained with configs/demo.yaml -> evaluation before
     and after tuning on held-out rows -> LightGBM baseline -> runs/demo/report.html.
     """
-    from korllama.io import check_out_dir
+    from korllama.io import claim_dir
 
-    check_out_dir(out)  # before torch is even imported
+    claim_dir(out, overwrite, owns=DEMO_FILES, writes=None, what="a demo")  # before torch is even imported
     from korllama.demo import run_demo
 
     run_demo(out, rows=rows, seed=seed, console=console)

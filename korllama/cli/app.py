@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _refuse(sentence: str) -> int:
-    err_console.print(f"[bold red]error:[/] {escape(sentence)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(sentence)}", highlight=False, soft_wrap=True,
+                      emoji=False)  # ':x:' in a quoted value stays ':x:', not an emoji
     return 2
 
 

@@ -16,6 +16,7 @@ from korllama.cli.app import (
     console,
     err_console,
 )
+from korllama.errors import KorllamaError
 
 
 @app.command("export")
@@ -71,13 +72,18 @@ def serve_cmd(
 
     import uvicorn
 
+    token = os.environ.get("KORLLAMA_TOKEN")
+    if token is not None and token != token.strip():
+        raise KorllamaError("KORLLAMA_TOKEN is blank or starts or ends with a space, which no HTTP client can send "
+                            "(header values are trimmed); set a token without spaces at its ends, or unset it.")
+    _check_port(host, port)  # before the model is loaded: a busy port is one sentence, not uvicorn's exit 3
     from korllama.run import Run
     from korllama.serve import create_app
 
     served = Run.load(run, way_out="serve the --out folder of a finished `korllama train`")
     application = create_app(served, max_batch=max_batch, max_wait_ms=max_wait_ms, decision=decision)
     shown = f"[{host}]" if ":" in host else host
-    has_token = bool(os.environ.get("KORLLAMA_TOKEN"))
+    has_token = bool(token)
     auth = "bearer token required ($KORLLAMA_TOKEN)" if has_token else "no token"
     console.print(f"serving {escape(str(run))} on {escape(f'http://{shown}:{port}')} (docs at /docs, {auth}); "
                   "Ctrl+C stops",
@@ -89,6 +95,26 @@ def serve_cmd(
 
 
 DEMO_FILES = ("data.csv", "run", "eval", "report.html")  # what marks a demo's folder (korllama.demo writes them)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind the address as uvicorn will (SO_REUSEADDR, so a port in TIME_WAIT passes), then let it go."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except socket.gaierror:
+            raise KorllamaError(f"--host {host} is not an address this machine can listen on (e.g. 127.0.0.1 or "
+                                "0.0.0.0).") from None
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise KorllamaError(f"Port {port} on {host} is already in use (another server listens there); stop "
+                                    "it, or choose another --port.") from None
+            raise KorllamaError(f"Cannot listen on {host} port {port}: {exc.strerror or exc}.") from None
 
 
 @app.command("demo")

@@ -104,15 +104,15 @@ def claim_dir(path: str | Path, overwrite: bool = False, *, owns: tuple[str, ...
     if present and not present & set(owns):
         raise KorllamaError(f"{option} {path} is a folder of other files, not {what}; choose a new or empty "
                             f"{option} (korllama does not mix its files with others).")
+    for name in writes or ():
+        if (path / name).is_dir():
+            raise KorllamaError(f"{option} {path}: {path / name} is a folder, so {name} cannot be written there; "
+                                f"choose another {option}.")
     replaced = sorted(present if writes is None else present & set(writes))
     if replaced and not overwrite:
         shown = ", ".join(replaced[:3]) + (", ..." if len(replaced) > 3 else "")
         raise KorllamaError(f"{option} {path} already holds {what} ({shown}); pass --overwrite to replace it, or "
                             f"choose another {option}.")
-    for name in writes or ():
-        if (path / name).is_dir():
-            raise KorllamaError(f"{option} {path}: {path / name} is a folder, so {name} cannot be written there; "
-                                f"choose another {option}.")
     _try_write(path, path, option)
     return path
 

@@ -154,7 +154,7 @@ def _article(kind: str) -> str:
 def _refuse_run(folder: Path, option: str) -> None:
     from korllama.run import RunDir  # here, not at the top: `korllama --help` need not import it
 
-    if RunDir(folder).is_run:
+    if RunDir(folder).trained_into:
         raise KorllamaError(f"{option}: {folder} is a korllama run, and only `korllama train` writes into a run; "
                             f"choose another {option}.")
 

@@ -67,6 +67,13 @@ class RunDir:
         return self.config.is_file()
 
     @property
+    def trained_into(self) -> bool:
+        """A run that training has written into, not merely a folder holding a config.yaml (examples/hiring holds
+        one): what no command but `korllama train` may write into (korllama.io)."""
+        return self.is_run and any(p.exists() for p in (self.summary, self.checkpoints, self.model, self.adapter,
+                                                        self.tokenizer, self.base))
+
+    @property
     def finished(self) -> bool:
         return self.summary.is_file()
 

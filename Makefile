@@ -28,7 +28,7 @@ gemma: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet "$(GEMMA)"
 
 demo: $(VENV)/.installed
-	$(BIN)/korllama demo
+	$(BIN)/korllama demo --overwrite
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

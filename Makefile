@@ -28,7 +28,7 @@ gemma: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet "$(GEMMA)"
 
 demo: $(VENV)/.installed
-	$(BIN)/korllama demo
+	$(BIN)/korllama demo --overwrite
 
 # The browser tests (tests/test_page.py, marked browser) drive the service's page in Debian's chromium; without it
 # they are skipped, and this says so first.

@@ -138,6 +138,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             from importlib import resources
 
             path = Path(str(resources.files("korllama.configs").joinpath(f"{path}.yaml")))
+        if path.is_dir():
+            raise ConfigError(f"Config file {path} is a folder; name a run config YAML file (e.g. "
+                              f"{path / 'config.yaml'}).")
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist (built-in configs: "
                               f"{', '.join(builtin_configs())}).")

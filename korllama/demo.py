@@ -123,7 +123,7 @@ def _run_demo(out: Path, rows: int, seed: int, console: Console, pretrained: Pre
     compare(folders, report, title=title, allow_different_rows=True)  # generation: a sample of the rows
     seconds = time.perf_counter() - started
     say("9. report" if pretrained is not None else "7. report",
-        f"{escape(str(report))} (plots in {escape(str(report.with_suffix('')))}/)")
+        f"{escape(str(report))} (one file, its plots embedded)")
     console.print(f"\ndone in {seconds:.0f}s ({torch.get_num_threads()} CPU threads). Open {escape(str(report))} in "
                   "a browser.")
     return {"seconds": seconds, "before": before["macro_f1"], "after": after["macro_f1"],

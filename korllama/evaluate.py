@@ -27,14 +27,12 @@ from korllama.data import Table, table_chunks
 from korllama.errors import KorllamaError
 from korllama.groups import group_columns  # the rows' columns, for group metrics in `korllama compare`
 from korllama.io import atomic_path, json_text
+from korllama.outputs import METRICS_FILE, PREDICTIONS_FILE, clear_others
 from korllama.predict import off_format_rate, open_atomic, process_state, score_chunk, sigterm_as_interrupt
 from korllama.run import Run
 from korllama.scoring import predict_labels
 from korllama.synth import synthetic_table
 from korllama.ui import progress_bar
-
-METRICS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.csv"
-
 
 OUTPUT_FILES = (METRICS_FILE, PREDICTIONS_FILE)  # what every evaluation folder holds
 
@@ -100,6 +98,7 @@ def write_evaluation(out_dir: str | Path, result: dict, ids, truth, pred, proba:
     with atomic_path(out_dir / PREDICTIONS_FILE) as csv_tmp, atomic_path(out_dir / METRICS_FILE) as json_tmp:
         frame.to_csv(csv_tmp, index=False)
         json_tmp.write_text(body, encoding="utf-8")
+    clear_others(out_dir, OUTPUT_FILES)  # a replaced system's decision rule and explanation go with it
     return out_dir
 
 
@@ -156,8 +155,8 @@ def evaluate_run(run: Run, data: str | Path | Table, out_dir: str | Path, mode: 
         stack.enter_context(sigterm_as_interrupt())
         fh = json_tmp = advance = None
         if state.is_main_process:  # both files appear together at the end (metrics.json renamed first)
-            fh = open_atomic(stack, out_dir / "predictions.csv")
-            json_tmp = stack.enter_context(atomic_path(out_dir / "metrics.json"))
+            fh = open_atomic(stack, out_dir / PREDICTIONS_FILE)
+            json_tmp = stack.enter_context(atomic_path(out_dir / METRICS_FILE))
             advance = stack.enter_context(progress_bar(n, "scoring" if mode == "score" else "generating", console))
         for offset, chunk in stream.chunks():
             if select is not None:
@@ -200,6 +199,7 @@ def evaluate_run(run: Run, data: str | Path | Table, out_dir: str | Path, mode: 
         if stored is not None and len(truth):
             result["decision"] = side_by_side(stored, truth, proba, ids, classes)
         json_tmp.write_text(json_text(result), encoding="utf-8")
+    clear_others(out_dir, OUTPUT_FILES)  # a replaced system's decision rule and explanation go with it
     return result
 
 

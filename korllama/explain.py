@@ -48,6 +48,7 @@ from korllama.data import Table, as_table
 from korllama.errors import KorllamaError
 from korllama.features import OPS
 from korllama.io import write_csv, write_text
+from korllama.outputs import EXPLAIN_FILE, REASONS_FILE
 from korllama.references import reference_values
 from korllama.run import Run
 from korllama.schema import TableSpec
@@ -324,11 +325,11 @@ def explain_run(run: Run, data: str | Path | Table, out: str | Path, ids: list[s
         reasons = explain(proba_fn, table, fields, references, classes, progress=advance)
     seconds = time.perf_counter() - started
     out = Path(out)
-    write_csv(out / "reasons.csv", reasons.frame())
+    write_csv(out / REASONS_FILE, reasons.frame())
     summary = {"system": system, "run": str(run.root), "template": template, "data": table.source,
                "held_out": held_out, "rows": len(reasons), "fields": fields, "references": reasons.references,
                "seconds": seconds, "rows_per_s": len(reasons) / max(seconds, 1e-9)}
-    write_text(out / "explain.json", json.dumps(summary, indent=1, ensure_ascii=False, default=str))
+    write_text(out / EXPLAIN_FILE, json.dumps(summary, indent=1, ensure_ascii=False, default=str))
     return reasons, summary
 
 

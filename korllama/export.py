@@ -27,6 +27,7 @@ import numpy as np
 from korllama import __version__
 from korllama.data import TableChunks
 from korllama.errors import DataError, KorllamaError
+from korllama.io import claim_dir
 from korllama.prompts import answer
 from korllama.run import Run
 from korllama.scoring import label_tokens, score
@@ -46,7 +47,7 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
         raise KorllamaError(f"{run} has not finished training (no {run.summary.name}); finish it with "
                             f"`korllama train --out {run} --resume` before exporting it.")
     out = Path(out)
-    _check_target(out, overwrite)
+    claim_export(out, overwrite)
     config = source.config
     if config.model.load_in_4bit:
         raise KorllamaError(f"{run} was trained on a 4-bit base (model.load_in_4bit): merging an adapter into 4-bit "
@@ -123,16 +124,10 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
     return record | {"out": str(out)}
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise KorllamaError(f"--out {out} is a file; an export is a folder: choose another --out.")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / EXPORT_FILE).is_file():
-            raise KorllamaError(f"--out {out} is a folder of other files, not a korllama export; choose a new or "
-                                "empty folder.")
-        if not overwrite:
-            raise KorllamaError(f"--out {out} already holds an export; choose another --out, or pass --overwrite "
-                                "to replace it.")
+def claim_export(out: str | Path, overwrite: bool = False) -> Path:
+    """--out of export: new, empty, or (with --overwrite) a previous export (it holds korllama.json), replaced
+    whole; korllama.io.claim_dir refuses the rest."""
+    return claim_dir(out, overwrite, owns=(EXPORT_FILE,), writes=None, what="an export")
 
 
 def _example_rows(config, spec, n: int):

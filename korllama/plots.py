@@ -1,8 +1,10 @@
 """Every figure korllama draws: the training curve, and the report's confusion matrices, F1 per grade, reliability,
-global importance and macro-F1 by group. Each is a PNG written atomically (matplotlib, no display needed)."""
+global importance and macro-F1 by group. Each is a PNG (matplotlib, no display needed), written atomically to
+`path`, or, without one, returned as bytes: the report embeds its figures and writes no image file."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +20,7 @@ from korllama.io import atomic_path  # noqa: E402
 DPI = 110
 
 
-def plot_train_curve(log_history: list[dict], path: str | Path) -> Path:
+def plot_train_curve(log_history: list[dict], path: str | Path | None = None) -> Path | bytes:
     """Training loss by step, with the validation macro-F1 on a second axis."""
     loss = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
     f1 = [(e["step"], e["eval_macro_f1"]) for e in log_history if "eval_macro_f1" in e]
@@ -37,7 +39,7 @@ def plot_train_curve(log_history: list[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_confusions(evals: list[dict], path: str | Path) -> Path:
+def plot_confusions(evals: list[dict], path: str | Path | None = None) -> Path | bytes:
     """One row-normalised confusion heatmap per system (rows = truth), counts written in the cells."""
     fig, axes = plt.subplots(1, len(evals), figsize=(4.2 * len(evals), 4.2), dpi=DPI, squeeze=False)
     for ax, e in zip(axes[0], evals):
@@ -58,7 +60,7 @@ def plot_confusions(evals: list[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_per_class_f1(evals: list[dict], path: str | Path) -> Path:
+def plot_per_class_f1(evals: list[dict], path: str | Path | None = None) -> Path | bytes:
     """Per-grade F1 bars, systems side by side."""
     classes = evals[0]["classes"]
     width = 0.8 / len(evals)
@@ -76,7 +78,7 @@ def plot_per_class_f1(evals: list[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_reliability(evals: list[dict], path: str | Path) -> Path | None:
+def plot_reliability(evals: list[dict], path: str | Path | None = None) -> Path | bytes | None:
     """Top-grade confidence vs accuracy for the systems that gave probabilities (perfect calibration = diagonal)."""
     if not any(e.get("calibration") for e in evals):
         return None
@@ -101,7 +103,8 @@ def plot_reliability(evals: list[dict], path: str | Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_importance(items: list[tuple[str, object]], path: str | Path, top: int = 15) -> Path | None:
+def plot_importance(items: list[tuple[str, object]], path: str | Path | None = None,
+                    top: int = 15) -> Path | bytes | None:
     """Global importance per field (mean |change| of the answered label's probability), one panel per system."""
     items = [(s, w) for s, w in items if w is not None and len(w)]
     if not items:
@@ -119,7 +122,8 @@ def plot_importance(items: list[tuple[str, object]], path: str | Path, top: int 
     return _save(fig, path)
 
 
-def plot_group_f1(items: list[tuple[str, object]], path: str | Path, overall: dict | None = None) -> Path | None:
+def plot_group_f1(items: list[tuple[str, object]], path: str | Path | None = None,
+                  overall: dict | None = None) -> Path | bytes | None:
     """Macro-F1 per group, one panel per column, systems side by side; a dashed line at each system's overall."""
     items = [(s, g) for s, g in items if g is not None and not g.empty]
     if not items:
@@ -162,9 +166,15 @@ def plot_group_f1(items: list[tuple[str, object]], path: str | Path, overall: di
     return _save(fig, path)
 
 
-def _save(fig, path) -> Path:
+def _save(fig, path) -> Path | bytes:
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")  # keep two-line titles whole
-    plt.close(fig)
-    return Path(path)
+    try:
+        if path is None:
+            png = io.BytesIO()
+            fig.savefig(png, format="png", bbox_inches="tight")  # keep two-line titles whole
+            return png.getvalue()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", bbox_inches="tight")
+        return Path(path)
+    finally:
+        plt.close(fig)

@@ -18,6 +18,7 @@ from korllama.evaluate import METRICS_FILE, PREDICTIONS_FILE
 from korllama.explain import importance
 from korllama.groups import MIN_GROUP_ROWS, evaluation_groups, group_gaps
 from korllama.io import write_text
+from korllama.outputs import REASONS_FILE
 from korllama.run import RunDir
 from korllama.schema import load_spec
 from korllama.templates import render
@@ -42,12 +43,6 @@ def load_evaluation(folder: str | Path) -> dict:
                             "`korllama evaluate` or `korllama baseline`.")
     result.setdefault("system", Path(folder).name)
     return result
-
-
-def plots_folder(out_html: str | Path) -> Path:
-    """Where compare writes the PNGs: report.html -> report/ (a name without a suffix: report -> report_plots/)."""
-    out_html = Path(out_html)
-    return out_html.with_suffix("") if out_html.suffix else out_html.with_name(out_html.name + "_plots")
 
 
 def scored_rows(folders: list[str | Path], evals: list[dict], allow_different: bool = False) -> str:
@@ -82,30 +77,29 @@ def scored_rows(folders: list[str | Path], evals: list[dict], allow_different: b
 
 def compare(folders: list[str | Path], out_html: str | Path, title: str = "korllama report",
             allow_different_rows: bool = False) -> dict:
-    """One self-contained HTML page (PNG plots embedded) comparing evaluations; the PNGs are written beside it.
+    """One self-contained HTML page comparing evaluations (its PNG plots embedded; no other file is written).
     The systems must have been scored on the same rows, unless `allow_different_rows` (the page then says so)."""
     evals = [load_evaluation(f) for f in folders]
     rows_sentence = scored_rows(folders, evals, allow_different_rows)
     out_html = Path(out_html)
-    assets = plots_folder(out_html)
-    figures = {"confusion matrices": plots.plot_confusions(evals, assets / "confusion.png"),
-               "F1 per grade": plots.plot_per_class_f1(evals, assets / "per_class_f1.png"),
-               "reliability": plots.plot_reliability(evals, assets / "reliability.png")}
+    figures = {"confusion matrices": plots.plot_confusions(evals), "F1 per grade": plots.plot_per_class_f1(evals),
+               "reliability": plots.plot_reliability(evals)}
     for e in evals:  # each run's curve once, and not for a bare base model scored with the run's prompts
         curve = Path(e["run"]) / "train_curve.png" if e.get("run") and not e.get("base") else None
         if curve is not None and curve.is_file() and curve not in figures.values():
             figures[f"training curve: {e['system']}"] = curve
     page = render("report.html.j2", title=title, rows_sentence=rows_sentence, systems=[_system(e) for e in evals],
-                  figures=[{"name": name, "image": _image(p)} for name, p in figures.items() if p is not None],
+                  figures=[{"name": name, "image": _image(p, name)} for name, p in figures.items() if p is not None],
                   disagreements=disagreements(folders, evals), cards=model_cards(evals, out_html),
-                  importance=global_importance(folders, evals, assets), groups=group_sections(folders, evals, assets))
+                  importance=global_importance(folders, evals), groups=group_sections(folders, evals))
     write_text(out_html, page)
     return {"report": str(out_html), "systems": [(e["system"], e["macro_f1"]) for e in evals]}
 
 
-def _image(path: Path) -> dict:
-    """A PNG for the page: its name and its bytes in base64 (the page embeds it)."""
-    return {"alt": path.name, "data": base64.b64encode(path.read_bytes()).decode()}
+def _image(png: bytes | Path, name: str) -> dict:
+    """A PNG for the page (its bytes, or a run's file): its name and its bytes in base64 (the page embeds it)."""
+    data = png.read_bytes() if isinstance(png, Path) else png
+    return {"alt": name, "data": base64.b64encode(data).decode()}
 
 
 def _system(e: dict) -> dict:
@@ -194,30 +188,29 @@ def model_cards(evals: list[dict], out_html: Path) -> list[dict]:
     return cards
 
 
-def global_importance(folders: list[str | Path], evals: list[dict], assets: Path) -> dict | None:
+def global_importance(folders: list[str | Path], evals: list[dict]) -> dict | None:
     """The importance section, from a reasons.csv beside an evaluation (`korllama explain ... --out EVALDIR`)."""
     weights = []
     for folder, e in zip(folders, evals):
-        path = Path(folder) / "reasons.csv"
+        path = Path(folder) / REASONS_FILE
         if path.is_file():
             frame = pd.read_csv(path, dtype={"id": str, "value": str, "reference": str})
             weights.append((e["system"], importance(frame), frame["id"].nunique()))
     if not weights:
         return None
-    plot = plots.plot_importance([(s, w) for s, w, _ in weights], assets / "importance.png")
-    return {"counts": ", ".join(f"{s} {n:,} rows" for s, _, n in weights), "image": _image(plot)}
+    plot = plots.plot_importance([(s, w) for s, w, _ in weights])
+    return {"counts": ", ".join(f"{s} {n:,} rows" for s, _, n in weights), "image": _image(plot, "importance")}
 
 
-def group_sections(folders: list[str | Path], evals: list[dict], assets: Path) -> dict | None:
+def group_sections(folders: list[str | Path], evals: list[dict]) -> dict | None:
     """The group metrics section (from the group columns of predictions.csv): each system's largest gaps in words,
     the plot, and every group's figures, each label's share of the answers shaded by its size."""
     groups = [(e["system"], evaluation_groups(folder, e), e) for folder, e in zip(folders, evals)]
     groups = [(s, g, e) for s, g, e in groups if g is not None and not g.empty]
     if not groups:
         return None
-    plot = plots.plot_group_f1([(s, g) for s, g, _ in groups], assets / "group_f1.png",
-                               {s: e["macro_f1"] for s, _, e in groups})
-    return {"min_rows": MIN_GROUP_ROWS, "image": _image(plot),
+    plot = plots.plot_group_f1([(s, g) for s, g, _ in groups], overall={s: e["macro_f1"] for s, _, e in groups})
+    return {"min_rows": MIN_GROUP_ROWS, "image": _image(plot, "macro-F1 by group"),
             "systems": [{"system": s, "gaps": group_gaps(g, e["classes"]), "classes": e["classes"],
                          "table": _group_rows(g, e["classes"])} for s, g, e in groups]}
 

@@ -25,7 +25,6 @@ from korllama.config import RunConfig, load_config
 from korllama.data import Table, read_table, split
 from korllama.decision import DecisionRule, decision_choice
 from korllama.errors import KorllamaError
-from korllama.model import load_run_weights
 from korllama.prompts import Template, get_template
 from korllama.references import load_references, reference_values
 from korllama.schema import TableSpec, load_spec
@@ -66,6 +65,13 @@ class RunDir:
     @property
     def is_run(self) -> bool:
         return self.config.is_file()
+
+    @property
+    def trained_into(self) -> bool:
+        """A run that training has written into, not merely a folder holding a config.yaml (examples/hiring holds
+        one): what no command but `korllama train` may write into (korllama.io)."""
+        return self.is_run and any(p.exists() for p in (self.summary, self.checkpoints, self.model, self.adapter,
+                                                        self.tokenizer, self.base))
 
     @property
     def finished(self) -> bool:
@@ -201,6 +207,8 @@ class Run:
     # -- the model --
     @cached_property
     def _model_and_tokenizer(self):
+        from korllama.model import load_run_weights  # here: `import korllama.run` (RunDir) stays free of torch
+
         return load_run_weights(self.config, self.dir, self.base)
 
     @property

@@ -163,6 +163,8 @@ def load_spec(spec: str | Path | None = None) -> TableSpec:
         path, source = folder.joinpath(f"{spec or 'loan'}.yaml"), f"built-in spec {spec or 'loan'!r}"
     else:
         path = Path(spec)
+        if path.is_dir():
+            raise ConfigError(f"Spec file {path} is a folder; name the spec's YAML file (e.g. {path / 'spec.yaml'}).")
         if not path.is_file():
             raise ConfigError(f"Spec file {path} does not exist (built-in specs: {', '.join(BUILTIN_SPECS)}).")
         folder, source = path.parent, str(path)
@@ -177,7 +179,8 @@ def load_spec(spec: str | Path | None = None) -> TableSpec:
         if t.file is not None:
             file = folder.joinpath(t.file)
             if not file.is_file():
-                raise ConfigError(f"{source}: template {name!r} names {t.file}, which does not exist.")
+                what = "a folder, not a template file" if file.is_dir() else "which does not exist"
+                raise ConfigError(f"{source}: template {name!r} names {t.file}, {what}.")
             t = t.model_copy(update={"text": file.read_text("utf-8"), "file": None})
         templates[name] = t
     return parsed.model_copy(update={"templates": templates})
@@ -192,8 +195,14 @@ def describe_validation_error(exc: ValidationError) -> str:
     if err["type"] == "literal_error":
         return f"{where}: {err['input']!r} is not allowed ({err['ctx']['expected']})"
     shown = "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict | list)
-    got = f" (got {err['input']!r})" if shown else ""
+    got = f" (got {_quoted(err['input'])})" if shown else ""
     return f"{where}: {err['msg'].removeprefix('Value error, ')}{got}"
+
+
+def _quoted(value, limit: int = 80) -> str:
+    """A bad value as a sentence quotes it: at most `limit` characters (a whole file read as a spec is not echoed)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 # --- parsers: raw strings (a whole column) -> (clean values, mask of unreadable values) -----------------

@@ -202,9 +202,9 @@ def test_compare_into_a_folder_writes_no_plots(tmp_path, cli):
     code, _, err = cli("compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "report")
     assert code == 2 and "is a folder; it must name a file" in err
     assert list((tmp_path / "report").iterdir()) == []  # the PNGs used to land here before the error
-    (tmp_path / "r.png").write_text("x")  # the report's plots folder would be r.png/: a file is in the way
+    (tmp_path / "r.png").write_text("x")  # where the plots folder of r.png.html once went: left alone now
     code, _, err = cli("compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "r.png.html")
-    assert code == 2 and "r.png is a file" in err and not (tmp_path / "r.png.html").exists()
+    assert code == 0 and (tmp_path / "r.png").read_text() == "x" and (tmp_path / "r.png.html").is_file()
 
 
 # --- lora-info -----------------------------------------------------------------------------------------------------
@@ -237,12 +237,12 @@ def test_lora_info_reads_a_local_base_folder(tmp_path, cli):
 
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_ctrl_c_says_nothing_was_written(tmp_path, cli, monkeypatch, command, run_dir):
-    import korllama.run
+    import korllama.model
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(korllama.run, "load_run_weights", interrupted)
+    monkeypatch.setattr(korllama.model, "load_run_weights", interrupted)
     data = write_table(tmp_path)
     out = tmp_path / "out" / ("submission.csv" if command == "predict" else "eval")
     code, stdout, err = cli(command, run_dir, "--data", data, "--out", out)  # Ctrl-C while the weights load
@@ -252,19 +252,18 @@ def test_ctrl_c_says_nothing_was_written(tmp_path, cli, monkeypatch, command, ru
 
 
 def test_ctrl_c_after_a_file_was_written_names_it(tmp_path, cli, monkeypatch):
-    import korllama.plots
+    import korllama.decision
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    from korllama.evaluate import metrics, write_evaluation
-
-    write_evaluation(tmp_path / "a", metrics(list("AB"), list("AB"), list("AB")), ["1", "2"], list("AB"),
-                     list("AB"), None, list("AB"))
-    monkeypatch.setattr(korllama.plots, "plot_per_class_f1", interrupted)  # after the confusion plot
-    code, _, err = cli("compare", tmp_path / "a", "--out", tmp_path / "r.html")
+    assert cli("data", "synth", "--rows", "300", "--out", tmp_path / "t.csv")[0] == 0
+    monkeypatch.setattr(korllama.decision.DecisionRule, "save", interrupted)  # after the evaluation's two files
+    code, _, err = cli("baseline", "--train", tmp_path / "t.csv", "--budget", "0", "--out", tmp_path / "b")
     assert code == 130
-    assert " ".join(err.split()) == f"interrupted; already written: {tmp_path / 'r' / 'confusion.png'} (nothing else)"
+    last = " ".join(err.split()).split(" interrupted; ")[-1]  # after the search's progress lines
+    assert last == (f"already written: {tmp_path / 'b' / 'metrics.json'}, {tmp_path / 'b' / 'predictions.csv'} "
+                    "(nothing else)")
 
 
 def test_output_to_a_file_or_pipe_is_not_wrapped(tmp_path, cli):

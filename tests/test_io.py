@@ -12,7 +12,7 @@ import pytest
 
 from korllama import io
 from korllama.errors import KorllamaError
-from korllama.io import atomic_path, check_out_dir, check_out_file, json_text, write_json
+from korllama.io import atomic_path, claim_dir, claim_file, json_text, write_json
 
 
 def tree(root: Path) -> list[Path]:
@@ -73,6 +73,11 @@ def test_write_json_is_atomic_and_valid(tmp_path):
 
 # --- output paths -----------------------------------------------------------------------------------------------
 
+def claim_evaluation(path, overwrite=False, option="--out"):
+    names = ("metrics.json", "predictions.csv")
+    return claim_dir(path, overwrite, owns=names, writes=names, what="an evaluation", option=option)
+
+
 @pytest.fixture
 def place(tmp_path) -> Path:
     (tmp_path / "folder").mkdir()
@@ -81,11 +86,11 @@ def place(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("check,rel,piece", [
-    (check_out_file, "folder", "is a folder; it must name a file"),
-    (check_out_file, "file.csv/out.csv", "file.csv is a file, not a folder"),
-    (check_out_file, "file.csv/deeper/out.csv", "file.csv is a file, not a folder"),
-    (check_out_dir, "file.csv", "is a file; it must name a folder"),
-    (check_out_dir, "file.csv/eval", "file.csv is a file, not a folder"),
+    (claim_file, "folder", "is a folder; it must name a file"),
+    (claim_file, "file.csv/out.csv", "file.csv is a file, not a folder"),
+    (claim_file, "file.csv/deeper/out.csv", "file.csv is a file, not a folder"),
+    (claim_evaluation, "file.csv", "is a file; it must name a folder"),
+    (claim_evaluation, "file.csv/eval", "file.csv is a file, not a folder"),
 ])
 def test_wrong_kind_of_output_is_refused_and_nothing_is_made(place, check, rel, piece):
     before = tree(place)
@@ -95,7 +100,7 @@ def test_wrong_kind_of_output_is_refused_and_nothing_is_made(place, check, rel, 
     assert tree(place) == before
 
 
-@pytest.mark.parametrize("check", [check_out_file, check_out_dir])
+@pytest.mark.parametrize("check", [claim_file, claim_evaluation])
 def test_a_place_that_takes_no_files_is_found_by_trying(check):
     if not Path("/proc/self").is_dir():
         pytest.skip("needs Linux /proc")
@@ -104,7 +109,7 @@ def test_a_place_that_takes_no_files_is_found_by_trying(check):
         check("/proc/x")
 
 
-@pytest.mark.parametrize("check", [check_out_file, check_out_dir])
+@pytest.mark.parametrize("check", [claim_file, claim_evaluation])
 def test_a_refused_trial_file_is_a_sentence(place, monkeypatch, check):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
@@ -116,15 +121,15 @@ def test_a_refused_trial_file_is_a_sentence(place, monkeypatch, check):
 
 def test_good_outputs_pass_and_leave_nothing(place):
     before = tree(place)
-    assert check_out_file(place / "file.csv") == place / "file.csv"  # replaced atomically later
-    assert check_out_file(place / "new" / "deeper" / "out.csv") == place / "new" / "deeper" / "out.csv"
-    assert check_out_file(Path("relative.csv")) == Path("relative.csv")
-    assert check_out_dir(place / "folder") == place / "folder"
-    assert check_out_dir(place / "new" / "eval") == place / "new" / "eval"
+    assert claim_file(place / "file.csv", overwrite=True) == place / "file.csv"  # replaced atomically later
+    assert claim_file(place / "new" / "deeper" / "out.csv") == place / "new" / "deeper" / "out.csv"
+    assert claim_file(Path("relative.csv")) == Path("relative.csv")
+    assert claim_evaluation(place / "folder") == place / "folder"
+    assert claim_evaluation(place / "new" / "eval") == place / "new" / "eval"
     assert tree(place) == before  # no folder made, no trial file left
 
 
 def test_a_folder_where_an_output_file_goes_is_refused(place):
     (place / "folder" / "metrics.json").mkdir()
     with pytest.raises(KorllamaError, match=r"metrics\.json is a folder, so metrics\.json cannot be written"):
-        check_out_dir(place / "folder", files=("metrics.json", "predictions.csv"))
+        claim_evaluation(place / "folder", overwrite=True)

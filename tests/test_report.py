@@ -88,10 +88,7 @@ def test_compare_writes_a_self_contained_report(two_systems, tmp_path):
     assert "training curve: tuned &lt;tiny&gt;" in page
     assert all(base64.b64decode(s.split(",", 1)[1]).startswith(PNG) for s in sources)
 
-    assets = tmp_path / "out" / "report"
-    pngs = sorted(p.name for p in assets.iterdir())
-    assert pngs == ["confusion.png", "per_class_f1.png", "reliability.png"]
-    assert all((assets / name).read_bytes().startswith(PNG) for name in pngs)
+    assert not (tmp_path / "out" / "report").exists()  # one file: no folder of PNGs beside it
 
 
 def test_compare_shows_each_training_curve_once(two_systems, tmp_path):
@@ -114,8 +111,7 @@ def test_compare_without_probabilities_has_no_reliability_plot(two_systems, tmp_
     _, baseline_dir, _, _ = two_systems
     out = tmp_path / "only.html"
     compare([baseline_dir], out)
-    assert not (tmp_path / "only" / "reliability.png").exists()
-    assert (tmp_path / "only" / "confusion.png").read_bytes().startswith(PNG)
+    assert not (tmp_path / "only").exists()
     assert out.read_text("utf-8").count("data:image/png;base64,") == 2
 
 
@@ -211,11 +207,11 @@ def test_a_broken_metrics_json_is_one_sentence(tmp_path, text, piece):
         load_evaluation(tmp_path / "e")
 
 
-def test_a_report_name_without_a_suffix_keeps_its_plots_apart(two_systems, tmp_path):
+def test_a_report_name_without_a_suffix_is_one_file(two_systems, tmp_path):
     tuned_dir, _, _, _ = two_systems
     compare([tuned_dir], tmp_path / "report")
     assert (tmp_path / "report").read_text("utf-8").startswith("<!doctype html>")
-    assert (tmp_path / "report_plots" / "confusion.png").read_bytes().startswith(PNG)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("report")) == ["report"]
 
 
 def test_compare_shows_where_the_llm_and_the_trees_disagree(run_dir, tmp_path):

@@ -11,6 +11,7 @@ from korllama.data import Table, as_table, split
 from korllama.decision import decision_choice
 from korllama.evaluate import metrics, side_by_side, write_evaluation
 from korllama.groups import group_columns  # the rows' columns, for group metrics in `korllama compare`
+from korllama.outputs import DECISION_FILE
 from korllama.scoring import predict_labels
 
 
@@ -44,5 +45,5 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
                   decision=side_by_side(fitted.rule, score_on.labels, proba, score_on.ids.astype(str), classes))
     groups, result["group_columns"] = group_columns(score_on)
     write_evaluation(out_dir, result, score_on.ids, score_on.labels, pred, proba, classes, groups)
-    fitted.rule.save(Path(out_dir) / "decision.json")  # what `--decision macro-f1` applies, fitted on inner rows
+    fitted.rule.save(Path(out_dir) / DECISION_FILE)  # what `--decision macro-f1` applies, fitted on inner rows
     return result

@@ -79,6 +79,10 @@ DecisionOption = Annotated[Decision, typer.Option(
                        "rows at training, which weighs rare labels up for a higher macro-F1 (the competition's "
                        "metric).")]
 
+OverwriteOption = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace an existing --out of this command's own kind (never a run, a folder of other "
+                        "files, a device or a FIFO). Without it an existing output is refused.")]
+
 ChunkOption = Annotated[int | None, typer.Option(
     "--chunk-rows", min=1, help="Rows read, scored and written at a time (default 10,000): memory follows it, "
                                 "not the table.")]
@@ -120,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _refuse(sentence: str) -> int:
-    err_console.print(f"[bold red]error:[/] {escape(sentence)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(sentence)}", highlight=False, soft_wrap=True,
+                      emoji=False)  # ':x:' in a quoted value stays ':x:', not an emoji
     return 2
 
 

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 
 from korllama.cli.app import (
+    OverwriteOption,
     SpecOption,
     app,
     console,
@@ -69,15 +70,16 @@ def data_synth(
     out: Annotated[Path, typer.Option("--out", help="Where to write the CSV.")],
     rows: Annotated[int, typer.Option("--rows", min=1, help="Number of rows.")] = 4000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same table.")] = 0,
+    overwrite: OverwriteOption = False,
 ):
     """Write a synthetic loan table with the real headers, raw formats and grade structure.
 
     Example: korllama data synth --rows 4000 --seed 0 --out synthetic.csv
     """
-    from korllama.io import check_out_file, write_csv
+    from korllama.io import claim_file, write_csv
     from korllama.synth import synthesize
 
-    check_out_file(out)
+    claim_file(out, overwrite)
     frame = synthesize(rows, seed)
     try:
         write_csv(out, frame)

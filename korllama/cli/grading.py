@@ -13,6 +13,7 @@ from korllama.cli.app import (
     BaseOption,
     ChunkOption,
     DecisionOption,
+    OverwriteOption,
     RunArg,
     SpecOption,
     app,
@@ -32,6 +33,7 @@ def predict_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     chunk_rows: ChunkOption = None,
     decision: DecisionOption = Decision.ARGMAX,
+    overwrite: OverwriteOption = False,
 ):
     """Grade every row (rank scoring) and write the competition's submission format: ID,대출등급, input order.
 
@@ -43,9 +45,9 @@ def predict_cmd(
       korllama predict runs/dacon-tiny --data ../shared/data/dacon-loan/test.csv --out submission.csv
       accelerate launch --num_processes 8 -m korllama predict runs/big --data big.csv --out big-graded.csv
     """
-    from korllama.io import check_out_file
+    from korllama.io import claim_file
 
-    check_out_file(out)  # before torch is even imported
+    claim_file(out, overwrite)  # before torch is even imported
     from korllama.predict import predict_file
     from korllama.run import Run
 
@@ -61,7 +63,9 @@ def predict_cmd(
 def evaluate_cmd(
     run: RunArg = None,
     data: Annotated[Path, typer.Option("--data", help="Labelled table.")] = ...,
-    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and predictions.csv.")] = ...,
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and predictions.csv: new or empty "
+                                                    "(an evaluation is replaced with --overwrite, its folder's "
+                                                    "explanation with it).")] = ...,
     mode: Annotated[Mode, typer.Option("--mode", help="score (rank scoring, default) or generate (the original's "
                                                       "sampling + parsing).")] = Mode.SCORE,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Score a seeded sample of N rows.")] = None,
@@ -72,6 +76,7 @@ def evaluate_cmd(
     name: Annotated[str | None, typer.Option("--name", help="System name in reports (default: the run's).")] = None,
     chunk_rows: ChunkOption = None,
     decision: DecisionOption = Decision.ARGMAX,
+    overwrite: OverwriteOption = False,
 ):
     """Score a run (or a base model) on labelled rows: macro-F1, accuracy, QWK, per-grade figures, confusion.
 
@@ -81,11 +86,12 @@ def evaluate_cmd(
       korllama evaluate runs/dacon-tiny --data ... --held-out --mode generate --limit 200 --out runs/eval/generate
       accelerate launch --num_processes 8 -m korllama evaluate runs/big --data big.csv --out runs/eval/big
     """
-    from korllama.evaluate import OUTPUT_FILES, evaluate_run
-    from korllama.io import check_out_dir
+    from korllama.outputs import claim_evaluation
+
+    claim_evaluation(out, overwrite)
+    from korllama.evaluate import evaluate_run
     from korllama.run import Run
 
-    check_out_dir(out, files=OUTPUT_FILES)
     r = evaluate_run(Run.load(run, base), data, out, mode=mode, limit=limit, held_out=held_out,
                      batch_size=batch_size, system=name, console=err_console, chunk_rows=chunk_rows, decision=decision)
     if not r:  # another process of `accelerate launch`: the main process writes and reports
@@ -105,7 +111,8 @@ def baseline_cmd(
     train_file: Annotated[Path, typer.Option("--train", help="Labelled table to fit on.")] = ...,
     eval_file: Annotated[Path | None, typer.Option("--eval", help="Labelled table to score (default: the "
                                                                   "held-out split of --train).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and predictions.csv.")] = ...,
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, predictions.csv and decision.json: "
+                                                    "new or empty (an evaluation: --overwrite).")] = ...,
     schema: SpecOption = None,
     config_file: Annotated[str | None, typer.Option(
         "--config", help="A run's config.yaml (or a built-in config name): its data.valid_fraction, data.split_seed "
@@ -120,6 +127,7 @@ def baseline_cmd(
     budget: Annotated[float, typer.Option("--budget", min=0, help="Seconds for the parameter search: settings are "
                                                                    "tried until the next would not fit (the first "
                                                                    "always runs).")] = 600,
+    overwrite: OverwriteOption = False,
 ):
     """Gradient-boosted trees (LightGBM) on the cleaned columns plus the derived features, same metrics.
 
@@ -130,12 +138,12 @@ def baseline_cmd(
 
     Example: korllama baseline --train ../shared/data/dacon-loan/train.csv --out runs/eval/baseline
     """
+    from korllama.outputs import claim_evaluation
+
+    claim_evaluation(out, overwrite)
     from korllama.baseline.command import run_baseline
     from korllama.config import load_config
-    from korllama.evaluate import OUTPUT_FILES
-    from korllama.io import check_out_dir
 
-    check_out_dir(out, files=(*OUTPUT_FILES, "decision.json"))
     data = load_config(config_file).data  # the defaults when no config is named: one source for the split
     r = run_baseline(train_file, eval_file, out, schema or data.spec,
                      data.valid_fraction if valid_fraction is None else valid_fraction,
@@ -152,8 +160,9 @@ def baseline_cmd(
 def explain_cmd(
     run: Annotated[Path, typer.Argument(help="A run directory made by `korllama train`.", show_default=False)],
     data: Annotated[Path, typer.Option("--data", help="Table whose rows to explain (labelled or not).")] = ...,
-    out: Annotated[Path, typer.Option("--out", help="Folder for reasons.csv and explain.json (an evaluation "
-                                                    "folder: `korllama compare` then shows the importance).")] = ...,
+    out: Annotated[Path, typer.Option("--out", help="Folder for reasons.csv and explain.json: new, or the same "
+                                                    "system's evaluation folder (`korllama compare` then shows the "
+                                                    "importance).")] = ...,
     ids: Annotated[list[str] | None, typer.Option("--id", help="Explain this row (repeat for more); default: "
                                                                "every row.")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Reasons printed per row.")] = 3,
@@ -165,6 +174,7 @@ def explain_cmd(
                                                               "training split instead of the run's model.")] = False,
     show: Annotated[int, typer.Option("--show", min=0, help="Rows printed in words (all of them with --id).")] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    overwrite: OverwriteOption = False,
 ):
     """Why each row got its grade: every field the prompt carries is set to a typical value in turn and the row is
     scored again; the reason is the change in the probability of the predicted grade.
@@ -178,6 +188,9 @@ def explain_cmd(
           --out runs/eval/tuned
       korllama explain runs/dacon-tiny --baseline --data ... --held-out --limit 1000 --out runs/eval/baseline
     """
+    from korllama.outputs import claim_explanation
+
+    claim_explanation(out, overwrite, run, baseline)
     from korllama.explain import explain_run
     from korllama.run import Run
 
@@ -204,8 +217,9 @@ def compare_cmd(
     allow_different_rows: Annotated[bool, typer.Option(
         "--allow-different-rows", help="Compare evaluations scored on different rows (the report then says so, "
                                        "with each system's row count).")] = False,
+    overwrite: OverwriteOption = False,
 ):
-    """Write one self-contained HTML report comparing evaluations, with plots.
+    """Write one self-contained HTML report comparing evaluations, its plots embedded (no other file is written).
 
     The report holds a table of figures, confusion matrices, F1 per grade, a reliability diagram and the
     training curves. The systems must have been scored on the same rows (the IDs in each predictions.csv),
@@ -213,10 +227,10 @@ def compare_cmd(
 
     Example: korllama compare runs/eval/before runs/eval/tuned runs/eval/baseline --out report.html
     """
-    from korllama.io import check_out_dir, check_out_file
-    from korllama.report import compare, plots_folder
+    from korllama.io import claim_file
 
-    check_out_file(out)
-    check_out_dir(plots_folder(out), option=f"--out {out}: its plots folder")
+    claim_file(out, overwrite)
+    from korllama.report import compare
+
     r = compare(folders, out, title, allow_different_rows=allow_different_rows)
     console.print(f"wrote {escape(str(out))}: " + ", ".join(f"{s} {f:.4f}" for s, f in r["systems"]))

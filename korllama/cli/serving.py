@@ -11,10 +11,12 @@ from rich.markup import escape
 from korllama.choices import Decision
 from korllama.cli.app import (
     DecisionOption,
+    OverwriteOption,
     app,
     console,
     err_console,
 )
+from korllama.errors import KorllamaError
 
 
 @app.command("export")
@@ -34,6 +36,9 @@ def export_cmd(
 
     Example: korllama export runs/dacon-tiny --out exports/dacon-tiny
     """
+    from korllama.export import claim_export
+
+    claim_export(out, overwrite)  # before the run's weights are loaded
     from korllama.export import export_run
     from korllama.run import Run
 
@@ -67,13 +72,18 @@ def serve_cmd(
 
     import uvicorn
 
+    token = os.environ.get("KORLLAMA_TOKEN")
+    if token is not None and token != token.strip():
+        raise KorllamaError("KORLLAMA_TOKEN is blank or starts or ends with a space, which no HTTP client can send "
+                            "(header values are trimmed); set a token without spaces at its ends, or unset it.")
+    _check_port(host, port)  # before the model is loaded: a busy port is one sentence, not uvicorn's exit 3
     from korllama.run import Run
     from korllama.serve import create_app
 
     served = Run.load(run, way_out="serve the --out folder of a finished `korllama train`")
     application = create_app(served, max_batch=max_batch, max_wait_ms=max_wait_ms, decision=decision)
     shown = f"[{host}]" if ":" in host else host
-    has_token = bool(os.environ.get("KORLLAMA_TOKEN"))
+    has_token = bool(token)
     auth = "bearer token required ($KORLLAMA_TOKEN)" if has_token else "no token"
     console.print(f"serving {escape(str(run))} on {escape(f'http://{shown}:{port}')} (the page at /, docs at /docs, "
                   f"{auth}); Ctrl+C stops",
@@ -84,20 +94,45 @@ def serve_cmd(
     uvicorn.run(application, host=host, port=port, log_level="info")
 
 
+DEMO_FILES = ("data.csv", "run", "eval", "report.html")  # what marks a demo's folder (korllama.demo writes them)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind the address as uvicorn will (SO_REUSEADDR, so a port in TIME_WAIT passes), then let it go."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except socket.gaierror:
+            raise KorllamaError(f"--host {host} is not an address this machine can listen on (e.g. 127.0.0.1 or "
+                                "0.0.0.0).") from None
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise KorllamaError(f"Port {port} on {host} is already in use (another server listens there); stop "
+                                    "it, or choose another --port.") from None
+            raise KorllamaError(f"Cannot listen on {host} port {port}: {exc.strerror or exc}.") from None
+
+
 @app.command("demo")
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option("--out", help="The demo's folder: new or empty (a previous demo is replaced "
+                                                    "with --overwrite).")] = Path("runs/demo"),
     rows: Annotated[int, typer.Option("--rows", min=50, help="Rows of synthetic data.")] = 4000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    overwrite: OverwriteOption = False,
 ):
     """Run the whole loop on the embedded default: synthetic data -> train -> evaluate -> report (~1 min).
 
     Synthetic loan table -> check -> prompts -> the tiny Llama trained with configs/demo.yaml -> evaluation before
     and after tuning on held-out rows -> LightGBM baseline -> runs/demo/report.html.
     """
-    from korllama.io import check_out_dir
+    from korllama.io import claim_dir
 
-    check_out_dir(out)  # before torch is even imported
+    claim_dir(out, overwrite, owns=DEMO_FILES, writes=None, what="a demo")  # before torch is even imported
     from korllama.demo import run_demo
 
     run_demo(out, rows=rows, seed=seed, console=console)

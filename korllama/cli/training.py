@@ -42,18 +42,23 @@ def train_cmd(
     """
     from korllama.card import document_run
     from korllama.config import load_config
-    from korllama.run import Run
+    from korllama.io import check_place
+    from korllama.run import Run, RunDir
     from korllama.training import train
 
     if resume and overwrite:
         raise KorllamaError("--resume continues a run and --overwrite replaces it: choose one.")
     extra = list(overrides or []) + ([f"data.train={data}"] if data else [])
-    cfg = load_config(config, extra) if config is not None or extra else None
+    if resume and out is None and config is None:
+        raise KorllamaError("--resume needs --out: the run directory to continue.")
+    if resume and config is None and RunDir(out).is_run:
+        cfg = load_config(RunDir(out).config, extra) if extra else None  # the overrides apply to the run's config
+    else:
+        cfg = load_config(config, extra) if config is not None or extra else None
     if cfg is None and not resume:
         raise KorllamaError("train needs --config: a YAML file or a built-in name (e.g. --config demo).")
-    if out is None and cfg is None:
-        raise KorllamaError("--resume needs --out: the run directory to continue.")
     run_dir = out or Path("runs") / cfg.name
+    check_place(run_dir)  # a file, a device, /proc, inside another run: refused before any work
     summary = train(cfg, run_dir, resume=resume, overwrite=overwrite)
     if summary:  # the main process: the training curve and the model card, once the run is finished
         document_run(Run.load(run_dir))

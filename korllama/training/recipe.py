@@ -90,9 +90,9 @@ def resumed_config(run: RunDir, asked: RunConfig | None) -> RunConfig:
     if asked is not None:
         for key, old, new in _differences(saved.model_dump(mode="json"), asked.model_dump(mode="json")):
             if key not in RESUMABLE_CHANGES:
-                raise KorllamaError(f"--resume continues {run} with its own config.yaml, but this command sets {key} "
-                                    f"to {new!r} (the run has {old!r}); drop that setting to resume, or train a "
-                                    "new run with another --out.")
+                raise KorllamaError(f"--resume continues {run} with its own config.yaml, which has {key} = "
+                                    f"{old!r}, but the config given here has {new!r}; drop --config (and that "
+                                    "override) to resume, or train a new run with another --out.")
     return saved
 
 
@@ -116,6 +116,10 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, t
     state = PartialState()
     run = RunDir(run_dir)
     if resume:
+        if run.finished:
+            raise KorllamaError(f"{run} finished at step {run.read_summary().get('global_step', '?')}: there is "
+                                "nothing to resume; train a new run with another --out, or pass --overwrite "
+                                "(without --resume) to train it again.")
         config = resumed_config(run, config)
         resume_from = run.last_complete_checkpoint()
         if resume_from is None:

@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from korllama.errors import ConfigError
+from korllama.errors import ConfigError, quote
 
 BUILTIN_SPECS = ("loan",)
 
@@ -190,9 +190,9 @@ def describe_validation_error(exc: ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         return f"unknown key {where!r}"
     if err["type"] == "literal_error":
-        return f"{where}: {err['input']!r} is not allowed ({err['ctx']['expected']})"
+        return f"{where}: {quote(err['input'])} is not allowed ({err['ctx']['expected']})"
     shown = "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict | list)
-    got = f" (got {err['input']!r})" if shown else ""
+    got = f" (got {quote(err['input'])})" if shown else ""
     return f"{where}: {err['msg'].removeprefix('Value error, ')}{got}"
 
 

@@ -117,6 +117,11 @@ def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch
     finally:
         if was_training:
             model.train()
+    broken = int((~np.isfinite(out).all(axis=1)).sum())
+    if broken:  # NaN grades as the first label under argmax: never let such a probability out
+        raise KorllamaError(f"The model's probabilities are not finite (NaN or infinity) for {broken:,} of "
+                            f"{len(out):,} rows: its weights are damaged or overflowed, so nothing is graded with "
+                            "them.")
     return out
 
 

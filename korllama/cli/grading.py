@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from korllama.choices import Decision, Mode
 from korllama.cli.app import (
+    AllowUnfinishedOption,
     BaseOption,
     ChunkOption,
     DecisionOption,
@@ -32,6 +33,7 @@ def predict_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     chunk_rows: ChunkOption = None,
     decision: DecisionOption = Decision.ARGMAX,
+    allow_unfinished: AllowUnfinishedOption = False,
 ):
     """Grade every row (rank scoring) and write the competition's submission format: ID,대출등급, input order.
 
@@ -49,7 +51,7 @@ def predict_cmd(
     from korllama.predict import predict_file
     from korllama.run import Run
 
-    result = predict_file(Run.load(run, base), data, out, proba, batch_size, console=err_console,
+    result = predict_file(Run.load(run, base, allow_unfinished=allow_unfinished), data, out, proba, batch_size, console=err_console,
                           chunk_rows=chunk_rows, decision=decision)
     if not result:  # another process of `accelerate launch`: the main process writes the file and reports
         return
@@ -72,6 +74,7 @@ def evaluate_cmd(
     name: Annotated[str | None, typer.Option("--name", help="System name in reports (default: the run's).")] = None,
     chunk_rows: ChunkOption = None,
     decision: DecisionOption = Decision.ARGMAX,
+    allow_unfinished: AllowUnfinishedOption = False,
 ):
     """Score a run (or a base model) on labelled rows: macro-F1, accuracy, QWK, per-grade figures, confusion.
 
@@ -86,7 +89,7 @@ def evaluate_cmd(
     from korllama.run import Run
 
     check_out_dir(out, files=OUTPUT_FILES)
-    r = evaluate_run(Run.load(run, base), data, out, mode=mode, limit=limit, held_out=held_out,
+    r = evaluate_run(Run.load(run, base, allow_unfinished=allow_unfinished), data, out, mode=mode, limit=limit, held_out=held_out,
                      batch_size=batch_size, system=name, console=err_console, chunk_rows=chunk_rows, decision=decision)
     if not r:  # another process of `accelerate launch`: the main process writes and reports
         return
@@ -164,6 +167,7 @@ def explain_cmd(
                                                               "training split instead of the run's model.")] = False,
     show: Annotated[int, typer.Option("--show", min=0, help="Rows printed in words (all of them with --id).")] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    allow_unfinished: AllowUnfinishedOption = False,
 ):
     """Why each row got its grade: every field the prompt carries is set to a typical value in turn and the row is
     scored again; the reason is the change in the probability of the predicted grade.
@@ -180,8 +184,9 @@ def explain_cmd(
     from korllama.explain import explain_run
     from korllama.run import Run
 
-    reasons, summary = explain_run(Run.load(run), data, out, ids=ids, held_out=held_out, limit=limit, baseline=baseline,
-                                   batch_size=batch_size, console=err_console)
+    reasons, summary = explain_run(Run.load(run, allow_unfinished=allow_unfinished), data, out, ids=ids,
+                                   held_out=held_out, limit=limit, baseline=baseline, batch_size=batch_size,
+                                   console=err_console)
     shown = len(reasons) if ids else min(show, len(reasons))
     for i in range(shown):
         label = reasons.classes[reasons.predicted[i]]

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from korllama.choices import Decision
 from korllama.cli.app import (
+    AllowUnfinishedOption,
     DecisionOption,
     app,
     console,
@@ -55,6 +56,7 @@ def serve_cmd(
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long the first pending request "
                                                                             "waits for others to batch with.")] = 10,
     decision: DecisionOption = Decision.ARGMAX,
+    allow_unfinished: AllowUnfinishedOption = False,
 ):
     """Serve the run's rank scoring over HTTP: POST /v1/grade, GET /health, docs at /docs.
 
@@ -70,7 +72,8 @@ def serve_cmd(
     from korllama.run import Run
     from korllama.serve import create_app
 
-    served = Run.load(run, way_out="serve the --out folder of a finished `korllama train`")
+    served = Run.load(run, way_out="serve the --out folder of a finished `korllama train`",
+                      allow_unfinished=allow_unfinished)
     application = create_app(served, max_batch=max_batch, max_wait_ms=max_wait_ms, decision=decision)
     shown = f"[{host}]" if ":" in host else host
     has_token = bool(os.environ.get("KORLLAMA_TOKEN"))

@@ -51,8 +51,9 @@ def predict_cmd(
     from korllama.predict import predict_file
     from korllama.run import Run
 
-    result = predict_file(Run.load(run, base, allow_unfinished=allow_unfinished), data, out, proba, batch_size, console=err_console,
-                          chunk_rows=chunk_rows, decision=decision)
+    loaded = Run.load(run, base, allow_unfinished=allow_unfinished)
+    result = predict_file(loaded, data, out, proba, batch_size, console=err_console, chunk_rows=chunk_rows,
+                          decision=decision)
     if not result:  # another process of `accelerate launch`: the main process writes the file and reports
         return
     shares = "  ".join(f"{k} {v / result['rows']:.1%}" for k, v in result["counts"].items())
@@ -89,7 +90,8 @@ def evaluate_cmd(
     from korllama.run import Run
 
     check_out_dir(out, files=OUTPUT_FILES)
-    r = evaluate_run(Run.load(run, base, allow_unfinished=allow_unfinished), data, out, mode=mode, limit=limit, held_out=held_out,
+    loaded = Run.load(run, base, allow_unfinished=allow_unfinished)
+    r = evaluate_run(loaded, data, out, mode=mode, limit=limit, held_out=held_out,
                      batch_size=batch_size, system=name, console=err_console, chunk_rows=chunk_rows, decision=decision)
     if not r:  # another process of `accelerate launch`: the main process writes and reports
         return

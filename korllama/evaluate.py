@@ -147,6 +147,10 @@ def evaluate_run(run: Run, data: str | Path | Table, out_dir: str | Path, mode: 
         if limit is not None and limit < len(rows):
             rows = rows.sample(limit, seed=0)
         select = rows.frame["_position"].to_numpy()
+        if not len(select):  # only with the rule: every row chosen was one it was fitted on
+            raise KorllamaError(f"--decision macro-f1: every row chosen from {stream.source} is one the run's decision "
+                                "rule was fitted on, and a rule is never judged on those; score other rows, or use "
+                                "--decision argmax.")
         rows = checked.ids = checked.labels = None  # what chose them is no longer needed
     n = checked.rows if select is None else len(select)
     classes = run.classes
@@ -226,7 +230,7 @@ def held_out_rows(run: Run, data: str | Path | Table, table: Table) -> Table:
     if run.dir is not None and run.dir.finished:
         record = run.dir.read_summary().get("data")
     if run.dir is not None and record is None:
-        warnings.warn(f"{run} does not record the table it was trained on (a run made by an older korllama), so "
+        warnings.warn(f"{run.root} does not record the table it was trained on (a run made by an older korllama), so "
                       f"--held-out cannot check that {table.source} is that table.", stacklevel=2)
     if record is not None:
         if record["source"] == "synthetic":
@@ -243,9 +247,9 @@ def held_out_rows(run: Run, data: str | Path | Table, table: Table) -> Table:
                 same = len(table) == record["rows"]
             trained_on = f"{record['source']}, {record['rows']:,} rows"
         if not same:
-            raise KorllamaError(f"--held-out: {table.source} is not the table {run} was trained on ({trained_on}); "
-                                "its held-out rows exist only in that table: pass it as --data, or leave out "
-                                f"--held-out to score every row of {table.source}.")
+            raise KorllamaError(f"--held-out: {table.source} is not the table {run.root} was trained on "
+                                f"({trained_on}); its held-out rows exist only in that table: pass it as --data, or "
+                                f"leave out --held-out to score every row of {table.source}.")
     return run.split(table)[1]
 
 

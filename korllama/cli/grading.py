@@ -100,9 +100,13 @@ def evaluate_cmd(
                   f"{qwk(r)}on {r['n']:,} rows ({r['rows_per_s']:.1f} rows/s{extra}) -> {escape(str(out))}")
     if r.get("decision"):
         d = r["decision"]
-        console.print(f"decision rule, on the {d['rows']:,} rows it was not fitted on: argmax "
-                      f"{d['argmax']['macro_f1']:.4f} -> rule {d['macro-f1']['macro_f1']:.4f} "
-                      f"(--decision {r['decision_rule']} chose the predictions)")
+        if not d["rows"]:
+            console.print(f"decision rule: all {r['n']:,} scored rows are rows it was fitted on, so none is left to "
+                          "judge it (metrics.json's decision.rows is 0); score other rows to compare it with argmax")
+        else:
+            console.print(f"decision rule, on the {d['rows']:,} rows it was not fitted on: argmax "
+                          f"{d['argmax']['macro_f1']:.4f} -> rule {d['macro-f1']['macro_f1']:.4f} "
+                          f"(--decision {r['decision_rule']} chose the predictions)")
 
 
 @app.command("baseline")

@@ -1,0 +1,100 @@
+"""Bad inputs a hostile pass found (issue 20, the runs / weights / data half): each is one sentence, or said in
+words, never a traceback; a user's value is quoted at most ~80 characters."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+from fixtures import RUN_ROWS
+
+from korllama.errors import quote
+from korllama.synth import synthesize
+
+# --- evaluate: a decision rule fitted on every scored row (item 2) ---------------------------------------------
+
+
+def _rule_fitted_on_every_row(run_dir, tmp_path):
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    data = tmp_path / "data.csv"
+    synthesize(RUN_ROWS, 0).to_csv(data, index=False)  # the run's own table: --held-out accepts it
+    rule = json.loads((run / "decision.json").read_text("utf-8"))
+    rule["fitted_ids"] = pd.read_csv(data)["ID"].tolist()  # as a demo-config run, whose rule took every valid row
+    (run / "decision.json").write_text(json.dumps(rule), "utf-8")
+    return run, data
+
+
+def test_evaluate_says_when_no_row_is_left_to_judge_the_rule(run_dir, tmp_path, cli):
+    run, data = _rule_fitted_on_every_row(run_dir, tmp_path)
+    for extra in (["--held-out"], ["--limit", "5"]):
+        out = tmp_path / f"eval{len(extra)}"
+        code, stdout, err = cli("evaluate", run, "--data", data, *extra, "--out", out)
+        assert code == 0, err
+        assert "none is left to judge it" in stdout, stdout
+        assert json.loads((out / "metrics.json").read_text())["decision"]["rows"] == 0
+
+
+def test_evaluate_with_the_rule_refuses_when_every_row_fitted_it(run_dir, tmp_path, cli):
+    run, data = _rule_fitted_on_every_row(run_dir, tmp_path)
+    code, _, err = cli("evaluate", run, "--data", data, "--held-out", "--decision", "macro-f1", "--out",
+                       tmp_path / "e")
+    assert code == 2 and "never judged on those" in err, err
+    assert not (tmp_path / "e").exists()
+
+
+# --- a value quoted in an error, and CSV fields of any size (item 6) ------------------------------------------------
+
+
+def test_quote_keeps_a_value_short():
+    assert quote("abc") == "'abc'"
+    long = quote("x" * 1_000_000)
+    assert len(long) < 100 and "1,000,000 characters" in long
+    assert "309 characters" in quote(str(10 ** 308))
+
+
+def _huge_field(tmp_path, column="대출목적", rows=60):
+    frame = synthesize(rows, 0)
+    frame[column] = frame[column].astype(object)
+    frame.loc[3, column] = "y" * 1_000_000  # a megabyte in one cell
+    path = tmp_path / "huge.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_a_megabyte_field_is_one_short_sentence_in_data_check(tmp_path, cli):
+    code, _, err = cli("data", "check", _huge_field(tmp_path))
+    assert code == 2 and "Traceback" not in err and "field larger" not in err, err[:300]
+    assert "line 5, column 대출목적" in err and "1,000,000 characters" in err
+    assert len(err) < 1000
+
+
+def test_a_megabyte_field_is_one_short_sentence_in_predict(run_dir, tmp_path, cli):
+    code, _, err = cli("predict", run_dir, "--data", _huge_field(tmp_path), "--out", tmp_path / "s.csv")
+    assert code == 2 and "1,000,000 characters" in err and len(err) < 1000, err[:300]
+
+
+def test_a_megabyte_field_is_one_short_sentence_in_train(tmp_path, cli):
+    code, _, err = cli("train", "--config", "demo", "--data", _huge_field(tmp_path, rows=200), "--out",
+                       tmp_path / "run")
+    assert code == 2 and "1,000,000 characters" in err and len(err) < 1000, err[:300]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_huge_number_is_quoted_short(tmp_path, cli):
+    frame = synthesize(60, 0)
+    frame["대출기간"] = frame["대출기간"].astype(object)
+    frame.loc[2, "대출기간"] = str(10 ** 308)
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    code, _, err = cli("data", "check", path)
+    assert code == 2 and "309 characters" in err and len(err) < 600, err
+
+
+# --- config (low) ------------------------------------------------------------------------------------------------
+
+
+def test_max_steps_is_minus_one_or_at_least_one(cli, tmp_path):
+    for bad in ("-5", "0"):
+        code, _, err = cli("train", "--config", "demo", f"train.max_steps={bad}", "--out", tmp_path / "r")
+        assert code == 2 and "max_steps" in err, err

@@ -264,8 +264,9 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
     """
     import time
 
-    from korllama.baseline import fit_baseline
+    from korllama.baseline import TreeBaseline, fit_baseline
     from korllama.data import as_table, split
+    from korllama.data.table import require_splittable
     decision = decision_choice(decision)
 
     table = as_table(train, spec)
@@ -273,6 +274,9 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
         fit_on, score_on = split(table, valid_fraction, seed)
     else:
         fit_on, score_on = table, as_table(eval_data, table.spec)
+    inner = TreeBaseline().validation_fraction  # the trees stop early on this share of the fitting rows
+    require_splittable(fit_on, inner, what="the trees' fitting rows split for early stopping",
+                       way_out=" to fit on: a larger table")
     fitted = fit_baseline(fit_on, seed=seed, budget_s=budget_s, console=console)
     started = time.perf_counter()
     proba = fitted.model.predict_proba(score_on)

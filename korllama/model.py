@@ -301,9 +301,12 @@ def format_parameter_report(trainable: int, total: int) -> str:
     return f"Trainable: {trainable} | total: {total} | Percentage: {trainable / total * 100:.4f}%"
 
 
-def skeleton(architecture: str):
-    """A model with the architecture's shapes on the meta device: no weights, no memory, no download."""
-    if architecture in BUILTIN_ARCHITECTURES:
+def skeleton(architecture: str | dict):
+    """A model with the architecture's shapes on the meta device: no weights, no memory, no download.
+    `architecture`: a built-in name, a config.json (or its folder), or the config's keys."""
+    if isinstance(architecture, dict):
+        raw = dict(architecture)
+    elif architecture in BUILTIN_ARCHITECTURES:
         raw = dict(BUILTIN_ARCHITECTURES[architecture])
     else:
         path = Path(architecture).expanduser()

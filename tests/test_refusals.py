@@ -98,3 +98,41 @@ def test_max_steps_is_minus_one_or_at_least_one(cli, tmp_path):
     for bad in ("-5", "0"):
         code, _, err = cli("train", "--config", "demo", f"train.max_steps={bad}", "--out", tmp_path / "r")
         assert code == 2 and "max_steps" in err, err
+
+
+# --- baseline on a table too small for the trees' inner split (item 8) -------------------------------------------
+
+
+def test_baseline_on_a_tiny_table_is_one_sentence(tmp_path, cli):
+    data = tmp_path / "s50.csv"
+    synthesize(50, 0).to_csv(data, index=False)
+    code, _, err = cli("baseline", "--train", data, "--out", tmp_path / "O", "--budget", "1")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "early stopping" in err and "needs at least" in err
+    assert not (tmp_path / "O").exists()
+
+
+# --- the korllama cache where none can be (item 7); lora-info without converting (item 15) ---------------------
+
+
+def test_an_impossible_cache_is_one_sentence(tmp_path, cli, monkeypatch, loan_csv):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for cache in ("/proc/x", str(a_file)):
+        monkeypatch.setenv("KORLLAMA_CACHE", cache)
+        code, _, err = cli("predict", "--base", "smollm2-135m", "--data", loan_csv, "--out", tmp_path / "s.csv")
+        assert code == 2 and "Traceback" not in err and "set KORLLAMA_CACHE" in err, err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_lora_info_counts_a_named_base_without_converting_it(tmp_path, cli, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("KORLLAMA_CACHE", str(cache))
+    code, out, err = cli("lora-info", "--config", "smollm2-lora")
+    assert code == 0, err
+    trainable, total = (int(part.split(": ")[1]) for part in out.split(" | ")[:2])
+    assert total - trainable == 134_515_008  # SmolLM2-135M, as its converted folder counts (test_bases)
+    assert not any(cache.iterdir()), "lora-info wrote into the cache"
+    monkeypatch.setenv("KORLLAMA_CACHE", "/proc/x")  # it does not need a cache at all
+    assert cli("lora-info", "--config", "smollm2-lora")[1] == out

@@ -11,6 +11,7 @@ model and tokenizer — which every consumer (predict, evaluate, explain, serve,
     RUN/train_summary.json   written last: its presence means the run finished
     RUN/trainer_state.json, RUN/logs/ (tensorboard), RUN/train_curve.png, RUN/decision.json, RUN/model_card.md
     RUN/references.json      the neutral value of every field (training medians / most frequent), for explain
+    RUN/spec.yaml            the table spec the run was trained with, templates inlined: the run reads its own copy
     RUN/weights.json         the sha256 of every file of base/, model/, adapter/, tokenizer/ and of the checkpoints'
                              safetensors, recorded as they are written; every load checks them (verify_weights)
 """
@@ -32,7 +33,7 @@ from korllama.io import write_text
 from korllama.model import load_run_weights
 from korllama.prompts import Template, get_template
 from korllama.references import load_references, reference_values
-from korllama.schema import TableSpec, load_spec
+from korllama.schema import TableSpec, load_spec, spec_to_yaml
 from korllama.synth import synthetic_table
 
 
@@ -59,10 +60,15 @@ class RunDir:
     references = property(lambda self: self.root / "references.json")
     base_info = property(lambda self: self.root / "base.json")
     weights_record = property(lambda self: self.root / "weights.json")
+    spec = property(lambda self: self.root / "spec.yaml")
 
     def weights(self, lora: bool) -> Path:
         """Where the kept weights go: adapter/ for LoRA, model/ for full training."""
         return self.adapter if lora else self.model
+
+    def write_spec(self, spec: TableSpec) -> None:
+        """The run's own copy of its spec (templates inlined), so that it scores the same from any folder."""
+        write_text(self.spec, spec_to_yaml(spec))
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"checkpoint-{step}"
@@ -182,11 +188,13 @@ class RunDir:
 
 # --- what a run was trained on -------------------------------------------------------------------------------------
 
-def load_training_table(config: RunConfig) -> Table:
-    """The configured table, or the synthetic loan table when `data.train` is empty."""
+def load_training_table(config: RunConfig, spec: TableSpec | None = None) -> Table:
+    """The configured table, or the synthetic loan table when `data.train` is empty; read with `spec` (default:
+    the configured one)."""
+    spec = spec if spec is not None else load_spec(config.data.spec)
     if config.data.train is not None:
-        return read_table(config.data.train, config.data.spec)
-    return synthetic_table(config.data.synth_rows, config.data.synth_seed, load_spec(config.data.spec))
+        return read_table(config.data.train, spec)
+    return synthetic_table(config.data.synth_rows, config.data.synth_seed, spec)
 
 
 def data_fingerprint(config: RunConfig, table: Table) -> dict:
@@ -211,7 +219,12 @@ class Run:
         self.config = config
         self.dir = RunDir(root) if root is not None else None
         self.base = base
-        self.spec: TableSpec = table.spec if table is not None else load_spec(config.data.spec)
+        if table is not None:
+            self.spec: TableSpec = table.spec
+        elif self.dir is not None and self.dir.spec.is_file():  # the run's own copy: never a file of this folder
+            self.spec = load_spec(self.dir.spec)
+        else:
+            self.spec = load_spec(config.data.spec)
         self.template: Template = get_template(self.spec, config.prompt.template, config.prompt.fields)
         self.classes: list[str] = list(self.spec.label.classes)
         self._table = table
@@ -256,7 +269,7 @@ class Run:
     def training_table(self) -> Table:
         """The table the run was trained on (read once)."""
         if self._table is None:
-            self._table = load_training_table(self.config)
+            self._table = load_training_table(self.config, self.spec)
         return self._table
 
     def split(self, table: Table | None = None) -> tuple[Table, Table]:

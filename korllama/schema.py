@@ -179,8 +179,36 @@ def load_spec(spec: str | Path | None = None) -> TableSpec:
             if not file.is_file():
                 raise ConfigError(f"{source}: template {name!r} names {t.file}, which does not exist.")
             t = t.model_copy(update={"text": file.read_text("utf-8"), "file": None})
+        check_template(t.text, f"{source}: template {name!r}")
         templates[name] = t
+    for c in [*parsed.columns, *parsed.derived]:
+        if c.format:
+            check_template(f"{{x:{c.format}}}", f"{source}: {c.alias}'s format")
     return parsed.model_copy(update={"templates": templates})
+
+
+def check_template(text: str, where: str) -> None:
+    """Refuse, in one sentence, a template whose braces or format codes Python cannot use ({final:.0q}), when its
+    spec is read rather than when the first row is rendered. A number field is tried with 1 (a `d` code) or 1.0."""
+    import string
+
+    try:
+        fields = [(f, fmt, conv) for _, f, fmt, conv in string.Formatter().parse(text) if f is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{where} is not a valid format string: {exc}.") from None
+    for field, fmt, conversion in fields:
+        if not fmt or conversion == "k":
+            continue
+        try:
+            format(1 if fmt.endswith("d") else 1.0, fmt)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {{{field}:{fmt}}} has a format code Python cannot use ({exc}); see the "
+                              "format mini-language, e.g. .0f, ,d or .1%.") from None
+
+
+def spec_to_yaml(spec: TableSpec) -> str:
+    """A spec as one YAML file that load_spec reads back the same (its templates' text inlined)."""
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
 
 
 def describe_validation_error(exc: ValidationError) -> str:

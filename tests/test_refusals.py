@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 from fixtures import RUN_ROWS
@@ -136,3 +137,51 @@ def test_lora_info_counts_a_named_base_without_converting_it(tmp_path, cli, monk
     assert not any(cache.iterdir()), "lora-info wrote into the cache"
     monkeypatch.setenv("KORLLAMA_CACHE", "/proc/x")  # it does not need a cache at all
     assert cli("lora-info", "--config", "smollm2-lora")[1] == out
+
+
+# --- a template with a format code Python cannot use (item 18) ---------------------------------------------------
+
+STUDENTS = Path(__file__).resolve().parents[1] / "examples" / "students"
+
+
+def test_a_bad_format_code_is_refused_when_the_spec_is_read(tmp_path, cli):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text((STUDENTS / "spec.yaml").read_text("utf-8").replace("{final:.0f}.", "{final:.0q}."), "utf-8")
+    code, out, err = cli("prompt", STUDENTS / "students.csv", "--schema", spec, "--id", "S001", "-t", "rubric")
+    assert code == 2 and "Traceback" not in err and out == "", err
+    assert "template 'rubric': {final:.0q} has a format code Python cannot use" in err
+    code, _, err = cli("templates", "--schema", spec)
+    assert code == 2 and "{final:.0q}" in err
+
+
+# --- a run holds its own spec (item 17) -----------------------------------------------------------------------------
+
+HIRING = Path(__file__).resolve().parents[1] / "examples" / "hiring"
+
+
+def test_a_run_scores_with_its_own_copy_of_a_relative_spec(tmp_path, cli, monkeypatch):
+    trained_in, elsewhere, run = tmp_path / "a", tmp_path / "b", tmp_path / "run"
+    (trained_in / "ex").mkdir(parents=True)
+    spec_text = (HIRING / "spec.yaml").read_text("utf-8")
+    start = spec_text.index("    text: |-", spec_text.index("templates:"))
+    # the template in a file beside the spec, as a spec may have it
+    (trained_in / "ex" / "ko.txt").write_text(
+        "\n".join(line[6:] for line in spec_text[start:].splitlines()[1:]), "utf-8")
+    (trained_in / "ex" / "spec.yaml").write_text(spec_text[:start] + "    file: ko.txt\n", "utf-8")
+    data = tmp_path / "hiring.csv"
+    data.write_text("\n".join((HIRING / "hiring.csv").read_text("utf-8").splitlines()[:201]) + "\n", "utf-8")
+    monkeypatch.chdir(trained_in)
+    code, _, err = cli("train", "--config", HIRING / "config.yaml", "data.spec=ex/spec.yaml", f"data.train={data}",
+                       "prompt.template=ko", "train.max_steps=2", "train.eval_steps=2", "train.save_steps=2",
+                       "train.eval_rows=10", "--out", run)
+    assert code == 0, err
+    assert "file:" not in (run / "spec.yaml").read_text("utf-8")  # one file: the template inlined
+
+    (elsewhere / "ex").mkdir(parents=True)  # another spec at the same relative path: other labels
+    (elsewhere / "ex" / "spec.yaml").write_text(spec_text.replace("[우수, 보통, 미흡]", "[good, fair, poor]"), "utf-8")
+    monkeypatch.chdir(elsewhere)
+    code, out, err = cli("predict", run, "--data", data, "--out", elsewhere / "s.csv")
+    assert code == 0, err
+    assert set(pd.read_csv(elsewhere / "s.csv")["평가"]) <= {"우수", "보통", "미흡"}
+    (elsewhere / "ex" / "spec.yaml").unlink()  # and with none there at all
+    assert cli("predict", run, "--data", data, "--out", elsewhere / "s2.csv")[0] == 0

@@ -176,6 +176,7 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
     if state.is_main_process:
         folder.root.mkdir(parents=True, exist_ok=True)
         write_text(folder.config, config_to_yaml(config))
+        folder.write_spec(run.spec)
     device = next(model.parameters()).device
     trainer = GradeTrainer(
         model=model, args=training_arguments(config, folder.root, device, getattr(model.config, "hidden_size", None)),

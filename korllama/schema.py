@@ -43,6 +43,8 @@ class ColumnSpec(_Strict):
     unseen: str | None = None
     text: str = ""
     format: str = Field("", description="format spec for the `compact` template, e.g. '.1%' or ',d'")
+    at_most: str | None = Field(None, description="another column's alias this one should not exceed (principal "
+                                                  "repaid <= loan amount): rows above it are read with a warning")
 
     @model_validator(mode="after")
     def _category_has_values(self):
@@ -137,6 +139,9 @@ class TableSpec(_Strict):
         dupes = {a for a in aliases if aliases.count(a) > 1}
         if dupes:
             raise ValueError(f"column aliases appear twice: {sorted(dupes)}")
+        for c in self.columns:
+            if c.at_most is not None and c.at_most not in aliases:
+                raise ValueError(f"column {c.alias!r}: at_most names {c.at_most!r}, not a column; known: {aliases}")
         for d in self.derived:  # a derived feature may use the columns and the derived features before it
             unknown = [a for a in d.args if a not in aliases]
             if unknown:

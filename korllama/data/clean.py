@@ -138,6 +138,18 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
                             row=int(rows[0]), column=spec.label.alias)
         out[spec.label.alias] = labels.to_numpy(dtype=object)
 
+    for col in spec.columns:  # odd but possible: graded as it is, with a warning
+        if col.at_most is not None:
+            over = np.flatnonzero(pd.to_numeric(pd.Series(out[col.alias]), errors="coerce").to_numpy(float)
+                                   > pd.to_numeric(pd.Series(out[col.at_most]), errors="coerce").to_numpy(float))
+            if len(over):
+                limit = spec.column(col.at_most)
+                warns.append(f"{where(over[0])}, column {find(col.name, col.alias)}: {len(over):,} row"
+                             f"{'s' * (len(over) != 1)} above {find(limit.name, limit.alias)} (e.g. "
+                             f"{clip(str(raw[find(col.name, col.alias)].iloc[over[0]]))} > "
+                             f"{clip(str(raw[find(limit.name, limit.alias)].iloc[over[0]]))}); graded as they are: "
+                             "check the data.")
+
     frame = pd.DataFrame(out)
     add_derived(frame, spec)
     for w in warns:

@@ -170,7 +170,8 @@ def evaluate_run(run: Run, data: str | Path | Table, out_dir: str | Path, mode: 
                 if lo == hi:
                     continue
                 chunk = chunk.subset(select[lo:hi] - offset)
-            scored = score_chunk(model, tokenizer, template, chunk, batch_size, mode, state, advance, rule)
+            scored = score_chunk(model, tokenizer, template, chunk, batch_size, mode, state, advance, rule,
+                                 max_tokens=run.max_tokens)
             if fh is None:  # not the main process
                 continue
             frame = pd.DataFrame({"ID": chunk.ids.tolist(), "truth": chunk.labels.tolist(),

@@ -294,6 +294,13 @@ class Run:
     def tokenizer(self):
         return self._model_and_tokenizer[1]
 
+    @property
+    def max_tokens(self) -> int:
+        """The longest prompt scored: a longer one is refused by every command and the service."""
+        from korllama.scoring import prompt_limit
+
+        return prompt_limit(self.model, self.config.train.max_length)
+
     # -- the decision rule and the references --
     @cached_property
     def stored_rule(self) -> DecisionRule | None:

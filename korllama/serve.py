@@ -252,8 +252,7 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
     rule = run.rule(decision)
     model, tokenizer, config = run.model, run.tokenizer, run.config  # safetensors only, for every command
     spec, template, classes = run.spec, run.template, run.classes
-    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    max_tokens = min(config.train.max_length, positions or config.train.max_length)
+    max_tokens = run.max_tokens
     token = os.environ.get(token_env) or None
     Applicant, GradeResult, phrasing = applicant_model(spec), result_model(spec), Phrasing(spec, max_applicants)
 

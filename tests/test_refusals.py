@@ -185,3 +185,29 @@ def test_a_run_scores_with_its_own_copy_of_a_relative_spec(tmp_path, cli, monkey
     assert set(pd.read_csv(elsewhere / "s.csv")["평가"]) <= {"우수", "보통", "미흡"}
     (elsewhere / "ex" / "spec.yaml").unlink()  # and with none there at all
     assert cli("predict", run, "--data", data, "--out", elsewhere / "s2.csv")[0] == 0
+
+
+# --- a prompt longer than the model reads: refused everywhere, as by the service (item 14) ----------------------
+
+
+def test_a_too_long_prompt_is_refused_by_every_command_that_scores(run_dir, tmp_path, cli):
+    frame = synthesize(60, 0)
+    frame["총상환원금"] = frame["총상환원금"].astype(object)
+    frame.loc[4, "총상환원금"] = "1e308"  # 309 digits in the prompt
+    data = tmp_path / "long.csv"
+    frame.to_csv(data, index=False)
+    for command, out in (("predict", tmp_path / "s.csv"), ("evaluate", tmp_path / "e"), ("explain", tmp_path / "x")):
+        code, _, err = cli(command, run_dir, "--data", data, "--out", out)
+        assert code == 2 and "Traceback" not in err, err
+        assert "ID 'SYN_00004': its prompt is" in err and "more than this run's limit of" in err, err
+        assert not out.exists() or not any(out.iterdir())
+
+
+def test_principal_repaid_above_the_loan_amount_is_warned(tmp_path, cli):
+    frame = synthesize(60, 0)
+    frame["총상환원금"] = frame["총상환원금"].astype(object)
+    frame.loc[4, "총상환원금"] = str(int(frame.loc[4, "대출금액"]) * 2)
+    data = tmp_path / "over.csv"
+    frame.to_csv(data, index=False)
+    code, _, err = cli("data", "check", data)
+    assert code == 0 and "line 6, column 총상환원금: 1 row above 대출금액" in err, err

@@ -308,6 +308,12 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
         if kind != "application/json" and not kind.endswith("+json"):
             raise HTTPException(415, f"the body must be JSON sent with 'content-type: application/json' (this "
                                      f"request says {kind or 'nothing'!r})")
+        params = dict(p.partition("=")[::2] for p in request.headers["content-type"].lower().replace(" ", "")
+                      .split(";")[1:])
+        charset = params.get("charset", "utf-8").strip('"')
+        if charset not in ("utf-8", "utf8"):  # JSON is UTF-8 (RFC 8259); reading it as UTF-8 anyway misreads it
+            raise HTTPException(415, f"JSON is read as UTF-8, but this request says charset={charset}; send the "
+                                     "body as UTF-8 (charset=utf-8, or no charset)")
 
     @app.get("/health")
     async def health() -> dict:

@@ -146,14 +146,24 @@ class RunDir:
             raise KorllamaError(f"{self.weights_record} is damaged (not the JSON korllama wrote), so the run's "
                                 "weights cannot be verified; train the run again.") from None
 
-    def record_weights(self, *folders: Path) -> None:
+    def record_weights(self, *folders: Path, incoming: Path | None = None) -> None:
         """Record the sha256 of the files of `folders` (the folders just written), keeping the other entries of
-        folders that still exist (a checkpoint the Trainer rotated away leaves the record with it)."""
-        record = {k: v for k, v in (self._recorded() or {}).items()
-                  if (self.root / k).parent.is_dir() and not any((self.root / k).parent == f for f in folders)}
+        folders that still exist (a checkpoint the Trainer rotated away leaves the record with it).
+
+        `incoming`: a folder about to replace the one folder given (KeepBest's staging folder, renamed into place
+        next): its files' hashes are accepted beside the current ones until the folder is recorded again, so a
+        kill between the rename and the record leaves a run that still loads."""
+        old = self._recorded() or {}
+        kept = [f for f in folders if incoming is None]  # replaced below, unless the new bytes are only on their way
+        record = {k: v for k, v in old.items()
+                  if (self.root / k).parent.is_dir() and (self.root / k).parent not in kept}
         for folder in folders:
-            for path in self._weight_files(folder):
-                record[path.relative_to(self.root).as_posix()] = sha256_file(path)
+            for path in self._weight_files(incoming or folder):
+                name = (folder / path.name).relative_to(self.root).as_posix()
+                digest = sha256_file(path)
+                before = old.get(name, [])
+                record[name] = digest if incoming is None else sorted(
+                    {digest, *([before] if isinstance(before, str) else before)})
         write_text(self.weights_record, json.dumps({"sha256": dict(sorted(record.items()))}, indent=1))
 
     def verify_weights(self, *folders: Path) -> None:
@@ -167,6 +177,8 @@ class RunDir:
                           "they are loaded unverified.", stacklevel=2)
             return
         for folder in folders:
+            if not folder.is_dir():  # gone whole (a kill between KeepBest's delete and rename): the loader says so
+                continue
             prefix = folder.relative_to(self.root).as_posix() + "/"
             expected = {k: v for k, v in record.items() if k.startswith(prefix) and "/" not in k[len(prefix):]}
             present = {p.relative_to(self.root).as_posix(): p for p in self._weight_files(folder)}
@@ -175,9 +187,12 @@ class RunDir:
                     raise KorllamaError(f"{self.root / name} is missing: the run's weights are incomplete; train "
                                         "the run again.")
                 if name not in expected:
+                    if folder.parent == self.checkpoints:  # killed between the Trainer's save and its record
+                        continue
                     raise KorllamaError(f"{self.root / name} was not written by the run's training (it is not in "
                                         f"{self.weights_record.name}); remove it, or train the run again.")
-                if sha256_file(present[name]) != expected[name]:
+                accepted = expected[name] if isinstance(expected[name], list) else [expected[name]]
+                if sha256_file(present[name]) not in accepted:
                     raise KorllamaError(f"{self.root / name} is not the file the run wrote (its sha256 differs from "
                                         f"{self.weights_record.name}: damaged, truncated or replaced); restore it "
                                         "or train the run again.")

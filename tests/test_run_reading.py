@@ -59,7 +59,7 @@ DAMAGE = {
     "truncated weights": (lambda run: truncate(run / "model" / "model.safetensors"), "model.safetensors"),
     "flipped byte in base": (lambda run: flip_byte(run / "base" / "model.safetensors"), "base/model.safetensors"),
     "missing config": (lambda run: (run / "config.yaml").unlink(), "config.yaml"),
-    "unfinished": (lambda run: (run / "train_summary.json").unlink(), "unfinished"),
+    "unfinished": (lambda run: (run / "train_summary.json").unlink(), "--resume"),
 }
 
 

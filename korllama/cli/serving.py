@@ -38,7 +38,7 @@ def export_cmd(
     from korllama.export import export_run
     from korllama.run import Run
 
-    r = export_run(Run.load(run), out, overwrite=overwrite)
+    r = export_run(Run.load(run, allow_unfinished=True), out, overwrite=overwrite)  # export_run refuses it, its way
     check = r["check"]
     agreed = (f"; its probabilities equal the run's within {check['max_abs_difference']:.1e} on "
               f"{check['rows']} example rows" if check["max_abs_difference"] is not None else "")

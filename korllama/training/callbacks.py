@@ -86,6 +86,7 @@ class KeepBest(TrainerCallback):
         model.save_pretrained(staging, safe_serialization=True)
         if processing_class is not None:  # a self-contained folder: from_pretrained needs nothing else
             processing_class.save_pretrained(staging)
+        self.run.record_weights(self.target, incoming=staging)  # the old bytes or these, until recorded below
         shutil.rmtree(self.target, ignore_errors=True)
         staging.rename(self.target)  # the folder appears whole
         self.run.record_weights(self.target)  # every later load checks these bytes

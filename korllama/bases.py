@@ -179,7 +179,11 @@ def ensure_base(name: str, log=None) -> Path:
     if cache_problem(folder, spec) is None:
         return folder
     log = log or _log_stderr
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # /proc/x, a file, no permission: the cache cannot be made there
+        raise ConfigError(f"The korllama cache {cache_root()} cannot hold the converted {name} ({folder.parent}: "
+                          f"{exc.strerror or exc}); set KORLLAMA_CACHE to a folder you can write.") from None
     with FileLock(folder.parent / f".{name}.lock"):  # one conversion at a time, across processes
         problem = cache_problem(folder, spec)  # another process may have converted it while we waited
         if problem is None:
@@ -195,6 +199,24 @@ def ensure_base(name: str, log=None) -> Path:
         log(f"korllama: {name} converted in {record['conversion_seconds']:.0f} s (logits max abs diff "
             f"{record['verification']['max_abs_logit_diff']:.2g})")
     return folder
+
+
+def base_config(name: str) -> dict:
+    """A named base's model config (config.json's keys) without converting it: the cache entry's config.json when
+    it is intact, else the GGUF's own metadata (read without its tensors; an assembled GGUF is joined into a
+    scratch folder first, then removed). For `korllama lora-info`, which counts parameters on the meta device."""
+    from transformers import AutoConfig
+
+    spec = NAMED_BASES[name]
+    folder = base_dir(name)
+    if cache_problem(folder, spec) is None:
+        return json.loads((folder / "config.json").read_text("utf-8"))
+    _need_gguf_reader()
+    with tempfile.TemporaryDirectory(prefix=f"korllama-{name}-") as scratch:
+        gguf = _gguf_path(spec, Path(scratch))
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name).to_dict()
+    config.pop("quantization_config", None)  # the GGUF's 4-bit packing is not the model korllama builds
+    return config
 
 
 def _log_stderr(message: str) -> None:

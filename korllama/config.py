@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from korllama.errors import ConfigError
+from korllama.errors import ConfigError, quote
 from korllama.schema import describe_validation_error
 
 
@@ -83,7 +83,7 @@ class TrainConfig(_Section):
     """The Trainer recipe. Defaults are the original project's (configs/seed.yaml spells them out)."""
 
     epochs: float = Field(3, gt=0)
-    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
+    max_steps: int = Field(-1, ge=-1, description="stop after this many optimizer steps (-1: run all epochs)")
     batch_size: int = Field(4, ge=1, description="rows per device per step")
     grad_accum: int = Field(4, ge=1, description="gradient accumulation steps")
     lr: float = Field(5e-4, gt=0)
@@ -106,6 +106,12 @@ class TrainConfig(_Section):
     # 9.xx% is a token shorter than 12.xx%), so length-grouped batches hold one grade each and learning stalls.
     group_by_length: bool = Field(False, description="batch rows of similar length (less padding)")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self):
+        if self.max_steps == 0:  # -1 means "all epochs"; 0 would train nothing
+            raise ValueError("max_steps must be -1 (run all epochs) or at least 1")
+        return self
 
 
 class RunConfig(_Section):
@@ -154,7 +160,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"Override {item!r} must look like section.key=value (e.g. train.epochs=1).")
+            raise ConfigError(f"Override {quote(item)} must look like section.key=value (e.g. train.epochs=1).")
         node = raw
         *parents, leaf = key.split(".")
         for part in parents:
@@ -162,12 +168,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 node[part] = {}
             node = node[part]
             if not isinstance(node, dict):
-                raise ConfigError(f"Override {item!r}: {part!r} is a setting, not a section.")
+                raise ConfigError(f"Override {quote(item)}: {quote(part)} is a setting, not a section.")
         try:
             node[leaf] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise ConfigError(f"Override {item!r}: {value!r} is not a value (write a number, true/false, a word, "
-                              "or a YAML list like [q_proj,v_proj]).") from None
+            raise ConfigError(f"Override {quote(item)}: {quote(value)} is not a value (write a number, true/false, "
+                              "a word, or a YAML list like [q_proj,v_proj]).") from None
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

@@ -22,3 +22,20 @@ class DataError(KorllamaError):
 
 class ConfigError(KorllamaError):
     """A config or spec file with an unknown key or a bad value."""
+
+
+QUOTE_CHARS = 80
+
+
+def quote(value, limit: int = QUOTE_CHARS) -> str:
+    """A user's value as an error message shows it: repr()'s quoting for text, at most about `limit` characters (a
+    megabyte CSV field or a 309-digit number is cut in the middle, with its length), so a sentence stays a sentence."""
+    return clip(repr(value) if isinstance(value, str) else str(value), limit, len(str(value)))
+
+
+def clip(text: str, limit: int = QUOTE_CHARS, length: int | None = None) -> str:
+    """`text` as it is when short, else its start and end around '...' and its length (`length`, default len)."""
+    if len(text) <= limit:
+        return text
+    keep = limit - 20
+    return f"{text[:keep * 2 // 3]}...{text[-(keep // 3):]} ({length or len(text):,} characters)"

@@ -145,6 +145,10 @@ def evaluate_run(run: Run, data: str | Path | Table, out_dir: str | Path, mode: 
         if limit is not None and limit < len(rows):
             rows = rows.sample(limit, seed=0)
         select = rows.frame["_position"].to_numpy()
+        if not len(select):  # only with the rule: every row chosen was one it was fitted on
+            raise KorllamaError(f"--decision macro-f1: every row chosen from {stream.source} is one the run's decision "
+                                "rule was fitted on, and a rule is never judged on those; score other rows, or use "
+                                "--decision argmax.")
         rows = checked.ids = checked.labels = None  # what chose them is no longer needed
     n = checked.rows if select is None else len(select)
     classes = run.classes
@@ -164,7 +168,8 @@ def evaluate_run(run: Run, data: str | Path | Table, out_dir: str | Path, mode: 
                 if lo == hi:
                     continue
                 chunk = chunk.subset(select[lo:hi] - offset)
-            scored = score_chunk(model, tokenizer, template, chunk, batch_size, mode, state, advance, rule)
+            scored = score_chunk(model, tokenizer, template, chunk, batch_size, mode, state, advance, rule,
+                                 max_tokens=run.max_tokens)
             if fh is None:  # not the main process
                 continue
             frame = pd.DataFrame({"ID": chunk.ids.tolist(), "truth": chunk.labels.tolist(),
@@ -190,7 +195,9 @@ def evaluate_run(run: Run, data: str | Path | Table, out_dir: str | Path, mode: 
         result = metrics(truth, pred, classes, proba, spec.label.ordinal)
         if system is None:
             system = run.name + ("" if mode == "score" else "-generate")
-        result.update(system=system, mode=mode, template=template.name, spec=str(run.config.data.spec),
+        own_spec = run.dir is not None and run.dir.spec.is_file()  # the run's copy: readable from any folder
+        result.update(system=system, mode=mode, template=template.name,
+                      spec=str(run.dir.spec.resolve() if own_spec else run.config.data.spec),
                       rows_per_s=n / max(seconds, 1e-9), seconds=seconds, data=stream.source, held_out=held_out,
                       run=str(run.root) if run.root else None, base=run.base, processes=state.num_processes,
                       group_columns=kinds, decision_rule=decision)
@@ -225,7 +232,7 @@ def held_out_rows(run: Run, data: str | Path | Table, table: Table) -> Table:
     if run.dir is not None and run.dir.finished:
         record = run.dir.read_summary().get("data")
     if run.dir is not None and record is None:
-        warnings.warn(f"{run} does not record the table it was trained on (a run made by an older korllama), so "
+        warnings.warn(f"{run.root} does not record the table it was trained on (a run made by an older korllama), so "
                       f"--held-out cannot check that {table.source} is that table.", stacklevel=2)
     if record is not None:
         if record["source"] == "synthetic":
@@ -242,7 +249,7 @@ def held_out_rows(run: Run, data: str | Path | Table, table: Table) -> Table:
                 same = len(table) == record["rows"]
             trained_on = f"{record['source']}, {record['rows']:,} rows"
         if not same:
-            raise KorllamaError(f"--held-out: {table.source} is not the table {run} was trained on ({trained_on}); "
-                                "its held-out rows exist only in that table: pass it as --data, or leave out "
-                                f"--held-out to score every row of {table.source}.")
+            raise KorllamaError(f"--held-out: {table.source} is not the table {run.root} was trained on "
+                                f"({trained_on}); its held-out rows exist only in that table: pass it as --data, or "
+                                f"leave out --held-out to score every row of {table.source}.")
     return run.split(table)[1]

@@ -52,7 +52,7 @@ from korllama.outputs import EXPLAIN_FILE, REASONS_FILE
 from korllama.references import reference_values
 from korllama.run import Run
 from korllama.schema import TableSpec
-from korllama.scoring import score
+from korllama.scoring import encode_prompts, refuse_long_prompts, score
 from korllama.ui import progress_bar
 
 ProbaFn = Callable[[Table], np.ndarray]
@@ -314,6 +314,7 @@ def explain_run(run: Run, data: str | Path | Table, out: str | Path, ids: list[s
         references = reference_values(train)
         proba_fn, fields, system, template = baseline_proba_fn(train), known_fields(spec), "baseline", ""
     else:
+        refuse_long_prompts(encode_prompts(run.tokenizer, run.template.render(table)), run.max_tokens, table)
         references = run.references
         proba_fn = llm_proba_fn(run.model, run.tokenizer, run.template, classes, batch_size)
         fields, system, template = carried_fields(run.template, spec), run.name, run.template.name

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from safetensors import SafetensorError
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -210,6 +211,8 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source or source),
                                                   trust_remote_code=model_cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except SafetensorError as exc:  # a truncated or damaged weights file
+        raise KorllamaError(f"The weights of {source} cannot be read as safetensors ({exc}).") from None
     except OSError as exc:  # not on disk and not reachable (offline), no safetensors, gated repo, ...
         raise KorllamaError(f"Could not load base model {source!r}: it is not a local model folder and could not "
                             f"be fetched from the Hugging Face Hub (offline, wrong id or no safetensors weights). "
@@ -242,9 +245,12 @@ def load_run_weights(config, folder, base: str | None = None):
     """(model, tokenizer) of a run (`folder`, a korllama.run.RunDir; None for a bare base under `config`): model/
     (full training: a complete save_pretrained folder) or adapter/ (LoRA: loaded on top of the run's base with
     PeftModel.from_pretrained); with `base`, that model instead of the run's weights, with its own tokenizer.
-    Weights from safetensors only: a pickle can run code."""
+    Weights from safetensors only: a pickle can run code. The run's own files are checked against the checksums
+    it recorded when it wrote them (RunDir.verify_weights) before any is read."""
     if folder is None:
         return load_base(config.model, base, for_training=False)
+    if base is None:
+        folder.verify_weights()
     for weights in (folder.model, folder.adapter):
         if weights.is_dir() and not any(weights.glob("*.safetensors")):
             raise KorllamaError(f"{weights} holds no safetensors weights; korllama loads safetensors only "
@@ -257,7 +263,10 @@ def load_run_weights(config, folder, base: str | None = None):
     if (folder.adapter / "adapter_config.json").is_file():
         base_path = folder.base if config.model.base == "tiny" else config.model.base
         model, tokenizer = load_base(config.model, base_path, for_training=False, tokenizer_source=run_tokenizer)
-        model = PeftModel.from_pretrained(model, folder.adapter)  # safetensors adapter
+        try:
+            model = PeftModel.from_pretrained(model, folder.adapter)  # safetensors adapter
+        except SafetensorError as exc:
+            raise KorllamaError(f"{folder.adapter} cannot be read as safetensors ({exc}).") from None
         model.eval()
         return model, tokenizer
     raise KorllamaError(f"{folder} holds neither model/ nor adapter/: its training did not finish; "
@@ -292,9 +301,12 @@ def format_parameter_report(trainable: int, total: int) -> str:
     return f"Trainable: {trainable} | total: {total} | Percentage: {trainable / total * 100:.4f}%"
 
 
-def skeleton(architecture: str):
-    """A model with the architecture's shapes on the meta device: no weights, no memory, no download."""
-    if architecture in BUILTIN_ARCHITECTURES:
+def skeleton(architecture: str | dict):
+    """A model with the architecture's shapes on the meta device: no weights, no memory, no download.
+    `architecture`: a built-in name, a config.json (or its folder), or the config's keys."""
+    if isinstance(architecture, dict):
+        raw = dict(architecture)
+    elif architecture in BUILTIN_ARCHITECTURES:
         raw = dict(BUILTIN_ARCHITECTURES[architecture])
     else:
         path = Path(architecture).expanduser()

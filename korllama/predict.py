@@ -28,7 +28,14 @@ from korllama.data.stream import CHUNK_ROWS, TableChunks
 from korllama.errors import KorllamaError
 from korllama.io import atomic_path
 from korllama.run import Run
-from korllama.scoring import encode_prompts, left_padded_batches, pad_id_of, predict_labels, score
+from korllama.scoring import (
+    encode_prompts,
+    left_padded_batches,
+    pad_id_of,
+    predict_labels,
+    refuse_long_prompts,
+    score,
+)
 from korllama.ui import progress_bar
 
 # --- generation, the original's way ------------------------------------------------------------------------------
@@ -112,7 +119,7 @@ def predict_file(run: Run, data: str | Path, out: str | Path, with_proba: bool =
                 else _counter(progress, checked.rows)
         for _, chunk in stream.chunks():
             scored = score_chunk(model, tokenizer, template, chunk, batch_size, state=state, progress=advance,
-                                 rule=rule)
+                                 rule=rule, max_tokens=run.max_tokens)
             if fh is None:  # not the main process: its share went to the main process
                 continue
             frame = pd.DataFrame({spec.id.name: chunk.ids.to_numpy(), spec.label.name: scored.pred})
@@ -161,7 +168,7 @@ class Scored:
 
 
 def score_chunk(model, tokenizer, template, table, batch_size: int, mode: str = "score", state=None,
-                progress=None, rule=None) -> Scored | None:
+                progress=None, rule=None, max_tokens: int | None = None) -> Scored | None:
     """Rank-score (or generate for) one chunk; labels by argmax, or by `rule` (a korllama.decision.DecisionRule).
     With several processes each scores a contiguous share of the rows
     (accelerate's split_between_processes) and the shares are gathered to the main process in rank order, that is
@@ -174,10 +181,13 @@ def score_chunk(model, tokenizer, template, table, batch_size: int, mode: str = 
     else:
         part = table
     prompts = template.render(part) if len(part) else []
+    encoded = encode_prompts(tokenizer, prompts) if prompts else []
+    if max_tokens is not None:  # a prompt longer than the model reads is refused, as the service does
+        refuse_long_prompts(encoded, max_tokens, part)
     each_batch = progress if not many else None
     if mode == "score":
-        proba = (score(model, tokenizer, prompts, classes, batch_size, progress=each_batch) if prompts
-                 else np.zeros((0, len(classes))))
+        proba = (score(model, tokenizer, None, classes, batch_size, progress=each_batch, encoded=encoded)
+                 if prompts else np.zeros((0, len(classes))))
         result = Scored(rule.apply(proba) if rule is not None else predict_labels(proba, classes), proba)
     else:
         pred, texts = generate(model, tokenizer, prompts, classes, batch_size, progress=each_batch) if prompts \

@@ -11,23 +11,28 @@ model and tokenizer — which every consumer (predict, evaluate, explain, serve,
     RUN/train_summary.json   written last: its presence means the run finished
     RUN/trainer_state.json, RUN/logs/ (tensorboard), RUN/train_curve.png, RUN/decision.json, RUN/model_card.md
     RUN/references.json      the neutral value of every field (training medians / most frequent), for explain
+    RUN/spec.yaml            the table spec the run was trained with, templates inlined: the run reads its own copy
+    RUN/weights.json         the sha256 of every file of base/, model/, adapter/, tokenizer/ and of the checkpoints'
+                             safetensors, recorded as they are written; every load checks them (verify_weights)
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import warnings
 from functools import cached_property
 from pathlib import Path
 
+from korllama.bases import sha256_file
 from korllama.choices import Decision
 from korllama.config import RunConfig, load_config
 from korllama.data import Table, read_table, split
 from korllama.decision import DecisionRule, decision_choice
 from korllama.errors import KorllamaError
+from korllama.io import write_text
 from korllama.prompts import Template, get_template
 from korllama.references import load_references, reference_values
-from korllama.schema import TableSpec, load_spec
+from korllama.schema import TableSpec, load_spec, spec_to_yaml
 from korllama.synth import synthetic_table
 
 
@@ -53,10 +58,16 @@ class RunDir:
     model_card = property(lambda self: self.root / "model_card.md")
     references = property(lambda self: self.root / "references.json")
     base_info = property(lambda self: self.root / "base.json")
+    weights_record = property(lambda self: self.root / "weights.json")
+    spec = property(lambda self: self.root / "spec.yaml")
 
     def weights(self, lora: bool) -> Path:
         """Where the kept weights go: adapter/ for LoRA, model/ for full training."""
         return self.adapter if lora else self.model
+
+    def write_spec(self, spec: TableSpec) -> None:
+        """The run's own copy of its spec (templates inlined), so that it scores the same from any folder."""
+        write_text(self.spec, spec_to_yaml(spec))
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"checkpoint-{step}"
@@ -115,24 +126,103 @@ class RunDir:
         if not self.is_run:
             raise KorllamaError(f"{self.root} is not a korllama run directory (no config.yaml); {way_out}.")
 
+    def require_finished(self) -> None:
+        """Refuse a run whose training did not finish (killed, or still running): its weights are whichever
+        evaluation was best so far, and it has no decision rule or card yet."""
+        if self.is_run and not self.finished:
+            raise KorllamaError(f"{self.root} is an unfinished run (no {self.summary.name}: its training was stopped "
+                                f"or is still going); finish it with `korllama train --out {self.root} --resume`, or "
+                                "pass --allow-unfinished to use its best weights so far.")
+
+    # -- the weights' checksums --
+    def _weight_files(self, folder: Path) -> list[Path]:
+        """The files of `folder` whose bytes the record covers: all of a weights folder (safetensors, config,
+        tokenizer), only the safetensors of a checkpoint (its optimizer state is the Trainer's to read)."""
+        if not folder.is_dir():
+            return []
+        pattern = "*.safetensors" if folder.parent == self.checkpoints else "*"
+        return sorted(p for p in folder.glob(pattern) if p.is_file())
+
+    def _recorded(self) -> dict[str, str] | None:
+        if not self.weights_record.is_file():
+            return None
+        try:
+            return json.loads(self.weights_record.read_text("utf-8"))["sha256"]
+        except (ValueError, KeyError, TypeError):
+            raise KorllamaError(f"{self.weights_record} is damaged (not the JSON korllama wrote), so the run's "
+                                "weights cannot be verified; train the run again.") from None
+
+    def record_weights(self, *folders: Path, incoming: Path | None = None) -> None:
+        """Record the sha256 of the files of `folders` (the folders just written), keeping the other entries of
+        folders that still exist (a checkpoint the Trainer rotated away leaves the record with it).
+
+        `incoming`: a folder about to replace the one folder given (KeepBest's staging folder, renamed into place
+        next): its files' hashes are accepted beside the current ones until the folder is recorded again, so a
+        kill between the rename and the record leaves a run that still loads."""
+        old = self._recorded() or {}
+        kept = [f for f in folders if incoming is None]  # replaced below, unless the new bytes are only on their way
+        record = {k: v for k, v in old.items()
+                  if (self.root / k).parent.is_dir() and (self.root / k).parent not in kept}
+        for folder in folders:
+            for path in self._weight_files(incoming or folder):
+                name = (folder / path.name).relative_to(self.root).as_posix()
+                digest = sha256_file(path)
+                before = old.get(name, [])
+                record[name] = digest if incoming is None else sorted(
+                    {digest, *([before] if isinstance(before, str) else before)})
+        write_text(self.weights_record, json.dumps({"sha256": dict(sorted(record.items()))}, indent=1))
+
+    def verify_weights(self, *folders: Path) -> None:
+        """Refuse, naming the file, when a file of `folders` (default: base/, model/, adapter/, tokenizer/) differs
+        from what the run recorded when it wrote it, is missing, or was never recorded. A run trained before the
+        record existed is loaded with a warning."""
+        folders = folders or (self.base, self.model, self.adapter, self.tokenizer)
+        record = self._recorded()
+        if record is None:
+            warnings.warn(f"{self.root} records no checksums of its weights (a run made by an older korllama); "
+                          "they are loaded unverified.", stacklevel=2)
+            return
+        for folder in folders:
+            if not folder.is_dir():  # gone whole (a kill between KeepBest's delete and rename): the loader says so
+                continue
+            prefix = folder.relative_to(self.root).as_posix() + "/"
+            expected = {k: v for k, v in record.items() if k.startswith(prefix) and "/" not in k[len(prefix):]}
+            present = {p.relative_to(self.root).as_posix(): p for p in self._weight_files(folder)}
+            for name in sorted(set(expected) | set(present)):
+                if name not in present:
+                    raise KorllamaError(f"{self.root / name} is missing: the run's weights are incomplete; train "
+                                        "the run again.")
+                if name not in expected:
+                    if folder.parent == self.checkpoints:  # killed between the Trainer's save and its record
+                        continue
+                    raise KorllamaError(f"{self.root / name} was not written by the run's training (it is not in "
+                                        f"{self.weights_record.name}); remove it, or train the run again.")
+                accepted = expected[name] if isinstance(expected[name], list) else [expected[name]]
+                if sha256_file(present[name]) not in accepted:
+                    raise KorllamaError(f"{self.root / name} is not the file the run wrote (its sha256 differs from "
+                                        f"{self.weights_record.name}: damaged, truncated or replaced); restore it "
+                                        "or train the run again.")
+
     def __str__(self) -> str:
         return str(self.root)
 
 
 # --- what a run was trained on -------------------------------------------------------------------------------------
 
-def load_training_table(config: RunConfig) -> Table:
-    """The configured table, or the synthetic loan table when `data.train` is empty."""
+def load_training_table(config: RunConfig, spec: TableSpec | None = None) -> Table:
+    """The configured table, or the synthetic loan table when `data.train` is empty; read with `spec` (default:
+    the configured one)."""
+    spec = spec if spec is not None else load_spec(config.data.spec)
     if config.data.train is not None:
-        return read_table(config.data.train, config.data.spec)
-    return synthetic_table(config.data.synth_rows, config.data.synth_seed, load_spec(config.data.spec))
+        return read_table(config.data.train, spec)
+    return synthetic_table(config.data.synth_rows, config.data.synth_seed, spec)
 
 
 def data_fingerprint(config: RunConfig, table: Table) -> dict:
     """What the run was trained on, so that `evaluate --held-out` can tell the same file from another one."""
     found = {"source": str(config.data.train) if config.data.train else "synthetic", "rows": len(table)}
     if config.data.train is not None and Path(config.data.train).is_file():
-        found["sha256"] = hashlib.sha256(Path(config.data.train).read_bytes()).hexdigest()
+        found["sha256"] = sha256_file(Path(config.data.train))
     return found
 
 
@@ -150,17 +240,23 @@ class Run:
         self.config = config
         self.dir = RunDir(root) if root is not None else None
         self.base = base
-        self.spec: TableSpec = table.spec if table is not None else load_spec(config.data.spec)
+        if table is not None:
+            self.spec: TableSpec = table.spec
+        elif self.dir is not None and self.dir.spec.is_file():  # the run's own copy: never a file of this folder
+            self.spec = load_spec(self.dir.spec)
+        else:
+            self.spec = load_spec(config.data.spec)
         self.template: Template = get_template(self.spec, config.prompt.template, config.prompt.fields)
         self.classes: list[str] = list(self.spec.label.classes)
         self._table = table
 
     @classmethod
     def load(cls, root: str | Path | None = None, base: str | None = None, table: Table | None = None,
-             way_out: str | None = None) -> Run:
+             way_out: str | None = None, allow_unfinished: bool = False) -> Run:
         """A run directory's run; with `base` its prompts on another model (its untrained base); with `base` alone
         a bare base model under the default config. `table`: the run's training table, when the caller holds it.
-        `way_out` ends the sentence refusing a folder that is not a run."""
+        `way_out` ends the sentence refusing a folder that is not a run. A run whose training did not finish is
+        refused (its own weights, that is without `base`) unless `allow_unfinished`."""
         if root is None and base is None:
             raise KorllamaError("Name a run directory, or a base model with --base.")
         if root is None:
@@ -168,6 +264,8 @@ class Run:
             return cls(config.model_copy(update={"model": config.model.model_copy(update={"base": base})}), None, base)
         folder = RunDir(root)
         folder.require_run(*([way_out] if way_out else []))
+        if base is None and not allow_unfinished:
+            folder.require_finished()
         return cls(load_config(folder.config), folder.root, base, table)
 
     @property
@@ -192,7 +290,7 @@ class Run:
     def training_table(self) -> Table:
         """The table the run was trained on (read once)."""
         if self._table is None:
-            self._table = load_training_table(self.config)
+            self._table = load_training_table(self.config, self.spec)
         return self._table
 
     def split(self, table: Table | None = None) -> tuple[Table, Table]:
@@ -218,6 +316,13 @@ class Run:
     @property
     def tokenizer(self):
         return self._model_and_tokenizer[1]
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest prompt scored: a longer one is refused by every command and the service."""
+        from korllama.scoring import prompt_limit
+
+        return prompt_limit(self.model, self.config.train.max_length)
 
     # -- the decision rule and the references --
     @cached_property

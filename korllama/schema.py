@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from korllama.errors import ConfigError
+from korllama.errors import ConfigError, quote
 
 BUILTIN_SPECS = ("loan",)
 
@@ -43,6 +43,8 @@ class ColumnSpec(_Strict):
     unseen: str | None = None
     text: str = ""
     format: str = Field("", description="format spec for the `compact` template, e.g. '.1%' or ',d'")
+    at_most: str | None = Field(None, description="another column's alias this one should not exceed (principal "
+                                                  "repaid <= loan amount): rows above it are read with a warning")
 
     @model_validator(mode="after")
     def _category_has_values(self):
@@ -137,6 +139,9 @@ class TableSpec(_Strict):
         dupes = {a for a in aliases if aliases.count(a) > 1}
         if dupes:
             raise ValueError(f"column aliases appear twice: {sorted(dupes)}")
+        for c in self.columns:
+            if c.at_most is not None and c.at_most not in aliases:
+                raise ValueError(f"column {c.alias!r}: at_most names {c.at_most!r}, not a column; known: {aliases}")
         for d in self.derived:  # a derived feature may use the columns and the derived features before it
             unknown = [a for a in d.args if a not in aliases]
             if unknown:
@@ -182,8 +187,36 @@ def load_spec(spec: str | Path | None = None) -> TableSpec:
                 what = "a folder, not a template file" if file.is_dir() else "which does not exist"
                 raise ConfigError(f"{source}: template {name!r} names {t.file}, {what}.")
             t = t.model_copy(update={"text": file.read_text("utf-8"), "file": None})
+        check_template(t.text, f"{source}: template {name!r}")
         templates[name] = t
+    for c in [*parsed.columns, *parsed.derived]:
+        if c.format:
+            check_template(f"{{x:{c.format}}}", f"{source}: {c.alias}'s format")
     return parsed.model_copy(update={"templates": templates})
+
+
+def check_template(text: str, where: str) -> None:
+    """Refuse, in one sentence, a template whose braces or format codes Python cannot use ({final:.0q}), when its
+    spec is read rather than when the first row is rendered. A number field is tried with 1 (a `d` code) or 1.0."""
+    import string
+
+    try:
+        fields = [(f, fmt, conv) for _, f, fmt, conv in string.Formatter().parse(text) if f is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{where} is not a valid format string: {exc}.") from None
+    for field, fmt, conversion in fields:
+        if not fmt or conversion == "k":
+            continue
+        try:
+            format(1 if fmt.endswith("d") else 1.0, fmt)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {{{field}:{fmt}}} has a format code Python cannot use ({exc}); see the "
+                              "format mini-language, e.g. .0f, ,d or .1%.") from None
+
+
+def spec_to_yaml(spec: TableSpec) -> str:
+    """A spec as one YAML file that load_spec reads back the same (its templates' text inlined)."""
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -193,16 +226,10 @@ def describe_validation_error(exc: ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         return f"unknown key {where!r}"
     if err["type"] == "literal_error":
-        return f"{where}: {err['input']!r} is not allowed ({err['ctx']['expected']})"
+        return f"{where}: {quote(err['input'])} is not allowed ({err['ctx']['expected']})"
     shown = "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict | list)
-    got = f" (got {_quoted(err['input'])})" if shown else ""
+    got = f" (got {quote(err['input'])})" if shown else ""
     return f"{where}: {err['msg'].removeprefix('Value error, ')}{got}"
-
-
-def _quoted(value, limit: int = 80) -> str:
-    """A bad value as a sentence quotes it: at most `limit` characters (a whole file read as a spec is not echoed)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 # --- parsers: raw strings (a whole column) -> (clean values, mask of unreadable values) -----------------

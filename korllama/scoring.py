@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from korllama.errors import KorllamaError
+from korllama.errors import DataError, KorllamaError, quote
 from korllama.prompts import answer
 
 
@@ -67,6 +67,33 @@ def label_tokens(tokenizer, classes: list[str]) -> LabelTokens:
 
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     return tokenizer(prompts, add_special_tokens=True)["input_ids"]
+
+
+def prompt_limit(model, max_length: int) -> int:
+    """The most tokens a prompt may have: train.max_length, and never more positions than the model has."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(max_length, positions or max_length)
+
+
+def too_long(encoded: list[list[int]], limit: int) -> tuple[int, int] | None:
+    """(row, tokens) of the first prompt longer than `limit`, or None."""
+    return next(((i, len(ids)) for i, ids in enumerate(encoded) if len(ids) > limit), None)
+
+
+def too_long_sentence(where: str, tokens: int, limit: int) -> str:
+    """One wording for every command and the service: a row whose prompt the model cannot read is refused."""
+    return f"{where}: its prompt is {tokens:,} tokens, more than this run's limit of {limit:,} (are the numbers real?)"
+
+
+def refuse_long_prompts(encoded: list[list[int]], limit: int, table) -> None:
+    """A DataError naming the first row of `table` (a korllama.data.Table) whose prompt is over `limit` tokens:
+    predict, evaluate and explain refuse it as the service does (a 422), rather than score a prompt the model was
+    never trained to read."""
+    found = too_long(encoded, limit)
+    if found is not None:
+        row, tokens = found
+        raise DataError(too_long_sentence(f"{table.source}, ID {quote(table.ids.iloc[row])}", tokens, limit) + ".",
+                        row=row)
 
 
 def pad_id_of(tokenizer) -> int:
@@ -117,6 +144,11 @@ def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch
     finally:
         if was_training:
             model.train()
+    broken = int((~np.isfinite(out).all(axis=1)).sum())
+    if broken:  # NaN grades as the first label under argmax: never let such a probability out
+        raise KorllamaError(f"The model's probabilities are not finite (NaN or infinity) for {broken:,} of "
+                            f"{len(out):,} rows: its weights are damaged or overflowed, so nothing is graded with "
+                            "them.")
     return out
 
 

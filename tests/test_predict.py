@@ -117,8 +117,10 @@ def test_load_run_of_an_unfinished_run_says_resume(run_dir, tmp_path):
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     shutil.copy(run_dir / "config.yaml", unfinished / "config.yaml")
-    with pytest.raises(KorllamaError, match="did not finish.*--resume"):
-        _ = Run.load(unfinished).model
+    with pytest.raises(KorllamaError, match="unfinished run.*--resume"):
+        Run.load(unfinished)
+    with pytest.raises(KorllamaError, match="did not finish.*--resume"):  # allowed, but it has no weights yet
+        _ = Run.load(unfinished, allow_unfinished=True).model
 
 
 def test_load_run_with_base_gives_the_untuned_model(run_dir, loaded):

@@ -316,9 +316,9 @@ def test_memory_does_not_grow_with_the_table(run_dir, tmp_path, monkeypatch):
     import korllama.predict as predict
     from korllama.scoring import encode_prompts
 
-    def uniform(model, tokenizer, prompts, classes, batch_size=32, progress=None):
-        encode_prompts(tokenizer, prompts)
-        return np.full((len(prompts), len(classes)), 1 / len(classes))
+    def uniform(model, tokenizer, prompts, classes, batch_size=32, progress=None, encoded=None):
+        rows = encoded if encoded is not None else encode_prompts(tokenizer, prompts)
+        return np.full((len(rows), len(classes)), 1 / len(classes))
 
     monkeypatch.setattr(predict, "score", uniform)
     warm = unlabelled_csv(tmp_path / "warm.csv", rows=20)

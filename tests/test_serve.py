@@ -310,6 +310,16 @@ def test_a_body_not_sent_as_json_is_415(client):
         assert client.post("/v1/grade", content=body, headers={"content-type": kind}).status_code == 200
 
 
+def test_a_charset_other_than_utf8_is_415(client):
+    body = json.dumps(raw_applicant(), ensure_ascii=False).encode("latin-1", "replace")
+    for kind in ("application/json; charset=latin-1", 'application/json; charset="ISO-8859-1"'):
+        r = client.post("/v1/grade", content=body, headers={"content-type": kind})
+        assert r.status_code == 415 and "read as UTF-8" in r.json()["detail"], r.text
+    r = client.post("/v1/grade", content=json.dumps(raw_applicant()).encode(),
+                    headers={"content-type": "application/json; charset=UTF-8"})
+    assert r.status_code == 200, r.text
+
+
 def test_the_readme_serve_example_sends_test_00000_as_it_is(client):
     readme = (REPO / "README.md").read_text("utf-8")
     serving = readme[readme.index("## Serving"):]

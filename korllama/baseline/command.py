@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from korllama.baseline.estimator import TreeBaseline
 from korllama.baseline.tune import fit_baseline
 from korllama.data import Table, as_table, split
+from korllama.data.table import require_splittable
 from korllama.decision import decision_choice
 from korllama.evaluate import metrics, side_by_side, write_evaluation
 from korllama.groups import group_columns  # the rows' columns, for group metrics in `korllama compare`
@@ -31,6 +33,9 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
         fit_on, score_on = split(table, valid_fraction, seed)
     else:
         fit_on, score_on = table, as_table(eval_data, table.spec)
+    inner = TreeBaseline().validation_fraction  # the trees stop early on this share of the fitting rows
+    require_splittable(fit_on, inner, what="the trees' fitting rows split for early stopping",
+                       way_out=" to fit on: a larger table")
     fitted = fit_baseline(fit_on, seed=seed, budget_s=budget_s, console=console)
     started = time.perf_counter()
     proba = fitted.model.predict_proba(score_on)

@@ -74,6 +74,10 @@ BaseOption = Annotated[str | None, typer.Option(
                    "run, the run's prompt settings are used.")]
 
 
+AllowUnfinishedOption = Annotated[bool, typer.Option(
+    "--allow-unfinished", help="Use a run whose training did not finish (killed, or still going): its best weights "
+                               "so far. Without it such a run is refused.")]
+
 DecisionOption = Annotated[Decision, typer.Option(
     "--decision", help="argmax: the most probable label. macro-f1: the run's decision rule, fitted on its validation "
                        "rows at training, which weighs rare labels up for a higher macro-F1 (the competition's "

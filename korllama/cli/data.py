@@ -18,7 +18,7 @@ from korllama.cli.app import (
     console,
     data_app,
 )
-from korllama.errors import KorllamaError
+from korllama.errors import KorllamaError, quote
 
 
 @data_app.command("check")
@@ -116,7 +116,7 @@ def prompt(
     template_ = get_template(table.spec, template)
     hits = table.ids[table.ids == row_id].index
     if len(hits) == 0:
-        raise KorllamaError(f"{file.name} has no row with ID {row_id!r} (IDs look like {table.ids.iloc[0]!r}).")
+        raise KorllamaError(f"{file.name} has no row with ID {quote(row_id)} (IDs look like {table.ids.iloc[0]!r}).")
     row = table.subset(hits)
     text = template_.render(row)[0]
     sys.stdout.write(text + (answer(row.labels.iloc[0]) if row.has_labels else "") + "\n")

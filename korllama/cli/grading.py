@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from korllama.choices import Decision, Mode
 from korllama.cli.app import (
+    AllowUnfinishedOption,
     BaseOption,
     ChunkOption,
     DecisionOption,
@@ -34,6 +35,7 @@ def predict_cmd(
     chunk_rows: ChunkOption = None,
     decision: DecisionOption = Decision.ARGMAX,
     overwrite: OverwriteOption = False,
+    allow_unfinished: AllowUnfinishedOption = False,
 ):
     """Grade every row (rank scoring) and write the competition's submission format: ID,대출등급, input order.
 
@@ -51,8 +53,9 @@ def predict_cmd(
     from korllama.predict import predict_file
     from korllama.run import Run
 
-    result = predict_file(Run.load(run, base), data, out, proba, batch_size, console=err_console,
-                          chunk_rows=chunk_rows, decision=decision)
+    loaded = Run.load(run, base, allow_unfinished=allow_unfinished)
+    result = predict_file(loaded, data, out, proba, batch_size, console=err_console, chunk_rows=chunk_rows,
+                          decision=decision)
     if not result:  # another process of `accelerate launch`: the main process writes the file and reports
         return
     shares = "  ".join(f"{k} {v / result['rows']:.1%}" for k, v in result["counts"].items())
@@ -77,6 +80,7 @@ def evaluate_cmd(
     chunk_rows: ChunkOption = None,
     decision: DecisionOption = Decision.ARGMAX,
     overwrite: OverwriteOption = False,
+    allow_unfinished: AllowUnfinishedOption = False,
 ):
     """Score a run (or a base model) on labelled rows: macro-F1, accuracy, QWK, per-grade figures, confusion.
 
@@ -92,7 +96,8 @@ def evaluate_cmd(
     from korllama.evaluate import evaluate_run
     from korllama.run import Run
 
-    r = evaluate_run(Run.load(run, base), data, out, mode=mode, limit=limit, held_out=held_out,
+    loaded = Run.load(run, base, allow_unfinished=allow_unfinished)
+    r = evaluate_run(loaded, data, out, mode=mode, limit=limit, held_out=held_out,
                      batch_size=batch_size, system=name, console=err_console, chunk_rows=chunk_rows, decision=decision)
     if not r:  # another process of `accelerate launch`: the main process writes and reports
         return
@@ -101,9 +106,13 @@ def evaluate_cmd(
                   f"{qwk(r)}on {r['n']:,} rows ({r['rows_per_s']:.1f} rows/s{extra}) -> {escape(str(out))}")
     if r.get("decision"):
         d = r["decision"]
-        console.print(f"decision rule, on the {d['rows']:,} rows it was not fitted on: argmax "
-                      f"{d['argmax']['macro_f1']:.4f} -> rule {d['macro-f1']['macro_f1']:.4f} "
-                      f"(--decision {r['decision_rule']} chose the predictions)")
+        if not d["rows"]:
+            console.print(f"decision rule: all {r['n']:,} scored rows are rows it was fitted on, so none is left to "
+                          "judge it (metrics.json's decision.rows is 0); score other rows to compare it with argmax")
+        else:
+            console.print(f"decision rule, on the {d['rows']:,} rows it was not fitted on: argmax "
+                          f"{d['argmax']['macro_f1']:.4f} -> rule {d['macro-f1']['macro_f1']:.4f} "
+                          f"(--decision {r['decision_rule']} chose the predictions)")
 
 
 @app.command("baseline")
@@ -175,6 +184,7 @@ def explain_cmd(
     show: Annotated[int, typer.Option("--show", min=0, help="Rows printed in words (all of them with --id).")] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     overwrite: OverwriteOption = False,
+    allow_unfinished: AllowUnfinishedOption = False,
 ):
     """Why each row got its grade: every field the prompt carries is set to a typical value in turn and the row is
     scored again; the reason is the change in the probability of the predicted grade.
@@ -194,8 +204,9 @@ def explain_cmd(
     from korllama.explain import explain_run
     from korllama.run import Run
 
-    reasons, summary = explain_run(Run.load(run), data, out, ids=ids, held_out=held_out, limit=limit, baseline=baseline,
-                                   batch_size=batch_size, console=err_console)
+    reasons, summary = explain_run(Run.load(run, allow_unfinished=allow_unfinished), data, out, ids=ids,
+                                   held_out=held_out, limit=limit, baseline=baseline, batch_size=batch_size,
+                                   console=err_console)
     shown = len(reasons) if ids else min(show, len(reasons))
     for i in range(shown):
         label = reasons.classes[reasons.predicted[i]]

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from korllama.choices import Decision
 from korllama.cli.app import (
+    AllowUnfinishedOption,
     DecisionOption,
     OverwriteOption,
     app,
@@ -42,7 +43,7 @@ def export_cmd(
     from korllama.export import export_run
     from korllama.run import Run
 
-    r = export_run(Run.load(run), out, overwrite=overwrite)
+    r = export_run(Run.load(run, allow_unfinished=True), out, overwrite=overwrite)  # export_run refuses it, its way
     check = r["check"]
     agreed = (f"; its probabilities equal the run's within {check['max_abs_difference']:.1e} on "
               f"{check['rows']} example rows" if check["max_abs_difference"] is not None else "")
@@ -60,6 +61,7 @@ def serve_cmd(
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long the first pending request "
                                                                             "waits for others to batch with.")] = 10,
     decision: DecisionOption = Decision.ARGMAX,
+    allow_unfinished: AllowUnfinishedOption = False,
 ):
     """Serve the run's rank scoring over HTTP: a grading page at /, POST /v1/grade, GET /health, docs at /docs.
 
@@ -80,7 +82,8 @@ def serve_cmd(
     from korllama.run import Run
     from korllama.serve import create_app
 
-    served = Run.load(run, way_out="serve the --out folder of a finished `korllama train`")
+    served = Run.load(run, way_out="serve the --out folder of a finished `korllama train`",
+                      allow_unfinished=allow_unfinished)
     application = create_app(served, max_batch=max_batch, max_wait_ms=max_wait_ms, decision=decision)
     shown = f"[{host}]" if ":" in host else host
     has_token = bool(token)

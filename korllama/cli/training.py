@@ -88,17 +88,20 @@ def lora_info(
     sys.stdout.write(format_parameter_report(*parameter_report(model)) + "\n")
 
 
-def _architecture(model_cfg) -> str:
-    """What lora-info builds: model.architecture when set, else the base's own config.json (a named base or a local
-    folder); a base with no config to read here is one sentence saying what to set."""
-    from korllama.bases import NAMED_BASES, resolve_base
+def _architecture(model_cfg) -> str | dict:
+    """What lora-info builds: model.architecture when set, else the base's own config (a named base's, read from
+    its GGUF's metadata without converting it, or a local folder's config.json); a base with no config to read
+    here is one sentence saying what to set."""
+    from korllama.bases import NAMED_BASES, base_config
     from korllama.model import BUILTIN_ARCHITECTURES
 
     if model_cfg.architecture is not None:
         return model_cfg.architecture
     base = model_cfg.base
-    if base in NAMED_BASES or Path(base).expanduser().is_dir():
-        return resolve_base(base)
+    if base in NAMED_BASES:
+        return base_config(base)
+    if Path(base).expanduser().is_dir():
+        return base
     what = ("'tiny', built at training time from the data" if base == "tiny"
             else f"{base!r}, not a local model folder (lora-info reads no hub)")
     raise KorllamaError(f"lora-info counts parameters from a model's config, but model.base is {what}; set "

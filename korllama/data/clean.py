@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from korllama.data.table import Table, add_derived, duplicate_ids
-from korllama.errors import DataError
+from korllama.errors import DataError, clip, quote
 from korllama.schema import TableSpec, parse_column
 
 DELIMITERS = (";", "\t", "|")
@@ -26,7 +26,7 @@ def refuse_other_delimiters(headers, source: str) -> None:
         only = str(headers[0])
         for sep in DELIMITERS:
             if sep in only:
-                raise DataError(f"{source}: the header is one column separated by {sep!r}; "
+                raise DataError(f"{source}: the header is one column separated by {quote(sep)}; "
                                 "korllama reads comma-separated files (save as CSV with commas).")
 
 
@@ -34,7 +34,7 @@ def refuse_duplicate_headers(headers, source: str) -> None:
     seen: dict[str, int] = {}
     for i, h in enumerate(str(h).strip() for h in headers):
         if h in seen:
-            raise DataError(f"{source}: the header {h!r} appears twice (columns {seen[h] + 1} and {i + 1}); each "
+            raise DataError(f"{source}: the header {quote(h)} appears twice (columns {seen[h] + 1} and {i + 1}); each "
                             "column needs its own name: rename or remove one.")
         seen[h] = i
 
@@ -94,7 +94,7 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
             first, twin = twins
             also = row_label(first) if row_label is not None else f"on line {line_of(first)}"
             shared = int(ids.duplicated(keep=False).sum())
-            raise DataError(f"{where(twin)}, column {id_col}: duplicate ID {ids.iloc[twin]!r} "
+            raise DataError(f"{where(twin)}, column {id_col}: duplicate ID {quote(ids.iloc[twin])} "
                             f"(also {also}); {shared} rows share an ID. IDs must be unique.",
                             row=twin, column=spec.id.alias)
     out[spec.id.alias] = ids.to_numpy(dtype=object)
@@ -108,14 +108,15 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
             rows = np.flatnonzero(bad.to_numpy())
             value = raw[header].iloc[rows[0]]
             more = f" ({len(rows) - 1} more rows like it)" if len(rows) > 1 else ""
-            raise DataError(f"{where(rows[0])}, column {header}: {value!r} is not allowed; "
+            raise DataError(f"{where(rows[0])}, column {header}: {quote(value)} is not allowed; "
                             f"expected {col.allowed}{more}.", row=int(rows[0]), column=col.alias)
         if col.parser == "category" and col.seen is not None and col.unseen is not None:
             unseen = values.notna() & ~values.isin(col.seen)
             if unseen.any():
                 kinds = sorted(set(values[unseen]))
+                shown = ", ".join([*(clip(k) for k in kinds[:5]), *["..."] * (len(kinds) > 5)])
                 warns.append(f"{source}, column {header}: {unseen.sum()} rows have values never seen in training "
-                             f"({', '.join(kinds)}); treated as {col.unseen!r}.")
+                             f"({shown}); treated as {quote(col.unseen)}.")
                 values = values.where(~unseen, col.unseen)
         if col.parser == "category":
             out[col.alias] = values.to_numpy(dtype=object)
@@ -130,11 +131,24 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
         bad = ~labels.isin(spec.label.classes)
         if bad.any():
             rows = np.flatnonzero(bad.to_numpy())
-            raise DataError(f"{where(rows[0])}, column {label_col}: {raw[label_col].iloc[rows[0]]!r} is not a grade; "
+            shown = quote(raw[label_col].iloc[rows[0]])
+            raise DataError(f"{where(rows[0])}, column {label_col}: {shown} is not a grade; "
                             f"expected one of {', '.join(spec.label.classes)}"
                             + (f" ({len(rows) - 1} more rows like it)." if len(rows) > 1 else "."),
                             row=int(rows[0]), column=spec.label.alias)
         out[spec.label.alias] = labels.to_numpy(dtype=object)
+
+    for col in spec.columns:  # odd but possible: graded as it is, with a warning
+        if col.at_most is not None:
+            over = np.flatnonzero(pd.to_numeric(pd.Series(out[col.alias]), errors="coerce").to_numpy(float)
+                                   > pd.to_numeric(pd.Series(out[col.at_most]), errors="coerce").to_numpy(float))
+            if len(over):
+                limit = spec.column(col.at_most)
+                warns.append(f"{where(over[0])}, column {find(col.name, col.alias)}: {len(over):,} row"
+                             f"{'s' * (len(over) != 1)} above {find(limit.name, limit.alias)} (e.g. "
+                             f"{clip(str(raw[find(col.name, col.alias)].iloc[over[0]]))} > "
+                             f"{clip(str(raw[find(limit.name, limit.alias)].iloc[over[0]]))}); graded as they are: "
+                             "check the data.")
 
     frame = pd.DataFrame(out)
     add_derived(frame, spec)

@@ -24,6 +24,10 @@ from korllama.schema import TableSpec, load_spec
 
 ENCODINGS = ("utf-8-sig", "cp949")  # utf-8-sig reads plain utf-8 too
 
+# The csv module refuses a field over 128 KiB with `_csv.Error`; pandas reads any size. A huge field is the
+# cleaner's to refuse, with its sentence (korllama.errors.quote shows a piece of it), so the csv module takes all.
+csv.field_size_limit(2**31 - 1)
+
 
 def read_table(path: str | Path, spec: TableSpec | str | Path | None = None) -> Table:
     """Read, validate and clean a CSV or Parquet file."""

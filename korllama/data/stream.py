@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from korllama.data.clean import DataWarning, clean, find_header, refuse_duplicate_headers, refuse_other_delimiters
 from korllama.data.read import ENCODINGS, READ_CSV, decode, record_lines, sniff
 from korllama.data.table import Table
-from korllama.errors import DataError, KorllamaError
+from korllama.errors import DataError, KorllamaError, quote
 from korllama.schema import TableSpec, load_spec
 
 CHUNK_ROWS = 10_000  # rows read, cleaned, scored and written at a time: memory follows this, not the table's size
@@ -208,7 +208,7 @@ class TableChunks:
         else:
             line = (lambda p: int(self.lines[p])) if self.lines is not None else (lambda p: p + 2)
             where, also = f"{self.source}, line {line(twins[1])}", f"on line {line(twins[0])}"
-        raise DataError(f"{where}, column {header}: duplicate ID {dup.iloc[0]!r} (also {also}); {len(dup)} rows "
+        raise DataError(f"{where}, column {header}: duplicate ID {quote(dup.iloc[0])} (also {also}); {len(dup)} rows "
                         "share an ID. IDs must be unique.", row=int(twins[1]), column=self.spec.id.alias)
 
 

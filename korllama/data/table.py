@@ -67,20 +67,27 @@ def add_derived(frame: pd.DataFrame, spec: TableSpec) -> None:
 
 def split(table: Table, valid_fraction: float = 0.2, seed: int = 0) -> tuple[Table, Table]:
     """Stratified train/validation split by label (rows keep their order within each part)."""
+    require_splittable(table, valid_fraction)
+    stratify = table.labels if table.labels.value_counts().min() >= 2 else None
+    train_idx, valid_idx = train_test_split(
+        np.arange(len(table)), test_size=valid_fraction, random_state=seed, stratify=stratify)
+    return table.subset(np.sort(train_idx)), table.subset(np.sort(valid_idx))
+
+
+def require_splittable(table: Table, valid_fraction: float, what: str = "split",
+                       way_out: str = " (or another valid fraction)") -> None:
+    """Refuse, in one sentence, a table too small for a split at `valid_fraction` to hold a row of each label on
+    both sides (scikit-learn's own refusal is a traceback). `what` names the split (e.g. the trees' inner one)."""
     if not table.has_labels:
         raise DataError(f"{table.source} has no {table.spec.label.name} column: a split needs labelled rows.")
     counts = table.labels.value_counts()
     need = smallest_split(len(counts), valid_fraction)
-    if len(table) < need:  # too few rows for a row of each label on both sides (and scikit-learn's traceback)
+    if len(table) < need:
         n_valid = math.ceil(valid_fraction * len(table))
         raise DataError(f"{table.source} has {len(table):,} labelled row{'s' * (len(table) != 1)} of {len(counts)} "
-                        f"label{'s' * (len(counts) != 1)}: split {len(table) - n_valid}/{n_valid} (valid fraction "
+                        f"label{'s' * (len(counts) != 1)}: {what} {len(table) - n_valid}/{n_valid} (valid fraction "
                         f"{valid_fraction:g}), one part cannot hold a row of each label; it needs at least {need} "
-                        "rows (or another valid fraction).")
-    stratify = table.labels if counts.min() >= 2 else None
-    train_idx, valid_idx = train_test_split(
-        np.arange(len(table)), test_size=valid_fraction, random_state=seed, stratify=stratify)
-    return table.subset(np.sort(train_idx)), table.subset(np.sort(valid_idx))
+                        f"rows{way_out}.")
 
 
 def smallest_split(labels: int, valid_fraction: float) -> int:

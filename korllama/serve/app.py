@@ -55,8 +55,7 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
     rule = run.rule(decision)
     model, tokenizer, config = run.model, run.tokenizer, run.config  # safetensors only, for every command
     spec, template, classes = run.spec, run.template, run.classes
-    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    max_tokens = min(config.train.max_length, positions or config.train.max_length)
+    max_tokens = run.max_tokens
     token = os.environ.get(token_env) or None
     Applicant, GradeResult, phrasing = applicant_model(spec), result_model(spec), Phrasing(spec, max_applicants)
 
@@ -112,6 +111,12 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
         if kind != "application/json" and not kind.endswith("+json"):
             raise HTTPException(415, f"the body must be JSON sent with 'content-type: application/json' (this "
                                      f"request says {kind or 'nothing'!r})")
+        params = dict(p.partition("=")[::2] for p in request.headers["content-type"].lower().replace(" ", "")
+                      .split(";")[1:])
+        charset = params.get("charset", "utf-8").strip('"')
+        if charset not in ("utf-8", "utf8"):  # JSON is UTF-8 (RFC 8259); reading it as UTF-8 anyway misreads it
+            raise HTTPException(415, f"JSON is read as UTF-8, but this request says charset={charset}; send the "
+                                     "body as UTF-8 (charset=utf-8, or no charset)")
 
     @app.get("/health")
     async def health() -> dict:

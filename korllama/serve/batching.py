@@ -22,7 +22,7 @@ from fastapi import HTTPException
 from korllama.data import Table, clean
 from korllama.errors import DataError
 from korllama.schema import TableSpec
-from korllama.scoring import encode_prompts, score
+from korllama.scoring import encode_prompts, score, too_long, too_long_sentence
 
 
 def problem(loc: list, msg: str, kind: str, value: Any = None) -> dict:
@@ -108,11 +108,13 @@ class Grader:
         for j, (request, table) in enumerate(zip(requests, results)):
             if isinstance(table, Table):
                 encoded[j] = encode_prompts(self.tokenizer, self.template.render(table))
-                i = next((i for i, ids in enumerate(encoded[j]) if len(ids) > self.max_tokens), None)
-                if i is not None:
+                found = too_long(encoded[j], self.max_tokens)
+                if found is not None:
+                    i, tokens = found
+                    del encoded[j]
                     results[j] = HTTPException(422, [problem(
-                        request.loc(i), f"{request.where(i)}: its prompt is {len(encoded.pop(j)[i]):,} tokens, more "
-                        f"than this run's limit of {self.max_tokens:,} (are the numbers real?)", "prompt_too_long")])
+                        request.loc(i), too_long_sentence(request.where(i), tokens, self.max_tokens),
+                        "prompt_too_long")])
         for j in [j for j in encoded if requests[j].explain and self.explainer is not None]:
             del encoded[j]
             results[j] = (results[j], *self.explainer(results[j], requests[j].explain))

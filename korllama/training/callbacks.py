@@ -24,12 +24,15 @@ class VerifyCheckpoint(TrainerCallback):
     The original project's checkpoints held a config but no adapter; this makes that impossible to miss.
     """
 
-    def __init__(self, lora: bool):
-        self.lora = lora
+    def __init__(self, lora: bool, run: RunDir | None = None):
+        self.lora, self.run = lora, run
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            verify_weights(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.lora)
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            verify_weights(folder, self.lora)
+            if self.run is not None:  # --resume checks these bytes before it continues from them
+                self.run.record_weights(folder)
 
 
 def verify_weights(folder: Path, lora: bool) -> int:
@@ -83,8 +86,10 @@ class KeepBest(TrainerCallback):
         model.save_pretrained(staging, safe_serialization=True)
         if processing_class is not None:  # a self-contained folder: from_pretrained needs nothing else
             processing_class.save_pretrained(staging)
+        self.run.record_weights(self.target, incoming=staging)  # the old bytes or these, until recorded below
         shutil.rmtree(self.target, ignore_errors=True)
         staging.rename(self.target)  # the folder appears whole
+        self.run.record_weights(self.target)  # every later load checks these bytes
         write_text(self.run.best, json.dumps({self.metric: self.best, "step": state.global_step}))
 
 

@@ -75,7 +75,7 @@ def fit_run_decision(run: Run, eval_part: Table, eval_prompts: list[str], proba:
     store it in the run. The rows' IDs go with it: `evaluate` never judges the rule on them. After a resume the
     best evaluation may predate this process; then the kept weights score the eval rows once more."""
     if proba is None:
-        kept = Run.load(run.root)
+        kept = Run.load(run.root, allow_unfinished=True)  # the run finishes once its rule is stored
         proba = score(kept.model, kept.tokenizer, eval_prompts, run.classes, run.config.train.eval_batch_size)
     rule = fit_decision(proba, eval_part.labels.tolist(), run.classes, ids=eval_part.ids.tolist())
     rule.save(run.dir.decision)
@@ -124,6 +124,7 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, t
         resume_from = run.last_complete_checkpoint()
         if resume_from is None:
             raise KorllamaError(f"--resume: {run.checkpoints} holds no checkpoint to resume from.")
+        run.verify_weights(run.base, run.weights(config.lora is not None), resume_from)
     else:
         if config is None:
             raise KorllamaError("train needs --config (a YAML file or a built-in name such as demo).")
@@ -162,6 +163,7 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
         with state.main_process_first():  # one process builds the tokenizer and the random model
             if state.is_main_process and not (folder.base / "config.json").is_file():
                 build_tiny(train_prompts, folder.base, config.model.tiny, seed=config.train.seed, labels=classes)
+                folder.record_weights(folder.base)
     model, tokenizer = load_base(config.model, base, for_training=True)
     label_tokens(tokenizer, classes)  # fail now, not after training, if two labels are the same tokens
     if config.lora is not None:
@@ -178,12 +180,13 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
     if state.is_main_process:
         folder.root.mkdir(parents=True, exist_ok=True)
         write_text(folder.config, config_to_yaml(config))
+        folder.write_spec(run.spec)
     device = next(model.parameters()).device
     trainer = GradeTrainer(
         model=model, args=training_arguments(config, folder.root, device, getattr(model.config, "hidden_size", None)),
         train_dataset=dataset,
         eval_dataset=eval_dataset, processing_class=tokenizer, data_collator=collator(tokenizer),
-        compute_loss_func=compute_loss_func, callbacks=[VerifyCheckpoint(config.lora is not None),
+        compute_loss_func=compute_loss_func, callbacks=[VerifyCheckpoint(config.lora is not None, folder),
                                                        KeepBest(folder, config.lora is not None)],
         classes=classes, eval_batch_size=config.train.eval_batch_size)
     if state.is_main_process:  # one event file, in this run's logs/ (not the env-var default of the Trainer)
@@ -200,6 +203,7 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
     summary = {}
     if state.is_main_process:
         tokenizer.save_pretrained(folder.tokenizer)
+        folder.record_weights(folder.tokenizer)
         trainer.state.save_to_json(str(folder.trainer_state))
         best = json.loads(folder.best.read_text())
         decision = fit_run_decision(run, eval_part, eval_prompts, trainer.eval_proba.get(best["step"]))

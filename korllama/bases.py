@@ -22,7 +22,6 @@ version of the package) it is rebuilt. Concurrent processes take a file lock, so
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -44,6 +43,7 @@ from transformers.initialization import no_init_weights
 from transformers.utils.import_utils import GGUF_MIN_VERSION, is_gguf_available
 
 from korllama.errors import ConfigError, KorllamaError
+from korllama.io import sha256_file
 
 PROVENANCE = "korllama_base.json"
 FORMAT = 1  # of korllama_base.json; another value means the entry was made by another korllama: rebuild
@@ -132,11 +132,6 @@ def run_record(source) -> dict | None:
 
 
 # --- the cache entry ---------------------------------------------------------------------------------------------
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
 
 def installed_version(spec: NamedBase) -> str | None:
     try:

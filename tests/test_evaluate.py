@@ -355,7 +355,7 @@ def test_evaluate_with_the_decision_rule_never_judges_it_on_its_fitting_rows(run
     import json as _json
 
     from korllama.decision import DecisionRule
-    from korllama.run import RunDir
+    from korllama.layout import RunDir
     from korllama.synth import synthetic_table
 
     rule = DecisionRule.load(RunDir(run_dir).decision)
@@ -376,7 +376,7 @@ def test_evaluate_with_the_decision_rule_never_judges_it_on_its_fitting_rows(run
 
 def test_predict_with_the_decision_rule(cli, run_dir, tmp_path):
     from korllama.decision import DecisionRule
-    from korllama.run import RunDir
+    from korllama.layout import RunDir
 
     data = unlabelled_csv(tmp_path / "test.csv", rows=20)
     code, _, err = cli("predict", run_dir, "--data", data, "--out", tmp_path / "p.csv", "--proba",

@@ -268,7 +268,7 @@ def test_explain_rows_for_the_service_equals_korllama_explain(cli, run_dir, run_
 
 
 def test_the_run_stores_its_references(run_dir):
-    from korllama.run import RunDir
+    from korllama.layout import RunDir
 
     stored = load_references(RunDir(run_dir).references)
     assert stored == json.loads(json.dumps(reference_values(Run.load(run_dir).split()[0])))
@@ -277,7 +277,7 @@ def test_the_run_stores_its_references(run_dir):
 def test_the_model_card(run_dir, tmp_path):
     from korllama.card import write_model_card
     from korllama.decision import DecisionRule
-    from korllama.run import RunDir
+    from korllama.layout import RunDir
 
     text = RunDir(run_dir).model_card.read_text("utf-8")
     for heading in ("# Model card: tiny", "## Model", "## Data", "## Prompt", "## Recipe", "## Validation",
@@ -347,6 +347,6 @@ def test_the_card_explains_as_many_rows_as_fit_its_time():
 
 
 def stored_references(run_dir) -> dict:
-    from korllama.run import RunDir
+    from korllama.layout import RunDir
 
     return load_references(RunDir(run_dir).references)

@@ -12,7 +12,8 @@ import pytest
 
 from korllama import io
 from korllama.errors import KorllamaError
-from korllama.io import atomic_path, claim_dir, claim_file, json_text, write_json
+from korllama.io import atomic_path, json_text, write_json
+from korllama.outputs import claim_dir, claim_file
 
 
 def tree(root: Path) -> list[Path]:

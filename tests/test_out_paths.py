@@ -1,4 +1,4 @@
-"""Every command that writes follows one rule for its `--out` (korllama.io.claim_file / claim_dir, docs/rules.md).
+"""Every command that writes follows one rule for its `--out` (korllama.outputs.claim_file / claim_dir, docs/rules.md).
 
 The commands are found in the CLI itself: each one with an `--out` option is run against every bad kind of path
 (a place that takes no new files, a device node, a FIFO, a path under a file, a folder where a file goes and the

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from korllama.errors import KorllamaError
-from korllama.run import RunDir
+from korllama.layout import RunDir
 
 
 def test_the_layout_is_spelled_once(tmp_path):

@@ -464,7 +464,7 @@ def test_explain_in_the_service_equals_korllama_explain(client, run_dir, tmp_pat
 
 def test_the_service_applies_the_decision_rule_when_asked(run_dir):
     from korllama.decision import DecisionRule
-    from korllama.run import RunDir
+    from korllama.layout import RunDir
 
     rule = DecisionRule.load(RunDir(run_dir).decision)
     rows = raw_applicants(12)

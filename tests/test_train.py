@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 
 from korllama.config import ModelConfig, RunConfig, TinyModelConfig, load_config
 from korllama.errors import ConfigError, KorllamaError
+from korllama.layout import RunDir
 from korllama.model import build_tiny, load_base
 from korllama.prompts import render
-from korllama.run import RunDir
 from korllama.scoring import label_tokens, score
 from korllama.synth import synthetic_table
 from korllama.training import hardware, train

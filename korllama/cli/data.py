@@ -76,7 +76,8 @@ def data_synth(
 
     Example: korllama data synth --rows 4000 --seed 0 --out synthetic.csv
     """
-    from korllama.io import claim_file, write_csv
+    from korllama.io import write_csv
+    from korllama.outputs import claim_file
     from korllama.synth import synthesize
 
     claim_file(out, overwrite)

@@ -47,7 +47,7 @@ def predict_cmd(
       korllama predict runs/dacon-tiny --data ../shared/data/dacon-loan/test.csv --out submission.csv
       accelerate launch --num_processes 8 -m korllama predict runs/big --data big.csv --out big-graded.csv
     """
-    from korllama.io import claim_file
+    from korllama.outputs import claim_file
 
     claim_file(out, overwrite)  # before torch is even imported
     from korllama.predict import predict_file
@@ -238,7 +238,7 @@ def compare_cmd(
 
     Example: korllama compare runs/eval/before runs/eval/tuned runs/eval/baseline --out report.html
     """
-    from korllama.io import claim_file
+    from korllama.outputs import claim_file
 
     claim_file(out, overwrite)
     from korllama.report import compare

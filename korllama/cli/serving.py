@@ -133,7 +133,7 @@ def demo(
     Synthetic loan table -> check -> prompts -> the tiny Llama trained with configs/demo.yaml -> evaluation before
     and after tuning on held-out rows -> LightGBM baseline -> runs/demo/report.html.
     """
-    from korllama.io import claim_dir
+    from korllama.outputs import claim_dir
 
     claim_dir(out, overwrite, owns=DEMO_FILES, writes=None, what="a demo")  # before torch is even imported
     from korllama.demo import run_demo

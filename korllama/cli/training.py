@@ -42,8 +42,9 @@ def train_cmd(
     """
     from korllama.card import document_run
     from korllama.config import load_config
-    from korllama.io import check_place
-    from korllama.run import Run, RunDir
+    from korllama.layout import RunDir
+    from korllama.outputs import check_place
+    from korllama.run import Run
     from korllama.training import train
 
     if resume and overwrite:

@@ -38,8 +38,9 @@ from markdown_it import MarkdownIt
 
 from korllama.data import TableChunks
 from korllama.errors import KorllamaError
+from korllama.layout import RunDir
 from korllama.predict import predict_file
-from korllama.run import Run, RunDir
+from korllama.run import Run
 from korllama.serve.schema import example_applicant
 from korllama.synth import synthetic_table
 

@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 
 from korllama.errors import KorllamaError
 from korllama.io import write_text
-from korllama.run import RunDir
+from korllama.layout import RunDir
 
 
 class VerifyCheckpoint(TrainerCallback):

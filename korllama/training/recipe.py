@@ -31,8 +31,10 @@ from korllama.data import Table
 from korllama.decision import fit_decision
 from korllama.errors import KorllamaError
 from korllama.io import write_text
+from korllama.layout import RunDir
 from korllama.model import build_tiny, load_base, wrap_lora
-from korllama.run import Run, RunDir, data_fingerprint
+from korllama.run import Run, data_fingerprint
+from korllama.schema import spec_to_yaml
 from korllama.scoring import label_tokens, score
 from korllama.training.callbacks import KeepBest, RichProgress, VerifyCheckpoint
 from korllama.training.collate import collator, tokenize
@@ -180,7 +182,7 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
     if state.is_main_process:
         folder.root.mkdir(parents=True, exist_ok=True)
         write_text(folder.config, config_to_yaml(config))
-        folder.write_spec(run.spec)
+        write_text(folder.spec, spec_to_yaml(run.spec))  # the run scores the same from any folder
     device = next(model.parameters()).device
     trainer = GradeTrainer(
         model=model, args=training_arguments(config, folder.root, device, getattr(model.config, "hidden_size", None)),

@@ -238,8 +238,8 @@ def fast_search(monkeypatch):
 def test_run_baseline_stores_a_decision_rule_fitted_on_inner_rows_only(fast_search, tmp_path):
     import json
 
+    from korllama.baseline.command import run_baseline
     from korllama.decision import DecisionRule
-    from korllama.evaluate import run_baseline
 
     data = synthetic_table(1500, seed=5)
     result = run_baseline(data, None, tmp_path / "b", decision="macro-f1")

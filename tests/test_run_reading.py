@@ -119,6 +119,7 @@ def test_a_file_added_to_the_weights_is_refused(run_dir, loan_csv, tmp_path, cli
 
 def test_resume_verifies_the_weights(run_dir, tmp_path, cli):
     run = shutil.copytree(run_dir, tmp_path / "run")
+    (run / "train_summary.json").unlink()  # killed before it finished: resume continues it (a finished run is refused)
     flip_byte(run / "checkpoints" / "checkpoint-4" / "model.safetensors")
     before = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
     code, _, err = cli("train", "--out", run, "--resume")

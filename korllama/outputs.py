@@ -52,11 +52,7 @@ def claim_dir(path: str | Path, overwrite: bool = False, *, owns: tuple[str, ...
     writes into a run), a folder of other files, a file, a device, a place that takes no new files: one sentence
     before any work, nothing created. `what` names the kind in sentences ("an evaluation")."""
     path = Path(path)
-    kind = _what_is(path, option)
-    if kind not in (None, "folder"):
-        raise KorllamaError(f"{option} {path} is {_article(kind)}; it must name a folder (for {what}).")
-    if kind is None:
-        _check_writable_parent(path, option)
+    if not _folder_at(path, option, f"it must name a folder (for {what})."):
         return path
     _refuse_run(path, option)
     present = {p.name for p in path.iterdir()}
@@ -80,14 +76,20 @@ def check_place(path: str | Path, option: str = "--out") -> Path:
     """What every output folder must be, for `korllama train`, whose folder may be a run (RunDir.check_new judges
     its state): not a file or a device, not under a file or inside a run, in a place that takes new files."""
     path = Path(path)
-    kind = _what_is(path, option)
-    if kind not in (None, "folder"):
-        raise KorllamaError(f"{option} {path} is {_article(kind)}; a run is a folder: choose another {option}.")
-    if kind is None:
-        _check_writable_parent(path, option)
-    else:
+    if _folder_at(path, option, f"a run is a folder: choose another {option}."):
         _try_write(path, path, option)
     return path
+
+
+def _folder_at(path: Path, option: str, needs: str) -> bool:
+    """True when a folder stands at `path`; nothing there: its parent must take new files (False); anything else
+    (a file, a device, a FIFO) is refused with `needs`, what the command needs instead."""
+    kind = _what_is(path, option)
+    if kind not in (None, "folder"):
+        raise KorllamaError(f"{option} {path} is {_article(kind)}; {needs}")
+    if kind is None:
+        _check_writable_parent(path, option)
+    return kind == "folder"
 
 
 _KINDS = ((stat.S_ISDIR, "folder"), (stat.S_ISREG, "file"), (stat.S_ISCHR, "a character device"),

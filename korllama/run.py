@@ -1,19 +1,6 @@
-"""A run: `RunDir`, the one owner of a run directory's layout (nothing else in korllama spells these names), and
-`Run`, a run read once — its config, spec, template, labels, split, evaluation sample, decision rule, references,
-model and tokenizer — which every consumer (predict, evaluate, explain, serve, export, the card) takes.
-
-    RUN/config.yaml          the validated RunConfig the run was trained with (resume reads it back)
-    RUN/base/                the tiny model before training (model.base: tiny only)
-    RUN/model/ | adapter/    the best weights: a full save_pretrained folder, or a PEFT adapter (safetensors)
-    RUN/tokenizer/           the tokenizer the weights were trained with
-    RUN/checkpoints/         Trainer checkpoints (checkpoint-N/), for --resume
-    RUN/best.json            which evaluation the kept weights come from
-    RUN/train_summary.json   written last: its presence means the run finished
-    RUN/trainer_state.json, RUN/logs/ (tensorboard), RUN/train_curve.png, RUN/decision.json, RUN/model_card.md
-    RUN/references.json      the neutral value of every field (training medians / most frequent), for explain
-    RUN/spec.yaml            the table spec the run was trained with, templates inlined: the run reads its own copy
-    RUN/weights.json         the sha256 of every file of base/, model/, adapter/, tokenizer/ and of the checkpoints'
-                             safetensors, recorded as they are written; every load checks them (verify_weights)
+"""`Run`: a run read once — its config, spec, template, labels, split, evaluation sample, decision rule, references,
+model and tokenizer — which every consumer (predict, evaluate, explain, serve, export, the card) takes. A run
+folder's layout (what each file is) belongs to korllama.layout.RunDir.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 import transformers
 from filelock import FileLock
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.initialization import no_init_weights
 from transformers.utils.import_utils import GGUF_MIN_VERSION, is_gguf_available
 
@@ -200,8 +200,6 @@ def base_config(name: str) -> dict:
     """A named base's model config (config.json's keys) without converting it: the cache entry's config.json when
     it is intact, else the GGUF's own metadata (read without its tensors; an assembled GGUF is joined into a
     scratch folder first, then removed). For `korllama lora-info`, which counts parameters on the meta device."""
-    from transformers import AutoConfig
-
     spec = NAMED_BASES[name]
     folder = base_dir(name)
     if cache_problem(folder, spec) is None:

@@ -6,6 +6,7 @@ YAML in, YAML out (`load_config`, `save_config`); `key=value` overrides from the
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -127,8 +128,6 @@ class RunConfig(_Section):
 
 def builtin_configs() -> list[str]:
     """The configs shipped in korllama/configs (the checkout's configs/ points there): demo, seed, dacon-tiny."""
-    from importlib import resources
-
     return sorted(p.name.removesuffix(".yaml") for p in resources.files("korllama.configs").iterdir()
                   if p.name.endswith(".yaml"))
 
@@ -141,8 +140,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file() and str(path) in builtin_configs():
-            from importlib import resources
-
             path = Path(str(resources.files("korllama.configs").joinpath(f"{path}.yaml")))
         if path.is_dir():
             raise ConfigError(f"Config file {path} is a folder; name a run config YAML file (e.g. "

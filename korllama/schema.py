@@ -8,6 +8,7 @@ column at once and return a mask of the values they could not read, so errors ca
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -198,8 +199,6 @@ def load_spec(spec: str | Path | None = None) -> TableSpec:
 def check_template(text: str, where: str) -> None:
     """Refuse, in one sentence, a template whose braces or format codes Python cannot use ({final:.0q}), when its
     spec is read rather than when the first row is rendered. A number field is tried with 1 (a `d` code) or 1.0."""
-    import string
-
     try:
         fields = [(f, fmt, conv) for _, f, fmt, conv in string.Formatter().parse(text) if f is not None]
     except ValueError as exc:

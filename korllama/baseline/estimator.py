@@ -17,13 +17,16 @@ import copy
 import time
 from inspect import signature
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from korllama.data import Table
+from korllama.decision import _encode, macro_f1_codes
 
 
 def table_features(table: Table) -> pd.DataFrame:
@@ -70,8 +73,6 @@ def _is_category(dtype) -> bool:
 
 def _inner_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified positions (fit, valid) of the rows given to `fit`."""
-    from sklearn.model_selection import train_test_split
-
     _, counts = np.unique(y, return_counts=True)
     n_valid = int(np.ceil(fraction * len(y)))  # as train_test_split counts it
     # stratified when every class can be on both sides (a few rows of many classes cannot)
@@ -176,8 +177,6 @@ class TreeBaseline(ClassifierMixin, BaseEstimator):
         return X_frame[self.segment_on].isna().to_numpy().astype(int)
 
     def _lgbm(self, n_classes: int, **override):
-        import lightgbm as lgb
-
         params = dict(n_estimators=self.n_estimators, learning_rate=self.learning_rate, num_leaves=self.num_leaves,
                       max_bin=self.max_bin, min_child_samples=self.min_child_samples,
                       colsample_bytree=self.colsample_bytree, subsample=self.subsample, reg_lambda=self.reg_lambda)
@@ -194,8 +193,6 @@ class TreeBaseline(ClassifierMixin, BaseEstimator):
 
     def _fit_one(self, model, X_fit, y_fit, X_valid, y_valid):
         """Fit with early stopping on (X_valid, y_valid) when there are such rows; returns the rounds kept."""
-        import lightgbm as lgb
-
         callbacks = self._callbacks()
         if X_valid is None or len(y_valid) == 0:
             model.fit(X_fit, y_fit, callbacks=callbacks)
@@ -301,8 +298,6 @@ class TreeBaseline(ClassifierMixin, BaseEstimator):
 
     def valid_macro_f1(self) -> float:
         """Macro-F1 of plain argmax on the inner validation rows (the search's yardstick)."""
-        from korllama.decision import _encode, macro_f1_codes
-
         k = len(self.classes_)
         truth = _encode(self.valid_labels_, list(self.classes_))
         return macro_f1_codes(truth, self.valid_proba_.argmax(axis=1), k)

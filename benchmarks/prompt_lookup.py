@@ -3,11 +3,11 @@ field values (as the prompt writes them, or the rate at other precisions) to the
 
     PYTHONPATH=. python benchmarks/prompt_lookup.py --data ../shared/data/dacon-loan/train.csv
 
-Same split as `korllama train` (stratified 80/20, seed 0). Per key set: keys, the purity of the keys on the training
-rows (the best any model reading only those values can do on them), the share of held-out rows whose key occurs in
-training, and held-out macro-F1 / accuracy of the lookup (an unseen key gets the commonest grade, B), on the rows with
-a rate, and on those whose key was seen. The prompt writes the rate to 0.01% (4 decimals of the fraction) and the
-payments as a whole number.
+Same split as `korllama train` (stratified 80/20, seed 0). Per key set: keys; their purity on the training rows that
+have a rate (the best any model reading only those values can do on those rows); the share of held-out rows whose key
+occurs in training; held-out macro-F1 / accuracy of the lookup (an unseen key gets the commonest grade, B), on the
+rows with a rate, and on those among them whose key was or was not seen. The prompt writes the rate to 0.01% (4
+decimals of the fraction) and the payments as a whole number; rows without a rate share one key.
 """
 
 from __future__ import annotations
@@ -31,16 +31,18 @@ def main(argv: list[str] | None = None) -> None:
     y_train, y_held = train.labels.to_numpy(), held_out.labels.to_numpy()
     rated = ~np.isnan(held_out.frame["implied_rate"].to_numpy(float))
     common = collections.Counter(y_train).most_common(1)[0][0]
+    train_rated = int((~np.isnan(train.frame["implied_rate"].to_numpy(float))).sum())
 
     def keys(part, digits, payments):
         rate = part.frame["implied_rate"].to_numpy(float)
         rate = np.round(rate, digits) if digits is not None else rate
         made = np.round(part.frame["payments_made"].to_numpy(float)) if payments else np.zeros(len(part))
-        return list(zip(part.frame["term"].astype(str), rate, made))
+        # a row that repaid nothing has no rate (NaN): one key for all of them, as the prompt writes "Unknown"
+        return list(zip(part.frame["term"].astype(str), np.nan_to_num(rate, nan=-1.0), np.nan_to_num(made, nan=-1.0)))
 
     print("| rate decimals (fraction) | payments | keys | train purity | held-out seen | macro-F1 | accuracy "
-          "| acc. rated | acc. rated & seen |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| acc. rated | acc. rated & seen | acc. rated & unseen |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for digits in (None, 6, 5, 4, 3):
         for payments in (True, False):
             k_train, k_held = keys(train, digits, payments), keys(held_out, digits, payments)
@@ -49,11 +51,12 @@ def main(argv: list[str] | None = None) -> None:
                 table[k][y] += 1
             seen = np.array([k in table for k in k_held])
             pred = np.array([table[k].most_common(1)[0][0] if k in table else common for k in k_held])
-            purity = sum(c.most_common(1)[0][1] for c in table.values()) / len(k_train)
+            purity = sum(c.most_common(1)[0][1] for k, c in table.items() if k[1] != -1) / train_rated
             print(f"| {'exact' if digits is None else digits} | {'yes' if payments else 'no'} | {len(table):,} "
                   f"| {purity:.4f} | {seen.mean():.3f} | {f1_score(y_held, pred, average='macro'):.4f} "
                   f"| {accuracy_score(y_held, pred):.4f} | {(pred[rated] == y_held[rated]).mean():.4f} "
-                  f"| {(pred[rated & seen] == y_held[rated & seen]).mean():.4f} |", flush=True)
+                  f"| {(pred[rated & seen] == y_held[rated & seen]).mean():.4f} "
+                  f"| {(pred[rated & ~seen] == y_held[rated & ~seen]).mean():.4f} |", flush=True)
 
 
 if __name__ == "__main__":

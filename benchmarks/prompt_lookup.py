@@ -2,12 +2,16 @@
 field values (as the prompt writes them, or the rate at other precisions) to the training rows' majority grade.
 
     PYTHONPATH=. python benchmarks/prompt_lookup.py --data ../shared/data/dacon-loan/train.csv
+    PYTHONPATH=. python benchmarks/prompt_lookup.py --data ... --predictions EVAL/predictions.csv   # a run's too
 
 Same split as `korllama train` (stratified 80/20, seed 0). Per key set: keys; their purity on the training rows that
 have a rate (the best any model reading only those values can do on those rows); the share of held-out rows whose key
 occurs in training; held-out macro-F1 / accuracy of the lookup (an unseen key gets the commonest grade, B), on the
 rows with a rate, and on those among them whose key was or was not seen. The prompt writes the rate to 0.01% (4
 decimals of the fraction) and the payments as a whole number; rows without a rate share one key.
+
+--predictions (the predictions.csv of `korllama evaluate RUN --held-out`, e.g. of a configs/dacon-tiny.yaml run): that
+model's accuracy beside the lookup's on the same groups of held-out rows (prompt text seen in training or not).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True)
+    parser.add_argument("--predictions", default=None, help="a held-out predictions.csv to compare with the lookup")
     args = parser.parse_args(argv)
 
     from sklearn.metrics import accuracy_score, f1_score
@@ -57,6 +62,27 @@ def main(argv: list[str] | None = None) -> None:
                   f"| {accuracy_score(y_held, pred):.4f} | {(pred[rated] == y_held[rated]).mean():.4f} "
                   f"| {(pred[rated & seen] == y_held[rated & seen]).mean():.4f} "
                   f"| {(pred[rated & ~seen] == y_held[rated & ~seen]).mean():.4f} |", flush=True)
+
+    if args.predictions:
+        import pandas as pd
+
+        k_train, k_held = keys(train, 4, True), keys(held_out, 4, True)  # the prompt's own text
+        table = collections.defaultdict(collections.Counter)
+        for k, y in zip(k_train, y_train):
+            table[k][y] += 1
+        lookup = pd.Series([table[k].most_common(1)[0][0] if k in table else common for k in k_held],
+                           index=held_out.ids.to_numpy())
+        seen = pd.Series([k in table for k in k_held], index=held_out.ids.to_numpy())
+        rated_ids = pd.Series(rated, index=held_out.ids.to_numpy())
+        model = pd.read_csv(args.predictions, keep_default_na=False).set_index("ID")
+        print(f"\n{args.predictions}: {len(model):,} held-out rows")
+        print("| rows | n | model accuracy | lookup accuracy |")
+        print("| --- | --- | --- | --- |")
+        for name, mask in (("all", seen | ~seen), ("rated, prompt seen", rated_ids & seen),
+                           ("rated, prompt unseen", rated_ids & ~seen), ("no rate", ~rated_ids)):
+            ids = [i for i in mask[mask].index if i in model.index]
+            right = (model.loc[ids, "prediction"] == model.loc[ids, "truth"]).mean()
+            print(f"| {name} | {len(ids):,} | {right:.4f} | {(lookup[ids] == model.loc[ids, 'truth']).mean():.4f} |")
 
 
 if __name__ == "__main__":

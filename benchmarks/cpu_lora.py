@@ -5,7 +5,7 @@
     python benchmarks/cpu_lora.py --check     # the equality checks only (no timing)
 
 Model: SmolLM2-135M-Instruct (`model.base: smollm2-135m`, korllama.bases) with the original's LoRA (r 8, alpha 16,
-dropout 0.1 on q_proj + v_proj), the prompt of configs/smollm2-lora.yaml (compact, 3 fields, ~30 tokens a row) on
+dropout 0.1 on q_proj + v_proj), the prompt of configs/smollm2-lora-seed.yaml (compact, 3 fields, ~30 tokens a row) on
 --rows rows of --data, batch 16, AdamW (the config's lr). Every variant is a real transformers Trainer on the same
 model (a copy each, the same weights), the same rows and the same batches (same seed):
 
@@ -179,7 +179,7 @@ def check(model, tokenizer, rows, batch: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/dacon-loan/train.csv")
-    parser.add_argument("--config", default="smollm2-lora")
+    parser.add_argument("--config", default="smollm2-lora-seed")
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per variant per round (after 1 warm-up)")

@@ -39,14 +39,15 @@ from korllama.training.hardware import threads_for
 @dataclass(frozen=True)
 class PretrainedStage:
     """The SmolLM2 stage's budget, sized so that `make demo` stays within 5 minutes on a 2-core CPU (measured:
-    README "Two commands"). Training is configs/smollm2-lora.yaml (the original's LoRA: r 8, alpha 16, dropout
-    0.1 on q_proj + v_proj; the compact prompt) on the demo's table, shortened to `steps`."""
+    README "Two commands"). Training is configs/smollm2-lora.yaml (the measured recipe: r 16, alpha 32, dropout 0.1
+    on every linear layer of the blocks, lr 2e-3; benchmarks/RESULTS.md section 12; the compact prompt) on the
+    demo's table, shortened to `steps`."""
 
     base: str = "smollm2-135m"
     config: str = "smollm2-lora"
     steps: int = 60             # LoRA steps of `batch_size` rows
     batch_size: int = 16
-    lr: float = 2e-3
+    lr: float = 2e-3            # configs/smollm2-lora.yaml's lr (tests/test_config.py checks that they agree)
     eval_rows: int = 100        # held-out rows scored at the end of training (to keep the best weights)
     score_rows: int = 200       # held-out rows rank-scored before and after tuning
     generate_rows: int = 8      # held-out rows generated for, the original's way (100 new tokens: slow)

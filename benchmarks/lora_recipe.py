@@ -8,9 +8,9 @@ batch learn the grades fastest per CPU second.
 Rows: the stratified 80/20 split of --data that `korllama train` makes (seed 0). Every run trains on the same fixed
 --rows rows drawn from the 80% and is scored on the same --score-rows rows drawn from the 20% (no run trained on
 them), by korllama's own rank scoring (`korllama.evaluate.evaluate_run`, argmax). Each run is a real
-`korllama.train.train` on configs/smollm2-lora.yaml with overrides (its valid_fraction set to 0.01 so that the
-Trainer's end-of-run check takes 20 of the --rows rows and the rest train; the model card, which re-scores and
-explains validation rows for about a minute, is skipped: it is not part of learning).
+`korllama.training.train` on configs/smollm2-lora.yaml with overrides (its valid_fraction set to 0.01 so that the
+Trainer's end-of-run check takes 20 of the --rows rows and the rest train; `train()` writes no model card, so none
+of the card's minute of re-scoring is counted: it is not part of learning).
 
 A config is TARGETS:R:LR:SCHEDULE:BATCH, e.g. all:16:2e-3:cosine:16 — TARGETS qv (q_proj, v_proj: the original's)
 or all (every linear layer of the blocks: q, k, v, o, gate, up, down); alpha is 2 R (the original's ratio, r 8 /
@@ -72,7 +72,8 @@ def cpu_seconds() -> float:
 def run_one(spec: str, steps: int, train_rows, score_rows, workdir: Path, config_name: str) -> dict:
     from korllama.config import load_config
     from korllama.evaluate import evaluate_run
-    from korllama.train import train
+    from korllama.run import Run
+    from korllama.training import train
 
     config = load_config(config_name, overrides(spec, steps))
     run_dir = workdir / f"{spec.replace(':', '_')}-{steps}"
@@ -80,7 +81,7 @@ def run_one(spec: str, steps: int, train_rows, score_rows, workdir: Path, config
     wall, cpu = time.perf_counter(), cpu_seconds()
     summary = train(config, run_dir, table=train_rows)
     train_wall, train_cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-    result = evaluate_run(run_dir, score_rows, run_dir / "eval")
+    result = evaluate_run(Run.load(run_dir, table=train_rows), score_rows, run_dir / "eval")
     row = {"config": spec, "steps": steps, "cpu_s": cpu_seconds() - cpu, "wall_s": time.perf_counter() - wall,
            "train_cpu_s": train_cpu, "train_wall_s": train_wall,
            "rows_per_s": steps * config.train.batch_size / train_wall, "train_loss": summary["train_loss"],
@@ -114,10 +115,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     import warnings
 
-    import korllama.card
     from korllama.data import read_table, split
 
-    korllama.card.write_model_card = lambda *a, **k: None  # see the docstring: not part of learning
     warnings.filterwarnings("ignore")
     table = read_table(args.data)
     fitting, held_out = split(table, 0.2, 0)

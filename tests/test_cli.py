@@ -130,6 +130,25 @@ def test_usage_errors_exit_two(tmp_path, cli):
     assert cli("data", "check")[0] == 2  # FILE is required
 
 
+@pytest.mark.parametrize("args", [
+    ["data", "synth", "--rows", "0", "--out", "x.csv"],
+    ["explain", "RUN", "--data", "t.csv", "--out", "why", "--top", "0"],
+    ["evaluate", "RUN", "--data", "t.csv", "--out", "e", "--limit", "0"],
+    ["predict", "RUN", "--data", "t.csv", "--decision", "best"],
+    ["evaluate", "RUN", "--data", "t.csv", "--out", "e", "--mode", "sample"],
+    ["data", "check"],
+    ["train", "--no-such-option"],
+])
+def test_a_usage_error_is_one_sentence_like_every_other_error(tmp_path, cli, args):
+    """click's refusals (a bad value, a missing argument, an unknown option) in korllama's one-line form, not typer's
+    box: what is wrong and which --help to read; exit 2; nothing written."""
+    code, out, err = cli(*[str(tmp_path / a) if a in ("x.csv", "why", "e", "t.csv", "RUN") else a for a in args])
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "╭" not in err and "Traceback" not in err and "--help`" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_version_and_templates(cli):
     code, out, _ = cli("--version")
     assert code == 0 and out.startswith("korllama ")

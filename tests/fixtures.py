@@ -12,6 +12,8 @@ Also shared here, so that no test module imports another: the tiny training reci
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +272,17 @@ def logits(model, tokenizer, prompts: list[str]) -> list:
 
     with torch.no_grad():
         return [model(**tokenizer(p, return_tensors="pt")).logits[0] for p in prompts]
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback address (a service under test, accelerate's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a korllama subprocess in tests: one thread each (the machine has two cores), no hub,
+    unbuffered output, lines wide enough not to wrap; `extra` on top."""
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+                COLUMNS="200", **extra)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import httpx
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from fixtures import run_config, unlabelled_csv
+from fixtures import free_port, run_config, unlabelled_csv
 
 import korllama.serve.page as page
 from korllama.run import Run
@@ -153,10 +152,6 @@ def test_uploads_over_the_limit_are_refused_and_the_token_is_required(run_dir, m
 
 # --- in a real browser -----------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

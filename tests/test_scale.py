@@ -7,8 +7,6 @@ Everything uses conftest's shared tiny run (hidden 32, 2 layers, 4 steps).
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import tracemalloc
@@ -17,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures import BAD_CASES, CLASSES, quirky_frame, unlabelled_csv, write_bad, write_table
+from fixtures import BAD_CASES, CLASSES, free_port, quirky_frame, subprocess_env, unlabelled_csv, write_bad, write_table
 
 from korllama.data import read_table
 from korllama.data.stream import TableChunks, sum_warnings
@@ -337,17 +335,12 @@ def test_memory_does_not_grow_with_the_table(run_dir, tmp_path, monkeypatch):
 
 # --- data-parallel: accelerate launch --num_processes 2 ----------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(args: list, processes: int = 2) -> subprocess.CompletedProcess:
     accelerate = Path(sys.executable).parent / "accelerate"
     port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-               MASTER_PORT=str(port))
+    env = subprocess_env(MASTER_PORT=str(port))
     command = [str(accelerate), "launch", "--num_processes", str(processes), "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "--main_process_port", str(port),
                "-m", "korllama", *[str(a) for a in args]]

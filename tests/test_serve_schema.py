@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import httpx
 import pandas as pd
 import pytest
 import schemathesis
+from fixtures import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
@@ -30,10 +30,6 @@ from korllama.serve.schema import raw_pattern
 REPO = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from fixtures import CLASSES, FIELDS, TINY, run_config
+from fixtures import CLASSES, FIELDS, TINY, free_port, run_config, subprocess_env
 from safetensors.torch import load_file, save_file
 
 from korllama.config import ModelConfig, RunConfig, TinyModelConfig, load_config
@@ -48,10 +47,6 @@ def in_process_train(config: dict, run_dir: Path, resume: bool = False) -> dict:
     return train(RunConfig.model_validate(config), run_dir, resume=resume)
 
 
-def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-               COLUMNS="200")
-    return env
 
 
 
@@ -468,10 +463,6 @@ def test_the_train_command_documents_the_finished_run(cli, tmp_path):
 
 # --- 9. several processes ----------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow  # a subprocess training run: `make test` runs it, `-m 'not slow'` skips it
@@ -484,7 +475,7 @@ def test_training_with_two_processes(tmp_path):
         [str(accelerate), "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
          "--dynamo_backend", "no", "--cpu", "--main_process_port", str(port),
          "-m", "korllama", "train", "--config", str(yaml_path), "--out", str(run_dir), "train.max_steps=4"],
-        capture_output=True, text=True, env=subprocess_env() | {"MASTER_PORT": str(port)}, cwd=REPO, timeout=180)
+        capture_output=True, text=True, env=subprocess_env(MASTER_PORT=str(port)), cwd=REPO, timeout=180)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["global_step"] == 4 and summary["weights"] == "model"

@@ -94,7 +94,9 @@ def test_the_service_passes_the_fuzzer_with_every_check(service, tmp_path):
                "--exclude-checks", "positive_data_acceptance", "--max-examples", "15", "--generation-deterministic",
                "--continue-on-failure", "--workers", "1", "--no-color", "--report", "junit",
                "--report-junit-path", str(tmp_path / "junit.xml")]
-    env = dict(os.environ, SCHEMATHESIS_HOOKS=__file__, NO_COLOR="1", PYTHONPATH=str(REPO))  # this korllama
+    # this korllama, and tests/ (this file, loaded as the hooks, imports the tests' helpers)
+    env = dict(os.environ, SCHEMATHESIS_HOOKS=__file__, NO_COLOR="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     out = result.stdout + result.stderr
     assert result.returncode == 0 and "No issues found" in out, out[-6000:]

@@ -21,6 +21,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.metrics import log_loss
 from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
@@ -304,9 +305,7 @@ class TreeBaseline(ClassifierMixin, BaseEstimator):
 
     def valid_log_loss(self) -> float:
         """Mean log loss of the inner validation rows (printed beside the macro-F1: a steadier figure)."""
-        index = {c: i for i, c in enumerate(self.classes_)}
-        p = self.valid_proba_[np.arange(len(self.valid_labels_)), [index[c] for c in self.valid_labels_]]
-        return float(-np.mean(np.log(np.clip(p, 1e-15, 1))))
+        return float(log_loss(self.valid_labels_, self.valid_proba_, labels=list(self.classes_)))
 
 
 def refit_on_all(model: TreeBaseline, X, y=None) -> TreeBaseline:

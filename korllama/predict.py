@@ -27,6 +27,7 @@ from transformers import GenerationConfig
 from korllama.data.stream import CHUNK_ROWS, TableChunks
 from korllama.errors import KorllamaError
 from korllama.io import atomic_path
+from korllama.outputs import claim_file
 from korllama.run import Run
 from korllama.scoring import (
     encode_prompts,
@@ -102,7 +103,7 @@ def predict_file(run: Run, data: str | Path, out: str | Path, with_proba: bool =
     """
     state = process_state()
     out = Path(out)
-    _check_file_target(out)
+    claim_file(out, overwrite=True)  # the one output rule; a library caller may replace its own file
     rule = run.rule(decision)
     model, tokenizer, template = run.model, run.tokenizer, run.template
     stream = TableChunks(data, run.spec, chunk_rows or CHUNK_ROWS)
@@ -203,12 +204,6 @@ def score_chunk(model, tokenizer, template, table, batch_size: int, mode: str = 
     return Scored(np.concatenate([p.pred for p in parts]),
                   None if mode != "score" else np.concatenate([p.proba for p in parts]),
                   None if mode == "score" else [t for p in parts for t in p.texts])
-
-
-def _check_file_target(out: Path) -> None:
-    """Fail before the work, not after it, when the output cannot be a file."""
-    if out.is_dir():
-        raise KorllamaError(f"--out {out} is a folder; name the CSV file to write.")
 
 
 def open_atomic(stack, target: Path):

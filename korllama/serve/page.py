@@ -61,7 +61,6 @@ def add_page(app: FastAPI, run: Run, decision: str, auth: list, batch_size: int,
     form = json.dumps(form_info(spec, decision, bool(auth), max_upload_bytes), ensure_ascii=False)
     html = (WEB / "index.html").read_text("utf-8").replace("{}<!-- form -->", form.replace("<", "\\u003c"), 1)
     run_info: dict = {}  # built on the first request: the card rendered, the example rows read
-    app.state.page_jobs = jobs
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:

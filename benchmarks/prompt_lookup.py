@@ -3,6 +3,7 @@ field values (as the prompt writes them, or the rate at other precisions) to the
 
     PYTHONPATH=. python benchmarks/prompt_lookup.py --data ../shared/data/dacon-loan/train.csv
     PYTHONPATH=. python benchmarks/prompt_lookup.py --data ... --predictions EVAL/predictions.csv   # a run's too
+    PYTHONPATH=. python benchmarks/prompt_lookup.py --data ... --fields term,payments_made,implied_rate term,schedule_rate
 
 Same split as `korllama train` (stratified 80/20, seed 0). Per key set: keys; their purity on the training rows that
 have a rate (the best any model reading only those values can do on those rows); the share of held-out rows whose key
@@ -12,6 +13,12 @@ decimals of the fraction) and the payments as a whole number; rows without a rat
 
 --predictions (the predictions.csv of `korllama evaluate RUN --held-out`, e.g. of a configs/dacon-tiny.yaml run): that
 model's accuracy beside the lookup's on the same groups of held-out rows (prompt text seen in training or not).
+
+--fields (one or more comma-separated lists of prompt fields: the choices of `prompt.fields` to compare): instead of
+the precision table, one line per choice with the lookup keyed on the whole prompt text the compact template writes
+for those fields (what a model reading that prompt sees): distinct prompts in training, the share of held-out rows
+whose prompt was seen, the lookup's held-out macro-F1 and accuracy, and its accuracy on the rated rows whose prompt
+was seen. A choice whose prompts repeat more (fewer keys, most of them seen) and are purer is easier to learn.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--predictions", default=None, help="a held-out predictions.csv to compare with the lookup")
+    parser.add_argument("--fields", nargs="+", default=None, help="prompt.fields choices to compare, each a,b,c")
     args = parser.parse_args(argv)
 
     from sklearn.metrics import accuracy_score, f1_score
@@ -44,6 +52,24 @@ def main(argv: list[str] | None = None) -> None:
         made = np.round(part.frame["payments_made"].to_numpy(float)) if payments else np.zeros(len(part))
         # a row that repaid nothing has no rate (NaN): one key for all of them, as the prompt writes "Unknown"
         return list(zip(part.frame["term"].astype(str), np.nan_to_num(rate, nan=-1.0), np.nan_to_num(made, nan=-1.0)))
+
+    if args.fields:
+        from korllama.prompts import render
+
+        print("| prompt fields | distinct prompts | held-out seen | macro-F1 | accuracy | acc. rated & seen |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for choice in args.fields:
+            fields = choice.split(",")
+            k_train, k_held = render(train, "compact", fields), render(held_out, "compact", fields)
+            table = collections.defaultdict(collections.Counter)
+            for k, y in zip(k_train, y_train):
+                table[k][y] += 1
+            seen = np.array([k in table for k in k_held])
+            pred = np.array([table[k].most_common(1)[0][0] if k in table else common for k in k_held])
+            print(f"| {', '.join(fields)} | {len(table):,} | {seen.mean():.3f} "
+                  f"| {f1_score(y_held, pred, average='macro'):.4f} | {accuracy_score(y_held, pred):.4f} "
+                  f"| {(pred[rated & seen] == y_held[rated & seen]).mean():.4f} |", flush=True)
+        return
 
     print("| rate decimals (fraction) | payments | keys | train purity | held-out seen | macro-F1 | accuracy "
           "| acc. rated | acc. rated & seen | acc. rated & unseen |")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import SEED_README
 from fixtures import (
@@ -39,8 +40,8 @@ def rows(rows_csv):
 
 def test_templates_by_name():
     spec = load_spec()
-    assert list(templates(spec)) == ["compact", "seed", "seed-clear", "ko"]
-    for name in ("seed", "seed-clear", "ko", "compact"):
+    assert list(templates(spec)) == ["compact", "seed", "seed-clear", "ko", "ko-rate"]
+    for name in ("seed", "seed-clear", "ko", "ko-rate", "compact"):
         assert get_template(spec, name).name == name
         assert get_template(spec, name).text
 
@@ -52,6 +53,17 @@ def test_unknown_template_lists_allowed_names():
     assert "'fancy'" in message
     for name in ("compact", "seed", "seed-clear", "ko"):
         assert name in message
+
+
+def test_the_short_korean_prompt_writes_the_term_and_the_schedule_rate(rows):
+    rated = int(np.flatnonzero(rows.frame["schedule_rate"].notna().to_numpy())[0])
+    text = render(rows, "ko-rate")[rated]
+    term, rate = int(rows.frame.loc[rated, "term"]), rows.frame.loc[rated, "schedule_rate"]
+    assert f"대출 기간: {term}개월\n" in text and f"상환 기준 연이율: {rate:.2%}\n" in text
+    assert text.endswith("신용 등급:")
+    unpaid = rows.subset(rows.frame.index[:1])
+    unpaid.frame.loc[0, "schedule_rate"] = np.nan  # a loan that repaid nothing has no rate
+    assert "상환 기준 연이율: 알 수 없음\n" in render(unpaid, "ko-rate")[0]
 
 
 def test_answer_is_space_then_grade():

@@ -34,7 +34,7 @@ from korllama.training import hardware, train
 from korllama.training.callbacks import verify_weights
 from korllama.training.collate import collator, tokenize
 from korllama.training.losses import class_weighted_loss, loss_window
-from korllama.training.recipe import training_arguments
+from korllama.training.recipe import cpu_minutes_before, training_arguments
 from korllama.training.trainer import GradeTrainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -414,6 +414,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, base_dir):
 
     before = [e["eval_cpu_minutes"] for e in json.loads((complete / "trainer_state.json").read_text())["log_history"]
               if "eval_macro_f1" in e]
+    assert cpu_minutes_before(complete) == before[-1] > 0 and cpu_minutes_before(None) == 0  # what resume goes on from
     second = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
                             timeout=180)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
@@ -440,6 +441,14 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, base_dir):
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), run_dir / "adapter")
     assert any(bool(p.abs().sum() > 0) for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_the_cpu_minutes_go_on_from_a_resumed_runs_curve():
+    from types import SimpleNamespace
+
+    resumed = SimpleNamespace(cpu_minutes_before=2.0, cpu_started=time.process_time() - 30)  # 30 CPU s ago
+    minutes = GradeTrainer.cpu_minutes(resumed)
+    assert 2.5 <= minutes < 2.6
 
 
 # --- 8. the train command's refusals -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from korllama.groups import MIN_GROUP_ROWS  # noqa: E402
 from korllama.io import atomic_path  # noqa: E402
 
 DPI = 110
+LOG_SPAN = 20  # the time-to-quality figure's x axis is logarithmic when the costs span more than this factor
 
 
 def plot_train_curve(log_history: list[dict], path: str | Path | None = None) -> Path | bytes:
@@ -163,6 +164,33 @@ def plot_group_f1(items: list[tuple[str, object]], path: str | Path | None = Non
         axes.flat[0].legend(handles=handles, fontsize=7, loc="upper left")
     fig.suptitle(f"macro-F1 by group (rows in brackets; faint: under {MIN_GROUP_ROWS} rows, not compared; dashed: "
                  "the system's overall macro-F1)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_time_to_quality(points: list[tuple[str, float, float, int]], curves: list[tuple[str, list, int]],
+                         path: str | Path | None = None) -> Path | bytes:
+    """Macro-F1 against training CPU minutes: a labelled marker per system (name, minutes, macro-F1, colour k) and a
+    line per run's validation curve (name, [(minutes, macro-F1)], colour k)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=DPI)
+    for name, curve, k in curves:
+        x, y = zip(*curve)
+        ax.plot(x, y, ".-", color=f"C{k}", alpha=0.5, linewidth=1.2, label=f"{name}: validation rows")
+    for name, minutes, f1, k in points:
+        ax.scatter([minutes], [f1], s=70, marker="D", color=f"C{k}", edgecolor="black", zorder=3)
+        ax.annotate(f"{name} ({f1:.3f})", (minutes, f1), xytext=(7, 5), textcoords="offset points", fontsize=8)
+    xs = [m for _, m, _, _ in points] + [x for _, curve, _ in curves for x, _ in curve]
+    if min(xs) > 0 and max(xs) / min(xs) > LOG_SPAN:
+        ax.set_xscale("log")
+        ax.set_xlim(min(xs) / 1.5, max(xs) * 3)  # room for the labels on the right
+    else:
+        ax.set_xlim(0, max(xs) * 1.25)  # room for the labels on the right
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("training CPU minutes" + (" (log scale)" if ax.get_xscale() == "log" else ""))
+    ax.set_ylabel("macro-F1")
+    ax.set_title("time to quality: marker = macro-F1 on the scored rows")
+    ax.grid(alpha=0.3, which="both")
+    if curves:
+        ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from korllama import plots
+from korllama.cost import time_to_quality
 from korllama.data.table import add_derived
 from korllama.errors import KorllamaError
 from korllama.evaluate import METRICS_FILE, PREDICTIONS_FILE
@@ -88,7 +89,10 @@ def compare(folders: list[str | Path], out_html: str | Path, title: str = "korll
         curve = Path(e["run"]) / "train_curve.png" if e.get("run") and not e.get("base") else None
         if curve is not None and curve.is_file() and curve not in figures.values():
             figures[f"training curve: {e['system']}"] = curve
+    quality = time_to_quality(evals)
+    quality["image"] = quality["png"] and _image(quality.pop("png"), "time to quality")
     page = render("report.html.j2", title=title, rows_sentence=rows_sentence, systems=[_system(e) for e in evals],
+                  time_to_quality=quality,
                   figures=[{"name": name, "image": _image(p, name)} for name, p in figures.items() if p is not None],
                   disagreements=disagreements(folders, evals), cards=model_cards(evals, out_html),
                   importance=global_importance(folders, evals), groups=group_sections(folders, evals))

@@ -255,3 +255,61 @@ def test_the_rule_cell_when_no_row_is_left_to_judge_the_rule(two_systems, tmp_pa
     page = (tmp_path / "rule.html").read_text("utf-8")
     assert "<td>0.6000 <small>(argmax 0.5000 on 4,000 rows)</small></td>" in page
     assert "<td>— <small>(no row the rule was not fitted on)</small></td>" in page
+
+
+def time_to_quality_section(page: str) -> str:
+    """The page's time-to-quality section: its heading up to the next heading."""
+    start = page.index("<h2>time to quality</h2>")
+    return page[start:page.index("<h2>", start + 1)]
+
+
+def test_compare_draws_time_to_quality(run_dir, tmp_path, monkeypatch):
+    from korllama import plots
+    from korllama.baseline.command import run_baseline
+    from korllama.evaluate import evaluate_run
+    from korllama.synth import synthetic_table
+
+    table = synthetic_table(RUN_ROWS, seed=0)
+    tuned = evaluate_run(Run.load(run_dir), table, tmp_path / "tuned", held_out=True)
+    base = evaluate_run(Run.load(run_dir, base=str(run_dir / "base")), table, tmp_path / "base", held_out=True)
+    trees = run_baseline(table, None, tmp_path / "trees", valid_fraction=0.2, seed=3)
+    drawn = []
+    real_plot = plots.plot_time_to_quality
+    monkeypatch.setattr(plots, "plot_time_to_quality", lambda *a: drawn.append(a) or real_plot(*a))
+    compare([tmp_path / "tuned", tmp_path / "base", tmp_path / "trees"], tmp_path / "r.html")
+    (points, curves), = drawn
+    summary = json.loads((run_dir / "train_summary.json").read_text("utf-8"))
+    assert points == [(tuned["system"], pytest.approx(summary["cpu_seconds"] / 60), tuned["macro_f1"], 0),
+                      (trees["system"], pytest.approx(trees["fit_cpu_seconds"] / 60), trees["macro_f1"], 2)]
+    assert [(name, k) for name, _, k in curves] == [(run_dir.name, 0)] and curves[0][1]
+    section = time_to_quality_section((tmp_path / "r.html").read_text("utf-8"))
+    sources = re.findall(r'<img alt="time to quality" src="data:image/png;base64,([^"]*)"', section)
+    assert len(sources) == 1 and base64.b64decode(sources[0]).startswith(PNG)
+    # the bare base model has no training cost: named in the caption, not drawn; the two others are drawn
+    caption = section.split("<img", 1)[0]
+    assert re.search(r"so not drawn: (.*?)\.</p>", caption).group(1) == base["system"]  # the only one
+    assert "validation curve" in caption and "validation rows" in caption  # the run's curve is drawn as a line
+
+
+def test_time_to_quality_costs_and_curves(run_dir, two_systems):
+    from korllama.cost import training_cost
+
+    state = json.loads((run_dir / "trainer_state.json").read_text("utf-8"))
+    summary = json.loads((run_dir / "train_summary.json").read_text("utf-8"))
+    cost = training_cost({"mode": "score", "run": str(run_dir)})
+    assert cost.minutes == pytest.approx(summary["cpu_seconds"] / 60) and cost.minutes > 0
+    assert cost.curve == [(e["eval_cpu_minutes"], e["eval_macro_f1"]) for e in state["log_history"]
+                          if "eval_macro_f1" in e] and cost.curve
+    assert training_cost({"mode": "score", "run": str(run_dir), "base": "x"}).minutes is None  # a bare base
+    assert training_cost({"mode": "trees", "fit_cpu_seconds": 90.0}).minutes == 1.5
+    tuned_dir, _, _, _ = two_systems  # its run folder has no train_summary.json: a run from before CPU time
+    assert training_cost(load_evaluation(tuned_dir)).minutes is None
+
+
+def test_compare_leaves_time_to_quality_out_when_no_system_has_a_cost(two_systems, tmp_path):
+    tuned_dir, baseline_dir, tuned, baseline = two_systems
+    compare([tuned_dir, baseline_dir], tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text("utf-8")
+    assert "<h2>time to quality</h2>" not in page and 'alt="time to quality"' not in page
+    note = re.search(r"<p><small>Time to quality: (.*?)</small></p>", page).group(1)
+    assert "tuned &lt;tiny&gt;" in note and "baseline" in note and "left out" in note

@@ -34,7 +34,7 @@ from korllama.training import hardware, train
 from korllama.training.callbacks import verify_weights
 from korllama.training.collate import collator, tokenize
 from korllama.training.losses import class_weighted_loss, loss_window
-from korllama.training.recipe import training_arguments
+from korllama.training.recipe import cpu_minutes_before, training_arguments
 from korllama.training.trainer import GradeTrainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -267,6 +267,11 @@ def test_full_training_writes_a_complete_run(full_run):
     kept, last = (load_file(p / "model.safetensors") for p in (run_dir / "model", checkpoints[-1]))
     assert all(torch.equal(kept[k], last[k]) for k in kept) == (best["step"] == 6)
     assert any("loss" in e for e in state["log_history"])
+    # the validation curve against cost: each evaluation's CPU minutes since training began, never going back
+    cpu = [e["eval_cpu_minutes"] for e in state["log_history"] if "eval_macro_f1" in e]
+    assert len(cpu) == 2 and 0 < cpu[0] <= cpu[1]
+    assert summary["cpu_seconds"] > 0 and summary["cpu_seconds_before_resume"] == 0
+    assert summary["cpu_seconds"] >= 60 * cpu[-1]  # the whole training, its last evaluation included
     # the macro-F1 decision rule, fitted on the eval rows under the kept weights, knows which rows those were
     from korllama.decision import DecisionRule
     rule = DecisionRule.load(RunDir(run_dir).decision)
@@ -407,6 +412,9 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, base_dir):
         partial.mkdir()
         shutil.copy(complete / "adapter_model.safetensors", partial)
 
+    before = [e["eval_cpu_minutes"] for e in json.loads((complete / "trainer_state.json").read_text())["log_history"]
+              if "eval_macro_f1" in e]
+    assert cpu_minutes_before(complete) == before[-1] > 0 and cpu_minutes_before(None) == 0  # what resume goes on from
     second = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
                             timeout=180)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
@@ -421,6 +429,11 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, base_dir):
     assert [e["step"] for e in state["log_history"] if "eval_macro_f1" in e] == [5, 10, 15, 20, 25, 30]
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["global_step"] == 30
+    # the CPU-minutes curve goes on from the checkpoint's last value: non-decreasing across the kill
+    cpu = [e["eval_cpu_minutes"] for e in state["log_history"] if "eval_macro_f1" in e]
+    assert cpu[:len(before)] == before and cpu == sorted(cpu) and cpu[len(before)] > before[-1] > 0
+    assert summary["cpu_seconds_before_resume"] == pytest.approx(60 * before[-1])
+    assert summary["cpu_seconds"] > 0
     checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert [p.name for p in checkpoints] == ["checkpoint-25", "checkpoint-30"]
     assert verify_weights(checkpoints[-1], lora=True) > 0
@@ -428,6 +441,14 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, base_dir):
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), run_dir / "adapter")
     assert any(bool(p.abs().sum() > 0) for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_the_cpu_minutes_go_on_from_a_resumed_runs_curve():
+    from types import SimpleNamespace
+
+    resumed = SimpleNamespace(cpu_minutes_before=2.0, cpu_started=time.process_time() - 30)  # 30 CPU s ago
+    minutes = GradeTrainer.cpu_minutes(resumed)
+    assert 2.5 <= minutes < 2.6
 
 
 # --- 8. the train command's refusals -----------------------------------------------------------------------------

@@ -45,8 +45,8 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
     result = metrics(score_on.labels.tolist(), pred, classes, proba, table.spec.label.ordinal)
     result.update(system=system, mode="trees", template="", rows_per_s=len(pred) / seconds, seconds=seconds,
                   spec=str(spec) if isinstance(spec, str | Path) else table.spec.name,
-                  fit_seconds=fitted.seconds, train_rows=len(fit_on), data=score_on.source, run=None,
-                  decision_rule=decision, search=fitted.trials,
+                  fit_seconds=fitted.seconds, fit_cpu_seconds=fitted.cpu_seconds, train_rows=len(fit_on),
+                  data=score_on.source, run=None, decision_rule=decision, search=fitted.trials,
                   decision=side_by_side(fitted.rule, score_on.labels, proba, score_on.ids.astype(str), classes))
     groups, result["group_columns"] = group_columns(score_on)
     write_evaluation(out_dir, result, score_on.ids, score_on.labels, pred, proba, classes, groups)

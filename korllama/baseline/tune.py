@@ -96,7 +96,8 @@ class FittedBaseline:
     model: TreeBaseline
     rule: object  # korllama.decision.DecisionRule, fitted on the model's inner validation rows
     trials: list[dict]
-    seconds: float
+    seconds: float  # wall time of the search, the rule and the refit
+    cpu_seconds: float  # their CPU time in this process (time.process_time(): LightGBM's threads included)
 
 
 def fit_baseline(fit_on: Table, seed: int = 0, budget_s: float = 600.0, candidates: list[dict] | None = None,
@@ -105,7 +106,7 @@ def fit_baseline(fit_on: Table, seed: int = 0, budget_s: float = 600.0, candidat
     kept model's inner validation rows (a part of `fit_on`, so never the rows scored later), then (`refit`) the
     kept setting refitted on every row of `fit_on` with the rounds early stopping found."""
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     base = TreeBaseline(seed=seed, **defaults_for(fit_on))
     found = search(fit_on, base=base, candidates=candidates, budget_s=budget_s, console=console, say=say)
     model = found.best
@@ -121,4 +122,5 @@ def fit_baseline(fit_on: Table, seed: int = 0, budget_s: float = 600.0, candidat
         rounds = "+".join(map(str, model.best_iterations_.values()))
         tell(f"  the kept setting refitted on all {len(fit_on):,} fitting rows ({rounds} rounds), "
              f"{time.perf_counter() - t0:.0f}s")
-    return FittedBaseline(model=model, rule=rule, trials=found.trials, seconds=time.perf_counter() - started)
+    return FittedBaseline(model=model, rule=rule, trials=found.trials, seconds=time.perf_counter() - started,
+                          cpu_seconds=time.process_time() - cpu_started)

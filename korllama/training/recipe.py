@@ -148,8 +148,18 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, t
         raise
 
 
+def cpu_minutes_before(checkpoint: Path | None) -> float:
+    """The CPU minutes a resumed run's curve had reached: the last `eval_cpu_minutes` in the checkpoint's
+    trainer_state.json (0 for a new run, or one trained before korllama logged them)."""
+    if checkpoint is None:
+        return 0.0
+    history = json.loads((checkpoint / "trainer_state.json").read_text("utf-8")).get("log_history", [])
+    return next((e["eval_cpu_minutes"] for e in reversed(history) if "eval_cpu_minutes" in e), 0.0)
+
+
 def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: Table | None, state) -> dict:
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()  # process_time: every thread's CPU time
+    cpu_before = cpu_minutes_before(resume_from)
     run = Run(config, folder.root, table=table)
     table = run.training_table()
     if not table.has_labels:
@@ -190,7 +200,8 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
         eval_dataset=eval_dataset, processing_class=tokenizer, data_collator=collator(tokenizer),
         compute_loss_func=compute_loss_func, callbacks=[VerifyCheckpoint(config.lora is not None, folder),
                                                        KeepBest(folder, config.lora is not None)],
-        classes=classes, eval_batch_size=config.train.eval_batch_size)
+        classes=classes, eval_batch_size=config.train.eval_batch_size, cpu_started=cpu_started,
+        cpu_minutes_before=cpu_before)
     if state.is_main_process:  # one event file, in this run's logs/ (not the env-var default of the Trainer)
         trainer.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(folder.logs))))
     trainer.remove_callback(ProgressCallback)
@@ -212,6 +223,7 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
         summary = {"global_step": trainer.state.global_step, "train_rows": len(train_part),
                    "eval_rows": len(eval_part), "best_eval_macro_f1": best["eval_macro_f1"], "best_step": best["step"],
                    "train_loss": result.training_loss, "seconds": time.perf_counter() - started,
+                   "cpu_seconds": time.process_time() - cpu_started, "cpu_seconds_before_resume": 60 * cpu_before,
                    "weights": "adapter" if config.lora is not None else "model", "template": template.name,
                    "data": data_fingerprint(config, table), "decision": decision.valid_macro_f1,
                    "base": base_record(config), "threads": threads if device.type == "cpu" else None}

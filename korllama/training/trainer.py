@@ -17,11 +17,18 @@ from korllama.training.losses import answer_loss, loss_window
 
 class GradeTrainer(Trainer):
     """A Trainer whose evaluation is rank scoring of its eval_dataset (prompt ids + true label): macro-F1 and
-    accuracy, the competition's metric; and which stops at the first non-finite loss, naming the step."""
+    accuracy, the competition's metric; and which stops at the first non-finite loss, naming the step.
 
-    def __init__(self, *args, classes: list[str], eval_batch_size: int, **kwargs):
+    Each evaluation also logs `eval_cpu_minutes`: this process's CPU time (time.process_time(), every thread) since
+    `cpu_started` (a time.process_time() reading taken when training began), plus `cpu_minutes_before` (what a
+    resumed run's curve had reached), so trainer_state.json's log_history holds a validation curve against cost."""
+
+    def __init__(self, *args, classes: list[str], eval_batch_size: int, cpu_started: float | None = None,
+                 cpu_minutes_before: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.classes, self.eval_batch = classes, eval_batch_size
+        self.cpu_started = time.process_time() if cpu_started is None else cpu_started
+        self.cpu_minutes_before = cpu_minutes_before
         self.eval_proba: dict[int, np.ndarray] = {}  # step -> probabilities of the eval rows (for the decision rule)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -48,6 +55,10 @@ class GradeTrainer(Trainer):
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as Trainer.compute_loss does
         return (loss, outputs) if return_outputs else loss
 
+    def cpu_minutes(self) -> float:
+        """The training's CPU minutes so far (this process, every thread), a resumed run's earlier ones included."""
+        return self.cpu_minutes_before + (time.process_time() - self.cpu_started) / 60
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         started = time.perf_counter()
@@ -61,6 +72,7 @@ class GradeTrainer(Trainer):
                                                             zero_division=0)),
             f"{metric_key_prefix}_accuracy": float(accuracy_score(truth, pred)),
             f"{metric_key_prefix}_rows_per_s": len(pred) / (time.perf_counter() - started),
+            f"{metric_key_prefix}_cpu_minutes": self.cpu_minutes(),
         }
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)

@@ -1,0 +1,74 @@
+"""Time to quality: what each compared system's training cost in CPU minutes, beside the macro-F1 it reached, for
+`korllama compare`'s figure. A run's cost is its train_summary.json's `cpu_seconds` (a resumed run's earlier CPU
+time added) and its curve the `eval_cpu_minutes` of trainer_state.json's evaluations; the tree baseline's is the
+`fit_cpu_seconds` its metrics.json records. CPU time is process time (time.process_time(): every thread of the
+main process). A system with no such record (a bare base model, a run trained before korllama recorded CPU time)
+is named, not drawn."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from korllama import plots
+from korllama.layout import RunDir
+
+
+@dataclass
+class Cost:
+    minutes: float | None  # None: not recorded
+    run: Path | None = None  # the run folder whose curve this is (one curve per run)
+    curve: list[tuple[float, float]] = field(default_factory=list)  # (CPU minutes, validation macro-F1)
+
+
+def training_cost(evaluation: dict) -> Cost:
+    """The training CPU minutes of the system an evaluation (metrics.json) belongs to, and its run's curve."""
+    if evaluation.get("mode") == "trees":
+        cpu = evaluation.get("fit_cpu_seconds")
+        return Cost(cpu / 60 if isinstance(cpu, int | float) else None)
+    if not evaluation.get("run") or evaluation.get("base"):  # a bare base model, or one scored with a run's prompts
+        return Cost(None)
+    run = RunDir(evaluation["run"])
+    summary, state = _json(run.summary), _json(run.trainer_state)
+    cpu = summary.get("cpu_seconds")
+    if not isinstance(cpu, int | float):
+        return Cost(None)
+    curve = [(e["eval_cpu_minutes"], e["eval_macro_f1"]) for e in state.get("log_history", [])
+             if isinstance(e, dict) and "eval_cpu_minutes" in e and "eval_macro_f1" in e]
+    return Cost((cpu + summary.get("cpu_seconds_before_resume", 0.0)) / 60, run.root.resolve(), curve)
+
+
+def _json(path: Path) -> dict:
+    try:
+        found = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def time_to_quality(evals: list[dict]) -> dict:
+    """The report's section: "png" and "caption" when some system has a cost, else a "note" (the figure left
+    out); the keys absent from one are None."""
+    costs = [training_cost(e) for e in evals]
+    points = [(e["system"], c.minutes, e["macro_f1"], k) for k, (e, c) in enumerate(zip(evals, costs))
+              if c.minutes is not None]
+    unknown = [e["system"] for e, c in zip(evals, costs) if c.minutes is None]
+    if not points:
+        return {"png": None, "caption": None,
+                "note": f"no system here records the CPU time its training cost ({', '.join(unknown)}), so the "
+                        "figure is left out; runs trained and baselines fitted by this korllama record it."}
+    curves, seen = [], set()
+    for k, c in enumerate(costs):
+        if c.curve and c.run not in seen:
+            seen.add(c.run)
+            curves.append((c.run.name, c.curve, k))
+    caption = ("Each system's macro-F1 on the scored rows (the table above) against the CPU minutes its training "
+               "cost: process CPU time, every thread (a run's whole training, a tree baseline's search and fit).")
+    if curves:
+        caption += (" Lines: a run's validation curve, macro-F1 on its validation rows (its training's evaluation "
+                    "sample, not the scored rows) at each evaluation, against the CPU minutes spent until then.")
+    if unknown:
+        caption += (" No training cost recorded (a bare base model, a run trained before korllama recorded CPU time), "
+                    "so not drawn: " + ", ".join(unknown) + ".")
+    return {"png": plots.plot_time_to_quality(points, curves), "caption": caption, "note": None}

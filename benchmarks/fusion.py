@@ -1,4 +1,4 @@
-"""Does the LLM add anything to the trees? LLM-Boost, stacking and blends, cross-fitted, with paired bootstrap intervals.
+"""Does the LLM add to the trees? LLM-Boost, stacking and blends, cross-fitted, with paired bootstrap intervals.
 
     PYTHONPATH=. python benchmarks/fusion.py --data ../shared/data/dacon-loan/train.csv --out /tmp/fusion \\
         --config dacon-tiny train.epochs=2 'prompt.fields=[term,schedule_rate]'

@@ -3,7 +3,7 @@ field values (as the prompt writes them, or the rate at other precisions) to the
 
     PYTHONPATH=. python benchmarks/prompt_lookup.py --data ../shared/data/dacon-loan/train.csv
     PYTHONPATH=. python benchmarks/prompt_lookup.py --data ... --predictions EVAL/predictions.csv   # a run's too
-    PYTHONPATH=. python benchmarks/prompt_lookup.py --data ... --fields term,payments_made,implied_rate term,schedule_rate
+    PYTHONPATH=. python benchmarks/prompt_lookup.py --data D --fields term,payments_made,implied_rate term,schedule_rate
 
 Same split as `korllama train` (stratified 80/20, seed 0). Per key set: keys; their purity on the training rows that
 have a rate (the best any model reading only those values can do on those rows); the share of held-out rows whose key

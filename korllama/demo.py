@@ -148,7 +148,8 @@ def pretrained_stage(stage: PretrainedStage, table: Table, data_path: Path, out:
     # term and the schedule rate, which repeat there) is no help here (benchmarks/RESULTS.md section 16)
     fields = ",".join(load_config("demo").prompt.fields)
     config = load_config(stage.config, [
-        f"data.train={data_path}", f"prompt.fields=[{fields}]", f"train.max_steps={stage.steps}", f"train.batch_size={stage.batch_size}",
+        f"data.train={data_path}", f"prompt.fields=[{fields}]", f"train.max_steps={stage.steps}",
+        f"train.batch_size={stage.batch_size}",
         f"train.lr={stage.lr}", f"train.warmup_steps={max(1, stage.steps // 10)}", f"train.eval_steps={stage.steps}",
         f"train.save_steps={stage.steps}", f"train.eval_rows={stage.eval_rows}", "train.logging_steps=10"])
     spec, classes = table.spec, table.spec.label.classes

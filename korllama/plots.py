@@ -169,28 +169,31 @@ def plot_group_f1(items: list[tuple[str, object]], path: str | Path | None = Non
 
 def plot_time_to_quality(points: list[tuple[str, float, float, int]], curves: list[tuple[str, list, int]],
                          path: str | Path | None = None) -> Path | bytes:
-    """Macro-F1 against training CPU minutes: a labelled marker per system (name, minutes, macro-F1, colour k) and a
-    line per run's validation curve (name, [(minutes, macro-F1)], colour k)."""
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=DPI)
-    for name, curve, k in curves:
+    """Macro-F1 against training CPU minutes: a marker per system (name, minutes, macro-F1, colour k), named in the
+    legend with its macro-F1 (labels beside close markers would overlap), and a thinner line per run's validation
+    curve (name, [(minutes, macro-F1)], colour k: its system's colour)."""
+    fig, ax = plt.subplots(figsize=(9, 4.8), dpi=DPI)
+    for _, curve, k in curves:
         x, y = zip(*curve)
-        ax.plot(x, y, ".-", color=f"C{k}", alpha=0.5, linewidth=1.2, label=f"{name}: validation rows")
+        ax.plot(x, y, ".-", color=f"C{k}", alpha=0.45, linewidth=1.2)
     for name, minutes, f1, k in points:
-        ax.scatter([minutes], [f1], s=70, marker="D", color=f"C{k}", edgecolor="black", zorder=3)
-        ax.annotate(f"{name} ({f1:.3f})", (minutes, f1), xytext=(7, 5), textcoords="offset points", fontsize=8)
+        ax.scatter([minutes], [f1], s=70, marker="D", color=f"C{k}", edgecolor="black", zorder=3,
+                   label=f"{name}: {f1:.3f}")
     xs = [m for _, m, _, _ in points] + [x for _, curve, _ in curves for x, _ in curve]
+    ys = [f for _, _, f, _ in points] + [y for _, curve, _ in curves for _, y in curve]
     if min(xs) > 0 and max(xs) / min(xs) > LOG_SPAN:
         ax.set_xscale("log")
-        ax.set_xlim(min(xs) / 1.5, max(xs) * 3)  # room for the labels on the right
+        ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
     else:
-        ax.set_xlim(0, max(xs) * 1.25)  # room for the labels on the right
-    ax.set_ylim(0, 1)
+        ax.set_xlim(0, max(xs) * 1.1)
+    ax.set_ylim(max(0.0, np.floor(min(ys) * 10 - 0.5) / 10), 1.0)  # zoomed to the figures, to the 0.1 below them
     ax.set_xlabel("training CPU minutes" + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel("macro-F1")
-    ax.set_title("time to quality: marker = macro-F1 on the scored rows")
+    ax.set_title("time to quality: marker = macro-F1 on the scored rows, line = a run's validation curve",
+                 fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    if curves:
-        ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="system: macro-F1",
+              title_fontsize=8, frameon=False)
     return _save(fig, path)
 
 

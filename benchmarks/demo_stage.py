@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import resource
 import sys
 import time
 from pathlib import Path
@@ -13,19 +12,14 @@ from pathlib import Path
 import korllama.demo as demo
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def main(out: Path) -> dict:
     stage = demo.pretrained_stage
 
     def timed(*args, **kwargs):
-        wall, cpu = time.perf_counter(), cpu_seconds()
+        wall, cpu = time.perf_counter(), time.process_time()
         result = stage(*args, **kwargs)
         if result is not None:
-            print(f"SmolLM2 stage: {time.perf_counter() - wall:.0f} s wall, {cpu_seconds() - cpu:.0f} s CPU; "
+            print(f"SmolLM2 stage: {time.perf_counter() - wall:.0f} s wall, {time.process_time() - cpu:.0f} s CPU; "
                   f"macro-F1 {result['before']:.3f} -> {result['after']:.3f}", flush=True)
         return result
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -64,10 +63,6 @@ def overrides(spec: str, steps: int) -> list[str]:
             "data.valid_fraction=0.01"]
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
 
 def run_one(spec: str, steps: int, train_rows, score_rows, workdir: Path, config_name: str) -> dict:
     from korllama.config import load_config
@@ -78,11 +73,11 @@ def run_one(spec: str, steps: int, train_rows, score_rows, workdir: Path, config
     config = load_config(config_name, overrides(spec, steps))
     run_dir = workdir / f"{spec.replace(':', '_')}-{steps}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    wall, cpu = time.perf_counter(), cpu_seconds()
+    wall, cpu = time.perf_counter(), time.process_time()
     summary = train(config, run_dir, table=train_rows)
-    train_wall, train_cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    train_wall, train_cpu = time.perf_counter() - wall, time.process_time() - cpu
     result = evaluate_run(Run.load(run_dir, table=train_rows), score_rows, run_dir / "eval")
-    row = {"config": spec, "steps": steps, "cpu_s": cpu_seconds() - cpu, "wall_s": time.perf_counter() - wall,
+    row = {"config": spec, "steps": steps, "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall,
            "train_cpu_s": train_cpu, "train_wall_s": train_wall,
            "rows_per_s": steps * config.train.batch_size / train_wall, "train_loss": summary["train_loss"],
            "macro_f1": result["macro_f1"], "accuracy": result["accuracy"], "scored": result["n"],

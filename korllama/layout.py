@@ -66,7 +66,7 @@ class RunDir:
     @property
     def trained_into(self) -> bool:
         """A run that training has written into, not merely a folder holding a config.yaml (examples/hiring holds
-        one): what no command but `korllama train` may write into (korllama.io)."""
+        one): what no command but `korllama train` may write into (korllama.outputs)."""
         return self.is_run and any(p.exists() for p in (self.summary, self.checkpoints, self.model, self.adapter,
                                                         self.tokenizer, self.base))
 

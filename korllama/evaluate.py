@@ -194,9 +194,7 @@ def evaluate_run(run: Run, data: str | Path | Table, out_dir: str | Path, mode: 
         result = metrics(truth, pred, classes, proba, spec.label.ordinal)
         if system is None:
             system = run.name + ("" if mode == "score" else "-generate")
-        own_spec = run.dir is not None and run.dir.spec.is_file()  # the run's copy: readable from any folder
-        result.update(system=system, mode=mode, template=template.name,
-                      spec=str(run.dir.spec.resolve() if own_spec else run.config.data.spec),
+        result.update(system=system, mode=mode, template=template.name, spec=run.spec_source,
                       rows_per_s=n / max(seconds, 1e-9), seconds=seconds, data=stream.source, held_out=held_out,
                       run=str(run.root) if run.root else None, base=run.base, processes=state.num_processes,
                       group_columns=kinds, decision_rule=decision)

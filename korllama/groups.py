@@ -20,6 +20,7 @@ from fairlearn.metrics import MetricFrame, selection_rate
 from sklearn.metrics import accuracy_score, f1_score
 
 from korllama.data import Table
+from korllama.outputs import PREDICTIONS_FILE
 
 FEW_VALUES = 6  # a numeric column with this many distinct values or fewer is grouped by value, not by quartile
 MIN_GROUP_ROWS = 30  # groups smaller than this are shown, but not compared in words
@@ -186,7 +187,7 @@ def group_gaps(groups: pd.DataFrame, classes: list[str], min_rows: int = MIN_GRO
 def evaluation_groups(folder: str | Path, metrics: dict) -> pd.DataFrame | None:
     """Group metrics of an evaluation folder (predictions.csv with its group columns), or None when it has none."""
     kinds = metrics.get("group_columns")
-    path = Path(folder) / "predictions.csv"
+    path = Path(folder) / PREDICTIONS_FILE
     if not kinds or not path.is_file():
         return None
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)

@@ -66,7 +66,7 @@ class RunDir:
     @property
     def trained_into(self) -> bool:
         """A run that training has written into, not merely a folder holding a config.yaml (examples/hiring holds
-        one): what no command but `korllama train` may write into (korllama.io)."""
+        one): what no command but `korllama train` may write into (korllama.outputs)."""
         return self.is_run and any(p.exists() for p in (self.summary, self.checkpoints, self.model, self.adapter,
                                                         self.tokenizer, self.base))
 
@@ -146,9 +146,9 @@ class RunDir:
         next): its files' hashes are accepted beside the current ones until the folder is recorded again, so a
         kill between the rename and the record leaves a run that still loads."""
         old = self._recorded() or {}
-        kept = [f for f in folders if incoming is None]  # replaced below, unless the new bytes are only on their way
+        replaced = folders if incoming is None else ()  # their old entries go, unless the new bytes are on their way
         record = {k: v for k, v in old.items()
-                  if (self.root / k).parent.is_dir() and (self.root / k).parent not in kept}
+                  if (self.root / k).parent.is_dir() and (self.root / k).parent not in replaced}
         for folder in folders:
             for path in self._weight_files(incoming or folder):
                 name = (folder / path.name).relative_to(self.root).as_posix()

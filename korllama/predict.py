@@ -68,15 +68,16 @@ def off_format_rate(texts: list[str], classes: list[str]) -> float:
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, prompts: list[str], classes: list[str], batch_size: int = 8, seed: int = 0,
-             progress=None) -> tuple[list[str | None], list[str]]:
-    """(parsed grade or None, generated text) per prompt, with the original's sampling settings."""
+def generate(model, tokenizer, prompts: list[str] | None, classes: list[str], batch_size: int = 8, seed: int = 0,
+             progress=None, encoded: list[list[int]] | None = None) -> tuple[list[str | None], list[str]]:
+    """(parsed grade or None, generated text) per prompt, with the original's sampling settings. A caller that
+    already tokenised the prompts (`encode_prompts`) passes `encoded` instead of `prompts`, as for `score`."""
     torch.manual_seed(seed)
     config = seed_generation_config(tokenizer)
     device = next(model.parameters()).device
     pad_id = pad_id_of(tokenizer)
-    encoded = encode_prompts(tokenizer, prompts)
-    texts: list[str] = [""] * len(prompts)
+    encoded = encode_prompts(tokenizer, prompts) if encoded is None else encoded
+    texts: list[str] = [""] * len(encoded)
     model.eval()
     for rows, ids, mask in left_padded_batches(encoded, batch_size, pad_id):
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
@@ -191,8 +192,8 @@ def score_chunk(model, tokenizer, template, table, batch_size: int, mode: str = 
                  if prompts else np.zeros((0, len(classes))))
         result = Scored(rule.apply(proba) if rule is not None else predict_labels(proba, classes), proba)
     else:
-        pred, texts = generate(model, tokenizer, prompts, classes, batch_size, progress=each_batch) if prompts \
-            else ([], [])
+        pred, texts = generate(model, tokenizer, None, classes, batch_size, progress=each_batch,
+                               encoded=encoded) if prompts else ([], [])
         result = Scored(np.asarray(pred, dtype=object), None, texts)
     if not many:
         return result

@@ -55,12 +55,13 @@ class Run:
         self.config = config
         self.dir = RunDir(root) if root is not None else None
         self.base = base
+        own = self.dir is not None and self.dir.spec.is_file()  # the run's own copy: never a file of this folder
+        # where the spec is read from, as an evaluation records it (the run's copy: readable from any folder)
+        self.spec_source: str = str(self.dir.spec.resolve() if own else config.data.spec)
         if table is not None:
             self.spec: TableSpec = table.spec
-        elif self.dir is not None and self.dir.spec.is_file():  # the run's own copy: never a file of this folder
-            self.spec = load_spec(self.dir.spec)
         else:
-            self.spec = load_spec(config.data.spec)
+            self.spec = load_spec(self.dir.spec if own else config.data.spec)
         self.template: Template = get_template(self.spec, config.prompt.template, config.prompt.fields)
         self.classes: list[str] = list(self.spec.label.classes)
         self._table = table

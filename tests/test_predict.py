@@ -92,6 +92,26 @@ def test_generate_returns_a_grade_or_none_and_the_text_per_prompt(loaded, mixed_
     assert generate(model, tokenizer, prompts, CLASSES, batch_size=2) == (grades, texts)  # seeded: repeatable
 
 
+def test_generating_for_a_chunk_tokenises_its_prompts_once(run_dir, monkeypatch):
+    import korllama.predict as predict
+    import korllama.scoring as scoring
+
+    run = Run.load(run_dir)
+    chunk = synthetic_table(5, seed=3)
+    calls = []
+
+    def counted(tokenizer, prompts):
+        calls.append(len(prompts))
+        return scoring.encode_prompts(tokenizer, prompts)
+
+    monkeypatch.setattr(predict, "encode_prompts", counted)
+    scored = predict.score_chunk(run.model, run.tokenizer, run.template, chunk, 2, mode="generate",
+                                 max_tokens=run.max_tokens)
+    assert calls == [5]  # the length check and generation share one tokenisation
+    expected = generate(run.model, run.tokenizer, run.template.render(chunk), CLASSES, batch_size=2)
+    assert (list(scored.pred), scored.texts) == (expected[0], expected[1])
+
+
 def test_generation_is_the_same_alone_or_left_padded_in_a_batch(run_dir, mixed_prompts):
     # top_k=1 makes the original's sampling greedy, so left padding (rows of other lengths in one batch) must not
     # change a row's text. The untrained base never says EOS: every row runs all 100 new tokens.

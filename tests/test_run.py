@@ -1,4 +1,5 @@
-"""RunDir (korllama.run): the one owner of a run directory's layout, and what a fresh training may write into."""
+"""RunDir (korllama.layout): the one owner of a run directory's layout, and what a fresh training may write into;
+the spec a Run (korllama.run) reads."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import json
 
 import pytest
 
+from korllama.config import load_config
 from korllama.errors import KorllamaError
 from korllama.layout import RunDir
+from korllama.run import Run
 
 
 def test_the_layout_is_spelled_once(tmp_path):
@@ -56,3 +59,10 @@ def test_the_newest_complete_checkpoint_is_chosen(tmp_path):
 def test_require_run_says_the_way_out(tmp_path):
     with pytest.raises(KorllamaError, match="no config.yaml"):
         RunDir(tmp_path).require_run()
+
+
+def test_a_run_reads_and_names_its_own_spec_copy(run_dir, tmp_path):
+    run = Run.load(run_dir)
+    assert run.spec_source == str((run_dir / "spec.yaml").resolve())  # what metrics.json records
+    bare = Run(load_config(run_dir / "config.yaml"))  # no folder: the configured spec
+    assert bare.spec_source == str(bare.config.data.spec)

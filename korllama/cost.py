@@ -3,7 +3,7 @@
 time added) and its curve the `eval_cpu_minutes` of trainer_state.json's evaluations; the tree baseline's is the
 `fit_cpu_seconds` its metrics.json records. CPU time is process time (time.process_time(): every thread of the
 main process). A system with no such record (a bare base model, a run trained before korllama recorded CPU time)
-is named, not drawn."""
+is named with the reason, not drawn."""
 
 from __future__ import annotations
 
@@ -17,23 +17,28 @@ from korllama.layout import RunDir
 
 @dataclass
 class Cost:
-    minutes: float | None  # None: not recorded
+    minutes: float | None  # None: not recorded (`missing` says why)
     run: Path | None = None  # the run folder whose curve this is (one curve per run)
     curve: list[tuple[float, float]] = field(default_factory=list)  # (CPU minutes, validation macro-F1)
+    missing: str = ""  # why no cost is known, for the report's words
 
 
 def training_cost(evaluation: dict) -> Cost:
     """The training CPU minutes of the system an evaluation (metrics.json) belongs to, and its run's curve."""
     if evaluation.get("mode") == "trees":
         cpu = evaluation.get("fit_cpu_seconds")
-        return Cost(cpu / 60 if isinstance(cpu, int | float) else None)
+        if isinstance(cpu, int | float):
+            return Cost(cpu / 60)
+        return Cost(None, missing="fitted before korllama recorded CPU time")
     if not evaluation.get("run") or evaluation.get("base"):  # a bare base model, or one scored with a run's prompts
-        return Cost(None)
+        return Cost(None, missing="a base model, not trained here")
     run = RunDir(evaluation["run"])
+    if not run.root.is_dir():  # metrics.json names the folder as evaluate was given it: moved, deleted, another cwd
+        return Cost(None, missing=f"its run folder {run.root} is not found from here")
     summary, state = _json(run.summary), _json(run.trainer_state)
     cpu = summary.get("cpu_seconds")
     if not isinstance(cpu, int | float):
-        return Cost(None)
+        return Cost(None, missing="trained before korllama recorded CPU time")
     curve = [(e["eval_cpu_minutes"], e["eval_macro_f1"]) for e in state.get("log_history", [])
              if isinstance(e, dict) and "eval_cpu_minutes" in e and "eval_macro_f1" in e]
     return Cost((cpu + summary.get("cpu_seconds_before_resume", 0.0)) / 60, run.root.resolve(), curve)
@@ -53,10 +58,10 @@ def time_to_quality(evals: list[dict]) -> dict:
     costs = [training_cost(e) for e in evals]
     points = [(e["system"], c.minutes, e["macro_f1"], k) for k, (e, c) in enumerate(zip(evals, costs))
               if c.minutes is not None]
-    unknown = [e["system"] for e, c in zip(evals, costs) if c.minutes is None]
+    unknown = [f"{e['system']} ({c.missing})" for e, c in zip(evals, costs) if c.minutes is None]
     if not points:
         return {"png": None, "caption": None,
-                "note": f"no system here records the CPU time its training cost ({', '.join(unknown)}), so the "
+                "note": f"no system here records the CPU time its training cost ({'; '.join(unknown)}), so the "
                         "figure is left out; runs trained and baselines fitted by this korllama record it."}
     curves, seen = [], set()
     for k, c in enumerate(costs):
@@ -69,6 +74,5 @@ def time_to_quality(evals: list[dict]) -> dict:
         caption += (" Lines: a run's validation curve, macro-F1 on its validation rows (its training's evaluation "
                     "sample, not the scored rows) at each evaluation, against the CPU minutes spent until then.")
     if unknown:
-        caption += (" No training cost recorded (a bare base model, a run trained before korllama recorded CPU time), "
-                    "so not drawn: " + ", ".join(unknown) + ".")
+        caption += " No training cost known, so not drawn: " + "; ".join(unknown) + "."
     return {"png": plots.plot_time_to_quality(points, curves), "caption": caption, "note": None}

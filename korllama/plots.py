@@ -185,7 +185,7 @@ def plot_time_to_quality(points: list[tuple[str, float, float, int]], curves: li
         ax.set_xscale("log")
         ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
     else:
-        ax.set_xlim(0, max(xs) * 1.1)
+        ax.set_xlim(0, max(xs) * 1.1 or 1.0)  # every cost 0 (rounded down): still an axis, not a singular one
     ax.set_ylim(max(0.0, np.floor(min(ys) * 10 - 0.5) / 10), 1.0)  # zoomed to the figures, to the 0.1 below them
     ax.set_xlabel("training CPU minutes" + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel("macro-F1")

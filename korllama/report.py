@@ -90,7 +90,8 @@ def compare(folders: list[str | Path], out_html: str | Path, title: str = "korll
         if curve is not None and curve.is_file() and curve not in figures.values():
             figures[f"training curve: {e['system']}"] = curve
     quality = time_to_quality(evals)
-    quality["image"] = quality["png"] and _image(quality.pop("png"), "time to quality")
+    png = quality.pop("png")
+    quality["image"] = _image(png, "time to quality") if png else None
     page = render("report.html.j2", title=title, rows_sentence=rows_sentence, systems=[_system(e) for e in evals],
                   time_to_quality=quality,
                   figures=[{"name": name, "image": _image(p, name)} for name, p in figures.items() if p is not None],

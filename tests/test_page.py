@@ -153,7 +153,6 @@ def test_uploads_over_the_limit_are_refused_and_the_token_is_required(run_dir, m
 # --- in a real browser -----------------------------------------------------------------------------------------------
 
 
-
 class Server:
     """`korllama serve RUN` in a subprocess on a free loopback port."""
 

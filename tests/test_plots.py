@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import warnings
 
+import pandas as pd
+import pytest
+
+from korllama import plots
 from korllama.plots import plot_group_f1, plot_importance, plot_train_curve
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -25,3 +29,20 @@ def test_plots_of_reasons_and_groups_are_none_without_data_else_a_png(tmp_path):
     groups = pd.DataFrame({"column": ["term", "term"], "group": ["36", "60"], "rows": [40, 10],
                            "macro_f1": [0.8, 0.4]})
     assert plot_group_f1([("a", groups)], tmp_path / "g.png", {"a": 0.7}).read_bytes().startswith(PNG)
+
+
+@pytest.mark.parametrize("points, curves, scale, left", [
+    ([("run", 30.0, 0.6, 0), ("trees", 0.5, 0.5, 1)], [("run", [(10.0, 0.4)], 0)], "log", 0.5 / 1.5),  # one point
+    ([("run", 30.0, 0.6, 0), ("trees", 0.0, 0.5, 1)], [], "linear", 0.0),  # a zero cost: no log axis
+    ([("trees", 0.0, 0.5, 0)], [], "linear", 0.0),  # every cost zero: an axis all the same
+    ([("a", 2.0, 0.6, 0), ("b", 1.0, 0.5, 1)], [("a", [(0.5, 0.3), (2.0, 0.6)], 0)], "linear", 0.0),
+])
+def test_time_to_quality_axes(points, curves, scale, left, monkeypatch):
+    monkeypatch.setattr(plots, "_save", lambda fig, path: fig)  # the figure itself, to look at its axes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns of a singular axis rather than failing
+        ax = plots.plot_time_to_quality(points, curves).axes[0]
+    (low, high), xscale, xlabel = ax.get_xlim(), ax.get_xscale(), ax.get_xlabel()
+    plots.plt.close(ax.figure)
+    assert xscale == scale and low == pytest.approx(left) and high > low
+    assert xlabel.endswith("(log scale)") == (scale == "log")

@@ -287,7 +287,8 @@ def test_compare_draws_time_to_quality(run_dir, tmp_path, monkeypatch):
     assert len(sources) == 1 and base64.b64decode(sources[0]).startswith(PNG)
     # the bare base model has no training cost: named in the caption, not drawn; the two others are drawn
     caption = section.split("<img", 1)[0]
-    assert re.search(r"so not drawn: (.*?)\.</p>", caption).group(1) == base["system"]  # the only one
+    assert re.search(r"so not drawn: (.*?)\.</p>", caption).group(1) == f"{base['system']} (a base model, not " \
+        "trained here)"  # the only one, and why
     assert "validation curve" in caption and "validation rows" in caption  # the run's curve is drawn as a line
 
 
@@ -303,7 +304,10 @@ def test_time_to_quality_costs_and_curves(run_dir, two_systems):
     assert training_cost({"mode": "score", "run": str(run_dir), "base": "x"}).minutes is None  # a bare base
     assert training_cost({"mode": "trees", "fit_cpu_seconds": 90.0}).minutes == 1.5
     tuned_dir, _, _, _ = two_systems  # its run folder has no train_summary.json: a run from before CPU time
-    assert training_cost(load_evaluation(tuned_dir)).minutes is None
+    old = training_cost(load_evaluation(tuned_dir))
+    assert old.minutes is None and old.missing == "trained before korllama recorded CPU time"
+    gone = training_cost({"mode": "score", "run": str(run_dir / "moved-away")})  # moved or deleted after evaluate
+    assert gone.minutes is None and "moved-away is not found" in gone.missing
 
 
 def test_compare_leaves_time_to_quality_out_when_no_system_has_a_cost(two_systems, tmp_path):

@@ -30,8 +30,6 @@ from korllama.serve.schema import raw_pattern
 REPO = Path(__file__).resolve().parents[1]
 
 
-
-
 @pytest.fixture(scope="module")
 def service(run_dir, tmp_path_factory):
     """The base URL of `korllama serve RUN` in a subprocess, stopped after the module."""

@@ -47,9 +47,6 @@ def in_process_train(config: dict, run_dir: Path, resume: bool = False) -> dict:
     return train(RunConfig.model_validate(config), run_dir, resume=resume)
 
 
-
-
-
 @pytest.fixture(scope="module")
 def prompts() -> list[str]:
     table = synthetic_table(200, seed=0)
@@ -483,7 +480,6 @@ def test_the_train_command_documents_the_finished_run(cli, tmp_path):
 
 
 # --- 9. several processes ----------------------------------------------------------------------------------------
-
 
 
 @pytest.mark.slow  # a subprocess training run: `make test` runs it, `-m 'not slow'` skips it

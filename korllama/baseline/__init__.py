@@ -1,5 +1,5 @@
 """The classical baseline: estimator.py (`TreeBaseline`, a scikit-learn classifier, and `TableFeatures`),
-search.py (the bounded search, `fit_baseline`), command.py (`run_baseline`: `korllama baseline`)."""
+tune.py (the bounded search `search`, and `fit_baseline`), command.py (`run_baseline`: `korllama baseline`)."""
 
 from korllama.baseline.estimator import TableFeatures, TreeBaseline, refit_on_all, table_features
 from korllama.baseline.tune import defaults_for, fit_baseline, search

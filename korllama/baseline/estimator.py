@@ -27,7 +27,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from korllama.data import Table
-from korllama.decision import _encode, macro_f1_codes
+from korllama.decision import macro_f1_codes
 
 
 def table_features(table: Table) -> pd.DataFrame:
@@ -300,7 +300,7 @@ class TreeBaseline(ClassifierMixin, BaseEstimator):
     def valid_macro_f1(self) -> float:
         """Macro-F1 of plain argmax on the inner validation rows (the search's yardstick)."""
         k = len(self.classes_)
-        truth = _encode(self.valid_labels_, list(self.classes_))
+        truth = self._codes(self.valid_labels_)  # the labels fit coded: each is one of classes_
         return macro_f1_codes(truth, self.valid_proba_.argmax(axis=1), k)
 
     def valid_log_loss(self) -> float:

@@ -111,13 +111,11 @@ def fit_baseline(fit_on: Table, seed: int = 0, budget_s: float = 600.0, candidat
     found = search(fit_on, base=base, candidates=candidates, budget_s=budget_s, console=console, say=say)
     model = found.best
     if model.valid_proba_ is None:
-
         raise KorllamaError("the tree baseline kept no inner validation rows, so no decision rule can be fitted.")
     rule = fit_decision(model.valid_proba_, model.valid_labels_, list(model.classes_), ids=model.valid_ids_)
     if refit:
         t0 = time.perf_counter()
         model = refit_on_all(model, fit_on)
-    
         tell = say if say is not None else (console if console is not None else Console(stderr=True)).print
         rounds = "+".join(map(str, model.best_iterations_.values()))
         tell(f"  the kept setting refitted on all {len(fit_on):,} fitting rows ({rounds} rounds), "

@@ -10,7 +10,6 @@ is set) a 401, before anything else is said about the body. A 5xx is a bug. `GET
 analysts (serve/page.py). The types come from serve/schema.py, the refusals from serve/errors.py.
 """
 
-
 import hmac
 import os
 from contextlib import asynccontextmanager

@@ -196,7 +196,7 @@ def evaluate_run(run: Run, data: str | Path | Table, out_dir: str | Path, mode: 
             system = run.name + ("" if mode == "score" else "-generate")
         result.update(system=system, mode=mode, template=template.name, spec=run.spec_source,
                       rows_per_s=n / max(seconds, 1e-9), seconds=seconds, data=stream.source, held_out=held_out,
-                      run=str(run.root) if run.root else None, base=run.base, processes=state.num_processes,
+                      run=str(run.root.resolve()) if run.root else None, base=run.base, processes=state.num_processes,
                       group_columns=kinds, decision_rule=decision)
         if mode == "generate":
             result["off_format_rate"] = off_format_rate(texts, classes)

@@ -292,6 +292,22 @@ def test_compare_draws_time_to_quality(run_dir, tmp_path, monkeypatch):
     assert "validation curve" in caption and "validation rows" in caption  # the run's curve is drawn as a line
 
 
+def test_an_evaluation_made_with_a_relative_run_path_is_found_from_another_folder(run_dir, tmp_path, monkeypatch):
+    """metrics.json names the run by its absolute path, so compare finds the run's cost, curve and card from any
+    working directory, not only the one evaluate ran in."""
+    from korllama.cost import training_cost
+    from korllama.evaluate import evaluate_run
+    from korllama.synth import synthetic_table
+
+    monkeypatch.chdir(run_dir.parent)
+    evaluate_run(Run.load(run_dir.name), synthetic_table(RUN_ROWS, seed=0), tmp_path / "tuned", held_out=True)
+    monkeypatch.chdir(tmp_path)
+    evaluation = json.loads((tmp_path / "tuned" / "metrics.json").read_text("utf-8"))
+    assert Path(evaluation["run"]) == run_dir.resolve()
+    cost = training_cost(evaluation)
+    assert cost.minutes is not None and cost.minutes > 0 and cost.curve
+
+
 def test_time_to_quality_costs_and_curves(run_dir, two_systems):
     from korllama.cost import training_cost
 

@@ -41,7 +41,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 
-from korllama.baseline.estimator import TreeBaseline, _inner_split, table_features
+from korllama.baseline.estimator import TreeBaseline, table_features
 from korllama.baseline.tune import defaults_for
 from korllama.config import load_config
 from korllama.data import read_table, split
@@ -78,23 +78,17 @@ def cross_fitted_llm(config_name: str, overrides: list[str], fitting, held, fold
     return oof, log_softmax(held_sum / folds, axis=1), cpu
 
 
-def categorical(frame: pd.DataFrame, like: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Object columns as pandas categoricals with the fitting rows' categories (what LightGBM takes)."""
-    out = frame.copy()
-    for name in out.columns:
-        if out[name].dtype == object:
-            cats = sorted((like if like is not None else frame)[name].dropna().astype(str).unique())
-            out[name] = pd.Categorical(out[name].astype(object), categories=cats)
-    return out
-
-
-def boosted(X_fit, y_fit, X_valid, y_valid, X_held, init_fit, init_valid, init_held, fine_bins: dict, seed: int):
-    """LightGBM (korllama's baseline settings) started from the given scores; (valid proba, held proba)."""
-    bins = [int(fine_bins.get(name, 255)) for name in X_fit.columns]
-    model = lgb.LGBMClassifier(objective="multiclass", n_estimators=3000, learning_rate=0.05, num_leaves=63,
-                               colsample_bytree=0.8, max_bin_by_feature=bins, random_state=seed, verbose=-1)
+def boosted(trees: TreeBaseline, X_fit, y_fit, X_valid, y_valid, X_held, init_fit, init_valid, init_held):
+    """Plain LightGBM with `trees`' settings (no segment model) started from the given scores; (valid proba, held
+    proba)."""
+    p = trees.get_params()
+    bins = [int((p["fine_bins"] or {}).get(name, p["max_bin"])) for name in X_fit.columns]
+    model = lgb.LGBMClassifier(objective="multiclass", n_estimators=p["n_estimators"], learning_rate=p["learning_rate"],
+                               num_leaves=p["num_leaves"], min_child_samples=p["min_child_samples"],
+                               colsample_bytree=p["colsample_bytree"], reg_lambda=p["reg_lambda"],
+                               max_bin_by_feature=bins, random_state=p["seed"], verbose=-1)
     model.fit(X_fit, y_fit, init_score=init_fit, eval_X=(X_valid,), eval_y=(y_valid,), eval_init_score=[init_valid],
-              callbacks=[lgb.early_stopping(50, verbose=False)])
+              callbacks=[lgb.early_stopping(p["early_stopping_rounds"], verbose=False)])
 
     def proba(X, init):
         raw = model.predict(X, raw_score=True, num_iteration=model.best_iteration_)
@@ -154,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     valid = trees.valid_index_
     tree_valid, tree_held = np.log(np.clip(trees.valid_proba_, 1e-12, None)), np.log(
         np.clip(trees.predict_proba(held), 1e-12, None))
-    y_valid = np.array([code[c] for c in y_fit[valid]])
+    y_codes = np.array([code[c] for c in y_fit])
+    y_valid = y_codes[valid]
     systems: dict[str, np.ndarray] = {"trees": tree_held, "LLM (cross-fitted)": llm_held}
     notes: dict[str, str] = {"trees": f"{trees_cpu:.0f} CPU s", "LLM (cross-fitted)": f"{llm_cpu:.0f} CPU s"}
 
@@ -176,16 +171,14 @@ def main(argv: list[str] | None = None) -> None:
     systems["LLM as features"] = np.log(np.clip(with_llm.predict_proba(
         pd.concat([table_features(held), pd.DataFrame(llm_held, columns=llm_columns)], axis=1)), 1e-12, None))
 
-    X_all = categorical(table_features(fitting))
-    X_held = categorical(table_features(held), like=table_features(fitting))
-    fit_rows, valid_rows = _inner_split(np.array([code[c] for c in y_fit]), 0.1, args.seed)
-    y_codes = np.array([code[c] for c in y_fit])
+    # the trees' own frames (their categories) and their own inner split, so LLM-Boost fits and stops on the same rows
+    X_all, X_held = trees._validate(fitting)[0], trees._validate(held)[0]
+    valid_rows, fit_rows = valid, np.setdiff1d(np.arange(len(fitting)), valid)
     best = None
     for w in [0.0, *[float(x) for x in args.weights.split(",")]]:
         t0 = time.process_time()
-        pv, ph = boosted(X_all.iloc[fit_rows], y_codes[fit_rows], X_all.iloc[valid_rows], y_codes[valid_rows],
-                         X_held, w * llm_fit[fit_rows], w * llm_fit[valid_rows], w * llm_held,
-                         defaults["fine_bins"], args.seed)
+        pv, ph = boosted(trees, X_all.iloc[fit_rows], y_codes[fit_rows], X_all.iloc[valid_rows], y_codes[valid_rows],
+                         X_held, w * llm_fit[fit_rows], w * llm_fit[valid_rows], w * llm_held)
         f1v = f1_score(y_codes[valid_rows], pv.argmax(axis=1), average="macro")
         print(f"LLM-Boost w={w}: inner-validation macro-F1 {f1v:.4f} ({time.process_time() - t0:.0f} CPU s)",
               flush=True)

@@ -13,10 +13,11 @@ the figure `korllama compare` draws; `--cpu` gives it for a system trained befor
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from korllama import plots
-from korllama.cost import training_cost
+from korllama.cost import figure_data, training_cost
 from korllama.report import load_evaluation, scored_rows
 
 
@@ -30,22 +31,16 @@ def main(argv: list[str] | None = None) -> None:
     given = {name: float(minutes) for name, minutes in (item.rsplit("=", 1) for item in args.cpu)}
     evals = [load_evaluation(folder) for folder in args.evaluations]
     print(scored_rows(args.evaluations, evals))
-    points, curves, seen = [], [], set()
+    costs = [replace(training_cost(e), minutes=given[e["system"]]) if e["system"] in given else training_cost(e)
+             for e in evals]
+    points, curves, _ = figure_data(evals, costs)
     print("| system | training CPU minutes | macro-F1 | accuracy | where the cost comes from |")
     print("| --- | --- | --- | --- | --- |")
-    for k, e in enumerate(evals):
-        cost = training_cost(e)
-        minutes, source = cost.minutes, "recorded by the run / baseline"
-        if e["system"] in given:
-            minutes, source = given[e["system"]], "--cpu (measured outside korllama)"
-        if minutes is None:
-            print(f"| {e['system']} | – | {e['macro_f1']:.4f} | {e['accuracy']:.4f} | not recorded: not drawn |")
-            continue
-        points.append((e["system"], minutes, e["macro_f1"], k))
-        if cost.curve and cost.run not in seen:
-            seen.add(cost.run)
-            curves.append((cost.run.name, cost.curve, k))
-        print(f"| {e['system']} | {minutes:.1f} | {e['macro_f1']:.4f} | {e['accuracy']:.4f} | {source} |")
+    for e, c in zip(evals, costs):
+        source = "--cpu (measured outside korllama)" if e["system"] in given else "recorded by the run / baseline"
+        shown = f"{c.minutes:.1f}" if c.minutes is not None else "–"
+        print(f"| {e['system']} | {shown} | {e['macro_f1']:.4f} | {e['accuracy']:.4f} | "
+              f"{source if c.minutes is not None else c.missing + ': not drawn'} |")
     plots.plot_time_to_quality(points, curves, args.png)
     print(f"-> {args.png}")
 

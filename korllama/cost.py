@@ -52,22 +52,28 @@ def _json(path: Path) -> dict:
     return found if isinstance(found, dict) else {}
 
 
-def time_to_quality(evals: list[dict]) -> dict:
-    """The report's section: "png" and "caption" when some system has a cost, else a "note" (the figure left
-    out); the keys absent from one are None."""
-    costs = [training_cost(e) for e in evals]
+def figure_data(evals: list[dict], costs: list[Cost]):
+    """What the figure draws: (points: (system, minutes, macro-F1, colour k) of the systems with a cost; curves:
+    (run name, curve, colour k), each run once; unknown: "system (why)" of the others)."""
     points = [(e["system"], c.minutes, e["macro_f1"], k) for k, (e, c) in enumerate(zip(evals, costs))
               if c.minutes is not None]
     unknown = [f"{e['system']} ({c.missing})" for e, c in zip(evals, costs) if c.minutes is None]
-    if not points:
-        return {"png": None, "caption": None,
-                "note": f"no system here records the CPU time its training cost ({'; '.join(unknown)}), so the "
-                        "figure is left out; runs trained and baselines fitted by this korllama record it."}
     curves, seen = [], set()
     for k, c in enumerate(costs):
         if c.curve and c.run not in seen:
             seen.add(c.run)
             curves.append((c.run.name, c.curve, k))
+    return points, curves, unknown
+
+
+def time_to_quality(evals: list[dict]) -> dict:
+    """The report's section: "png" and "caption" when some system has a cost, else a "note" (the figure left
+    out); the keys absent from one are None."""
+    points, curves, unknown = figure_data(evals, [training_cost(e) for e in evals])
+    if not points:
+        return {"png": None, "caption": None,
+                "note": f"no system here records the CPU time its training cost ({'; '.join(unknown)}), so the "
+                        "figure is left out; runs trained and baselines fitted by this korllama record it."}
     caption = ("Each system's macro-F1 on the scored rows (the table above) against the CPU minutes its training "
                "cost: process CPU time, every thread (a run's whole training, a tree baseline's search and fit).")
     if curves:

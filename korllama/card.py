@@ -154,6 +154,7 @@ def render_card(run: RunDir, config, summary: dict, table: Table, train_part: Ta
         "prompt": {"name": template.name, "about": getattr(template, "about", ""), "fields": fields,
                    "missing": template.missing, "text": template.text},
         "recipe": {"steps": summary.get("global_step", "?"), "seconds": f"{summary.get('seconds', 0):.0f}",
+                   "threads": summary.get("threads"),
                    "best_step": summary.get("best_step", "?"),
                    "best_f1": f"{summary.get('best_eval_macro_f1', float('nan')):.4f}",
                    "loss": f"{summary.get('train_loss', float('nan')):.4f}",

@@ -107,6 +107,9 @@ class TrainConfig(_Section):
     # 9.xx% is a token shorter than 12.xx%), so length-grouped batches hold one grade each and learning stalls.
     group_by_length: bool = Field(False, description="batch rows of similar length (less padding)")
     seed: int = 0
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (none = the cores this process may "
+                                                        "use); fixed, never the machine's load: the thread count "
+                                                        "changes float rounding, so it is recorded in the run")
 
     @model_validator(mode="after")
     def _steps_or_epochs(self):

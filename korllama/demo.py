@@ -58,7 +58,7 @@ class PretrainedStage:
 def run_demo(out: Path, rows: int = 4000, seed: int = 0, console: Console | None = None,
              pretrained: PretrainedStage | None = PretrainedStage()) -> dict:
     """Every stage once; `pretrained=None` leaves out the SmolLM2 stage. On a CPU the demo runs on the threads
-    korllama.training.hardware.cpu_threads chooses (fewer when other jobs keep the cores busy)."""
+    korllama.training.hardware.cpu_threads chooses: the cores, whatever else runs (the same demo, the same figures)."""
 
 
     with threads_for(pick_device("auto")) as threads:

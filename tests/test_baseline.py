@@ -169,6 +169,20 @@ def test_search_stops_at_its_budget(loans):
     assert "skipped 1 more" in lines[-1]
 
 
+def test_without_a_budget_every_setting_is_tried_whatever_the_clock(loans, monkeypatch):
+    """The default search does not depend on how fast the machine is now (issue 31): a clock that jumps an hour
+    per reading still tries every setting, and the same search twice keeps the same trees."""
+    import korllama.baseline.tune as tune
+
+    ticks = iter(range(0, 10**7, 3600))
+    monkeypatch.setattr(tune.time, "perf_counter", lambda: float(next(ticks)))
+    tried = [{}, {"num_leaves": 7}, {"learning_rate": 0.2}]
+    first = search(loans, base=TreeBaseline(**FAST), candidates=tried, say=lambda _: None)
+    second = search(loans, base=TreeBaseline(**FAST), candidates=tried, say=lambda _: None)
+    assert [t["params"] for t in first.trials] == tried
+    np.testing.assert_array_equal(first.best.predict_proba(loans), second.best.predict_proba(loans))
+
+
 def test_rows_missing_the_segment_feature_get_their_own_model():
     from korllama.baseline import defaults_for
 

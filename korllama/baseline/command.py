@@ -19,7 +19,7 @@ from korllama.scoring import predict_labels
 
 def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None, out_dir: str | Path, spec=None,
                  valid_fraction: float = 0.2, seed: int = 0, system: str = "baseline (LightGBM)",
-                 decision: str = "argmax", budget_s: float = 600.0, console=None) -> dict:
+                 decision: str = "argmax", budget_s: float | None = None, console=None) -> dict:
     """Fit the tree baseline (bounded search, korllama.baseline.fit_baseline) and score it like any other system.
 
     The macro-F1 decision rule is fitted on the trees' inner validation rows (a part of the fitting rows, never a

@@ -15,7 +15,8 @@ from korllama.data import Table
 from korllama.decision import fit_decision
 from korllama.errors import KorllamaError
 
-# Tried in this order until the time budget runs out: the default first, so even a short budget gives it.
+# Tried in this order, all of them by default (the same command gives the same trees); with a time budget, until it
+# runs out: the default first, so even a short budget gives it.
 CANDIDATES: list[dict] = [
     {},
     {"num_leaves": 127, "min_child_samples": 10},
@@ -43,8 +44,11 @@ class SearchResult:
 
 
 def search(X, y=None, base: TreeBaseline | None = None, candidates: list[dict] | None = None,
-           budget_s: float = 600.0, console=None, say=None) -> SearchResult:
-    """Fit `base` with each candidate's settings until `budget_s` would be exceeded; keep the best.
+           budget_s: float | None = None, console=None, say=None) -> SearchResult:
+    """Fit `base` with each candidate's settings (with `budget_s`, until it would be exceeded); keep the best.
+
+    No budget by default: which settings are tried must not depend on how busy the machine is (issue 31), so the
+    figure of the same command is the same; a budget is the user's trade of that for time.
 
     The yardstick is argmax macro-F1 on the inner validation rows (the same rows for every candidate: the split
     depends only on y, validation_fraction and seed). A candidate is started only while the time spent so far
@@ -65,7 +69,7 @@ def search(X, y=None, base: TreeBaseline | None = None, candidates: list[dict] |
         rounds = progress.add_task("  boosting", total=None, unit="rounds")
         for i, params in enumerate(candidates):
             spent = time.perf_counter() - started
-            if i and spent + slowest > budget_s:
+            if budget_s is not None and i and spent + slowest > budget_s:
                 say(f"  skipped {len(candidates) - i} more settings: {spent:.0f}s spent of a {budget_s:.0f}s budget")
                 break
             t0 = time.perf_counter()
@@ -100,7 +104,7 @@ class FittedBaseline:
     cpu_seconds: float  # their CPU time in this process (time.process_time(): LightGBM's threads included)
 
 
-def fit_baseline(fit_on: Table, seed: int = 0, budget_s: float = 600.0, candidates: list[dict] | None = None,
+def fit_baseline(fit_on: Table, seed: int = 0, budget_s: float | None = None, candidates: list[dict] | None = None,
                  console=None, say=None, refit: bool = True) -> FittedBaseline:
     """`korllama baseline`'s model: the bounded search on `fit_on`, then the macro-F1 decision rule fitted on the
     kept model's inner validation rows (a part of `fit_on`, so never the rows scored later), then (`refit`) the

@@ -133,16 +133,17 @@ def baseline_cmd(
         "--decision", help="argmax: the most probable label. macro-f1: the decision rule (per-label weights fitted "
                            "on the trees' inner validation rows, stored as OUT/decision.json). metrics.json holds "
                            "both either way.")] = Decision.ARGMAX,
-    budget: Annotated[float, typer.Option("--budget", min=0, help="Seconds for the parameter search: settings are "
-                                                                   "tried until the next would not fit (the first "
-                                                                   "always runs).")] = 600,
+    budget: Annotated[float | None, typer.Option(
+        "--budget", min=0, help="Seconds for the parameter search: settings are tried until the next would not fit "
+                                "(the first always runs). Default: no budget, every setting is tried, so the same "
+                                "command gives the same trees on a busy machine or a quiet one.")] = None,
     overwrite: OverwriteOption = False,
 ):
     """Gradient-boosted trees (LightGBM) on the cleaned columns plus the derived features, same metrics.
 
     Without --eval it fits on a stratified 80% of --train and scores the other 20%: the split `korllama train`
     makes with the default config (pass --config RUN/config.yaml for a run's own split). The trees stop early on
-    an inner 10% of the fitting rows; a few settings are tried within --budget, each printed, and the best on
+    an inner 10% of the fitting rows; a few settings are tried (all, or those that fit --budget), each printed, and the best on
     those inner rows is kept, then refitted on all the fitting rows with the rounds it stopped at.
 
     Example: korllama baseline --train ../shared/data/dacon-loan/train.csv --out runs/eval/baseline

@@ -1,11 +1,9 @@
-"""What the machine allows: training precision (bf16/fp16/fp32, measured per CPU width) and CPU threads (fewer on
-a busy machine)."""
+"""What the machine allows: training precision (bf16/fp16/fp32, measured per CPU width) and CPU threads (a setting
+or the cores, never the load: the same command gives the same weights)."""
 
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from contextlib import contextmanager
 
 import torch
@@ -44,37 +42,35 @@ def training_precision(requested: str, device: torch.device, width: int | None =
     return requested
 
 
-def cpu_threads(processes: int = 1) -> int:
-    """Torch threads for CPU work now: one per core that other jobs leave idle, at least one, never more than the
-    current setting (so OMP_NUM_THREADS, torch.set_num_threads or accelerate's per-process share stay upper bounds).
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask, else the machine's): a fact of the machine, not of its
+    momentary load."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-    Other jobs are counted as the runnable tasks of /proc/loadavg (median of a few samples, less this one) rather
-    than the load average, which also counts this process's own recent work. Measured on the shared 2-core machine
-    (benchmarks/cpu_lora.py, RESULTS.md): with other jobs keeping 6-12 tasks runnable, SmolLM2 + LoRA trained
-    several times faster on one thread than on two — every op's two halves wait for each other while one is
-    descheduled. Where /proc/loadavg does not exist the current setting is kept."""
-    current = torch.get_num_threads()
-    try:
-        samples = []
-        for _ in range(5):
-            with open("/proc/loadavg", encoding="ascii") as fh:
-                samples.append(int(fh.read().split()[3].split("/")[0]))
-            time.sleep(0.01)
-    except (OSError, ValueError, IndexError):
-        return current
-    others = max(0, round(statistics.median(samples)) - 1)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(current, (cores - others) // max(processes, 1)))
+
+def cpu_threads(requested: int | None = None, processes: int = 1) -> int:
+    """Torch threads for CPU work: `requested` (train.threads) when set, else the cores this process may use shared
+    among `processes`, never more than the current setting (so OMP_NUM_THREADS, torch.set_num_threads or
+    accelerate's per-process share stay upper bounds), at least one.
+
+    Never the machine's load: the thread count decides the order of every float reduction, so a count that
+    followed the load (as korllama's did until 2026-12) gave the same command other weights on a busy machine
+    (issue 31: macro-F1 0.776 one time, 0.601 the next). A user on a shared machine who trains faster on fewer
+    threads says so with train.threads=1, and the run records it."""
+    if requested is not None:
+        return max(1, requested)
+    return max(1, min(torch.get_num_threads(), cpu_cores() // max(processes, 1)))
 
 
 @contextmanager
-def threads_for(device: torch.device, processes: int = 1):
-    """Within: torch threads set by cpu_threads() on a CPU device (restored after); yields the number used."""
+def threads_for(device: torch.device, processes: int = 1, requested: int | None = None):
+    """Within: torch threads set by cpu_threads(requested, processes) on a CPU device (restored after); yields the
+    number used."""
     if device.type != "cpu":
         yield torch.get_num_threads()
         return
     previous = torch.get_num_threads()
-    threads = cpu_threads(processes)
+    threads = cpu_threads(requested, processes)
     torch.set_num_threads(threads)
     try:
         yield threads

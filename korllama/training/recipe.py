@@ -21,7 +21,7 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset
 from torch.utils.tensorboard import SummaryWriter
-from transformers import TrainingArguments
+from transformers import TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -176,6 +176,7 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
             if state.is_main_process and not (folder.base / "config.json").is_file():
                 build_tiny(train_prompts, folder.base, config.model.tiny, seed=config.train.seed, labels=classes)
                 folder.record_weights(folder.base)
+    set_seed(config.train.seed)  # LoRA's initial A matrices draw from torch's RNG, before the Trainer seeds it
     model, tokenizer = load_base(config.model, base, for_training=True)
     label_tokens(tokenizer, classes)  # fail now, not after training, if two labels are the same tokens
     if config.lora is not None:
@@ -207,7 +208,7 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)  # RichProgress shows the same, on one line
     trainer.add_callback(RichProgress())
-    with threads_for(device, state.num_processes) as threads:  # on a busy CPU, fewer threads train faster
+    with threads_for(device, state.num_processes, config.train.threads) as threads:  # fixed: see hardware
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         evaluated = {e["step"] for e in trainer.state.log_history if "eval_macro_f1" in e}
         if trainer.state.global_step not in evaluated:

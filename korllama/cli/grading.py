@@ -143,8 +143,8 @@ def baseline_cmd(
 
     Without --eval it fits on a stratified 80% of --train and scores the other 20%: the split `korllama train`
     makes with the default config (pass --config RUN/config.yaml for a run's own split). The trees stop early on
-    an inner 10% of the fitting rows; a few settings are tried (all, or those that fit --budget), each printed, and the best on
-    those inner rows is kept, then refitted on all the fitting rows with the rounds it stopped at.
+    an inner 10% of the fitting rows; a few settings are tried (all, or those that fit --budget), each printed, and
+    the best on those inner rows is kept, then refitted on all the fitting rows with the rounds it stopped at.
 
     Example: korllama baseline --train ../shared/data/dacon-loan/train.csv --out runs/eval/baseline
     """

@@ -69,8 +69,18 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     load_in_4bit: bool = Field(False, description="bitsandbytes 4-bit base weights (CUDA only)")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="always false: korllama never runs code from a model folder, "
+                                                       "a hub repo or a run (kept so older configs still read)")
     tiny: TinyModelConfig = TinyModelConfig()
+
+    @model_validator(mode="after")
+    def _no_remote_code(self):
+        # A config is data a user may have been sent (a run's config.yaml): it must never switch on code execution.
+        # Every base korllama supports (Llama, Gemma, SmolLM2) is implemented by transformers itself.
+        if self.trust_remote_code:
+            raise ValueError("trust_remote_code must be false: korllama never runs code shipped with a model or a "
+                             "run; use a base that transformers implements (Llama, Gemma, SmolLM2)")
+        return self
 
 
 class LoraConfig(_Section):

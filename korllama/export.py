@@ -27,6 +27,7 @@ import numpy as np
 from korllama import __version__
 from korllama.data import TableChunks
 from korllama.errors import DataError, KorllamaError
+from korllama.layout import code_in
 from korllama.outputs import claim_dir
 from korllama.prompts import answer
 from korllama.run import Run
@@ -115,6 +116,8 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
         (staging / README).write_text(model_card(record, out.name), "utf-8")
         if not any(staging.glob("*.safetensors")):
             raise KorllamaError(f"Saving {out} wrote no safetensors weights; nothing was exported.")
+        if code_in(staging):  # an export is data for other stacks: never code they would be asked to trust
+            raise KorllamaError(f"Saving {out} wrote code ({code_in(staging)}); nothing was exported.")
         if out.exists():  # empty, or a previous export with --overwrite (checked above)
             shutil.rmtree(out)
         staging.rename(out)

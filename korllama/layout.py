@@ -25,6 +25,30 @@ from pathlib import Path
 from korllama.errors import KorllamaError
 from korllama.io import sha256_file, write_text
 
+CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyw", ".pyx", ".so", ".pyd", ".dll", ".dylib", ".sh")
+# keys of a Hugging Face or peft config that name classes to import from the folder (custom code)
+CODE_KEYS = ("auto_map", "auto_mapping")
+
+
+def code_in(folder: Path) -> str | None:
+    """What in `folder` (searched whole) would make a loader run code: a Python or native file, or a config that
+    maps classes to the folder's own code. None when it is data only. A run or an export folder someone sends is
+    data (safetensors, JSON, YAML), never code: korllama refuses the rest instead of trusting it."""
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in CODE_SUFFIXES or path.name == "__pycache__":
+            return f"{path} is code"
+        if path.suffix == ".json" and path.is_file() and path.stat().st_size < 10_000_000:
+            try:
+                found = json.loads(path.read_text("utf-8"))
+            except (OSError, ValueError):
+                continue  # not korllama's to judge here: the loader says what is wrong with it
+            if isinstance(found, dict) and any(found.get(key) for key in CODE_KEYS):
+                key = next(key for key in CODE_KEYS if found.get(key))
+                return f"{path} maps classes to custom code ({key})"
+    return None
+
 
 class RunDir:
     """Paths of one run directory, and what state it is in."""
@@ -112,6 +136,13 @@ class RunDir:
         if not self.is_run:
             raise KorllamaError(f"{self.root} is not a korllama run directory (no config.yaml); {way_out}.")
 
+    def require_data_only(self) -> None:
+        """Refuse a run that carries code (a .py file, a config with auto_map): a run is data, never code."""
+        found = code_in(self.root)
+        if found:
+            raise KorllamaError(f"{self.root} is refused: {found}, and korllama never runs code from a run folder "
+                                "(a run is safetensors, JSON and YAML); remove it, or train the run again.")
+
     def require_finished(self) -> None:
         """Refuse a run whose training did not finish (killed, or still running): its weights are whichever
         evaluation was best so far, and it has no decision rule or card yet."""
@@ -158,15 +189,21 @@ class RunDir:
                     {digest, *([before] if isinstance(before, str) else before)})
         write_text(self.weights_record, json.dumps({"sha256": dict(sorted(record.items()))}, indent=1))
 
-    def verify_weights(self, *folders: Path) -> None:
+    def verify_weights(self, *folders: Path, allow_unrecorded: bool = False) -> None:
         """Refuse, naming the file, when a file of `folders` (default: base/, model/, adapter/, tokenizer/) differs
-        from what the run recorded when it wrote it, is missing, or was never recorded. A run trained before the
-        record existed is loaded with a warning."""
+        from what the run recorded when it wrote it, is missing, or was never recorded. A run without a record
+        (an older korllama's, or one whose record was removed) is refused unless `allow_unrecorded`: then it is
+        loaded with a warning."""
         folders = folders or (self.base, self.model, self.adapter, self.tokenizer)
         record = self._recorded()
         if record is None:
+            if not allow_unrecorded:
+                raise KorllamaError(f"{self.root} records no checksums of its weights (no {self.weights_record.name}: "
+                                    "a run made by an older korllama, or its record was removed), so korllama "
+                                    "cannot tell that they are the files training wrote; pass --allow-unrecorded to "
+                                    "load them unverified.")
             warnings.warn(f"{self.root} records no checksums of its weights (a run made by an older korllama); "
-                          "they are loaded unverified.", stacklevel=2)
+                          "they are loaded unverified (--allow-unrecorded).", stacklevel=2)
             return
         for folder in folders:
             if not folder.is_dir():  # gone whole (a kill between KeepBest's delete and rename): the loader says so

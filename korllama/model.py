@@ -194,7 +194,7 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
 
     device = pick_device(model_cfg.device)
     dtype = pick_dtype(model_cfg.dtype, device)
-    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=model_cfg.trust_remote_code)
+    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)  # data, never code (config)
     if model_cfg.load_in_4bit:
         if device.type != "cuda":
             raise ConfigError(f"model.load_in_4bit needs a CUDA GPU (bitsandbytes 4-bit), but the device is "
@@ -209,7 +209,7 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source or source),
-                                                  trust_remote_code=model_cfg.trust_remote_code)
+                                                  trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except SafetensorError as exc:  # a truncated or damaged weights file
         raise KorllamaError(f"The weights of {source} cannot be read as safetensors ({exc}).") from None
@@ -241,7 +241,7 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
     return model, tokenizer
 
 
-def load_run_weights(config, folder, base: str | None = None):
+def load_run_weights(config, folder, base: str | None = None, allow_unrecorded: bool = False):
     """(model, tokenizer) of a run (`folder`, a korllama.run.RunDir; None for a bare base under `config`): model/
     (full training: a complete save_pretrained folder) or adapter/ (LoRA: loaded on top of the run's base with
     PeftModel.from_pretrained); with `base`, that model instead of the run's weights, with its own tokenizer.
@@ -250,7 +250,7 @@ def load_run_weights(config, folder, base: str | None = None):
     if folder is None:
         return load_base(config.model, base, for_training=False)
     if base is None:
-        folder.verify_weights()
+        folder.verify_weights(allow_unrecorded=allow_unrecorded)
     for weights in (folder.model, folder.adapter):
         if weights.is_dir() and not any(weights.glob("*.safetensors")):
             raise KorllamaError(f"{weights} holds no safetensors weights; korllama loads safetensors only "

@@ -51,8 +51,9 @@ class Run:
     the neutral references of explain; the model and tokenizer are loaded on first use (safetensors only)."""
 
     def __init__(self, config: RunConfig, root: str | Path | None = None, base: str | None = None,
-                 table: Table | None = None):
+                 table: Table | None = None, allow_unrecorded: bool = False):
         self.config = config
+        self.allow_unrecorded = allow_unrecorded  # load weights without a checksum record (with a warning)
         self.dir = RunDir(root) if root is not None else None
         self.base = base
         own = self.dir is not None and self.dir.spec.is_file()  # the run's own copy: never a file of this folder
@@ -68,11 +69,12 @@ class Run:
 
     @classmethod
     def load(cls, root: str | Path | None = None, base: str | None = None, table: Table | None = None,
-             way_out: str | None = None, allow_unfinished: bool = False) -> Run:
+             way_out: str | None = None, allow_unfinished: bool = False, allow_unrecorded: bool = False) -> Run:
         """A run directory's run; with `base` its prompts on another model (its untrained base); with `base` alone
         a bare base model under the default config. `table`: the run's training table, when the caller holds it.
         `way_out` ends the sentence refusing a folder that is not a run. A run whose training did not finish is
-        refused (its own weights, that is without `base`) unless `allow_unfinished`."""
+        refused (its own weights, that is without `base`) unless `allow_unfinished`; one without a record of its
+        weights' checksums unless `allow_unrecorded`. A run that carries code (a .py, an auto_map) is refused."""
         if root is None and base is None:
             raise KorllamaError("Name a run directory, or a base model with --base.")
         if root is None:
@@ -80,9 +82,10 @@ class Run:
             return cls(config.model_copy(update={"model": config.model.model_copy(update={"base": base})}), None, base)
         folder = RunDir(root)
         folder.require_run(*([way_out] if way_out else []))
+        folder.require_data_only()
         if base is None and not allow_unfinished:
             folder.require_finished()
-        return cls(load_config(folder.config), folder.root, base, table)
+        return cls(load_config(folder.config), folder.root, base, table, allow_unrecorded)
 
     @property
     def root(self) -> Path | None:
@@ -121,7 +124,7 @@ class Run:
     # -- the model --
     @cached_property
     def _model_and_tokenizer(self):
-        return load_run_weights(self.config, self.dir, self.base)
+        return load_run_weights(self.config, self.dir, self.base, self.allow_unrecorded)
 
     @property
     def model(self):

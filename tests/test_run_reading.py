@@ -60,7 +60,33 @@ DAMAGE = {
     "flipped byte in base": (lambda run: flip_byte(run / "base" / "model.safetensors"), "base/model.safetensors"),
     "missing config": (lambda run: (run / "config.yaml").unlink(), "config.yaml"),
     "unfinished": (lambda run: (run / "train_summary.json").unlink(), "--resume"),
+    # a run folder someone sends you is data, never code (issue 29)
+    "remote code switched on": (lambda run: remote_code_config(run), "trust_remote_code must be false"),
+    "auto_map to the folder's code": (lambda run: add_auto_map(run / "model" / "config.json"), "custom code (auto_map)"),
+    "a python file": (lambda run: plant_code(run / "model" / "evil_model.py"), "evil_model.py is code"),
+    "no checksum record": (lambda run: (run / "weights.json").unlink(), "--allow-unrecorded"),
 }
+
+MARKER = "KORLLAMA_EVIL_RAN"
+
+
+def plant_code(path: Path) -> None:
+    """Code that, if anything imported it, would leave a file beside itself."""
+    path.write_text(f"import pathlib\npathlib.Path(__file__).with_name({MARKER!r}).write_text('ran')\n")
+
+
+def add_auto_map(path: Path) -> None:
+    import json
+
+    config = json.loads(path.read_text("utf-8"))
+    config["auto_map"] = {"AutoModelForCausalLM": "evil_model.EvilForCausalLM"}
+    path.write_text(json.dumps(config), "utf-8")
+
+
+def remote_code_config(run: Path) -> None:
+    text = (run / "config.yaml").read_text("utf-8")
+    assert "trust_remote_code: false" in text
+    (run / "config.yaml").write_text(text.replace("trust_remote_code: false", "trust_remote_code: true"), "utf-8")
 
 
 def refuses(cli, args, out: Path, expected: str, warned: int = 0):
@@ -84,6 +110,20 @@ def test_a_damaged_run_is_refused_by_every_command(command, damage, run_dir, loa
     refuses(cli, [command, run, *args], out, expected)
 
 
+@pytest.mark.parametrize("command", list(CALLS))
+def test_a_run_carrying_code_never_runs_it(command, run_dir, loan_csv, tmp_path, cli):
+    """The hostile pass's run folder: remote code switched on, auto_map to a .py of its own, no checksum record.
+    Every command refuses it in one sentence, and the code never ran."""
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    plant_code(run / "model" / "evil_model.py")
+    add_auto_map(run / "model" / "config.json")
+    (run / "weights.json").unlink()
+    out = tmp_path / "out"
+    refuses(cli, [command, run, *[a.format(data=loan_csv, out=out) for a in CALLS[command]], "--allow-unrecorded"],
+            out, "never runs code from a run folder")
+    assert not (run / "model" / MARKER).exists()
+
+
 def test_a_truncated_file_unrecorded_is_one_sentence(run_dir, loan_csv, tmp_path, cli, recwarn):
     """A run without a checksum record (an older korllama's) still refuses a truncated file in one sentence,
     instead of safetensors' traceback."""
@@ -91,14 +131,18 @@ def test_a_truncated_file_unrecorded_is_one_sentence(run_dir, loan_csv, tmp_path
     (run / "weights.json").unlink()
     truncate(run / "model" / "model.safetensors")
     out = tmp_path / "out.csv"
-    err = refuses(cli, ["predict", run, "--data", loan_csv, "--out", out], out, "safetensors", warned=1)
+    err = refuses(cli, ["predict", run, "--data", loan_csv, "--out", out, "--allow-unrecorded"], out, "safetensors",
+                  warned=1)
     assert "cannot be read" in err
 
 
-def test_an_unrecorded_run_loads_with_a_warning(run_dir, loan_csv, tmp_path, cli):
+def test_an_unrecorded_run_is_refused_unless_allowed_then_loads_with_a_warning(run_dir, loan_csv, tmp_path, cli):
     run = shutil.copytree(run_dir, tmp_path / "run")
     (run / "weights.json").unlink()
     code, _, err = cli("predict", run, "--data", loan_csv, "--out", tmp_path / "s.csv")
+    assert code == 2 and "records no checksums" in err and "--allow-unrecorded" in err
+    assert not (tmp_path / "s.csv").exists()
+    code, _, err = cli("predict", run, "--data", loan_csv, "--out", tmp_path / "s.csv", "--allow-unrecorded")
     assert code == 0 and "records no checksums" in err
 
 

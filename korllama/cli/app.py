@@ -78,6 +78,10 @@ AllowUnfinishedOption = Annotated[bool, typer.Option(
     "--allow-unfinished", help="Use a run whose training did not finish (killed, or still going): its best weights "
                                "so far. Without it such a run is refused.")]
 
+AllowUnrecordedOption = Annotated[bool, typer.Option(
+    "--allow-unrecorded", help="Load a run that records no checksums of its weights (no weights.json: an older "
+                               "korllama's run), unverified, with a warning. Without it such a run is refused.")]
+
 DecisionOption = Annotated[Decision, typer.Option(
     "--decision", help="argmax: the most probable label. macro-f1: the run's decision rule, fitted on its validation "
                        "rows at training, which weighs rare labels up for a higher macro-F1 (the competition's "

@@ -11,6 +11,7 @@ from rich.markup import escape
 from korllama.choices import Decision, Mode
 from korllama.cli.app import (
     AllowUnfinishedOption,
+    AllowUnrecordedOption,
     BaseOption,
     ChunkOption,
     DecisionOption,
@@ -36,6 +37,7 @@ def predict_cmd(
     decision: DecisionOption = Decision.ARGMAX,
     overwrite: OverwriteOption = False,
     allow_unfinished: AllowUnfinishedOption = False,
+    allow_unrecorded: AllowUnrecordedOption = False,
 ):
     """Grade every row (rank scoring) and write the competition's submission format: ID,대출등급, input order.
 
@@ -53,7 +55,7 @@ def predict_cmd(
     from korllama.predict import predict_file
     from korllama.run import Run
 
-    loaded = Run.load(run, base, allow_unfinished=allow_unfinished)
+    loaded = Run.load(run, base, allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
     result = predict_file(loaded, data, out, proba, batch_size, console=err_console, chunk_rows=chunk_rows,
                           decision=decision)
     if not result:  # another process of `accelerate launch`: the main process writes the file and reports
@@ -81,6 +83,7 @@ def evaluate_cmd(
     decision: DecisionOption = Decision.ARGMAX,
     overwrite: OverwriteOption = False,
     allow_unfinished: AllowUnfinishedOption = False,
+    allow_unrecorded: AllowUnrecordedOption = False,
 ):
     """Score a run (or a base model) on labelled rows: macro-F1, accuracy, QWK, per-grade figures, confusion.
 
@@ -96,7 +99,7 @@ def evaluate_cmd(
     from korllama.evaluate import evaluate_run
     from korllama.run import Run
 
-    loaded = Run.load(run, base, allow_unfinished=allow_unfinished)
+    loaded = Run.load(run, base, allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
     r = evaluate_run(loaded, data, out, mode=mode, limit=limit, held_out=held_out,
                      batch_size=batch_size, system=name, console=err_console, chunk_rows=chunk_rows, decision=decision)
     if not r:  # another process of `accelerate launch`: the main process writes and reports
@@ -186,6 +189,7 @@ def explain_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     overwrite: OverwriteOption = False,
     allow_unfinished: AllowUnfinishedOption = False,
+    allow_unrecorded: AllowUnrecordedOption = False,
 ):
     """Why each row got its grade: every field the prompt carries is set to a typical value in turn and the row is
     scored again; the reason is the change in the probability of the predicted grade.
@@ -205,7 +209,8 @@ def explain_cmd(
     from korllama.explain import explain_run
     from korllama.run import Run
 
-    reasons, summary = explain_run(Run.load(run, allow_unfinished=allow_unfinished), data, out, ids=ids,
+    explained = Run.load(run, allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
+    reasons, summary = explain_run(explained, data, out, ids=ids,
                                    held_out=held_out, limit=limit, baseline=baseline, batch_size=batch_size,
                                    console=err_console)
     shown = len(reasons) if ids else min(show, len(reasons))

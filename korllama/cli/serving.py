@@ -11,6 +11,7 @@ from rich.markup import escape
 from korllama.choices import Decision
 from korllama.cli.app import (
     AllowUnfinishedOption,
+    AllowUnrecordedOption,
     DecisionOption,
     OverwriteOption,
     app,
@@ -28,6 +29,7 @@ def export_cmd(
                                                     "folder.")] = ...,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous export in --out (a folder of "
                                                                 "other files is never replaced).")] = False,
+    allow_unrecorded: AllowUnrecordedOption = False,
 ):
     """Write the run as a standard Hugging Face model folder for other serving stacks (vLLM, TGI, transformers).
 
@@ -43,7 +45,8 @@ def export_cmd(
     from korllama.export import export_run
     from korllama.run import Run
 
-    r = export_run(Run.load(run, allow_unfinished=True), out, overwrite=overwrite)  # export_run refuses it, its way
+    exported = Run.load(run, allow_unfinished=True, allow_unrecorded=allow_unrecorded)  # export_run refuses it, its way
+    r = export_run(exported, out, overwrite=overwrite)
     check = r["check"]
     agreed = (f"; its probabilities equal the run's within {check['max_abs_difference']:.1e} on "
               f"{check['rows']} example rows" if check["max_abs_difference"] is not None else "")
@@ -62,6 +65,7 @@ def serve_cmd(
                                                                             "waits for others to batch with.")] = 10,
     decision: DecisionOption = Decision.ARGMAX,
     allow_unfinished: AllowUnfinishedOption = False,
+    allow_unrecorded: AllowUnrecordedOption = False,
 ):
     """Serve the run's rank scoring over HTTP: a grading page at /, POST /v1/grade, GET /health, docs at /docs.
 
@@ -83,7 +87,7 @@ def serve_cmd(
     from korllama.serve import create_app
 
     served = Run.load(run, way_out="serve the --out folder of a finished `korllama train`",
-                      allow_unfinished=allow_unfinished)
+                      allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
     application = create_app(served, max_batch=max_batch, max_wait_ms=max_wait_ms, decision=decision)
     shown = f"[{host}]" if ":" in host else host
     has_token = bool(token)

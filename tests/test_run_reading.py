@@ -62,7 +62,7 @@ DAMAGE = {
     "unfinished": (lambda run: (run / "train_summary.json").unlink(), "--resume"),
     # a run folder someone sends you is data, never code (issue 29)
     "remote code switched on": (lambda run: remote_code_config(run), "trust_remote_code must be false"),
-    "auto_map to the folder's code": (lambda run: add_auto_map(run / "model" / "config.json"), "custom code (auto_map)"),
+    "auto_map": (lambda run: add_auto_map(run / "model" / "config.json"), "custom code (auto_map)"),
     "a python file": (lambda run: plant_code(run / "model" / "evil_model.py"), "evil_model.py is code"),
     "no checksum record": (lambda run: (run / "weights.json").unlink(), "--allow-unrecorded"),
 }

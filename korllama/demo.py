@@ -27,6 +27,7 @@ from korllama.evaluate import PREDICTIONS_FILE, evaluate_run, metrics, write_eva
 from korllama.explain import explain_run
 from korllama.io import write_csv
 from korllama.model import pick_device
+from korllama.outputs import record_written
 from korllama.predict import generate, off_format_rate
 from korllama.prompts import answer, get_template
 from korllama.report import compare
@@ -122,6 +123,7 @@ def _run_demo(out: Path, rows: int, seed: int, console: Console, pretrained: Pre
     report = out / "report.html"
     title = "korllama demo: synthetic loan table, tiny model" + (" and SmolLM2-135M + LoRA" if smol else "")
     compare(folders, report, title=title, allow_different_rows=True)  # generation: a sample of the rows
+    record_written(out)  # the demo's folder is korllama's whole: what `korllama demo --overwrite` may replace
     seconds = time.perf_counter() - started
     say("9. report" if pretrained is not None else "7. report",
         f"{escape(str(report))} (one file, its plots embedded)")

@@ -48,7 +48,7 @@ from korllama.data import Table, as_table
 from korllama.errors import KorllamaError
 from korllama.features import OPS
 from korllama.io import write_csv, write_text
-from korllama.outputs import EXPLAIN_FILE, REASONS_FILE
+from korllama.outputs import EXPLAIN_FILE, EXPLANATION_FILES, REASONS_FILE, record_written
 from korllama.references import reference_values
 from korllama.run import Run
 from korllama.schema import TableSpec
@@ -331,6 +331,7 @@ def explain_run(run: Run, data: str | Path | Table, out: str | Path, ids: list[s
                "held_out": held_out, "rows": len(reasons), "fields": fields, "references": reasons.references,
                "seconds": seconds, "rows_per_s": len(reasons) / max(seconds, 1e-9)}
     write_text(out / EXPLAIN_FILE, json.dumps(summary, indent=1, ensure_ascii=False, default=str))
+    record_written(out, EXPLANATION_FILES)
     return reasons, summary
 
 

@@ -28,7 +28,7 @@ from korllama import __version__
 from korllama.data import TableChunks
 from korllama.errors import DataError, KorllamaError
 from korllama.layout import code_in
-from korllama.outputs import claim_dir
+from korllama.outputs import claim_dir, record_written
 from korllama.prompts import answer
 from korllama.run import Run
 from korllama.scoring import label_tokens, score
@@ -118,7 +118,8 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
             raise KorllamaError(f"Saving {out} wrote no safetensors weights; nothing was exported.")
         if code_in(staging):  # an export is data for other stacks: never code they would be asked to trust
             raise KorllamaError(f"Saving {out} wrote code ({code_in(staging)}); nothing was exported.")
-        if out.exists():  # empty, or a previous export with --overwrite (checked above)
+        record_written(staging)  # every file of it is korllama's: what a later --overwrite may replace
+        if out.exists():  # empty, or a previous export with --overwrite: claim_export checked every file is ours
             shutil.rmtree(out)
         staging.rename(out)
     except BaseException:
@@ -128,8 +129,8 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
 
 
 def claim_export(out: str | Path, overwrite: bool = False) -> Path:
-    """--out of export: new, empty, or (with --overwrite) a previous export (it holds korllama.json), replaced
-    whole; korllama.outputs.claim_dir refuses the rest."""
+    """--out of export: new, empty, or (with --overwrite) a previous export (it holds korllama.json and every file
+    in it is in korllama's manifest), replaced whole; korllama.outputs.claim_dir refuses the rest."""
     return claim_dir(out, overwrite, owns=(EXPORT_FILE,), writes=None, what="an export")
 
 

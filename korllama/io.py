@@ -27,7 +27,8 @@ def atomic_path(target: str | Path):
     try:
         yield Path(tmp)
         os.replace(tmp, target)
-        written.append(target)
+        if not target.name.startswith("."):  # a hidden file is korllama's bookkeeping (a manifest), not an output
+            written.append(target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

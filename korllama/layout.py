@@ -75,6 +75,18 @@ class RunDir:
     weights_record = property(lambda self: self.root / "weights.json")
     spec = property(lambda self: self.root / "spec.yaml")
 
+    OWN = ("config.yaml", "base", "model", "adapter", "tokenizer", "checkpoints", "best.json", "train_summary.json",
+           "trainer_state.json", "logs", "train_curve.png", "decision.json", "model_card.md", "references.json",
+           "base.json", "weights.json", "spec.yaml")  # every name above: what training and its card write
+
+    def foreign(self) -> list[str]:
+        """What the run folder holds that korllama does not write there (hidden temporary files excepted): a user's
+        own files, which --overwrite must never delete."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.name not in self.OWN and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+
     def weights(self, lora: bool) -> Path:
         """Where the kept weights go: adapter/ for LoRA, model/ for full training."""
         return self.adapter if lora else self.model
@@ -196,6 +208,8 @@ class RunDir:
         loaded with a warning."""
         folders = folders or (self.base, self.model, self.adapter, self.tokenizer)
         record = self._recorded()
+        if record is None and not any(folder.is_dir() for folder in folders):
+            return  # no weights to verify: the loader says what is missing (an unfinished run)
         if record is None:
             if not allow_unrecorded:
                 raise KorllamaError(f"{self.root} records no checksums of its weights (no {self.weights_record.name}: "

@@ -1,8 +1,14 @@
 """What an output path may be, decided once for every command that writes (docs/rules.md): `claim_file`,
 `claim_dir` (and `check_place` for `korllama train`, whose run folder RunDir judges) refuse, before any work and
 with nothing created, a device, FIFO or socket, a file where a folder goes and the reverse, a path under a file, a
-place that takes no new files, a run (only `korllama train` writes into a run), and an existing output without
---overwrite.
+place that takes no new files, a run (only `korllama train` writes into a run), an existing output without
+--overwrite, and an input file as the output.
+
+Ownership of an output folder is korllama's own manifest (`.korllama-manifest.json`), listing every file korllama
+wrote there, never a common file name: --overwrite replaces or deletes only files the manifest lists, and refuses,
+naming them, when the folder holds others. What a killed command left (its hidden temporary files) is recognised
+as korllama's own and removed by the next command that claims the folder. While a command of the CLI writes an
+output, it holds a lock on it: a second writer of the same output gets one sentence.
 
 An evaluation folder: what it holds, and the one system it belongs to.
 
@@ -16,8 +22,11 @@ with it before any work.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -26,7 +35,7 @@ from korllama.errors import KorllamaError
 from korllama.layout import RunDir
 
 
-def claim_file(path: str | Path, overwrite: bool = False, option: str = "--out") -> Path:
+def claim_file(path: str | Path, overwrite: bool = False, option: str = "--out", inputs: tuple = ()) -> Path:
     """An output file may be a missing path, or, with --overwrite, a regular file; its folder must take new files
     and must not be a run. Anything else (a folder, a device node, a FIFO, a socket, a path under a file, /proc) is
     one sentence before any work; nothing is created."""
@@ -37,10 +46,15 @@ def claim_file(path: str | Path, overwrite: bool = False, option: str = "--out")
     if kind not in (None, "file"):
         raise KorllamaError(f"{option} {path} is {kind}, not a regular file; korllama writes new files only (or "
                             f"replaces its own with --overwrite): choose another {option}.")
+    for given in inputs:
+        if kind == "file" and given is not None and Path(given).exists() and path.samefile(given):
+            raise KorllamaError(f"{option} {path} is the input file {given}; korllama never writes over what it "
+                                f"reads: choose another {option}.")
     if kind == "file" and not overwrite:
         raise KorllamaError(f"{option} {path} already exists; pass --overwrite to replace it, or choose another "
                             f"{option}.")
     _check_writable_parent(path, option)
+    hold(path, option)
     return path
 
 
@@ -53,9 +67,11 @@ def claim_dir(path: str | Path, overwrite: bool = False, *, owns: tuple[str, ...
     before any work, nothing created. `what` names the kind in sentences ("an evaluation")."""
     path = Path(path)
     if not _folder_at(path, option, f"it must name a folder (for {what})."):
+        hold(path, option)
         return path
     _refuse_run(path, option)
-    present = {p.name for p in path.iterdir()}
+    hold(path, option)  # before the leftovers go: a live writer's temporary files are not leftovers
+    present = _entries(path, clean=True)
     if present and not present & set(owns):
         raise KorllamaError(f"{option} {path} is a folder of other files, not {what}; choose a new or empty "
                             f"{option} (korllama does not mix its files with others).")
@@ -68,6 +84,14 @@ def claim_dir(path: str | Path, overwrite: bool = False, *, owns: tuple[str, ...
         shown = ", ".join(replaced[:3]) + (", ..." if len(replaced) > 3 else "")
         raise KorllamaError(f"{option} {path} already holds {what} ({shown}); pass --overwrite to replace it, or "
                             f"choose another {option}.")
+    if replaced:
+        mine = owned(path)
+        theirs = [f for f in (files_under(path) if writes is None else replaced) if f not in mine]
+        if theirs:
+            shown = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
+            raise KorllamaError(f"{option} {path} holds files korllama did not write ({shown}: not in its "
+                                f"{MANIFEST}), and --overwrite replaces only korllama's own files; move them, or "
+                                f"choose another {option}.")
     _try_write(path, path, option)
     return path
 
@@ -78,6 +102,7 @@ def check_place(path: str | Path, option: str = "--out") -> Path:
     path = Path(path)
     if _folder_at(path, option, f"a run is a folder: choose another {option}."):
         _try_write(path, path, option)
+    hold(path, option)
     return path
 
 
@@ -141,6 +166,98 @@ def _try_write(folder: Path, path: Path, option: str) -> None:
     os.unlink(tmp)
 
 
+# --- what korllama wrote in a folder, and what a killed command left ----------------------------------------------
+
+MANIFEST = ".korllama-manifest.json"
+# korllama's own temporary names: io.atomic_path's ".NAME.XXXX.tmp", the write probe, the lock files
+LEFTOVER = re.compile(r"^\.(korllama-check-.+|korllama-lock-.+|.+\.tmp)$")
+
+
+def _entries(folder: Path, clean: bool = False) -> set[str]:
+    """The names in `folder` but korllama's bookkeeping (the manifest) and leftovers; `clean` removes the files a
+    killed command left (hidden temporary files only korllama makes)."""
+    names = set()
+    for entry in folder.iterdir():
+        if entry.name == MANIFEST:
+            continue
+        if LEFTOVER.match(entry.name):
+            if clean and entry.is_file() and not entry.name.startswith(".korllama-lock-"):
+                entry.unlink(missing_ok=True)
+            continue
+        names.add(entry.name)
+    return names
+
+
+def files_under(folder: Path) -> list[str]:
+    """Every file under `folder` (relative, '/'-separated), but the manifest and korllama's leftovers."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if (p.is_file() or p.is_symlink()) and p.name != MANIFEST and not LEFTOVER.match(p.name))
+
+
+def owned(folder: str | Path) -> set[str]:
+    """The files korllama recorded writing in `folder` (empty when it has no readable manifest)."""
+    try:
+        found = json.loads((Path(folder) / MANIFEST).read_text("utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {f for f in found if isinstance(f, str)}
+
+
+def record_written(folder: str | Path, names: list[str] | tuple[str, ...] | None = None) -> None:
+    """Add to `folder`'s manifest the files just written there: `names` (those that exist), or every file under it
+    (a folder korllama wrote whole: an export, a demo)."""
+    from korllama.io import write_text  # io imports nothing of korllama; here only when a manifest is written
+
+    folder = Path(folder)
+    found = files_under(folder) if names is None else [n for n in names if (folder / n).is_file()]
+    kept = {f for f in owned(folder) if (folder / f).exists()}
+    write_text(folder / MANIFEST, json.dumps({"written_by": "korllama", "files": sorted(kept | set(found))},
+                                             indent=1))
+
+
+# --- one writer at a time -------------------------------------------------------------------------------------------
+
+locking = {"on": False}  # the CLI's main() turns it on for one command; a library caller takes no locks
+_held: dict[str, tuple[int, Path]] = {}
+
+
+def hold(path: Path, option: str = "--out") -> None:
+    """Lock `path` for this command (until release_all): a second korllama command writing the same output is
+    refused in one sentence instead of both writing it. The lock file is hidden in the nearest existing folder
+    above; under accelerate only the main process (RANK 0) locks."""
+    if not locking["on"] or os.environ.get("RANK", "0") != "0":
+        return
+    key = str(Path(path).absolute())
+    if key in _held:
+        return
+    above = Path(key).parent
+    while not above.is_dir():
+        above = above.parent
+    lock = above / f".korllama-lock-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return  # a place that takes no new files: _try_write says so
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise KorllamaError(f"{option} {path} is being written by another korllama command right now; wait for it "
+                            f"to finish, or choose another {option}.") from None
+    _held[key] = (fd, lock)
+
+
+def release_all() -> None:
+    """The end of a command: its locks go, and their files with them."""
+    for fd, lock in _held.values():
+        try:
+            lock.unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(fd)
+    _held.clear()
+
+
 # --- an evaluation folder -----------------------------------------------------------------------------------------
 
 METRICS_FILE, PREDICTIONS_FILE, DECISION_FILE = "metrics.json", "predictions.csv", "decision.json"
@@ -182,7 +299,9 @@ def claim_explanation(out: str | Path, overwrite: bool, run: str | Path, baselin
 
 
 def clear_others(folder: str | Path, kept: tuple[str, ...]) -> None:
-    """After an evaluation is written: remove what the folder held of the system it replaced."""
+    """After an evaluation is written: remove what the folder held of the system it replaced (claim_dir checked that
+    korllama wrote it), and record what was written."""
     for name in EVALUATION_FILES:
         if name not in kept:
             (Path(folder) / name).unlink(missing_ok=True)
+    record_written(folder, kept)

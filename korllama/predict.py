@@ -104,7 +104,8 @@ def predict_file(run: Run, data: str | Path, out: str | Path, with_proba: bool =
     """
     state = process_state()
     out = Path(out)
-    claim_file(out, overwrite=True)  # the one output rule; a library caller may replace its own file
+    given = (data,) if isinstance(data, str | Path) else ()
+    claim_file(out, overwrite=True, inputs=given)  # the one output rule; a library caller may replace its own file
     rule = run.rule(decision)
     model, tokenizer, template = run.model, run.tokenizer, run.template
     stream = TableChunks(data, run.spec, chunk_rows or CHUNK_ROWS)

@@ -292,7 +292,8 @@ def test_metrics_json_holds_null_where_a_metric_is_undefined(tmp_path):
     write_evaluation(tmp_path / "e", result, ["1", "2", "3"], list("AAA"), list("AAA"), None, CLASSES)
     on_disk = json.loads((tmp_path / "e" / "metrics.json").read_text("utf-8"), parse_constant=refuse)
     assert on_disk["qwk"] is None and on_disk["accuracy"] == 1.0
-    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["metrics.json", "predictions.csv"]
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [".korllama-manifest.json", "metrics.json",
+                                                                   "predictions.csv"]
 
 
 def test_held_out_refuses_a_table_the_run_was_not_trained_on(run_dir, labelled_csv, tmp_path):

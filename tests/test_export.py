@@ -155,10 +155,11 @@ def test_export_refusals(cli, run_dir, tmp_path):
     assert cli("export", run_dir, "--out", out)[0] == 0
     code, _, err = cli("export", run_dir, "--out", out)
     assert code == 2 and "--overwrite" in err
-    (out / "stale.txt").write_text("from before")
+    assert cli("export", run_dir, "--out", out, "--overwrite")[0] == 0  # its own files only: replaced
+    (out / "thesis.docx").write_text("mine")  # a user's file beside korllama.json: never korllama's to delete
     code, _, err = cli("export", run_dir, "--out", out, "--overwrite")
-    assert code == 0, err
-    assert not (out / "stale.txt").exists() and (out / EXPORT_FILE).is_file()
+    assert code == 2 and "did not write (thesis.docx" in err
+    assert (out / "thesis.docx").read_text() == "mine" and (out / EXPORT_FILE).is_file()
 
 
 def test_a_failed_export_leaves_nothing(run_dir, tmp_path, monkeypatch):

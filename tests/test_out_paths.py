@@ -207,7 +207,7 @@ def test_an_evaluation_replaced_takes_the_old_system_s_explanation_with_it(run_d
     for name in ("reasons.csv", "explain.json", "decision.json"):  # system A's, left from before
         (folder / name).write_text("id,field,delta\nX,rate,0.5\n" if name == "reasons.csv" else "{}", "utf-8")
     evaluate_run(Run.load(run_dir), write_table(tmp_path), folder, limit=20)
-    assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "predictions.csv"]
+    assert sorted(p.name for p in folder.iterdir() if p.name[0] != ".") == ["metrics.json", "predictions.csv"]
     compare([folder], tmp_path / "report.html")
     assert "what each system leans on" not in (tmp_path / "report.html").read_text("utf-8")
 

@@ -13,7 +13,7 @@ from korllama.data.table import require_splittable
 from korllama.decision import decision_choice
 from korllama.evaluate import metrics, side_by_side, write_evaluation
 from korllama.groups import group_columns  # the rows' columns, for group metrics in `korllama compare`
-from korllama.outputs import DECISION_FILE
+from korllama.outputs import DECISION_FILE, record_written
 from korllama.scoring import predict_labels
 
 
@@ -51,4 +51,5 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
     groups, result["group_columns"] = group_columns(score_on)
     write_evaluation(out_dir, result, score_on.ids, score_on.labels, pred, proba, classes, groups)
     fitted.rule.save(Path(out_dir) / DECISION_FILE)  # what `--decision macro-f1` applies, fitted on inner rows
+    record_written(out_dir, [DECISION_FILE])
     return result

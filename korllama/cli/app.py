@@ -16,7 +16,7 @@ from rich.markup import escape
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer 0.29 bundles click; these are not re-exported
 from typer.rich_utils import rich_format_error
 
-from korllama import __version__
+from korllama import __version__, outputs
 from korllama.choices import Decision
 from korllama.errors import KorllamaError
 from korllama.io import written
@@ -113,6 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     written.clear()
     warnings.showwarning = _show_warning
     command = typer.main.get_command(app)
+    outputs.locking["on"] = True  # one writer per output while this command runs (korllama.outputs.hold)
+    try:
+        return _run(command, args)
+    finally:
+        outputs.release_all()
+        outputs.locking["on"] = False
+
+
+def _run(command, args: list[str]) -> int:
     try:  # not standalone: click raises its usage errors here instead of drawing them in a box
         code = command.main(args=args, prog_name="korllama", standalone_mode=False)
     except NoArgsIsHelpError as exc:  # `korllama` or `korllama data` alone: the help, as click would show it

@@ -51,7 +51,7 @@ def predict_cmd(
     """
     from korllama.outputs import claim_file
 
-    claim_file(out, overwrite)  # before torch is even imported
+    claim_file(out, overwrite, inputs=(data,))  # before torch is even imported
     from korllama.predict import predict_file
     from korllama.run import Run
 

@@ -112,11 +112,14 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, t
     """Run the recipe; returns the summary written to the run's train_summary.json.
 
     `resume` continues the newest complete checkpoint with the run's own config (`config`, if given, must agree);
-    `overwrite` replaces a korllama run at `run_dir`. A run that fails before its first checkpoint leaves nothing
+    `overwrite` replaces a korllama run at `run_dir`: the new run is trained beside it and takes its place only when
+    it has finished, so a bad table or a failed training leaves the old run as it was; a run folder holding files
+    korllama does not write is refused. A run that fails before its first checkpoint leaves nothing
     behind. `table`: the configured table when the caller has already read it. The model card and the training
     curve are not written here: korllama.card.document_run writes them for a finished run."""
     state = PartialState()
     run = RunDir(run_dir)
+    replaced = None  # with --overwrite: the old run, replaced only once the new one has finished
     if resume:
         if run.finished:
             raise KorllamaError(f"{run} finished at step {run.read_summary().get('global_step', '?')}: there is "
@@ -130,14 +133,25 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, t
     else:
         if config is None:
             raise KorllamaError("train needs --config (a YAML file or a built-in name such as demo).")
-        if overwrite and run.is_run and state.is_main_process:
-            shutil.rmtree(run.root)
+        if overwrite and run.is_run:
+            replaced = run
+            if replaced.foreign():
+                raise KorllamaError(f"{run} holds files korllama did not write ({', '.join(run.foreign()[:3])}), and "
+                                    "--overwrite replaces only a run's own files; move them, or choose another --out.")
+            # trained beside, renamed into place at the end: the old run stays whole until the new one is
+            run = RunDir(run.root.with_name(f".{run.root.name}.korllama-overwrite"))
+            if state.is_main_process:
+                shutil.rmtree(run.root, ignore_errors=True)  # what a killed --overwrite left: korllama's own
         run.check_new()
         resume_from = None
     state.wait_for_everyone()  # every process has checked the folder before the main process writes into it
     existed = run.root.is_dir()
     try:
-        return _train(config, run, resume_from, table, state)
+        summary = _train(config, run, resume_from, table, state)
+        if replaced is not None and state.is_main_process:
+            _replace(replaced.root, run.root)
+        state.wait_for_everyone()
+        return summary
     except BaseException:
         if not resume and state.is_main_process and run.last_complete_checkpoint() is None:
             if existed:  # the user's empty folder stays; what this run put in it goes
@@ -146,6 +160,16 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, t
             else:
                 shutil.rmtree(run.root, ignore_errors=True)
         raise
+
+
+def _replace(old: Path, new: Path) -> None:
+    """Put the finished run `new` (trained beside) in the place of the run `old`: two renames, then the old run
+    goes. A kill between the renames leaves the old run whole under a hidden name beside it."""
+    gone = old.with_name(f".{old.name}.korllama-replaced")
+    shutil.rmtree(gone, ignore_errors=True)
+    old.rename(gone)
+    new.rename(old)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def cpu_minutes_before(checkpoint: Path | None) -> float:

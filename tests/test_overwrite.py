@@ -35,7 +35,8 @@ def test_train_overwrite_with_a_bad_table_leaves_the_old_run_whole(cli, tmp_path
     run = tmp_path / "run"
     assert cli("train", "--config", config, "--out", run)[0] == 0
     before = snapshot(run)
-    code, _, err = cli("train", "--config", config, "--out", run, "--overwrite", f"data.train={unlabelled_csv(tmp_path / 't.csv')}")
+    unlabelled = unlabelled_csv(tmp_path / "t.csv")
+    code, _, err = cli("train", "--config", config, "--out", run, "--overwrite", f"data.train={unlabelled}")
     assert code == 2 and "graded rows" in err and "Traceback" not in err
     assert snapshot(run) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left

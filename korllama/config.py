@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from korllama.errors import ConfigError, quote
+from korllama.errors import ConfigError, quote, yaml_problem
 from korllama.schema import describe_validation_error
 
 
@@ -163,7 +163,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             raw = yaml.safe_load(path.read_text("utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"{path} is not valid YAML: {yaml_problem(exc)}.") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must be a mapping of sections (data, prompt, model, lora, train).")
         source = str(path)

@@ -39,3 +39,11 @@ def clip(text: str, limit: int = QUOTE_CHARS, length: int | None = None) -> str:
         return text
     keep = limit - 20
     return f"{text[:keep * 2 // 3]}...{text[-(keep // 3):]} ({length or len(text):,} characters)"
+
+
+def yaml_problem(exc) -> str:
+    """A YAML error in one line: its problem and where ('line 2, column 8'), not PyYAML's multi-line excerpt."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"

@@ -27,6 +27,7 @@ import numpy as np
 from korllama import __version__
 from korllama.data import TableChunks
 from korllama.errors import DataError, KorllamaError
+from korllama.io import user_permissions
 from korllama.layout import code_in
 from korllama.outputs import claim_dir, record_written
 from korllama.prompts import answer
@@ -118,6 +119,7 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
             raise KorllamaError(f"Saving {out} wrote no safetensors weights; nothing was exported.")
         if code_in(staging):  # an export is data for other stacks: never code they would be asked to trust
             raise KorllamaError(f"Saving {out} wrote code ({code_in(staging)}); nothing was exported.")
+        user_permissions(staging)  # safetensors writes 0600 whatever the umask
         record_written(staging)  # every file of it is korllama's: what a later --overwrite may replace
         if out.exists():  # empty, or a previous export with --overwrite: claim_export checked every file is ours
             shutil.rmtree(out)

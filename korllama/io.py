@@ -34,6 +34,16 @@ def atomic_path(target: str | Path):
         raise
 
 
+def user_permissions(folder: str | Path) -> None:
+    """Give every file in `folder` the permissions the user's umask asks for (0644 under the usual 022): some
+    writers (safetensors) make their files 0600 whatever the umask, so a run shared with a group was unreadable."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(folder).iterdir():
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o666 & ~umask)
+
+
 def write_text(target: str | Path, text: str, encoding: str = "utf-8") -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding=encoding)

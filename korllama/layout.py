@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 
 from korllama.errors import KorllamaError
-from korllama.io import sha256_file, write_text
+from korllama.io import sha256_file, user_permissions, write_text
 
 CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyw", ".pyx", ".so", ".pyd", ".dll", ".dylib", ".sh")
 # keys of a Hugging Face or peft config that name classes to import from the folder (custom code)
@@ -193,6 +193,7 @@ class RunDir:
         record = {k: v for k, v in old.items()
                   if (self.root / k).parent.is_dir() and (self.root / k).parent not in replaced}
         for folder in folders:
+            user_permissions(incoming or folder)  # safetensors writes 0600 whatever the umask
             for path in self._weight_files(incoming or folder):
                 name = (folder / path.name).relative_to(self.root).as_posix()
                 digest = sha256_file(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -19,7 +20,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from korllama.errors import ConfigError, quote
+from korllama.errors import ConfigError, quote, yaml_problem
 
 BUILTIN_SPECS = ("loan",)
 
@@ -177,7 +178,7 @@ def load_spec(spec: str | Path | None = None) -> TableSpec:
     try:
         parsed = TableSpec.model_validate(yaml.safe_load(path.read_text("utf-8")))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{source} is not valid YAML: {yaml_problem(exc)}.") from None
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
     templates = {}
@@ -196,6 +197,9 @@ def load_spec(spec: str | Path | None = None) -> TableSpec:
     return parsed.model_copy(update={"templates": templates})
 
 
+MAX_FORMAT_WIDTH = 64  # characters of one formatted value: a prompt field, not a memory bomb
+
+
 def check_template(text: str, where: str) -> None:
     """Refuse, in one sentence, a template whose braces or format codes Python cannot use ({final:.0q}), when its
     spec is read rather than when the first row is rendered. A number field is tried with 1 (a `d` code) or 1.0."""
@@ -206,6 +210,10 @@ def check_template(text: str, where: str) -> None:
     for field, fmt, conversion in fields:
         if not fmt or conversion == "k":
             continue
+        widths = [int(n) for n in re.findall(r"\d+", fmt)]
+        if any(n > MAX_FORMAT_WIDTH for n in widths):  # '>3000000000.2%' would build a 3 GB string per value
+            raise ConfigError(f"{where}: {{{field}:{fmt}}} asks for {max(widths):,} characters; a width or "
+                              f"precision may be at most {MAX_FORMAT_WIDTH}.")
         try:
             format(1 if fmt.endswith("d") else 1.0, fmt)
         except ValueError as exc:
@@ -253,11 +261,19 @@ def _years(raw: pd.Series, col: ColumnSpec) -> tuple[pd.Series, pd.Series]:
     return values.astype(float), values.isna()
 
 
+def nfc(text: str) -> str:
+    """Unicode's composed form: '신용 카드' typed on macOS (NFD: each syllable as letters) reads as the same text."""
+    return unicodedata.normalize("NFC", text)
+
+
 def _category(raw: pd.Series, col: ColumnSpec) -> tuple[pd.Series, pd.Series]:
     mapping = dict(col.values) if isinstance(col.values, dict) else {v: v for v in col.values}
     mapping.update({v: v for v in mapping.values()})  # clean values are accepted as they are
-    lookup = {k.strip().casefold(): v for k, v in mapping.items()}
-    values = raw.str.strip().str.casefold().map(lookup)
+    lookup = {nfc(k.strip()).casefold(): v for k, v in mapping.items()}
+    folded = raw.str.strip().str.casefold()
+    # composed before the look-up, each distinct value once (a category column holds few): NFD input matches
+    distinct = pd.unique(folded)
+    values = folded.map({v: lookup.get(nfc(v)) for v in distinct if isinstance(v, str)})
     return values.astype(object), values.isna()
 
 

@@ -5,7 +5,11 @@ beside it, one module per part of the pipeline; imports of heavy libraries stay 
 
 from __future__ import annotations
 
+import errno
+import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the typer app. Every error the user can fix — a KorllamaError from a command, or a bad
     option or argument that click refuses — is one red sentence and exit code 2; `--debug` shows tracebacks."""
     args = sys.argv[1:] if argv is None else argv
-    _options["debug"] = False
+    _options["debug"] = _options["terminated"] = False
     written.clear()
     warnings.showwarning = _show_warning
     command = typer.main.get_command(app)
@@ -121,7 +125,48 @@ def main(argv: list[str] | None = None) -> int:
         outputs.locking["on"] = False
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, a container stopping), raised where Ctrl-C would be, so every command cleans up
+    the same way: temporary files removed, a run stopped before its first checkpoint removed."""
+
+
+def _terminate(signum, frame):
+    _options["terminated"] = True  # click turns the exception into Abort: remember what it was
+    raise Terminated
+
+
+# what the machine refused: a sentence naming the path, not a traceback (nothing partial: writes are atomic)
+_REFUSED = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+            errno.EACCES: "permission denied", errno.EPERM: "the operation is not permitted",
+            errno.EROFS: "the file system is read-only"}
+
+
+def _machine_refused(exc: BaseException) -> str | None:
+    """One sentence for a full disk or a refused permission, wherever it surfaced: an OSError, or a library's own
+    error around it (safetensors: 'IoError(Os { code: 28 ...', torch: 'PytorchStreamWriter failed writing')."""
+    if isinstance(exc, OSError) and exc.errno in _REFUSED:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"{_REFUSED[exc.errno]}{where}; free space or fix the permissions, then run the command again " \
+               "(nothing partial was left)."
+    text = str(exc)
+    for code, reason in _REFUSED.items():
+        if f"code: {code}," in text or os.strerror(code) in text:
+            return f"{reason} ({text.splitlines()[0][:200]}); free space or fix the permissions, then run the " \
+                   "command again (nothing partial was left)."
+    return None
+
+
 def _run(command, args: list[str]) -> int:
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        return _command(command, args)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # `korllama serve`: uvicorn installs its own as it starts
+    try:
+        return _command(command, args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _command(command, args: list[str]) -> int:
     try:  # not standalone: click raises its usage errors here instead of drawing them in a box
         code = command.main(args=args, prog_name="korllama", standalone_mode=False)
     except NoArgsIsHelpError as exc:  # `korllama` or `korllama data` alone: the help, as click would show it
@@ -135,6 +180,11 @@ def _run(command, args: list[str]) -> int:
         return _refuse(str(exc))
     except (KeyboardInterrupt, typer.Abort):
         return _interrupted(args)
+    except Exception as exc:
+        sentence = _machine_refused(exc)
+        if sentence is None or _options["debug"]:
+            raise
+        return _refuse(sentence)
     if code == 130:  # typer turns Ctrl-C into Exit(130), returned as the code when not standalone
         return _interrupted(args)
     return code if isinstance(code, int) else 0
@@ -157,13 +207,15 @@ _ATOMIC_COMMANDS = {"data", "predict", "evaluate", "baseline", "compare"}
 
 
 def _interrupted(args: list[str]) -> int:
-    """Ctrl-C: say what exists now. The commands above write whole files only, and korllama.io lists them."""
+    """Ctrl-C (exit 130) or SIGTERM (143): say what exists now. The commands above write whole files only, and
+    korllama.io lists them."""
+    how = "terminated" if _options.get("terminated") else "interrupted"
     command = next((a for a in args if not a.startswith("-")), "")
     if command not in _ATOMIC_COMMANDS:
-        message = "interrupted"
+        message = how
     elif written:
-        message = f"interrupted; already written: {', '.join(str(p) for p in written)} (nothing else)"
+        message = f"{how}; already written: {', '.join(str(p) for p in written)} (nothing else)"
     else:
-        message = "interrupted; nothing written"
+        message = f"{how}; nothing written"
     err_console.print(message, highlight=False)
-    return 130
+    return 143 if how == "terminated" else 130

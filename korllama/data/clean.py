@@ -11,9 +11,11 @@ import pandas as pd
 
 from korllama.data.table import Table, add_derived, duplicate_ids
 from korllama.errors import DataError, clip, quote
-from korllama.schema import TableSpec, parse_column
+from korllama.schema import TableSpec, nfc, parse_column
 
 DELIMITERS = (";", "\t", "|")
+# line breaks, other control characters and the bidirectional overrides (an ID that reads backwards in a report)
+ODD_ID = r"[\x00-\x1f\x7f\u200e\u200f\u202a-\u202e\u2066-\u2069]"
 
 
 class DataWarning(UserWarning):
@@ -67,9 +69,11 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
 
     refuse_duplicate_headers(raw.columns, source)
     refuse_other_delimiters(raw.columns, source)
-    headers = {str(h).strip(): h for h in raw.columns}
+    headers = {nfc(str(h).strip()): h for h in raw.columns}  # a header typed on macOS (NFD) is the same header
+    name_of = {c.alias: nfc(c.name) for c in [*spec.columns, spec.id, spec.label]}
 
     def find(name: str, alias: str):
+        name = name_of.get(alias, nfc(name))
         same = [h for h in headers if h in (name, alias) or h.casefold() == alias.casefold()]
         if len(same) > 1:  # "대출기간" and "term": which one would be read is a guess
             raise DataError(f"{source}: the columns {', '.join(repr(h) for h in same)} are all {name} ({alias}); "
@@ -88,7 +92,14 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
     if id_col is None:
         ids = pd.Series([f"ROW_{i:05d}" for i in range(len(raw))], dtype=object)
     else:
-        ids = raw[id_col].astype(str).str.strip()
+        ids = raw[id_col].fillna("").astype(str).str.strip()
+        odd = ids.eq("") | ids.str.contains(ODD_ID, regex=True)
+        if odd.any():
+            i = int(np.flatnonzero(odd.to_numpy())[0])
+            what = "is empty" if ids.iloc[i] == "" else f"{quote(ids.iloc[i])} holds a control or direction character"
+            n = int(odd.sum())
+            raise DataError(f"{where(i)}, column {id_col}: the ID {what}; every row needs an ID of visible text "
+                            f"({n} row{'s' * (n != 1)} like it).", row=i, column=spec.id.alias)
         twins = duplicate_ids(ids)
         if twins is not None:
             first, twin = twins
@@ -128,6 +139,8 @@ def clean(raw: pd.DataFrame, spec: TableSpec, source: str = "<memory>", first_li
     label_col = find(spec.label.name, spec.label.alias)
     if label_col is not None:
         labels = raw[label_col].astype(str).str.strip()
+        if not labels.str.isascii().all():  # a Korean rubric's labels typed on macOS (NFD)
+            labels = labels.map(nfc)
         bad = ~labels.isin(spec.label.classes)
         if bad.any():
             rows = np.flatnonzero(bad.to_numpy())

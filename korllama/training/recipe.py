@@ -130,6 +130,7 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, t
         if resume_from is None:
             raise KorllamaError(f"--resume: {run.checkpoints} holds no checkpoint to resume from.")
         run.verify_weights(run.base, run.weights(config.lora is not None), resume_from)
+        check_resumable(resume_from)
     else:
         if config is None:
             raise KorllamaError("train needs --config (a YAML file or a built-in name such as demo).")
@@ -160,6 +161,23 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, t
             else:
                 shutil.rmtree(run.root, ignore_errors=True)
         raise
+
+
+def check_resumable(checkpoint: Path) -> None:
+    """The Trainer's own state files of `checkpoint` (optimizer, scheduler, RNG states) load as plain tensors, as
+    the Trainer will load them (weights_only, numpy's arrays allowed): a truncated or pickled file is one sentence
+    naming it, before any training, never a traceback that suggests weights_only=False."""
+    from transformers.trainer_pt_utils import safe_globals
+
+    for path in sorted([*checkpoint.glob("*.pt"), *checkpoint.glob("*.pth")]):
+        try:
+            with safe_globals():
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
+            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise KorllamaError(f"{path} is damaged or not the Trainer's own state ({reason}), so the run cannot "
+                                f"resume from it; remove {checkpoint.name} to resume from an earlier checkpoint, or "
+                                "train again with --overwrite.") from None
 
 
 def _replace(old: Path, new: Path) -> None:

@@ -36,6 +36,7 @@ from korllama.scoring import predict_labels
 from korllama.serve import page
 from korllama.serve.batching import Applicants, Batcher, Grader, as_text
 from korllama.serve.errors import (
+    CHECK_OFF_LOOP,
     MAX_APPLICANTS,
     MAX_BODY_BYTES,
     BodyLimit,
@@ -64,7 +65,8 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
     spec, template, classes = run.spec, run.template, run.classes
     max_tokens = run.max_tokens
     token = os.environ.get(token_env) or None
-    Applicant, GradeResult, phrasing = applicant_model(spec), result_model(spec), Phrasing(spec, max_applicants)
+    Applicant, GradeResult = applicant_model(spec), result_model(spec)
+    phrasing = Phrasing(spec, max_applicants, Applicant)
 
     def answer(applicants: Applicants, table: Table, proba: np.ndarray, reasons) -> list[dict]:
         """One result per applicant, in order (fields declared in `result_model`)."""
@@ -142,9 +144,14 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
             raise HTTPException(415, f"JSON is read as UTF-8, but this request says charset={charset}; send the "
                                      "body as UTF-8 (charset=utf-8, or no charset)")
 
-    async def known_keys(request: Request):
-        """The first unknown key is a 422 at once, before pydantic lists each of them (errors.Phrasing.screen)."""
-        if (problems := phrasing.screen(await request.json())) is not None:
+    async def screened(request: Request):
+        """The first unknown key is a 422 at once, before pydantic lists each of them; a long list's applicants are
+        validated on a thread (errors.Phrasing.screen, check_each): the event loop goes on answering meanwhile."""
+        body = await request.json()
+        problems = phrasing.screen(body)
+        if problems is None and isinstance(body, list) and CHECK_OFF_LOOP < len(body) <= max_applicants:
+            problems = await asyncio.to_thread(phrasing.check_each, body)
+        if problems is not None:
             raise HTTPException(422, problems)
 
     @app.get("/health")
@@ -160,7 +167,7 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
                             Body(media_type="application/json", openapi_examples=examples)]
 
     @app.post("/v1/grade", dependencies=[Depends(require_token)] * bool(token) + [Depends(require_json),
-                                                                                  Depends(known_keys)],
+                                                                                  Depends(screened)],
               response_model=GradeResult | list[GradeResult],
               responses={401: {"description": "Missing or wrong bearer token"}, 413: {"description": "Body too large"},
                          415: {"description": "Body not sent as JSON"}, 422: {"description": "Validation error: "
@@ -180,7 +187,8 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
         results = answer(applicants, table, proba, reasons)
         return results[0] if applicants.single else results
 
-    jobs = page.add_page(app, run, decision, [Depends(require_token)] * bool(token), max_batch, limits=limits)
+    jobs = app.state.jobs = page.add_page(app, run, decision, [Depends(require_token)] * bool(token), max_batch,
+                                          limits=limits)
     return app
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers
 
 from korllama.schema import ColumnSpec, TableSpec
@@ -23,6 +24,7 @@ MAX_TEXT = 200  # characters in one value: no real cell is longer, and error mes
 MAX_ERRORS = 20  # problems listed in one 422 answer
 SEND = "send one applicant (a JSON object) or a list of them"
 PARSE_OFF_LOOP = 64 * 1024  # a body larger than this is parsed on a thread: the event loop goes on answering
+CHECK_OFF_LOOP = 64  # a list of more applicants is validated on a thread first (Phrasing.check_each)
 
 
 def _show(value: Any) -> str:
@@ -97,10 +99,11 @@ class StrictJSONRoute(APIRoute):
 
 
 class Phrasing:
-    """`sentences(errors, body)`: pydantic's errors about a body, one sentence per applicant and field."""
+    """`sentences(errors, body)`: pydantic's errors about a body, one sentence per applicant and field. `screen` and
+    `check_each` judge a body before FastAPI validates it whole on the event loop."""
 
-    def __init__(self, spec: TableSpec, max_applicants: int):
-        self.spec, self.max_applicants = spec, max_applicants
+    def __init__(self, spec: TableSpec, max_applicants: int, applicant: type[BaseModel] | None = None):
+        self.spec, self.max_applicants, self.applicant = spec, max_applicants, applicant
         self.by_key: dict[str, ColumnSpec | None] = {spec.id.alias: None, spec.id.name: None}  # None: the ID
         self.by_key.update({key: col for col in spec.columns for key in (col.alias, col.name)})
 
@@ -149,6 +152,19 @@ class Phrasing:
                     return [self.sentence(i if many else None, key, [{"type": "extra_forbidden", "input": key}],
                                           body)]
         return None
+
+    def check_each(self, body: list) -> list[dict] | None:
+        """A list's applicants validated one by one (on a thread: the event loop runs between them), its problems in
+        sentences, or None when all are valid. Up to 1,024 applicants with every field wrong are some 50,000
+        pydantic errors, half a second of work that would otherwise hold the event loop."""
+        errors = []
+        for i, item in enumerate(body):
+            try:
+                self.applicant.model_validate(item)
+            except ValidationError as exc:
+                errors += [err | {"loc": ("body", "list", i, *err["loc"])}
+                           for err in exc.errors(include_url=False, include_context=False)]
+        return self.sentences(errors, body) if errors else None
 
     def sentence(self, i: int | None, key: str | None, errs: list[dict], body: Any) -> dict:
         kinds, first = {e["type"] for e in errs}, errs[0]

@@ -23,6 +23,7 @@ The jobs, their files and their limits: serve/jobs.py.
 from __future__ import annotations
 
 import json
+from html import escape
 from pathlib import Path
 
 import pandas as pd
@@ -157,7 +158,7 @@ def describe_run(run_dir: Path, config, spec, decision: str) -> dict:
         "provenance": {k: v for k, v in provenance.items() if not isinstance(v, dict | list)},
         "tuning": f"LoRA (r {lora.r}, alpha {lora.alpha})" if lora is not None else "all weights",
         "template": config.prompt.template,
-        "data": {"source": str(config.data.train) if config.data.train else
+        "data": {"source": Path(config.data.train).name if config.data.train else
                  f"synthetic loan table ({config.data.synth_rows:,} rows, seed {config.data.synth_seed})",
                  "spec": spec.name, **{k: v for k, v in (summary.get("data") or {}).items() if k != "source"}},
         "split": {"held_out": config.data.valid_fraction, "seed": config.data.split_seed,
@@ -167,7 +168,8 @@ def describe_run(run_dir: Path, config, spec, decision: str) -> dict:
                     "macro_f1_by_decision": summary.get("decision")},
         "decision": {"served": decision, "rule": rule and {k: rule.get(k) for k in
                                                           ("classes", "weights", "fitted_rows", "argmax_kept")}},
-        "card_html": card_html(run.model_card) if run.model_card.is_file() else None,
+        "card_html": unpathed(card_html(run.model_card), run_dir, config.data.train) if run.model_card.is_file()
+        else None,
         "examples": example_rows(config, spec),
     }
 
@@ -176,6 +178,14 @@ def card_html(path: Path) -> str:
     """The model card's markdown as HTML: markdown-it (installed with rich) with raw HTML off, so nothing in the
     card can inject markup or script; its link check refuses javascript: URLs."""
     return MarkdownIt("commonmark", {"html": False}).enable("table").render(path.read_text("utf-8"))
+
+
+def unpathed(html: str, *paths) -> str:
+    """The card's HTML with the run's and its data's absolute paths as their names: where they lie on the server is
+    not the public page's to say."""
+    for path in sorted((Path(p) for p in paths if p), key=lambda p: -len(str(p))):
+        html = html.replace(escape(str(path)), escape(path.name))
+    return html
 
 
 def example_rows(config, spec) -> list[dict]:

@@ -286,3 +286,50 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     unbuffered output, lines wide enough not to wrap; `extra` on top."""
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
                 COLUMNS="200", **extra)
+
+
+# --- a hostile spec: script in every string a spec gives the service's pages (tests/test_serve_hostile.py) ----------
+
+XSS = "<img src=x onerror=\"document.title='pwned';window.pwned=1;alert(1)\">"  # runs wherever markup is not inert
+XSS_SVG = "<svg onload=\"window.pwned=2\">"
+XSS_LINK = "[click](javascript:window.pwned=3)"
+
+
+def make_hostile_run(folder: Path) -> Path:
+    """The hiring example with script payloads in its description, a header, a column description, category values
+    (raw and clean), the label's name and its classes, the ID's header: 2 tiny training steps and its model card."""
+    import yaml
+
+    from korllama.card import document_run
+    from korllama.config import RunConfig
+    from korllama.run import Run
+    from korllama.training import train
+
+    hiring = Path(__file__).resolve().parents[1] / "examples" / "hiring"
+    spec = yaml.safe_load((hiring / "spec.yaml").read_text("utf-8"))
+    classes = {"우수": f"우수{XSS}", "보통": "보통", "미흡": f"미흡{XSS_SVG}"}
+    spec["description"] = f"hostile {XSS} {XSS_LINK}"
+    spec["id"]["name"] = f"지원번호{XSS_SVG}"
+    spec["label"] |= {"name": f"평가{XSS}", "classes": list(classes.values())}
+    headers = {"학력": f"학력{XSS}"}
+    values = {"고졸": f"고졸{XSS}"}
+    for col in spec["columns"]:
+        col["text"] = f"{col.get('text', '')} {XSS} {XSS_LINK}"
+        if col["name"] == "학력":
+            col["values"] = {values.get(k, k): (f"high school {XSS_SVG}" if k == "고졸" else v)
+                             for k, v in col["values"].items()}
+        col["name"] = headers.get(col["name"], col["name"])
+    spec.pop("templates")
+    folder.mkdir(parents=True)
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True), "utf-8")
+    frame = pd.read_csv(hiring / "hiring.csv", dtype=str, keep_default_na=False)
+    frame["학력"] = frame["학력"].replace(values)
+    frame["평가"] = frame["평가"].map(classes)
+    frame = frame.rename(columns=headers | {"지원번호": spec["id"]["name"], "평가": spec["label"]["name"]})
+    frame.to_csv(folder / "data.csv", index=False)
+    config = run_config(name="hostile", data={"train": str(folder / "data.csv"), "spec": str(folder / "spec.yaml")},
+                        prompt={"template": "compact", "fields": ["written", "interview", "education"]},
+                        train={"max_steps": 2, "eval_steps": 2, "save_steps": 2})
+    train(RunConfig.model_validate(config), folder / "run")
+    document_run(Run.load(folder / "run"), on_error="raise")
+    return folder / "run"

@@ -41,7 +41,7 @@ INSTALL = "apt-get install -y chromium chromium-driver"
 
 @pytest.fixture(scope="module")
 def client(run_dir):
-    with TestClient(create_app(Run.load(run_dir))) as c:
+    with TestClient(create_app(Run.load(run_dir)), base_url="http://localhost") as c:
         yield c
 
 
@@ -137,7 +137,7 @@ def test_a_bad_file_gets_the_clis_sentence(client, run_dir, tmp_path, cli):
 def test_uploads_over_the_limit_are_refused_and_the_token_is_required(run_dir, monkeypatch):
     monkeypatch.setattr(page, "MAX_UPLOAD_BYTES", 1000)
     monkeypatch.setenv("KORLLAMA_TOKEN", "s3cret")
-    with TestClient(create_app(Run.load(run_dir))) as c:
+    with TestClient(create_app(Run.load(run_dir)), base_url="http://localhost") as c:
         assert c.get("/").status_code == 200 and '"auth": true' in c.get("/").text  # the page itself is public
         for path in ("/page/run", "/page/jobs/x"):
             assert c.get(path).status_code == 401

@@ -64,7 +64,7 @@ def test_korean_labels_are_served(hiring_run):
     from korllama.serve import create_app
 
     row = pd.read_csv(HIRING / "hiring.csv", dtype=str, keep_default_na=False).iloc[0].drop("평가").to_dict()
-    with TestClient(create_app(Run.load(hiring_run))) as client:
+    with TestClient(create_app(Run.load(hiring_run)), base_url="http://localhost") as client:
         answer = client.post("/v1/grade", json=row)
         assert answer.status_code == 200, answer.text
         body = answer.json()

@@ -66,11 +66,25 @@ def serve_cmd(
     decision: DecisionOption = Decision.ARGMAX,
     allow_unfinished: AllowUnfinishedOption = False,
     allow_unrecorded: AllowUnrecordedOption = False,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="A host name (or address) clients reach the service by, besides 127.0.0.1, localhost, "
+                             "[::1] and --host; repeat it for several. Requests for any other Host are refused "
+                             "(DNS rebinding); '*' allows every name (only behind a proxy that checks it).")] = None,
+    max_jobs: Annotated[int, typer.Option("--max-jobs", min=1, help="Files the page takes at once (waiting or "
+                                                                     "being graded); past it an upload is a 429.")]
+    = 4,
+    max_disk_mb: Annotated[int, typer.Option("--max-disk-mb", min=1, help="MB of uploaded and graded files the page "
+                                                                          "keeps on disk; past it an upload is a "
+                                                                          "429.")] = 1024,
+    header_timeout: Annotated[float, typer.Option("--header-timeout", min=0.1, help="Seconds a client has to send "
+                                                                                    "a request's headers before its "
+                                                                                    "connection is closed.")] = 10,
 ):
     """Serve the run's rank scoring over HTTP: a grading page at /, POST /v1/grade, GET /health, docs at /docs.
 
     Requests arriving together are scored in one batched forward pass. Set KORLLAMA_TOKEN to require
-    `Authorization: Bearer <token>` on /v1/grade.
+    `Authorization: Bearer <token>` on /v1/grade. Only requests for this service's own host names are answered
+    (loopback, --host, --allow-host).
 
     Example: korllama serve runs/demo/run --port 8000
     """
@@ -85,10 +99,15 @@ def serve_cmd(
     _check_port(host, port)  # before the model is loaded: a busy port is one sentence, not uvicorn's exit 3
     from korllama.run import Run
     from korllama.serve import create_app
+    from korllama.serve.guard import LOOPBACK, header_timeout_protocol
+    from korllama.serve.jobs import Limits
 
     served = Run.load(run, way_out="serve the --out folder of a finished `korllama train`",
                       allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
-    application = create_app(served, max_batch=max_batch, max_wait_ms=max_wait_ms, decision=decision)
+    bound = [host] if host not in ("0.0.0.0", "::", "") else []  # a wildcard address is no name a client sends
+    application = create_app(served, max_batch=max_batch, max_wait_ms=max_wait_ms, decision=decision,
+                             allowed_hosts=[*LOOPBACK, *bound, *(allow_host or [])],
+                             limits=Limits(max_jobs=max_jobs, max_disk_bytes=max_disk_mb * 2**20))
     shown = f"[{host}]" if ":" in host else host
     has_token = bool(token)
     auth = "bearer token required ($KORLLAMA_TOKEN)" if has_token else "no token"
@@ -98,7 +117,11 @@ def serve_cmd(
     if host not in ("127.0.0.1", "localhost", "::1") and not has_token:
         err_console.print(f"[yellow]warning:[/] listening on {escape(host)} without a token: anyone who can reach "
                           "this port can use the model (set KORLLAMA_TOKEN).", soft_wrap=True)
-    uvicorn.run(application, host=host, port=port, log_level="info")
+    if not bound and not allow_host:
+        err_console.print(f"[yellow]note:[/] listening on {escape(host)}, but only requests for 127.0.0.1, localhost "
+                          "and [::1] are answered: add --allow-host NAME for the name clients reach this machine by.",
+                          soft_wrap=True)
+    uvicorn.run(application, host=host, port=port, log_level="info", http=header_timeout_protocol(header_timeout))
 
 
 DEMO_FILES = ("data.csv", "run", "eval", "report.html")  # what marks a demo's folder (korllama.demo writes them)

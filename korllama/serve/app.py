@@ -6,18 +6,22 @@ FastAPI and pydantic check the shape; the values are then validated and cleaned 
 handler turns pydantic's errors into sentences naming the applicant, the field and what is allowed (422); a body over
 the size limit is a 413 (middleware), one not sent as JSON a 415, a missing or wrong bearer token (when `$token_env`
 is set) a 401, before anything else is said about the body. A 5xx is a bug. `GET /health` says what is served;
-`/docs` and `/redoc` load their scripts from this service (fastapi-offline), not from a CDN. `/` is a page for
-analysts (serve/page.py). The types come from serve/schema.py, the refusals from serve/errors.py.
+`/docs` and `/redoc` load their scripts from this service (fastapi-offline), not from a CDN, and render the schema's
+prose as plain text. `/` is a page for analysts (serve/page.py). The types come from serve/schema.py, the refusals
+from serve/errors.py, the Host allow-list and the security headers from serve/guard.py.
 """
 
+import asyncio
 import hmac
 import os
+from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 import numpy as np
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 from pydantic import conlist
@@ -32,6 +36,7 @@ from korllama.scoring import predict_labels
 from korllama.serve import page
 from korllama.serve.batching import Applicants, Batcher, Grader, as_text
 from korllama.serve.errors import (
+    CHECK_OFF_LOOP,
     MAX_APPLICANTS,
     MAX_BODY_BYTES,
     BodyLimit,
@@ -39,14 +44,18 @@ from korllama.serve.errors import (
     SafeJSONResponse,
     StrictJSONRoute,
 )
-from korllama.serve.schema import applicant_model, example_applicant, result_model
+from korllama.serve.guard import LOOPBACK, HostAllowList, SecurityHeaders
+from korllama.serve.jobs import Limits
+from korllama.serve.schema import applicant_model, example_applicant, plain_prose, result_model
 
 
 def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64, max_wait_ms: float = 10,
                max_body_bytes: int = MAX_BODY_BYTES, max_applicants: int = MAX_APPLICANTS,
-               decision: str = "argmax") -> FastAPI:
+               decision: str = "argmax", allowed_hosts: Iterable[str] = LOOPBACK,
+               limits: Limits | None = None) -> FastAPI:
     """The scoring service for a run (its model is loaded here, once). `decision`: the grade is the most probable
-    label (argmax) or the run's macro-F1 decision rule's (korllama.decision)."""
+    label (argmax) or the run's macro-F1 decision rule's (korllama.decision). `allowed_hosts`: the names it answers
+    to (any port; "*" for all); `limits`: the page's file jobs'."""
     if max_batch < 1 or max_wait_ms < 0 or max_body_bytes < 1 or max_applicants < 1:
         raise KorllamaError("max_batch, max_body_bytes and max_applicants must be at least 1 and max_wait_ms at "
                             "least 0.")
@@ -56,7 +65,8 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
     spec, template, classes = run.spec, run.template, run.classes
     max_tokens = run.max_tokens
     token = os.environ.get(token_env) or None
-    Applicant, GradeResult, phrasing = applicant_model(spec), result_model(spec), Phrasing(spec, max_applicants)
+    Applicant, GradeResult = applicant_model(spec), result_model(spec)
+    phrasing = Phrasing(spec, max_applicants, Applicant)
 
     def answer(applicants: Applicants, table: Table, proba: np.ndarray, reasons) -> list[dict]:
         """One result per applicant, in order (fields declared in `result_model`)."""
@@ -78,17 +88,34 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        yield
-        await batcher.aclose()
+        sweeper = asyncio.create_task(jobs.sweeper())  # graded files an hour old are deleted
+        try:
+            yield
+        finally:  # on Ctrl-C and SIGTERM alike: uvicorn runs this, then re-raises the signal
+            sweeper.cancel()
+            await batcher.aclose()
+            await asyncio.to_thread(jobs.close)  # uploads and graded files go with the service
 
-    app = FastAPIOffline(  # FastAPI whose /docs and /redoc load their scripts from this service, not from a CDN
-        title="korllama", version=__version__, lifespan=lifespan,
-        description=f"Grades applicants with the tuned run `{run_dir.name}` (rank scoring over {spec.label.alias} "
+    app = FastAPIOffline(  # its /static-offline-docs: Swagger UI's and ReDoc's scripts, not from a CDN
+        title="korllama", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+        description=f"Grades applicants with the tuned run {run_dir.name} (rank scoring over {spec.label.alias} "
                     f"{', '.join(classes)}). Keys: the table's headers or English aliases; values raw as in the CSV "
                     "or clean.")
     app.router.route_class = StrictJSONRoute
     app.add_middleware(BodyLimit, limit=max_body_bytes, exempt=frozenset({page.UPLOAD}))
+    app.add_middleware(HostAllowList, hosts=allowed_hosts)
+    app.add_middleware(SecurityHeaders)  # the outermost: a refused host's answer has the headers too
     app.state.batcher, app.state.stats, app.state.run_dir = batcher, grader.stats, run_dir
+    build_schema = app.openapi
+
+    def openapi() -> dict:  # the docs render descriptions as Markdown: the spec's words must stay words
+        if app.openapi_schema is None:
+            app.openapi_schema = plain_prose(build_schema())
+        return app.openapi_schema
+    app.openapi = openapi
+
+    for path, name in (("/docs", "docs.html"), ("/redoc", "redoc.html")):  # their scripts in files: no inline one
+        app.add_api_route(path, static_html(page.WEB / name), methods=["GET"], include_in_schema=False)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError):
@@ -117,6 +144,16 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
             raise HTTPException(415, f"JSON is read as UTF-8, but this request says charset={charset}; send the "
                                      "body as UTF-8 (charset=utf-8, or no charset)")
 
+    async def screened(request: Request):
+        """The first unknown key is a 422 at once, before pydantic lists each of them; a long list's applicants are
+        validated on a thread (errors.Phrasing.screen, check_each): the event loop goes on answering meanwhile."""
+        body = await request.json()
+        problems = phrasing.screen(body)
+        if problems is None and isinstance(body, list) and CHECK_OFF_LOOP < len(body) <= max_applicants:
+            problems = await asyncio.to_thread(phrasing.check_each, body)
+        if problems is not None:
+            raise HTTPException(422, problems)
+
     @app.get("/health")
     async def health() -> dict:
         """Liveness and what is being served: the model, the run, the labels, the template, batching counters."""
@@ -129,7 +166,8 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
     Applicants_ = Annotated[Applicant | conlist(Applicant, min_length=1, max_length=max_applicants),
                             Body(media_type="application/json", openapi_examples=examples)]
 
-    @app.post("/v1/grade", dependencies=[Depends(require_token)] * bool(token) + [Depends(require_json)],
+    @app.post("/v1/grade", dependencies=[Depends(require_token)] * bool(token) + [Depends(require_json),
+                                                                                  Depends(screened)],
               response_model=GradeResult | list[GradeResult],
               responses={401: {"description": "Missing or wrong bearer token"}, 413: {"description": "Body too large"},
                          415: {"description": "Body not sent as JSON"}, 422: {"description": "Validation error: "
@@ -149,5 +187,14 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
         results = answer(applicants, table, proba, reasons)
         return results[0] if applicants.single else results
 
-    page.add_page(app, run, decision, [Depends(require_token)] * bool(token), max_batch)
+    jobs = app.state.jobs = page.add_page(app, run, decision, [Depends(require_token)] * bool(token), max_batch,
+                                          limits=limits)
     return app
+
+
+def static_html(path) -> Callable:
+    html = path.read_text("utf-8")
+
+    async def serve() -> HTMLResponse:
+        return HTMLResponse(html)
+    return serve

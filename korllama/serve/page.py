@@ -11,23 +11,19 @@ holds. Its routes are left out of the OpenAPI schema: the API is /v1/grade.
     GET  /page/static/{file}     its CSS and JavaScript
     GET  /page/run               the run: base and provenance, data and split, metrics, decision, card as HTML,
                                  example rows (token)
-    POST /page/jobs?name=&proba= a table file as the raw body -> {"id": ...}; over the limit a 413 (token)
+    POST /page/jobs?name=&proba= a table file as the raw body -> {"id": ...}; over the limit a 413, past the jobs'
+                                 caps a 429 (token)
     GET  /page/jobs/{id}         its state: queued, checking, grading (done of total rows), done or failed (token)
-    GET  /page/jobs/{id}/file    the graded CSV, as `korllama predict` writes it (token)
+    GET  /page/jobs/{id}/file    the graded CSV, as `korllama predict` writes it, formulas neutralised (token)
+    DELETE /page/jobs/{id}       cancel the job, or delete its graded file now (token)
+
+The jobs, their files and their limits: serve/jobs.py.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import tempfile
-import threading
-import traceback
-import uuid
-import weakref
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 
 import pandas as pd
@@ -39,24 +35,24 @@ from markdown_it import MarkdownIt
 from korllama.data import TableChunks
 from korllama.errors import KorllamaError
 from korllama.layout import RunDir
-from korllama.predict import predict_file
 from korllama.run import Run
+from korllama.serve.jobs import Jobs, Limits, size_text
 from korllama.serve.schema import example_applicant
 from korllama.synth import synthetic_table
 
 WEB = Path(__file__).with_name("web")
 UPLOAD = "/page/jobs"
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # a 100,000-row loan CSV is about 12 MB
-JOBS_KEPT = 8  # finished jobs whose graded files are kept for download; older ones are deleted
 EXAMPLE_ROWS = 10
 
 
 def add_page(app: FastAPI, run: Run, decision: str, auth: list, batch_size: int,
-             max_upload_bytes: int | None = None) -> None:
+             max_upload_bytes: int | None = None, limits: Limits | None = None) -> Jobs:
     """Register the page's routes on the service. `run`: the Run it serves (its model already loaded); `auth`: the
-    dependencies that check the bearer token (empty without one), put on every route that shows the run or grades."""
+    dependencies that check the bearer token (empty without one), put on every route that shows the run or grades.
+    Returns the file jobs: the service's lifespan sweeps them (`Jobs.sweeper`) and deletes them (`Jobs.close`)."""
     config, spec, run_dir = run.config, run.spec, run.root
-    jobs = Jobs(run, decision, batch_size)
+    jobs = Jobs(run, decision, batch_size, limits or Limits())
     max_upload_bytes = max_upload_bytes or MAX_UPLOAD_BYTES
     form = json.dumps(form_info(spec, decision, bool(auth), max_upload_bytes), ensure_ascii=False)
     html = (WEB / "index.html").read_text("utf-8").replace("{}<!-- form -->", form.replace("<", "\\u003c"), 1)
@@ -85,16 +81,17 @@ def add_page(app: FastAPI, run: Run, decision: str, auth: list, batch_size: int,
                                      "grades; use `korllama predict RUN --data FILE` for a larger file")
         if declared.isdigit() and int(declared) > max_upload_bytes:
             raise too_big
-        job = jobs.new(name, proba)
-        size = 0
-        with job.path.open("wb") as fh:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > max_upload_bytes:
-                    fh.close()
-                    jobs.forget(job)
-                    raise too_big
-                fh.write(chunk)
+        job = jobs.new(name, proba, int(declared) if declared.isdigit() else 0)
+        try:
+            with job.path.open("wb") as fh:
+                async for chunk in request.stream():
+                    if job.bytes + len(chunk) > max_upload_bytes:
+                        raise too_big
+                    jobs.grow(job, len(chunk))
+                    fh.write(chunk)
+        except BaseException:  # too big, over the disk cap, the client gone: nothing of it is kept
+            jobs.forget(job)
+            raise
         jobs.start(job)
         return {"id": job.id}
 
@@ -109,9 +106,11 @@ def add_page(app: FastAPI, run: Run, decision: str, auth: list, batch_size: int,
             raise HTTPException(409, f"the file {job.name} is not graded yet ({job.status})")
         return FileResponse(job.out, media_type="text/csv; charset=utf-8", filename=f"{job.path.stem}-graded.csv")
 
+    @app.delete(UPLOAD + "/{job_id}", include_in_schema=False, dependencies=auth)
+    async def job_cancel(job_id: str) -> dict:
+        return jobs.cancel(jobs.get(job_id))
 
-def size_text(n: int) -> str:
-    return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n:,} bytes"
+    return jobs
 
 
 # --- the form ------------------------------------------------------------------------------------------------------
@@ -155,11 +154,11 @@ def describe_run(run_dir: Path, config, spec, decision: str) -> dict:
     rule = json.loads(run.decision.read_text("utf-8")) if run.decision.is_file() else None
     lora = config.lora
     return {
-        "run": run_dir.name, "path": str(run_dir), "base": config.model.base,
+        "run": run_dir.name, "base": config.model.base,  # its name: where it lies is not the page's to say
         "provenance": {k: v for k, v in provenance.items() if not isinstance(v, dict | list)},
         "tuning": f"LoRA (r {lora.r}, alpha {lora.alpha})" if lora is not None else "all weights",
         "template": config.prompt.template,
-        "data": {"source": str(config.data.train) if config.data.train else
+        "data": {"source": Path(config.data.train).name if config.data.train else
                  f"synthetic loan table ({config.data.synth_rows:,} rows, seed {config.data.synth_seed})",
                  "spec": spec.name, **{k: v for k, v in (summary.get("data") or {}).items() if k != "source"}},
         "split": {"held_out": config.data.valid_fraction, "seed": config.data.split_seed,
@@ -169,7 +168,8 @@ def describe_run(run_dir: Path, config, spec, decision: str) -> dict:
                     "macro_f1_by_decision": summary.get("decision")},
         "decision": {"served": decision, "rule": rule and {k: rule.get(k) for k in
                                                           ("classes", "weights", "fitted_rows", "argmax_kept")}},
-        "card_html": card_html(run.model_card) if run.model_card.is_file() else None,
+        "card_html": unpathed(card_html(run.model_card), run_dir, config.data.train) if run.model_card.is_file()
+        else None,
         "examples": example_rows(config, spec),
     }
 
@@ -178,6 +178,14 @@ def card_html(path: Path) -> str:
     """The model card's markdown as HTML: markdown-it (installed with rich) with raw HTML off, so nothing in the
     card can inject markup or script; its link check refuses javascript: URLs."""
     return MarkdownIt("commonmark", {"html": False}).enable("table").render(path.read_text("utf-8"))
+
+
+def unpathed(html: str, *paths) -> str:
+    """The card's HTML with the run's and its data's absolute paths as their names: where they lie on the server is
+    not the public page's to say."""
+    for path in sorted((Path(p) for p in paths if p), key=lambda p: -len(str(p))):
+        html = html.replace(escape(str(path)), escape(path.name))
+    return html
 
 
 def example_rows(config, spec) -> list[dict]:
@@ -207,78 +215,3 @@ def example_rows(config, spec) -> list[dict]:
     frame = table.frame
     return [{spec.id.name: str(frame[spec.id.alias].iloc[i])}
             | {col.name: raw(col, frame[col.alias].iloc[i]) for col in spec.columns} for i in range(len(frame))]
-
-
-# --- file jobs -----------------------------------------------------------------------------------------------------
-
-@dataclass
-class Job:
-    id: str
-    name: str
-    folder: Path
-    proba: bool
-    status: str = "queued"  # queued, checking, grading, done, failed
-    done: int = 0
-    total: int = 0
-    error: str | None = None
-    result: dict = field(default_factory=dict)
-
-    path = property(lambda self: self.folder / self.name)
-    out = property(lambda self: self.folder / "graded.csv")
-
-    def state(self) -> dict:
-        return {"id": self.id, "name": self.name, "status": self.status, "done": self.done, "total": self.total,
-                "error": self.error} | {k: self.result.get(k) for k in ("rows", "counts", "seconds", "warnings")}
-
-
-class Jobs:
-    """Uploaded files graded one at a time on a worker thread by `predict_file`, each in its own temporary folder
-    (named as uploaded, so that error sentences name the user's file, as the CLI's do)."""
-
-    def __init__(self, run: Run, decision: str, batch_size: int):
-        self.run, self.decision, self.batch_size = run, decision, batch_size
-        self.root = Path(tempfile.mkdtemp(prefix="korllama-page-"))
-        weakref.finalize(self, shutil.rmtree, self.root, True)  # the uploads and graded files go with the service
-        self.jobs: dict[str, Job] = {}
-        self.lock = threading.Lock()
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="korllama-page")
-
-    def new(self, name: str, proba: bool) -> Job:
-        name = re.sub(r"[\x00-\x1f\x7f/\\:*?\"<>|]", "_", Path(name.strip()).name).strip(". ")[:120] or "upload.csv"
-        job = Job(uuid.uuid4().hex, name if name != "graded.csv" else "graded-input.csv",
-                  Path(tempfile.mkdtemp(dir=self.root)), proba)
-        with self.lock:
-            self.jobs[job.id] = job
-            finished = [j for j in self.jobs.values() if j.status in ("done", "failed")]
-            for old in finished[:max(0, len(finished) - JOBS_KEPT)]:
-                self.forget(old)
-        return job
-
-    def forget(self, job: Job) -> None:
-        self.jobs.pop(job.id, None)
-        shutil.rmtree(job.folder, ignore_errors=True)
-
-    def get(self, job_id: str) -> Job:
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise HTTPException(404, f"no file job {job_id!r} here (finished jobs are kept for the last "
-                                     f"{JOBS_KEPT} files, and not across restarts); upload the file again")
-        return job
-
-    def start(self, job: Job) -> None:
-        self.worker.submit(self.grade, job)
-
-    def grade(self, job: Job) -> None:
-        def progress(done: int, total: int) -> None:
-            job.status, job.done, job.total = "grading", done, total
-
-        job.status = "checking"
-        try:
-            job.result = predict_file(self.run, job.path, job.out, with_proba=job.proba,
-                                      batch_size=self.batch_size, decision=self.decision, progress=progress)
-            job.status = "done"
-        except KorllamaError as exc:  # the CLI's sentence; a path in it is the temporary folder's: not said
-            job.error, job.status = str(exc).replace(f"{job.folder}/", ""), "failed"
-        except Exception as exc:  # a bug: said on the page, the traceback in the service's log
-            traceback.print_exc()
-            job.error, job.status = f"grading failed unexpectedly ({type(exc).__name__}: {exc})", "failed"

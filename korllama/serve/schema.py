@@ -179,3 +179,32 @@ def example_applicant(spec: TableSpec) -> dict:
             return next(iter(col.values))
         return (col.min + col.max) / 2 if col.min is not None and col.max is not None else col.min or 0
     return {spec.id.name: "EXAMPLE_1"} | {col.name: value(col) for col in spec.columns}
+
+
+# --- the schema's prose as plain text ------------------------------------------------------------------------------
+
+PROSE = ("description", "summary")  # Swagger UI and ReDoc render these as Markdown, raw HTML included
+DATA = ("example", "examples", "enum", "const", "default")  # values, shown as values (JSON), never as Markdown
+NAMED = ("properties", "patternProperties", "$defs", "schemas", "paths", "responses", "content", "securitySchemes",
+         "headers", "requestBodies")  # maps from a name (a spec's header, say) to an object: every entry is walked
+MARKUP = re.compile(r"([\\`*_\[\]()!#|~{}])")
+
+
+def plain(text: str) -> str:
+    """Text that Markdown (CommonMark, marked, remarkable) shows as it is: HTML's special characters as entities,
+    Markdown's as backslash escapes, so that no tag, link or image can come of it."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return MARKUP.sub(r"\\\1", text)
+
+
+def plain_prose(node: Any, named: bool = False) -> Any:
+    """The OpenAPI schema with every description and summary as `plain` text, whatever it came from (a spec's
+    column descriptions, headers, labels and allowed values, a run's name): the docs pages render it as Markdown."""
+    if isinstance(node, list):
+        return [plain_prose(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    if named:
+        return {k: plain_prose(v) for k, v in node.items()}
+    return {k: plain(v) if k in PROSE and isinstance(v, str) else v if k in DATA else plain_prose(v, k in NAMED)
+            for k, v in node.items()}

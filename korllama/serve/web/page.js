@@ -330,7 +330,7 @@ async function loadRun() {
   if (!response.ok) throw new Error(String(await detail(response)));
   const run = (state.run = await response.json());
   const facts = el("dl", { class: "facts" });
-  fact(facts, "Run", `${run.run} (${run.path})`);
+  fact(facts, "Run", run.run);
   fact(facts, "Base model", run.base);
   fact(facts, "Provenance", Object.entries(run.provenance).map(([k, v]) => `${k}: ${v}`).join(", "));
   fact(facts, "Tuning", `${run.tuning}; prompt template ${run.template}`);

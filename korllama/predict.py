@@ -24,6 +24,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from transformers import GenerationConfig
 
+from korllama.csvsafe import neutralise_formulas
 from korllama.data.stream import CHUNK_ROWS, TableChunks
 from korllama.errors import KorllamaError
 from korllama.io import atomic_path
@@ -125,7 +126,9 @@ def predict_file(run: Run, data: str | Path, out: str | Path, with_proba: bool =
                                  rule=rule, max_tokens=run.max_tokens)
             if fh is None:  # not the main process: its share went to the main process
                 continue
-            frame = pd.DataFrame({spec.id.name: chunk.ids.to_numpy(), spec.label.name: scored.pred})
+            # a spreadsheet must not run an ID such as =HYPERLINK(...) as a formula (korllama.csvsafe)
+            frame = neutralise_formulas(pd.DataFrame({spec.id.name: chunk.ids.to_numpy(),
+                                                      spec.label.name: scored.pred}))
             if with_proba:
                 for i, c in enumerate(classes):
                     frame[f"P_{c}"] = scored.proba[:, i].round(6)

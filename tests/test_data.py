@@ -385,3 +385,19 @@ def test_a_header_separated_by_semicolons_over_comma_rows_is_named(tmp_path):
     path.write_text("\n".join(lines) + "\n", "utf-8")
     with pytest.raises(DataError, match=r"mixed\.csv: the header is one column separated by ';'"):
         read_table(path)
+
+
+def test_the_profile_gathered_chunk_by_chunk_equals_the_whole_tables(tmp_path):
+    """`korllama data check` streams (memory follows a chunk, not the file) and prints the same figures."""
+    from korllama.data import TableChunks, profile, read_table
+    from korllama.data.table import Profile
+    from korllama.synth import synthesize
+
+    path = tmp_path / "t.csv"
+    synthesize(700, seed=5).to_csv(path, index=False)
+    whole = profile(read_table(path))
+    stream = TableChunks(path, chunk_rows=64)
+    gathered = Profile(stream.spec)
+    checked = stream.check(each=gathered.add)
+    assert gathered.rows == 700 and checked.rows == 700
+    assert gathered.result(stream.source, checked.warnings) == whole

@@ -31,10 +31,13 @@ def data_check(
 
     Example: korllama data check ../shared/data/dacon-loan/train.csv
     """
-    from korllama.data import profile, read_table
+    from korllama.data import TableChunks
+    from korllama.data.table import Profile
 
-    table = read_table(file, schema)
-    prof = profile(table)
+    stream = TableChunks(file, schema)  # streamed: memory follows a chunk, not the file
+    gathered = Profile(stream.spec)
+    checked = stream.check(each=gathered.add)
+    prof = gathered.result(stream.source, checked.warnings)
     if as_json:
         console.print_json(json.dumps(prof, ensure_ascii=False))
         return

@@ -107,28 +107,63 @@ def smallest_split(labels: int, valid_fraction: float) -> int:
     return n
 
 
+class Profile:
+    """What `korllama data check` prints (rows, per-column summary, label distribution, derived medians by label),
+    gathered chunk by chunk: `add(table)` keeps only each number column as float64 and each category column's
+    counts, so a file streamed in chunks (TableChunks) costs a few bytes a row, not its raw text (a 2.95 M-row file
+    took 5.1 GB read whole). The figures are exact: the same as on the whole table at once."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.numbers: dict[str, list[np.ndarray]] = {}
+        self.counts: dict[str, pd.Series] = {}
+        self.missing: dict[str, int] = {}
+        self.labels: list[np.ndarray] = []
+        self.rows = 0
+
+    def add(self, table: Table) -> Profile:
+        frame = table.frame
+        self.rows += len(frame)
+        for col in [*self.spec.columns, *self.spec.derived]:
+            s = frame[col.alias]
+            self.missing[col.alias] = self.missing.get(col.alias, 0) + int(s.isna().sum())
+            if getattr(col, "parser", None) == "category":
+                counts = s.value_counts()
+                self.counts[col.alias] = counts.add(self.counts[col.alias], fill_value=0) \
+                    if col.alias in self.counts else counts
+            else:
+                self.numbers.setdefault(col.alias, []).append(s.astype(float).to_numpy())
+        if table.has_labels:  # one byte a row: the label's place in the spec (clean refused any other label)
+            self.labels.append(pd.Categorical(table.labels, categories=self.spec.label.classes).codes)
+        return self
+
+    def result(self, source: str, warnings: list[str]) -> dict:
+        spec, columns = self.spec, []
+        for col in [*spec.columns, *spec.derived]:
+            entry = {"column": col.alias, "header": getattr(col, "name", "(derived)"),
+                     "missing": self.missing.get(col.alias, 0)}
+            if col.alias in self.counts:
+                counts = self.counts[col.alias].sort_values(ascending=False, kind="stable")
+                entry["summary"] = ", ".join(f"{k} {v / self.rows:.0%}" for k, v in counts.head(3).items())
+                entry["distinct"] = int((counts > 0).sum())
+            else:
+                x = pd.Series(np.concatenate(self.numbers.get(col.alias, [np.zeros(0)])))
+                entry.update(min=float(x.min()), median=float(x.median()), max=float(x.max()))
+            columns.append(entry)
+        result = {"source": source, "spec": spec.name, "rows": self.rows, "columns": columns, "warnings": warnings}
+        if self.labels:
+            labels = pd.Series(pd.Categorical.from_codes(np.concatenate(self.labels), spec.label.classes))
+            counts = labels.value_counts().reindex(spec.label.classes, fill_value=0)
+            result["labels"] = {k: int(v) for k, v in counts.items()}
+            result["derived_median_by_label"] = {
+                d.alias: {k: (None if pd.isna(v) else float(v)) for k, v in
+                          pd.Series(np.concatenate(self.numbers[d.alias])).groupby(labels.to_numpy(), observed=False)
+                          .median()
+                          .reindex(spec.label.classes).items()}
+                for d in spec.derived}
+        return result
+
+
 def profile(table: Table) -> dict:
-    """What `korllama data check` prints: rows, per-column summary, label distribution, derived by label."""
-    frame, spec = table.frame, table.spec
-    columns = []
-    for col in [*spec.columns, *spec.derived]:
-        s = frame[col.alias]
-        entry = {"column": col.alias, "header": getattr(col, "name", "(derived)"), "missing": int(s.isna().sum())}
-        if getattr(col, "parser", None) == "category":
-            top = s.value_counts().head(3)
-            entry["summary"] = ", ".join(f"{k} {v / len(s):.0%}" for k, v in top.items())
-            entry["distinct"] = int(s.nunique())
-        else:
-            x = s.astype(float)
-            entry.update(min=float(x.min()), median=float(x.median()), max=float(x.max()))
-        columns.append(entry)
-    result = {"source": table.source, "spec": spec.name, "rows": len(frame), "columns": columns,
-              "warnings": table.warnings}
-    if table.has_labels:
-        counts = table.labels.value_counts().reindex(spec.label.classes, fill_value=0)
-        result["labels"] = {k: int(v) for k, v in counts.items()}
-        result["derived_median_by_label"] = {
-            d.alias: {k: (None if pd.isna(v) else float(v)) for k, v in
-                      frame.groupby(spec.label.alias)[d.alias].median().reindex(spec.label.classes).items()}
-            for d in spec.derived}
-    return result
+    """What `korllama data check` prints, for a table read whole (Profile gathers it chunk by chunk)."""
+    return Profile(table.spec).add(table).result(table.source, table.warnings)

@@ -49,6 +49,8 @@ class PretrainedStage:
     steps: int = 60             # LoRA steps of `batch_size` rows
     batch_size: int = 16
     lr: float = 2e-3            # configs/smollm2-lora.yaml's lr (tests/test_config.py checks that they agree)
+    warmup_steps: int | None = None  # None: a tenth of the steps
+    seed: int = 0               # train.seed: data order, dropout, LoRA's initial matrices
     eval_rows: int = 100        # held-out rows scored at the end of training (to keep the best weights)
     score_rows: int = 200       # held-out rows rank-scored before and after tuning
     generate_rows: int = 8      # held-out rows generated for, the original's way (100 new tokens: slow)
@@ -136,6 +138,20 @@ def _run_demo(out: Path, rows: int, seed: int, console: Console, pretrained: Pre
             "pretrained": {k: v for k, v in smol.items() if k != "folders"} if smol else None}
 
 
+def stage_config(stage: PretrainedStage, data_path: Path, overrides: tuple[str, ...] = ()):
+    """The SmolLM2 stage's training config: `stage.config` on the demo's table and prompt fields, shortened to the
+    stage's steps (benchmarks/demo_seeds.py trains the same, over seeds)."""
+    # the demo's own prompt fields: the synthetic table's rates are continuous, so the real table's choice (the
+    # term and the schedule rate, which repeat there) is no help here (benchmarks/RESULTS.md section 16)
+    fields = ",".join(load_config("demo").prompt.fields)
+    return load_config(stage.config, [
+        f"data.train={data_path}", f"prompt.fields=[{fields}]", f"train.max_steps={stage.steps}",
+        f"train.batch_size={stage.batch_size}", f"train.lr={stage.lr}",
+        f"train.warmup_steps={stage.warmup_steps if stage.warmup_steps is not None else max(1, stage.steps // 10)}",
+        f"train.eval_steps={stage.steps}", f"train.save_steps={stage.steps}", f"train.eval_rows={stage.eval_rows}",
+        "train.logging_steps=10", f"train.seed={stage.seed}", *overrides])
+
+
 def pretrained_stage(stage: PretrainedStage, table: Table, data_path: Path, out: Path, say, console) -> dict | None:
     """The original's story on SmolLM2: generation before tuning (the seed prompt, the original's sampling), a
     short LoRA tuning, rank scoring before/after and the same generation after, each an evaluation folder for the
@@ -148,14 +164,7 @@ def pretrained_stage(stage: PretrainedStage, table: Table, data_path: Path, out:
         return None
     say("7. base", f"{stage.base} ready in the korllama cache ({time.perf_counter() - first:.0f} s)")
 
-    # the demo's own prompt fields: the synthetic table's rates are continuous, so the real table's choice (the
-    # term and the schedule rate, which repeat there) is no help here (benchmarks/RESULTS.md section 16)
-    fields = ",".join(load_config("demo").prompt.fields)
-    config = load_config(stage.config, [
-        f"data.train={data_path}", f"prompt.fields=[{fields}]", f"train.max_steps={stage.steps}",
-        f"train.batch_size={stage.batch_size}",
-        f"train.lr={stage.lr}", f"train.warmup_steps={max(1, stage.steps // 10)}", f"train.eval_steps={stage.steps}",
-        f"train.save_steps={stage.steps}", f"train.eval_rows={stage.eval_rows}", "train.logging_steps=10"])
+    config = stage_config(stage, data_path)
     spec, classes = table.spec, table.spec.label.classes
     held_out = split(table, config.data.valid_fraction, config.data.split_seed)[1]  # as Run.split, before a run
     # the rows evaluate_run(limit=...) picks from the same held-out split, so before and after see the same rows

@@ -157,3 +157,28 @@ def test_eos_keeps_a_prefix_label_from_winning_for_free(loaded, mixed_prompts):
     proba = score(model, tokenizer, mixed_prompts[:6], ["pass", "pass with merit"])
     reference = np.stack([brute_force(model, tokenizer, p, ["pass", "pass with merit"]) for p in mixed_prompts[:6]])
     np.testing.assert_allclose(proba, reference, atol=1e-5)
+
+
+def test_each_distinct_prompt_is_scored_once_with_the_plain_paths_probabilities(loaded, monkeypatch):
+    """Loan prompts repeat: scoring each distinct prompt once gives every row the plain path's probabilities (up to
+    float rounding: another batch) and labels, in a fraction of the forward passes."""
+    import korllama.scoring as scoring
+
+    model, tokenizer, _ = loaded
+    table = synthetic_table(300, seed=11)
+    prompts = render(table, "compact", ["term", "payments_made"])  # few fields: many rows share a prompt
+    distinct = len(set(prompts))
+    assert distinct < len(prompts) / 5
+    forwarded = []
+    batch = scoring._score_batch
+    monkeypatch.setattr(scoring, "_score_batch", lambda m, lab, ids, mask: forwarded.append(len(ids)) or
+                        batch(m, lab, ids, mask))
+    done = []
+    once = score(model, tokenizer, prompts, CLASSES, batch_size=32, progress=done.append)
+    assert sum(forwarded) == distinct and sum(done) == len(prompts)
+    forwarded.clear()
+    plain = score(model, tokenizer, prompts, CLASSES, batch_size=32, once=False)
+    assert sum(forwarded) == len(prompts)
+    assert np.abs(once - plain).max() <= 1e-6
+    assert list(predict_labels(once, CLASSES)) == list(predict_labels(plain, CLASSES))
+    assert np.abs(once - once.mean(axis=0)).max() > 1e-4  # the rows differ: a constant answer would pass trivially

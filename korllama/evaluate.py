@@ -161,6 +161,7 @@ def evaluate_run(run: Run, data: str | Path | Table, out_dir: str | Path, mode: 
             fh = open_atomic(stack, out_dir / PREDICTIONS_FILE)
             json_tmp = stack.enter_context(atomic_path(out_dir / METRICS_FILE))
             advance = stack.enter_context(progress_bar(n, "scoring" if mode == "score" else "generating", console))
+        known: dict = {}  # prompts scored in earlier chunks: each distinct prompt of the file is scored once
         for offset, chunk in stream.chunks():
             if select is not None:
                 lo, hi = np.searchsorted(select, [offset, offset + len(chunk)])
@@ -168,7 +169,7 @@ def evaluate_run(run: Run, data: str | Path | Table, out_dir: str | Path, mode: 
                     continue
                 chunk = chunk.subset(select[lo:hi] - offset)
             scored = score_chunk(model, tokenizer, template, chunk, batch_size, mode, state, advance, rule,
-                                 max_tokens=run.max_tokens)
+                                 max_tokens=run.max_tokens, known=known)
             if fh is None:  # not the main process
                 continue
             frame = pd.DataFrame({"ID": chunk.ids.tolist(), "truth": chunk.labels.tolist(),

@@ -121,9 +121,10 @@ def predict_file(run: Run, data: str | Path, out: str | Path, with_proba: bool =
             fh = open_atomic(stack, out)
             advance = stack.enter_context(progress_bar(checked.rows, "grading", console)) if progress is None \
                 else _counter(progress, checked.rows)
+        known: dict = {}  # prompts scored in earlier chunks: each distinct prompt of the file is scored once
         for _, chunk in stream.chunks():
             scored = score_chunk(model, tokenizer, template, chunk, batch_size, state=state, progress=advance,
-                                 rule=rule, max_tokens=run.max_tokens)
+                                 rule=rule, max_tokens=run.max_tokens, known=known)
             if fh is None:  # not the main process: its share went to the main process
                 continue
             # a spreadsheet must not run an ID such as =HYPERLINK(...) as a formula (korllama.csvsafe)
@@ -174,7 +175,7 @@ class Scored:
 
 
 def score_chunk(model, tokenizer, template, table, batch_size: int, mode: str = "score", state=None,
-                progress=None, rule=None, max_tokens: int | None = None) -> Scored | None:
+                progress=None, rule=None, max_tokens: int | None = None, known: dict | None = None) -> Scored | None:
     """Rank-score (or generate for) one chunk; labels by argmax, or by `rule` (a korllama.decision.DecisionRule).
     With several processes each scores a contiguous share of the rows
     (accelerate's split_between_processes) and the shares are gathered to the main process in rank order, that is
@@ -192,8 +193,8 @@ def score_chunk(model, tokenizer, template, table, batch_size: int, mode: str = 
         refuse_long_prompts(encoded, max_tokens, part)
     each_batch = progress if not many else None
     if mode == "score":
-        proba = (score(model, tokenizer, None, classes, batch_size, progress=each_batch, encoded=encoded)
-                 if prompts else np.zeros((0, len(classes))))
+        proba = (score(model, tokenizer, None, classes, batch_size, progress=each_batch, encoded=encoded,
+                       known=known) if prompts else np.zeros((0, len(classes))))
         result = Scored(rule.apply(proba) if rule is not None else predict_labels(proba, classes), proba)
     else:
         pred, texts = generate(model, tokenizer, None, classes, batch_size, progress=each_batch,

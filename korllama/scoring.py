@@ -127,6 +127,9 @@ def left_padded_batches(encoded: list[list[int]], batch_size: int, pad_id: int):
         yield rows, ids, mask
 
 
+KNOWN_LIMIT = 200_000  # prompts remembered across a file's chunks (about 100 MB of token ids and probabilities)
+
+
 def distinct_rows(encoded: list[list[int]]) -> tuple[list[list[int]], np.ndarray]:
     """(the distinct token sequences in first-seen order, each row's index among them)."""
     index: dict[tuple[int, ...], int] = {}
@@ -138,10 +141,13 @@ def distinct_rows(encoded: list[list[int]]) -> tuple[list[list[int]], np.ndarray
 
 @torch.inference_mode()
 def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch_size: int = 32,
-          progress=None, encoded: list[list[int]] | None = None, once: bool = True) -> np.ndarray:
+          progress=None, encoded: list[list[int]] | None = None, once: bool = True,
+          known: dict | None = None) -> np.ndarray:
     """(rows, classes) probabilities of each label as the prompt's answer, each distinct prompt scored once.
     `progress(n)` is told rows done. A caller that already tokenised the prompts (`encode_prompts`) passes
-    `encoded` instead of `prompts`. `once=False` scores every row (the plain path the tests compare with)."""
+    `encoded` instead of `prompts`. `once=False` scores every row (the plain path the tests compare with).
+    `known`: probabilities of prompts scored before (token ids -> row), read and filled here: a file graded in
+    chunks scores a prompt its earlier chunks had once (up to KNOWN_LIMIT prompts, then it starts again)."""
     labels = label_tokens(tokenizer, classes)
     encoded = encode_prompts(tokenizer, prompts) if encoded is None else encoded
     # Each distinct prompt once: a rendered prompt is deterministic text, so equal token ids give equal
@@ -153,14 +159,27 @@ def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch
     was_training = model.training
     model.eval()
     out = np.zeros((len(distinct), len(classes)), dtype=np.float64)
+    todo = np.arange(len(distinct))
+    if known is not None and once:
+        seen = np.array([tuple(ids) in known for ids in distinct], dtype=bool)
+        for i in np.flatnonzero(seen):
+            out[i] = known[tuple(distinct[i])]
+        if progress is not None and seen.any():
+            progress(int(copies[seen].sum()))
+        todo = np.flatnonzero(~seen)
     try:
-        for rows, ids, mask in left_padded_batches(distinct, batch_size, pad_id_of(tokenizer)):
+        for rows, ids, mask in left_padded_batches([distinct[i] for i in todo], batch_size, pad_id_of(tokenizer)):
+            rows = todo[rows]
             out[rows] = _score_batch(model, labels, ids.to(device), mask.to(device)).cpu().numpy()
             if progress is not None:
                 progress(int(copies[rows].sum()))
     finally:
         if was_training:
             model.train()
+    if known is not None and once:
+        if len(known) + len(todo) > KNOWN_LIMIT:
+            known.clear()
+        known.update((tuple(distinct[i]), out[i].copy()) for i in todo)
     out = out[where]
     broken = int((~np.isfinite(out).all(axis=1)).sum())
     if broken:  # NaN grades as the first label under argmax: never let such a probability out

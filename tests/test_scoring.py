@@ -182,3 +182,23 @@ def test_each_distinct_prompt_is_scored_once_with_the_plain_paths_probabilities(
     assert np.abs(once - plain).max() <= 1e-6
     assert list(predict_labels(once, CLASSES)) == list(predict_labels(plain, CLASSES))
     assert np.abs(once - once.mean(axis=0)).max() > 1e-4  # the rows differ: a constant answer would pass trivially
+
+
+def test_prompts_known_from_earlier_chunks_are_not_scored_again(loaded, monkeypatch):
+    """predict and evaluate grade a file in chunks and pass one `known` memory: a prompt of an earlier chunk is not
+    forwarded again, and its rows get the probabilities it had."""
+    import korllama.scoring as scoring
+
+    model, tokenizer, _ = loaded
+    prompts = render(synthetic_table(200, seed=12), "compact", ["term", "payments_made"])
+    first, second = prompts[:100], prompts[100:]
+    forwarded = []
+    batch = scoring._score_batch
+    monkeypatch.setattr(scoring, "_score_batch", lambda m, lab, ids, mask: forwarded.append(len(ids)) or
+                        batch(m, lab, ids, mask))
+    known: dict = {}
+    a = score(model, tokenizer, first, CLASSES, known=known)
+    b = score(model, tokenizer, second, CLASSES, known=known)
+    assert sum(forwarded) == len(set(prompts)) < len(set(first)) + len(set(second))
+    whole = score(model, tokenizer, prompts, CLASSES, once=False)
+    assert np.abs(np.vstack([a, b]) - whole).max() <= 1e-6

@@ -45,12 +45,14 @@ def main() -> None:
                                                                      "200; with --config, all)")
     parser.add_argument("--stage-lr", type=float, default=stage.lr)
     parser.add_argument("--stage-steps", type=int, default=stage.steps)
+    parser.add_argument("--stage-batch", type=int, default=stage.batch_size)
     parser.add_argument("--stage-warmup", type=int, default=None, help="(default: a tenth of the steps)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs in this folder (run-SEED)")
     parser.add_argument("overrides", nargs="*", help="with --config: key=value overrides")
     args = parser.parse_args()
-    stage = replace(stage, lr=args.stage_lr, steps=args.stage_steps, warmup_steps=args.stage_warmup)
+    stage = replace(stage, lr=args.stage_lr, steps=args.stage_steps, warmup_steps=args.stage_warmup,
+                    batch_size=args.stage_batch)
     score_rows = args.score_rows if args.score_rows is not None or args.config else stage.score_rows
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,6 +72,7 @@ def main() -> None:
             after = evaluate_run(tuned, tuned.training_table(), Path(tmp) / f"eval-{seed}", held_out=True,
                                  limit=score_rows, system=f"seed {seed}")
             row = {"recipe": what, "lr": config.train.lr, "steps": summary["global_step"],
+                   "batch": config.train.batch_size,
                    "warmup": config.train.warmup_steps, "seed": seed, "macro_f1": after["macro_f1"],
                    "accuracy": after["accuracy"], "rows": after["n"], "train_loss": summary["train_loss"],
                    "threads": summary["threads"], "cpu_s": time.process_time() - cpu,

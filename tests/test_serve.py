@@ -478,3 +478,18 @@ def test_the_service_applies_the_decision_rule_when_asked(run_dir):
     assert {a["decision"] for a in answers} == {"macro-f1"}
     with pytest.raises(KorllamaError, match="--decision must be one of"):
         create_app(Run.load(run_dir), decision="best")
+
+
+def test_health_says_when_the_served_run_was_trained_again(run_dir, tmp_path):
+    """`train --overwrite` or `--resume` under a running service: it keeps the weights it loaded, and says so."""
+    import shutil
+
+    from korllama.run import Run
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    with TestClient(create_app(Run.load(run)), base_url="http://localhost") as served:
+        assert served.get("/health").json()["stale"] is False
+        record = run / "weights.json"
+        record.write_text(record.read_text("utf-8").replace("{", "{ ", 1), "utf-8")  # what a new training rewrites
+        health = served.get("/health").json()
+        assert health["stale"] is True and "restart it" in health["notice"]

@@ -60,6 +60,7 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
         raise KorllamaError("max_batch, max_body_bytes and max_applicants must be at least 1 and max_wait_ms at "
                             "least 0.")
     run_dir = run.root
+    served_state = _run_state(run)  # what the loaded weights were: a retrained run is noticed, not hidden
     rule = run.rule(decision)
     model, tokenizer, config = run.model, run.tokenizer, run.config  # safetensors only, for every command
     spec, template, classes = run.spec, run.template, run.classes
@@ -156,8 +157,13 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
 
     @app.get("/health")
     async def health() -> dict:
-        """Liveness and what is being served: the model, the run, the labels, the template, batching counters."""
-        return {"status": "ok", "model": config.model.base, "run": run_dir.name, "labels": classes,
+        """Liveness and what is being served: the model, the run, the labels, the template, batching counters; and
+        whether the run on disk was trained again since it was loaded (`stale`: restart the service to serve it)."""
+        stale = _run_state(run) != served_state
+        notice = {"stale": stale} | ({"notice": f"{run_dir.name} was trained again since this service loaded it; "
+                                                "it still serves the weights it loaded: restart it to serve the new "
+                                                "ones."} if stale else {})
+        return {"status": "ok", "model": config.model.base, "run": run_dir.name, **notice, "labels": classes,
                 "template": template.name, "decision": decision, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                 "max_applicants": max_applicants, "auth": bool(token), **grader.stats}
 
@@ -198,3 +204,12 @@ def static_html(path) -> Callable:
     async def serve() -> HTMLResponse:
         return HTMLResponse(html)
     return serve
+
+
+def _run_state(run) -> str | None:
+    """The run's record of its weights (weights.json, rewritten by every training): changed means retrained."""
+    record = run.dir.weights_record if run.dir is not None else None
+    try:
+        return record.read_text("utf-8") if record is not None else None
+    except OSError:
+        return "gone"

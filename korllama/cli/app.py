@@ -92,8 +92,9 @@ DecisionOption = Annotated[Decision, typer.Option(
                        "metric).")]
 
 OverwriteOption = Annotated[bool, typer.Option(
-    "--overwrite", help="Replace an existing --out of this command's own kind (never a run, a folder of other "
-                        "files, a device or a FIFO). Without it an existing output is refused.")]
+    "--overwrite", help="Replace an existing --out of this command's own kind, only after the new work succeeded and "
+                        "only files korllama wrote there (its .korllama-manifest.json): never a run, your own files, "
+                        "a device or a FIFO. Without it an existing output is refused.")]
 
 ChunkOption = Annotated[int | None, typer.Option(
     "--chunk-rows", min=1, help="Rows read, scored and written at a time (default 10,000): memory follows it, "

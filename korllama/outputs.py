@@ -72,7 +72,7 @@ def claim_dir(path: str | Path, overwrite: bool = False, *, owns: tuple[str, ...
         return path
     _refuse_run(path, option)
     hold(path, option)  # before the leftovers go: a live writer's temporary files are not leftovers
-    present = _entries(path, clean=True)
+    present = _entries(path, clean=(*owns, *(writes or ()), *owned(path)))
     if present and not present & set(owns):
         raise KorllamaError(f"{option} {path} is a folder of other files, not {what}; choose a new or empty "
                             f"{option} (korllama does not mix its files with others).")
@@ -174,15 +174,17 @@ MANIFEST = ".korllama-manifest.json"
 LEFTOVER = re.compile(r"^\.(korllama-check-.+|korllama-lock-.+|.+\.tmp)$")
 
 
-def _entries(folder: Path, clean: bool = False) -> set[str]:
-    """The names in `folder` but korllama's bookkeeping (the manifest) and leftovers; `clean` removes the files a
-    killed command left (hidden temporary files only korllama makes)."""
+def _entries(folder: Path, clean: tuple[str, ...] = ()) -> set[str]:
+    """The names in `folder` but korllama's bookkeeping (the manifest) and hidden temporary files; the temporary
+    files a killed korllama command left for one of the names `clean` (io.atomic_path's '.NAME.XXXXXXXX.tmp') are
+    removed. Any other hidden file is left alone: it may be the user's."""
+    ours = re.compile(rf"^\.({'|'.join(map(re.escape, clean))})\.[a-z0-9_]{{8}}\.tmp$") if clean else None
     names = set()
     for entry in folder.iterdir():
         if entry.name == MANIFEST:
             continue
         if LEFTOVER.match(entry.name):
-            if clean and entry.is_file() and not entry.name.startswith(".korllama-lock-"):
+            if ours is not None and ours.match(entry.name) and entry.is_file():
                 entry.unlink(missing_ok=True)
             continue
         names.add(entry.name)

@@ -133,8 +133,9 @@ def test_a_second_writer_of_the_same_output_is_one_sentence(cli, run_dir, tmp_pa
 def test_a_killed_commands_leftovers_are_cleaned_by_the_next(cli, run_dir, loan_csv, tmp_path):
     out = tmp_path / "ev"
     out.mkdir()
-    for name in (".metrics.json.k3j2h1.tmp", ".predictions.csv.a8b7c6.tmp"):  # what kill -9 of evaluate leaves
+    for name in (".metrics.json.k3j2h1x_.tmp", ".predictions.csv.a8b7c6d5.tmp"):  # what kill -9 of evaluate leaves
         (out / name).write_text("half")
+    (out / ".draft.tmp").write_text("the user's own hidden file")  # not korllama's: never deleted
     code, _, err = cli("evaluate", run_dir, "--data", loan_csv, "--out", out, "--limit", "10")
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "metrics.json", "predictions.csv"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, ".draft.tmp", "metrics.json", "predictions.csv"])

@@ -173,21 +173,23 @@ class Jobs:
         if job.status == "cancelled":
             return
         job.status = "checking"
+        status, error = "done", None
         try:
             job.result = predict_file(self.run, job.path, job.out, with_proba=job.proba,
                                       batch_size=self.batch_size, decision=self.decision, progress=progress)
-            job.status = "done"
         except Cancelled:
             shutil.rmtree(job.folder, ignore_errors=True)
             return
         except KorllamaError as exc:  # the CLI's sentence; a path in it is the temporary folder's: not said
-            job.error, job.status = str(exc).replace(f"{job.folder}/", ""), "failed"
+            status, error = "failed", str(exc).replace(f"{job.folder}/", "")
         except Exception as exc:  # a bug: said on the page, the traceback in the service's log
             traceback.print_exc()
-            job.error, job.status = f"grading failed unexpectedly ({type(exc).__name__}: {exc})", "failed"
+            status, error = "failed", f"grading failed unexpectedly ({type(exc).__name__}: {exc})"
         finally:
             job.path.unlink(missing_ok=True)  # what the applicant sent is not kept once graded
-        job.finished = time.monotonic()
-        job.bytes = job.out.stat().st_size if job.status == "done" else 0
-        if job.status == "failed":
+        if status == "failed":
             shutil.rmtree(job.folder, ignore_errors=True)
+        job.finished = time.monotonic()
+        job.bytes = job.out.stat().st_size if status == "done" else 0
+        # said last, once its files are as they will stay: a client that sees "done" or "failed" sees them so
+        job.error, job.status = error, status

@@ -20,9 +20,7 @@ def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
         column = out[name]
         if not (pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)):
             continue
-        values = column.to_numpy(dtype=object, copy=True)
-        formula = [isinstance(v, str) and v.startswith(FORMULA_STARTS) for v in values]
-        if any(formula):
-            values[formula] = ["'" + v for v in values[formula]]
-            out[name] = pd.Series(values, index=column.index, dtype=column.dtype)
+        formula = column.str.startswith(FORMULA_STARTS, na=False).astype(bool)  # non-strings: False
+        if formula.any():
+            out[name] = column.mask(formula, "'" + column[formula].astype(str))
     return out

@@ -254,11 +254,10 @@ def explain(proba_fn: ProbaFn, table: Table, fields: list[str], references: dict
 # --- the systems: an LLM run (rank scoring) and the tree baseline --------------------------------------------------
 
 def llm_proba_fn(model, tokenizer, template, classes: list[str], batch_size: int = 32) -> ProbaFn:
-    """proba_fn of a language model: render the prompts, score each distinct prompt once (korllama.scoring)."""
+    """proba_fn of a language model: render the prompts and score them (korllama.scoring scores each distinct
+    prompt once, so the variants that repeat a text cost nothing more)."""
     def proba(table: Table) -> np.ndarray:
-        prompts = template.render(table)
-        codes, unique = pd.factorize(pd.Series(prompts, dtype=object))
-        return score(model, tokenizer, list(unique), classes, batch_size)[codes]
+        return score(model, tokenizer, template.render(table), classes, batch_size)
 
     return proba
 

@@ -188,13 +188,17 @@ def score_chunk(model, tokenizer, template, table, batch_size: int, mode: str = 
     else:
         part = table
     prompts = template.render(part) if len(part) else []
-    encoded = encode_prompts(tokenizer, prompts) if prompts else []
+    # each distinct text tokenised once (the loan prompts repeat: 1,324 distinct in test.csv's 64,197 rows)
+    codes, unique_texts = pd.factorize(pd.Series(prompts, dtype=object))
+    distinct = encode_prompts(tokenizer, list(unique_texts)) if prompts else []
+    encoded = [distinct[c] for c in codes]  # each row's token ids (shared lists, not copies)
     if max_tokens is not None:  # a prompt longer than the model reads is refused, as the service does
         refuse_long_prompts(encoded, max_tokens, part)
     each_batch = progress if not many else None
     if mode == "score":
-        proba = (score(model, tokenizer, None, classes, batch_size, progress=each_batch, encoded=encoded,
-                       known=known) if prompts else np.zeros((0, len(classes))))
+        proba = (score(model, tokenizer, None, classes, batch_size, progress=each_batch, encoded=distinct,
+                       known=known, copies=np.bincount(codes, minlength=len(unique_texts)))[codes]
+                 if prompts else np.zeros((0, len(classes))))
         result = Scored(rule.apply(proba) if rule is not None else predict_labels(proba, classes), proba)
     else:
         pred, texts = generate(model, tokenizer, None, classes, batch_size, progress=each_batch,

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from korllama.errors import DataError, KorllamaError, quote
@@ -142,19 +143,25 @@ def distinct_rows(encoded: list[list[int]]) -> tuple[list[list[int]], np.ndarray
 @torch.inference_mode()
 def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch_size: int = 32,
           progress=None, encoded: list[list[int]] | None = None, once: bool = True,
-          known: dict | None = None) -> np.ndarray:
+          known: dict | None = None, copies: np.ndarray | None = None) -> np.ndarray:
     """(rows, classes) probabilities of each label as the prompt's answer, each distinct prompt scored once.
     `progress(n)` is told rows done. A caller that already tokenised the prompts (`encode_prompts`) passes
     `encoded` instead of `prompts`. `once=False` scores every row (the plain path the tests compare with).
     `known`: probabilities of prompts scored before (token ids -> row), read and filled here: a file graded in
-    chunks scores a prompt its earlier chunks had once (up to KNOWN_LIMIT prompts, then it starts again)."""
+    chunks scores a prompt its earlier chunks had once (up to KNOWN_LIMIT prompts, then it starts again).
+    `copies`: how many rows each of `encoded` stands for (the progress bar counts rows), when a caller deduplicated."""
     labels = label_tokens(tokenizer, classes)
+    if encoded is None and once and prompts:  # equal texts are equal tokens: tokenise each distinct text once
+        codes, texts = pd.factorize(pd.Series(prompts, dtype=object))
+        return score(model, tokenizer, None, classes, batch_size, progress, encode_prompts(tokenizer, list(texts)),
+                     once, known, copies=np.bincount(codes, minlength=len(texts)))[codes]
     encoded = encode_prompts(tokenizer, prompts) if encoded is None else encoded
     # Each distinct prompt once: a rendered prompt is deterministic text, so equal token ids give equal
     # probabilities (up to the float rounding of another batch), and the loan table's prompts repeat (1,303
     # distinct in 61,628 training rows). `copies[i]` counts the rows of distinct prompt i, for the progress bar.
     distinct, where = distinct_rows(encoded) if once else (encoded, np.arange(len(encoded)))
-    copies = np.bincount(where, minlength=len(distinct))
+    weight = np.ones(len(encoded), dtype=np.int64) if copies is None else copies  # rows behind each encoded row
+    copies = np.bincount(where, weights=weight, minlength=len(distinct)).astype(np.int64)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

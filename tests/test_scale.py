@@ -314,7 +314,8 @@ def test_memory_does_not_grow_with_the_table(run_dir, tmp_path, monkeypatch):
     import korllama.predict as predict
     from korllama.scoring import encode_prompts
 
-    def uniform(model, tokenizer, prompts, classes, batch_size=32, progress=None, encoded=None, known=None):
+    def uniform(model, tokenizer, prompts, classes, batch_size=32, progress=None, encoded=None, known=None,
+                copies=None):
         rows = encoded if encoded is not None else encode_prompts(tokenizer, prompts)
         return np.full((len(rows), len(classes)), 1 / len(classes))
 

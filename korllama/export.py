@@ -200,7 +200,8 @@ def model_card(record: dict, name: str) -> str:
     shown = ""
     if example:
         probabilities = ", ".join(f"{k} {v:.4f}" for k, v in example["probabilities"].items())
-        shown = (f"\nThe first example in korllama.json, as the run scored it: {probabilities}. Score it with your "
+        scorer = "this folder scores it" if record.get("quantisation") else "the run scored it"
+        shown = (f"\nThe first example in korllama.json, as {scorer}: {probabilities}. Score it with your "
                  "stack and compare, to check tokenisation and template.\n")
     quantised = ""
     if record.get("quantisation") and record["check"]["rows"]:

@@ -1,13 +1,16 @@
 """Rank scoring with and without the shared prefix (korllama.scoring, issue 27 item 3), on a real pretrained base.
 
     python benchmarks/shared_prefix.py [--base smollm2-135m] [--rows 64] [--batch-size 32] \
-        [--templates seed compact compact:term,schedule_rate] [--labels 우수 보통 미흡]
+        [--templates seed compact compact:term,schedule_rate instructed:compact:term,schedule_rate] \
+        [--labels 우수 보통 미흡]
 
 For each template: the same distinct prompts of the real loan table (../shared/data/dacon-loan/train.csv), the base
 model as converted (its probabilities need no training to be compared), scored by score(shared_prefix=False) (every
 prompt whole) and score(shared_prefix=True) (the common token prefix run once, its KV cache reused), each timed
 after a warm-up on the same rows, alternated, the fastest of --repeats runs each. Prints prompt tokens, the common prefix, rows/s both ways, the speed-up, the max
 |dP| and whether the argmax labels agree; with --labels, the same for those multi-token labels.
+`instructed:TEMPLATE` puts the seed template's instruction paragraph (its text before "###Condition") before each
+of TEMPLATE's prompts: a long instruction and a short row, the case the shared prefix is for.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--templates", nargs="+", default=["seed", "compact", "compact:term,schedule_rate"])
+    parser.add_argument("--templates", nargs="+", default=["seed", "compact", "compact:term,schedule_rate",
+                                                             "instructed:compact:term,schedule_rate"])
     parser.add_argument("--labels", nargs="*", default=[])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -57,9 +61,13 @@ def main() -> None:
     table = read_table(args.data, spec)
     print(f"{args.base}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}")
     for entry in args.templates:
-        name, _, fields = entry.partition(":")
+        instructed = entry.startswith("instructed:")
+        name, _, fields = entry.removeprefix("instructed:").partition(":")
         template = get_template(spec, name, fields.split(",") if fields else None)
         prompts = list(dict.fromkeys(template.render(table.sample(20 * args.rows, seed=0))))[:args.rows]
+        if instructed:
+            instruction = get_template(spec, "seed").text.split("###Condition")[0]
+            prompts = [instruction + p for p in prompts]
         encoded = encode_prompts(tokenizer, prompts)
         shared = common_prefix(encoded)
         mean = np.mean([len(e) for e in encoded])

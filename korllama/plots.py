@@ -40,19 +40,19 @@ def plot_train_curve(log_history: list[dict], path: str | Path | None = None) ->
     return _save(fig, path)
 
 
-def plot_confusions(evals: list[dict], path: str | Path | None = None) -> Path | bytes:
+def plot_confusions(evals: list, path: str | Path | None = None) -> Path | bytes:
     """One row-normalised confusion heatmap per system (rows = truth), counts written in the cells."""
     fig, axes = plt.subplots(1, len(evals), figsize=(4.2 * len(evals), 4.2), dpi=DPI, squeeze=False)
     for ax, e in zip(axes[0], evals):
-        counts = np.asarray(e["confusion"], dtype=float)
+        counts = np.asarray(e.confusion, dtype=float)
         share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-        classes = e["classes"]
+        classes = e.classes
         ax.set_xticks(range(len(classes)), classes)
         ax.set_yticks(range(len(classes)), classes)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{e['system']}\nmacro-F1 {e['macro_f1']:.3f}", fontsize=10)
+        ax.set_title(f"{e.system}\nmacro-F1 {e.macro_f1:.3f}", fontsize=10)
         for i in range(len(classes)):
             for j in range(len(classes)):
                 if counts[i, j]:
@@ -61,14 +61,14 @@ def plot_confusions(evals: list[dict], path: str | Path | None = None) -> Path |
     return _save(fig, path)
 
 
-def plot_per_class_f1(evals: list[dict], path: str | Path | None = None) -> Path | bytes:
+def plot_per_class_f1(evals: list, path: str | Path | None = None) -> Path | bytes:
     """Per-grade F1 bars, systems side by side."""
-    classes = evals[0]["classes"]
+    classes = evals[0].classes
     width = 0.8 / len(evals)
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(classes) + 1), 4), dpi=DPI)
     for k, e in enumerate(evals):
         ax.bar(np.arange(len(classes)) + (k - (len(evals) - 1) / 2) * width,
-               [e["per_class"][c]["f1"] for c in classes], width, label=e["system"], color=f"C{k}")
+               [e.per_class[c].f1 for c in classes], width, label=e.system, color=f"C{k}")
     ax.set_xticks(range(len(classes)), classes)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("F1")
@@ -79,19 +79,19 @@ def plot_per_class_f1(evals: list[dict], path: str | Path | None = None) -> Path
     return _save(fig, path)
 
 
-def plot_reliability(evals: list[dict], path: str | Path | None = None) -> Path | bytes | None:
+def plot_reliability(evals: list, path: str | Path | None = None) -> Path | bytes | None:
     """Top-grade confidence vs accuracy for the systems that gave probabilities (perfect calibration = diagonal)."""
-    if not any(e.get("calibration") for e in evals):
+    if not any(e.calibration for e in evals):
         return None
     fig, ax = plt.subplots(figsize=(5, 5), dpi=DPI)
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
     for k, e in enumerate(evals):  # colour k as in the other plots; systems without probabilities are skipped
-        cal = e.get("calibration")
+        cal = e.calibration
         if not cal:
             continue
-        pts = [(c, a, n) for c, a, n in zip(cal["confidence"], cal["accuracy"], cal["count"]) if c is not None]
+        pts = [(c, a, n) for c, a, n in zip(cal.confidence, cal.accuracy, cal.count) if c is not None]
         conf, acc, count = zip(*pts)
-        ax.plot(conf, acc, "-", color=f"C{k}", label=f"{e['system']} (ECE {cal['ece']:.3f})")
+        ax.plot(conf, acc, "-", color=f"C{k}", label=f"{e.system} (ECE {cal.ece:.3f})")
         # marker area follows the rows in the bin: a bin of three rows should not look like a bin of three thousand
         ax.scatter(conf, acc, s=[8 + 120 * (n / max(count)) for n in count], color=f"C{k}", zorder=3)
     ax.set_xlim(0, 1)

@@ -1,5 +1,5 @@
-"""Predict labels with a run (korllama.run.Run): grade a file (`predict_file`, rank scoring from korllama.scoring),
-or generate the original project's way (`generate`: its sampling settings and its parser).
+"""Predict labels with a system (korllama.system: an LLM run or the trees): grade a file (`predict_file`), or
+generate the original project's way (`generate`: its sampling settings and its parser).
 
 Files stream (korllama.data.stream.TableChunks): checked whole first, then read, scored and written a chunk at a
 time, so memory does not grow with the table; under `accelerate launch --num_processes N` every chunk's rows are
@@ -24,20 +24,14 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from transformers import GenerationConfig
 
+from korllama.choices import Mode
 from korllama.csvsafe import neutralise_formulas
 from korllama.data.stream import CHUNK_ROWS, TableChunks
 from korllama.errors import KorllamaError
 from korllama.io import atomic_path
 from korllama.outputs import claim_file
-from korllama.run import Run
-from korllama.scoring import (
-    encode_prompts,
-    left_padded_batches,
-    pad_id_of,
-    predict_labels,
-    refuse_long_prompts,
-    score,
-)
+from korllama.scoring import encode_prompts, left_padded_batches, pad_id_of, predict_labels
+from korllama.system import System
 from korllama.ui import progress_bar
 
 # --- generation, the original's way ------------------------------------------------------------------------------
@@ -89,10 +83,10 @@ def generate(model, tokenizer, prompts: list[str] | None, classes: list[str], ba
     return [parse_grade(t, classes) for t in texts], texts
 
 
-def predict_file(run: Run, data: str | Path, out: str | Path, with_proba: bool = False, batch_size: int = 32,
+def predict_file(system: System, data: str | Path, out: str | Path, with_proba: bool = False, batch_size: int = 32,
                  console=None, chunk_rows: int | None = None, decision: str = "argmax", progress=None) -> dict:
     """Grade every row of a table and write the competition's format: `ID,<label header>` in input order; labels
-    by argmax of the probabilities, or by the run's macro-F1 decision rule (`decision="macro-f1"`).
+    by argmax of the probabilities, or by the system's macro-F1 decision rule (`decision="macro-f1"`).
 
     The table streams (`TableChunks`): read, scored and written `chunk_rows` rows at a time into a temporary file
     beside `out` that becomes `out` only at the end, so memory does not grow with the table and `out` never holds a
@@ -101,17 +95,17 @@ def predict_file(run: Run, data: str | Path, out: str | Path, with_proba: bool =
     the main process writes them in input order; the other processes return {}.
 
     `progress(done, total)`: told the rows graded, instead of the console's progress bar (the service's page
-    grades uploads with the Run it serves, and polls this).
+    grades uploads with the system it serves, and polls this).
     """
     state = process_state()
     out = Path(out)
     given = (data,) if isinstance(data, str | Path) else ()
     claim_file(out, overwrite=True, inputs=given)  # the one output rule; a library caller may replace its own file
-    rule = run.rule(decision)
-    model, tokenizer, template = run.model, run.tokenizer, run.template
-    stream = TableChunks(data, run.spec, chunk_rows or CHUNK_ROWS)
+    rule = system.rule(decision)
+    _ = system.model  # loaded, its checksums checked, before a file or a progress bar is opened
+    stream = TableChunks(data, system.spec, chunk_rows or CHUNK_ROWS)
     checked = stream.check(warn=state.is_main_process)
-    spec, classes = run.spec, run.classes
+    spec, classes = system.spec, system.classes
     counts = dict.fromkeys(classes, 0)
     started = time.perf_counter()
     with ExitStack() as stack:
@@ -123,8 +117,7 @@ def predict_file(run: Run, data: str | Path, out: str | Path, with_proba: bool =
                 else _counter(progress, checked.rows)
         known: dict = {}  # prompts scored in earlier chunks: each distinct prompt of the file is scored once
         for _, chunk in stream.chunks():
-            scored = score_chunk(model, tokenizer, template, chunk, batch_size, state=state, progress=advance,
-                                 rule=rule, max_tokens=run.max_tokens, known=known)
+            scored = score_chunk(system, chunk, batch_size, state=state, progress=advance, rule=rule, known=known)
             if fh is None:  # not the main process: its share went to the main process
                 continue
             # a spreadsheet must not run an ID such as =HYPERLINK(...) as a formula (korllama.csvsafe)
@@ -174,10 +167,10 @@ class Scored:
     texts: list[str] | None = None
 
 
-def score_chunk(model, tokenizer, template, table, batch_size: int, mode: str = "score", state=None,
-                progress=None, rule=None, max_tokens: int | None = None, known: dict | None = None) -> Scored | None:
-    """Rank-score (or generate for) one chunk; labels by argmax, or by `rule` (a korllama.decision.DecisionRule).
-    With several processes each scores a contiguous share of the rows
+def score_chunk(system, table, batch_size: int, mode: str = "score", state=None, progress=None, rule=None,
+                known: dict | None = None) -> Scored | None:
+    """Score (or, for an LLM, generate for) one chunk with `system` (korllama.system.System); labels by argmax, or
+    by `rule` (a korllama.decision.DecisionRule). With several processes each scores a contiguous share of the rows
     (accelerate's split_between_processes) and the shares are gathered to the main process in rank order, that is
     in input order; the other processes get None. `progress(n)` is told rows done, on the main process."""
     classes = table.spec.label.classes
@@ -187,23 +180,15 @@ def score_chunk(model, tokenizer, template, table, batch_size: int, mode: str = 
             part = table.subset(mine)
     else:
         part = table
-    prompts = template.render(part) if len(part) else []
-    # each distinct text tokenised once (the loan prompts repeat: 1,324 distinct in test.csv's 64,197 rows)
-    codes, unique_texts = pd.factorize(pd.Series(prompts, dtype=object))
-    distinct = encode_prompts(tokenizer, list(unique_texts)) if prompts else []
-    encoded = [distinct[c] for c in codes]  # each row's token ids (shared lists, not copies)
-    if max_tokens is not None:  # a prompt longer than the model reads is refused, as the service does
-        refuse_long_prompts(encoded, max_tokens, part)
     each_batch = progress if not many else None
-    if mode == "score":
-        proba = (score(model, tokenizer, None, classes, batch_size, progress=each_batch, encoded=distinct,
-                       known=known, copies=np.bincount(codes, minlength=len(unique_texts)))[codes]
-                 if prompts else np.zeros((0, len(classes))))
-        result = Scored(rule.apply(proba) if rule is not None else predict_labels(proba, classes), proba)
-    else:
-        pred, texts = generate(model, tokenizer, None, classes, batch_size, progress=each_batch,
-                               encoded=encoded) if prompts else ([], [])
+    if mode == Mode.GENERATE:
+        codes, distinct = system.encode(part)
+        pred, texts = generate(system.model, system.tokenizer, None, classes, batch_size, progress=each_batch,
+                               encoded=[distinct[c] for c in codes]) if len(part) else ([], [])
         result = Scored(np.asarray(pred, dtype=object), None, texts)
+    else:
+        proba = system.predict_proba(part, batch_size, progress=each_batch, known=known)
+        result = Scored(rule.apply(proba) if rule is not None else predict_labels(proba, classes), proba)
     if not many:
         return result
     parts = gather_object([result])  # one per process, in process order
@@ -211,9 +196,10 @@ def score_chunk(model, tokenizer, template, table, batch_size: int, mode: str = 
         return None
     if progress is not None:
         progress(len(table))
+    generated = mode == Mode.GENERATE
     return Scored(np.concatenate([p.pred for p in parts]),
-                  None if mode != "score" else np.concatenate([p.proba for p in parts]),
-                  None if mode == "score" else [t for p in parts for t in p.texts])
+                  None if generated else np.concatenate([p.proba for p in parts]),
+                  [t for p in parts for t in p.texts] if generated else None)
 
 
 def open_atomic(stack, target: Path):

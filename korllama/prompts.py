@@ -50,6 +50,19 @@ class Template:
         return out.tolist()
 
 
+def known_fields(spec: TableSpec) -> list[str]:
+    """Every column and derived feature of the spec (what the tree baseline reads)."""
+    return [c.alias for c in spec.columns] + [d.alias for d in spec.derived]
+
+
+def carried_fields(template: Template, spec: TableSpec) -> list[str]:
+    """The spec's columns and derived features a prompt template shows, in the order they first appear: what an LLM
+    grading with it reads."""
+    known = set(known_fields(spec))
+    found = [field for _, field, _, _ in string.Formatter().parse(template.text) if field in known]
+    return list(dict.fromkeys(found))
+
+
 def answer(label: str) -> str:
     """The completion the model is taught to write after the prompt (EOS is added when tokenising)."""
     return ANSWER_PREFIX + label

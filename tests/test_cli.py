@@ -212,7 +212,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, c
 
 
 def test_compare_into_a_folder_writes_no_plots(tmp_path, cli):
-    from korllama.evaluate import metrics, write_evaluation
+    from korllama.evaluation import metrics, write_evaluation
 
     for name in ("a", "b"):
         write_evaluation(tmp_path / name, metrics(list("AB"), list("AB"), list("AB")), ["1", "2"], list("AB"),
@@ -281,8 +281,9 @@ def test_ctrl_c_after_a_file_was_written_names_it(tmp_path, cli, monkeypatch):
     code, _, err = cli("baseline", "--train", tmp_path / "t.csv", "--budget", "0", "--out", tmp_path / "b")
     assert code == 130
     last = " ".join(err.split()).split(" interrupted; ")[-1]  # after the search's progress lines
-    assert last == (f"already written: {tmp_path / 'b' / 'metrics.json'}, {tmp_path / 'b' / 'predictions.csv'} "
-                    "(nothing else)")
+    assert last.startswith(f"already written: {tmp_path / 'b' / 'metrics.json'}, {tmp_path / 'b' / 'predictions.csv'}")
+    assert last.endswith("(nothing else)") and str(tmp_path / "b" / "trees" / "part-0.txt") in last
+    assert "trees.json" not in last  # written last: an interrupted baseline is no system a command would take
 
 
 def test_output_to_a_file_or_pipe_is_not_wrapped(tmp_path, cli):

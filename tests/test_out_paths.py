@@ -188,13 +188,15 @@ def test_baseline_never_writes_into_a_run(scene, tripwires, cli):
 def test_explain_refuses_another_system_s_evaluation_folder(scene, tripwires, cli, tmp_path):
     evaluation = tmp_path / "eval-a"
     evaluation.mkdir()
-    (evaluation / "metrics.json").write_text(json.dumps({"system": "run-a", "mode": "score", "run": "/runs/a",
-                                                         "base": None}), "utf-8")
+    from korllama.evaluation import metrics
+
+    other = metrics(list("AB"), list("AB"), list("ABCDEFG")).model_copy(update={"system": "run-a", "run": "/runs/a"})
+    (evaluation / "metrics.json").write_text(other.text(), "utf-8")
     code, _, err = cli("explain", scene.run, "--data", scene.csv, "--out", evaluation)
     assert code == 2 and "holds the evaluation of run-a" in err, err
     assert sorted(p.name for p in evaluation.iterdir()) == ["metrics.json"]
     code, _, err = cli("explain", scene.run, "--baseline", "--data", scene.csv, "--out", evaluation)
-    assert code == 2 and "tree baseline" in err, err
+    assert code == 2 and "--baseline is gone" in err and "korllama baseline" in err, err
 
 
 def test_an_evaluation_replaced_takes_the_old_system_s_explanation_with_it(run_dir, tmp_path):

@@ -17,6 +17,7 @@ from fixtures import CLASSES, FIELDS, TINY, unlabelled_csv
 from korllama.errors import KorllamaError
 from korllama.predict import generate, parse_grade, seed_generation_config
 from korllama.prompts import render
+import korllama.run
 from korllama.run import Run
 from korllama.scoring import score
 from korllama.synth import synthetic_table
@@ -104,9 +105,8 @@ def test_generating_for_a_chunk_tokenises_its_prompts_once(run_dir, monkeypatch)
         calls.append(len(prompts))
         return scoring.encode_prompts(tokenizer, prompts)
 
-    monkeypatch.setattr(predict, "encode_prompts", counted)
-    scored = predict.score_chunk(run.model, run.tokenizer, run.template, chunk, 2, mode="generate",
-                                 max_tokens=run.max_tokens)
+    monkeypatch.setattr(korllama.run, "encode_prompts", counted)
+    scored = predict.score_chunk(run, chunk, 2, mode="generate")
     assert calls == [5]  # the length check and generation share one tokenisation
     expected = generate(run.model, run.tokenizer, run.template.render(chunk), CLASSES, batch_size=2)
     assert (list(scored.pred), scored.texts) == (expected[0], expected[1])

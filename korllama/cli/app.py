@@ -72,7 +72,8 @@ OverridesArg = Annotated[list[str] | None, typer.Argument(
     help="Config overrides as section.key=value, e.g. train.epochs=1 model.base=./my-llama", show_default=False)]
 
 
-RunArg = Annotated[Path | None, typer.Argument(help="A run directory made by `korllama train`.", show_default=False)]
+RunArg = Annotated[Path | None, typer.Argument(help="A run directory made by `korllama train`, or the trees' folder "
+                                                    "made by `korllama baseline`.", show_default=False)]
 BaseOption = Annotated[str | None, typer.Option(
     "--base", help="Score a bare base model instead (a folder or hub id): the 'before tuning' figures. With a "
                    "run, the run's prompt settings are used.")]
@@ -101,9 +102,11 @@ ChunkOption = Annotated[int | None, typer.Option(
                                 "not the table.")]
 
 
-def qwk(result: dict) -> str:
-    """'QWK 0.9123 ' for an ordinal label set; nothing for labels without an order."""
-    return f"QWK {result['qwk']:.4f} " if result.get("qwk") is not None else ""
+def figures(result) -> str:
+    """'macro-F1 0.9312, accuracy 0.9402, QWK 0.9123 on 1,000 rows' of an evaluation (korllama.evaluation); no QWK
+    for labels without an order."""
+    qwk = f", QWK {result.qwk:.4f}" if result.qwk is not None else ""
+    return f"macro-F1 {result.macro_f1:.4f}, accuracy {result.accuracy:.4f}{qwk} on {result.n:,} rows"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -21,7 +21,7 @@ from korllama.cli.app import (
     app,
     console,
     err_console,
-    qwk,
+    figures,
 )
 
 
@@ -53,9 +53,9 @@ def predict_cmd(
 
     claim_file(out, overwrite, inputs=(data,))  # before torch is even imported
     from korllama.predict import predict_file
-    from korllama.run import Run
+    from korllama.system import load_system
 
-    loaded = Run.load(run, base, allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
+    loaded = load_system(run, base, allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
     result = predict_file(loaded, data, out, proba, batch_size, console=err_console, chunk_rows=chunk_rows,
                           decision=decision)
     if not result:  # another process of `accelerate launch`: the main process writes the file and reports
@@ -71,8 +71,9 @@ def evaluate_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and predictions.csv: new or empty "
                                                     "(an evaluation is replaced with --overwrite, its folder's "
                                                     "explanation with it).")] = ...,
-    mode: Annotated[Mode, typer.Option("--mode", help="score (rank scoring, default) or generate (the original's "
-                                                      "sampling + parsing).")] = Mode.SCORE,
+    mode: Annotated[Mode, typer.Option("--mode", help="score: the system's own way (rank scoring for a run, the "
+                                                      "trees' probabilities for a baseline; default), or generate "
+                                                      "(a run: the original's sampling + parsing).")] = Mode.SCORE,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Score a seeded sample of N rows.")] = None,
     held_out: Annotated[bool, typer.Option("--held-out", help="Only the run's validation split of --data (the rows "
                                                               "its training never saw).")] = False,
@@ -93,29 +94,28 @@ def evaluate_cmd(
       korllama evaluate runs/dacon-tiny --data ... --held-out --mode generate --limit 200 --out runs/eval/generate
       accelerate launch --num_processes 8 -m korllama evaluate runs/big --data big.csv --out runs/eval/big
     """
-    from korllama.outputs import claim_evaluation
+    from korllama.evaluation import claim_evaluation
 
     claim_evaluation(out, overwrite)
     from korllama.evaluate import evaluate_run
-    from korllama.run import Run
+    from korllama.system import load_system
 
-    loaded = Run.load(run, base, allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
+    loaded = load_system(run, base, allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
     r = evaluate_run(loaded, data, out, mode=mode, limit=limit, held_out=held_out,
                      batch_size=batch_size, system=name, console=err_console, chunk_rows=chunk_rows, decision=decision)
     if not r:  # another process of `accelerate launch`: the main process writes and reports
         return
-    extra = f", invalid answers {r['invalid_rate']:.1%}" if mode == "generate" else ""
-    console.print(f"{escape(r['system'])}: macro-F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}, "
-                  f"{qwk(r)}on {r['n']:,} rows ({r['rows_per_s']:.1f} rows/s{extra}) -> {escape(str(out))}")
-    if r.get("decision"):
-        d = r["decision"]
-        if not d["rows"]:
-            console.print(f"decision rule: all {r['n']:,} scored rows are rows it was fitted on, so none is left to "
+    extra = f", invalid answers {r.invalid_rate:.1%}" if mode == "generate" else ""
+    console.print(f"{escape(r.system)}: {figures(r)} ({r.rows_per_s:.1f} rows/s{extra}) -> {escape(str(out))}")
+    if r.decision is not None:
+        d = r.decision
+        if not d.rows:
+            console.print(f"decision rule: all {r.n:,} scored rows are rows it was fitted on, so none is left to "
                           "judge it (metrics.json's decision.rows is 0); score other rows to compare it with argmax")
         else:
-            console.print(f"decision rule, on the {d['rows']:,} rows it was not fitted on: argmax "
-                          f"{d['argmax']['macro_f1']:.4f} -> rule {d['macro-f1']['macro_f1']:.4f} "
-                          f"(--decision {r['decision_rule']} chose the predictions)")
+            console.print(f"decision rule, on the {d.rows:,} rows it was not fitted on: argmax "
+                          f"{d.argmax.macro_f1:.4f} -> rule {d.rule.macro_f1:.4f} "
+                          f"(--decision {r.decision_rule} chose the predictions)")
 
 
 @app.command("baseline")
@@ -151,9 +151,10 @@ def baseline_cmd(
 
     Example: korllama baseline --train ../shared/data/dacon-loan/train.csv --out runs/eval/baseline
     """
-    from korllama.outputs import claim_evaluation
+    from korllama.evaluation import claim_evaluation
+    from korllama.layout import TreesDir
 
-    claim_evaluation(out, overwrite)
+    claim_evaluation(out, overwrite, keeps=TreesDir.OWN)
     from korllama.baseline.command import run_baseline
     from korllama.config import load_config
 
@@ -162,16 +163,16 @@ def baseline_cmd(
                      data.valid_fraction if valid_fraction is None else valid_fraction,
                      data.split_seed if seed is None else seed, decision=decision, budget_s=budget,
                      console=err_console)
-    a, d = r["decision"]["argmax"], r["decision"]["macro-f1"]
-    console.print(f"baseline: macro-F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}, {qwk(r)}on "
-                  f"{r['n']:,} rows (fit {r['fit_seconds']:.0f}s) -> {escape(str(out))}")
-    console.print(f"  argmax: macro-F1 {a['macro_f1']:.4f}, accuracy {a['accuracy']:.4f}; with the decision rule: "
-                  f"macro-F1 {d['macro_f1']:.4f}, accuracy {d['accuracy']:.4f} (--decision {decision})")
+    a, d = r.decision.argmax, r.decision.rule
+    console.print(f"baseline: {figures(r)} (fit {r.fit_seconds:.0f}s) -> {escape(str(out))}")
+    console.print(f"  argmax: macro-F1 {a.macro_f1:.4f}, accuracy {a.accuracy:.4f}; with the decision rule: "
+                  f"macro-F1 {d.macro_f1:.4f}, accuracy {d.accuracy:.4f} (--decision {decision})")
 
 
 @app.command("explain")
 def explain_cmd(
-    run: Annotated[Path, typer.Argument(help="A run directory made by `korllama train`.", show_default=False)],
+    run: Annotated[Path, typer.Argument(help="A run directory made by `korllama train`, or the trees' folder made by "
+                                             "`korllama baseline`.", show_default=False)],
     data: Annotated[Path, typer.Option("--data", help="Table whose rows to explain (labelled or not).")] = ...,
     out: Annotated[Path, typer.Option("--out", help="Folder for reasons.csv and explain.json: new, or the same "
                                                     "system's evaluation folder (`korllama compare` then shows the "
@@ -183,8 +184,7 @@ def explain_cmd(
                                                               "`evaluate --held-out`).")] = False,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="A seeded sample of N rows (the rows "
                                                                      "`evaluate --limit N` scores).")] = None,
-    baseline: Annotated[bool, typer.Option("--baseline", help="Explain the tree baseline fitted on the run's "
-                                                              "training split instead of the run's model.")] = False,
+    baseline: Annotated[bool, typer.Option("--baseline", hidden=True)] = False,
     show: Annotated[int, typer.Option("--show", min=0, help="Rows printed in words (all of them with --id).")] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     overwrite: OverwriteOption = False,
@@ -201,18 +201,24 @@ def explain_cmd(
       korllama explain runs/demo/run --data runs/demo/data.csv --id SYN_00007 --top 3 --out /tmp/why
       korllama explain runs/dacon-tiny --data ../shared/data/dacon-loan/train.csv --held-out --limit 1000 \
           --out runs/eval/tuned
-      korllama explain runs/dacon-tiny --baseline --data ... --held-out --limit 1000 --out runs/eval/baseline
+      korllama explain runs/eval/baseline --data ... --held-out --limit 1000 --out runs/eval/baseline
     """
-    from korllama.outputs import claim_explanation
+    from korllama.errors import KorllamaError
+    from korllama.evaluation import claim_explanation
+    from korllama.layout import TreesDir
+    from korllama.system import is_trees
 
-    claim_explanation(out, overwrite, run, baseline)
+    if baseline:
+        raise KorllamaError("--baseline is gone: it explained fresh, untuned trees. Fit the tuned trees with "
+                            "`korllama baseline --train FILE --out TREES` and explain them: `korllama explain TREES "
+                            "--data ...`.")
+    claim_explanation(out, overwrite, run, is_trees(run), keeps=TreesDir.OWN)
     from korllama.explain import explain_run
-    from korllama.run import Run
+    from korllama.system import load_system
 
-    explained = Run.load(run, allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
-    reasons, summary = explain_run(explained, data, out, ids=ids,
-                                   held_out=held_out, limit=limit, baseline=baseline, batch_size=batch_size,
-                                   console=err_console)
+    explained = load_system(run, allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
+    reasons, summary = explain_run(explained, data, out, ids=ids, held_out=held_out, limit=limit,
+                                   batch_size=batch_size, console=err_console)
     shown = len(reasons) if ids else min(show, len(reasons))
     for i in range(shown):
         label = reasons.classes[reasons.predicted[i]]

@@ -55,7 +55,8 @@ def export_cmd(
 
 @app.command("serve")
 def serve_cmd(
-    run: Annotated[Path, typer.Argument(help="A run directory made by `korllama train`.", show_default=False)],
+    run: Annotated[Path, typer.Argument(help="A run directory made by `korllama train`, or the trees' folder made by "
+                                             "`korllama baseline`.", show_default=False)],
     host: Annotated[str, typer.Option("--host", help="Address to listen on: 127.0.0.1 is this machine only; "
                                                      "0.0.0.0 opens the service to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
@@ -97,13 +98,13 @@ def serve_cmd(
         raise KorllamaError("KORLLAMA_TOKEN is blank or starts or ends with a space, which no HTTP client can send "
                             "(header values are trimmed); set a token without spaces at its ends, or unset it.")
     _check_port(host, port)  # before the model is loaded: a busy port is one sentence, not uvicorn's exit 3
-    from korllama.run import Run
     from korllama.serve import create_app
     from korllama.serve.guard import LOOPBACK, header_timeout_protocol
     from korllama.serve.jobs import Limits
+    from korllama.system import load_system
 
-    served = Run.load(run, way_out="serve the --out folder of a finished `korllama train`",
-                      allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
+    served = load_system(run, way_out="serve the --out folder of a finished `korllama train`, or of `korllama "
+                                      "baseline`", allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
     bound = [host] if host not in ("0.0.0.0", "::", "") else []  # a wildcard address is no name a client sends
     application = create_app(served, max_batch=max_batch, max_wait_ms=max_wait_ms, decision=decision,
                              allowed_hosts=[*LOOPBACK, *bound, *(allow_host or [])],

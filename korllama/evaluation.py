@@ -33,7 +33,7 @@ from sklearn.metrics import (
 from korllama.choices import Mode
 from korllama.errors import KorllamaError
 from korllama.io import atomic_path, json_text
-from korllama.layout import DECISION_FILE
+from korllama.layout import DECISION_FILE, TreesDir
 from korllama.outputs import claim_dir, record_written
 
 METRICS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.csv"
@@ -247,6 +247,9 @@ def claim_evaluation(out: str | Path, overwrite: bool = False, keeps: tuple[str,
     """--out of evaluate and baseline: new, empty, or (with --overwrite) an evaluation folder, all of it replaced.
     `keeps`: more names of korllama's that the folder may hold (the trees' saved model, for `korllama baseline`)."""
     owns = (*EVALUATION_FILES, *keeps)
+    if not keeps and TreesDir(out).is_trees:
+        raise KorllamaError(f"--out {out} holds a tree baseline (korllama baseline wrote it: its trees and their "
+                            "own evaluation); write this evaluation into a new --out.")
     return claim_dir(out, overwrite, owns=owns, writes=owns, what="an evaluation")
 
 

@@ -11,7 +11,6 @@ tripwire: a check that lets a bad path through fails at once instead of training
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import socket

@@ -14,10 +14,10 @@ import pytest
 import torch
 from fixtures import CLASSES, FIELDS, TINY, unlabelled_csv
 
+import korllama.run
 from korllama.errors import KorllamaError
 from korllama.predict import generate, parse_grade, seed_generation_config
 from korllama.prompts import render
-import korllama.run
 from korllama.run import Run
 from korllama.scoring import score
 from korllama.synth import synthetic_table

@@ -204,7 +204,7 @@ def explain_cmd(
       korllama explain runs/eval/baseline --data ... --held-out --limit 1000 --out runs/eval/baseline
     """
     from korllama.errors import KorllamaError
-    from korllama.evaluation import claim_explanation
+    from korllama.evaluation import REASONS_FILE, claim_explanation
     from korllama.layout import TreesDir
     from korllama.system import is_trees
 
@@ -226,10 +226,10 @@ def explain_cmd(
                       f"(P {reasons.proba[i, reasons.predicted[i]]:.2f})", highlight=False)
         for r in reasons.top(i, top):
             console.print(f"  {escape(r['text'])}", highlight=False)
-    more = f" ({len(reasons) - shown:,} more rows in reasons.csv)" if shown < len(reasons) else ""
+    more = f" ({len(reasons) - shown:,} more rows in {REASONS_FILE})" if shown < len(reasons) else ""
     console.print(f"{escape(summary['system'])}: {len(reasons):,} rows x {len(summary['fields'])} fields explained "
                   f"in {summary['seconds']:.1f}s ({summary['rows_per_s']:.1f} rows/s){more} -> "
-                  f"{escape(str(Path(out) / 'reasons.csv'))}", highlight=False)
+                  f"{escape(str(Path(out) / REASONS_FILE))}", highlight=False)
 
 
 @app.command("compare")

@@ -27,10 +27,10 @@ from korllama.errors import ConfigError
 from korllama.evaluate import evaluate_run
 from korllama.evaluation import PREDICTIONS_FILE, metrics, write_evaluation
 from korllama.explain import explain_run
+from korllama.generation import generate, off_format_rate
 from korllama.io import write_csv
 from korllama.model import pick_device
 from korllama.outputs import record_written
-from korllama.predict import generate, off_format_rate
 from korllama.prompts import answer, get_template
 from korllama.report import compare
 from korllama.run import Run

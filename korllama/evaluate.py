@@ -28,9 +28,10 @@ from korllama.evaluation import (
     metrics,
     side_by_side,
 )
+from korllama.generation import off_format_rate
 from korllama.groups import group_columns  # the rows' columns, for group metrics in `korllama compare`
 from korllama.io import atomic_path, sha256_file
-from korllama.predict import off_format_rate, open_atomic, process_state, score_chunk, sigterm_as_interrupt
+from korllama.streaming import open_atomic, process_state, score_chunk, sigterm_as_interrupt
 from korllama.synth import synthetic_table
 from korllama.system import System
 from korllama.ui import progress_bar

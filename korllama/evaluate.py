@@ -18,6 +18,7 @@ import pandas as pd
 
 from korllama.choices import Mode
 from korllama.data import Table, table_chunks
+from korllama.defaults import BATCH_SIZE
 from korllama.errors import KorllamaError
 from korllama.evaluation import (
     METRICS_FILE,
@@ -38,8 +39,9 @@ from korllama.ui import progress_bar
 
 
 def evaluate_run(run: System, data: str | Path | Table, out_dir: str | Path, mode: str | None = None,
-                 limit: int | None = None, held_out: bool = False, batch_size: int = 32, system: str | None = None,
-                 console=None, chunk_rows: int | None = None, decision: str = "argmax") -> Evaluation | None:
+                 limit: int | None = None, held_out: bool = False, batch_size: int = BATCH_SIZE,
+                 system: str | None = None, console=None, chunk_rows: int | None = None,
+                 decision: str = "argmax") -> Evaluation | None:
     """Predict a labelled table with a system — a run (or a bare base model: `Run.load(base=...)`) or the trees
     (korllama.system) — and write DIR/metrics.json + predictions.csv. `mode`: the system's own way (rank scoring,
     the trees' probabilities; default), or "generate" for an LLM's sampled answers.

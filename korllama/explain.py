@@ -43,12 +43,13 @@ import numpy as np
 import pandas as pd
 
 from korllama.data import Table, as_table
+from korllama.data.table import derive
+from korllama.defaults import BATCH_SIZE
 from korllama.errors import KorllamaError
 from korllama.evaluation import EXPLAIN_FILE, EXPLANATION_FILES, REASONS_FILE
-from korllama.features import OPS
 from korllama.io import write_csv, write_text
 from korllama.outputs import record_written
-from korllama.schema import TableSpec
+from korllama.spec import TableSpec
 from korllama.system import System
 from korllama.ui import progress_bar
 
@@ -81,16 +82,9 @@ def neutralised(frame: pd.DataFrame, spec: TableSpec, field: str, ref) -> pd.Dat
     changed = {field}
     for d in spec.derived:
         if d.alias != field and changed.intersection(d.args):
-            out[d.alias] = _derive(out, d)
+            out[d.alias] = derive(out, d)
             changed.add(d.alias)
     return out
-
-
-def _derive(frame: pd.DataFrame, d) -> np.ndarray:
-    """One derived feature, computed as korllama.data.add_derived computes it."""
-    args = [frame[a].to_numpy(dtype=float, na_value=np.nan) for a in d.args]
-    weights = getattr(d, "weights", None)
-    return OPS[d.op](*args, weights=weights) if weights else OPS[d.op](*args)
 
 
 @dataclass
@@ -239,7 +233,7 @@ def explain(proba_fn: ProbaFn, table: Table, fields: list[str], references: dict
 # --- the systems: an LLM run (rank scoring) and the tree baseline --------------------------------------------------
 
 def explain_rows(system: System, table: Table, references: dict, top: int = 3,
-                 batch_size: int = 32) -> tuple[np.ndarray, list[list[dict]]]:
+                 batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, list[list[dict]]]:
     """For the service: (P(label) per row, the top reasons per row) in one batched pass over rows x fields.
 
     Each reason is {field, value, reference, delta, deltas (per label), text}; the same numbers
@@ -271,7 +265,7 @@ def select_rows(table: Table, ids: list[str] | None = None, held_out: bool = Fal
 
 
 def explain_run(system: System, data: str | Path | Table, out: str | Path, ids: list[str] | None = None,
-                held_out: bool = False, limit: int | None = None, batch_size: int = 32,
+                held_out: bool = False, limit: int | None = None, batch_size: int = BATCH_SIZE,
                 console=None) -> tuple[Reasons, dict]:
     """`korllama explain`: reasons for rows of `data` from a system — an LLM run, or the tuned trees `korllama
     baseline` saved (korllama.system) — written as OUT/reasons.csv and OUT/explain.json. Returns the reasons and the

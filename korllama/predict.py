@@ -13,15 +13,17 @@ from pathlib import Path
 import pandas as pd
 
 from korllama.csvsafe import neutralise_formulas
-from korllama.data.stream import CHUNK_ROWS, TableChunks
+from korllama.data.stream import TableChunks
+from korllama.defaults import BATCH_SIZE, CHUNK_ROWS
 from korllama.outputs import claim_file
 from korllama.streaming import counter, open_atomic, process_state, score_chunk, sigterm_as_interrupt
 from korllama.system import System
 from korllama.ui import progress_bar
 
 
-def predict_file(system: System, data: str | Path, out: str | Path, with_proba: bool = False, batch_size: int = 32,
-                 console=None, chunk_rows: int | None = None, decision: str = "argmax", progress=None) -> dict:
+def predict_file(system: System, data: str | Path, out: str | Path, with_proba: bool = False,
+                 batch_size: int = BATCH_SIZE, console=None, chunk_rows: int | None = None, decision: str = "argmax",
+                 progress=None) -> dict:
     """Grade every row of a table and write the competition's format: `ID,<label header>` in input order; labels
     by argmax of the probabilities, or by the system's macro-F1 decision rule (`decision="macro-f1"`).
 

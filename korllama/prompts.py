@@ -19,7 +19,7 @@ import pandas as pd
 
 from korllama.data import Table
 from korllama.errors import ConfigError
-from korllama.schema import TableSpec
+from korllama.spec import TableSpec
 
 ANSWER_PREFIX = " "  # the completion is " " + label: " A" is one token for Llama-style tokenizers
 

@@ -20,7 +20,7 @@ from korllama.explain import importance
 from korllama.groups import MIN_GROUP_ROWS, evaluation_groups, group_gaps
 from korllama.io import write_text
 from korllama.layout import RunDir
-from korllama.schema import load_spec
+from korllama.spec import load_spec
 from korllama.templates import render
 
 # --- comparing evaluations ----------------------------------------------------------------------------------------

@@ -16,14 +16,15 @@ from korllama.config import RunConfig, load_config
 from korllama.data import Table, read_table, split
 from korllama.data.stream import TableChunks
 from korllama.decision import DecisionRule, decision_choice
+from korllama.defaults import BATCH_SIZE
 from korllama.errors import KorllamaError
 from korllama.io import sha256_file
 from korllama.layout import RunDir
 from korllama.model import load_run_weights
 from korllama.prompts import Template, carried_fields, get_template
 from korllama.references import load_references, reference_values
-from korllama.schema import TableSpec, load_spec
 from korllama.scoring import encode_prompts, prompt_limit, refuse_long_prompts, score
+from korllama.spec import TableSpec, load_spec
 from korllama.synth import synthetic_table
 
 # --- what a run was trained on -------------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ class Run:
         refuse_long_prompts([distinct[c] for c in codes], self.max_tokens, table)
         return codes, distinct
 
-    def predict_proba(self, table: Table, batch_size: int = 32, progress=None, known: dict | None = None
+    def predict_proba(self, table: Table, batch_size: int = BATCH_SIZE, progress=None, known: dict | None = None
                       ) -> np.ndarray:
         """P(label) per row of `table` by rank scoring, each distinct prompt scored once (`known`: prompts scored
         by an earlier call, kept across a file's chunks). `progress(n)` is told rows done."""

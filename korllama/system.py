@@ -13,10 +13,11 @@ import numpy as np
 from korllama.choices import Mode
 from korllama.data import Table
 from korllama.decision import DecisionRule
+from korllama.defaults import BATCH_SIZE
 from korllama.errors import KorllamaError
 from korllama.layout import TreesDir
 from korllama.run import Run
-from korllama.schema import TableSpec
+from korllama.spec import TableSpec
 from korllama.trees import Trees
 
 
@@ -44,7 +45,7 @@ class System(Protocol):
     @property
     def stored_rule(self) -> DecisionRule | None: ...
 
-    def predict_proba(self, table: Table, batch_size: int = 32, progress=None, known=None) -> np.ndarray: ...
+    def predict_proba(self, table: Table, batch_size: int = BATCH_SIZE, progress=None, known=None) -> np.ndarray: ...
 
     def rule(self, decision: str = "argmax") -> DecisionRule | None: ...
 

@@ -21,7 +21,7 @@ from korllama.errors import KorllamaError
 from korllama.layout import TreesDir
 from korllama.prompts import known_fields
 from korllama.references import load_references
-from korllama.schema import TableSpec, load_spec
+from korllama.spec import TableSpec, load_spec
 
 
 class Trees:

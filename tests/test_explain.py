@@ -24,7 +24,7 @@ from korllama.explain import REASON_COLUMNS, explain, explain_rows, importance, 
 from korllama.prompts import carried_fields, get_template, known_fields
 from korllama.references import load_references, reference_values
 from korllama.run import Run
-from korllama.schema import load_spec
+from korllama.spec import load_spec
 from korllama.synth import synthesize, synthetic_table
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -28,8 +28,8 @@ from fixtures import free_port, run_config, unlabelled_csv
 
 import korllama.serve.page as page
 from korllama.run import Run
-from korllama.schema import load_spec
 from korllama.serve import create_app
+from korllama.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 HIRING = REPO / "examples" / "hiring"

@@ -1,5 +1,5 @@
-"""Tests for korllama.predict, korllama.generation and korllama.streaming: parsing generated answers, the original's generation settings, loading runs, and the
-submission file.
+"""Tests for korllama.predict, korllama.generation and korllama.streaming: parsing generated answers, the original's
+generation settings, loading runs, and the submission file.
 
 Everything runs on a tiny run (hidden 32, 2 layers, 4 steps) trained once per module with one CPU thread.
 """

@@ -23,8 +23,8 @@ from korllama.io import sha256_file, write_text
 from korllama.layout import TreesDir
 from korllama.outputs import record_written
 from korllama.references import reference_values, save_references
-from korllama.schema import spec_to_yaml
 from korllama.scoring import predict_labels
+from korllama.spec import spec_to_yaml
 
 
 def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None, out_dir: str | Path, spec=None,

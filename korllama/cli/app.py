@@ -22,6 +22,7 @@ from typer.rich_utils import rich_format_error
 
 from korllama import __version__, outputs
 from korllama.choices import Decision
+from korllama.defaults import CHUNK_ROWS
 from korllama.errors import KorllamaError
 from korllama.io import written
 
@@ -45,7 +46,8 @@ data_app = typer.Typer(help="Check a table against its spec, or make a synthetic
 app.add_typer(data_app, name="data")
 
 SpecOption = Annotated[str | None, typer.Option(
-    "--schema", help="Table spec: built-in 'loan' (default) or a YAML spec file (see examples/students).")]
+    "--spec", "--schema", help="Table spec: built-in 'loan' (default) or a YAML spec file (see examples/students); "
+                               "--schema is its older name.")]
 
 
 def _print_version(value: bool) -> None:
@@ -98,7 +100,7 @@ OverwriteOption = Annotated[bool, typer.Option(
                         "a device or a FIFO. Without it an existing output is refused.")]
 
 ChunkOption = Annotated[int | None, typer.Option(
-    "--chunk-rows", min=1, help="Rows read, scored and written at a time (default 10,000): memory follows it, "
+    "--chunk-rows", min=1, help=f"Rows read, scored and written at a time (default {CHUNK_ROWS:,}): memory follows it, "
                                 "not the table.")]
 
 

@@ -23,6 +23,7 @@ from korllama.cli.app import (
     err_console,
     figures,
 )
+from korllama.defaults import BATCH_SIZE, SPLIT_SEED, VALID_FRACTION
 
 
 @app.command("predict")
@@ -32,7 +33,7 @@ def predict_cmd(
     out: Annotated[Path, typer.Option("--out", help="Submission CSV to write.")] = Path("submission.csv"),
     proba: Annotated[bool, typer.Option("--proba", help="Add P_A..P_G columns.")] = False,
     base: BaseOption = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = BATCH_SIZE,
     chunk_rows: ChunkOption = None,
     decision: DecisionOption = Decision.ARGMAX,
     overwrite: OverwriteOption = False,
@@ -78,7 +79,7 @@ def evaluate_cmd(
     held_out: Annotated[bool, typer.Option("--held-out", help="Only the run's validation split of --data (the rows "
                                                               "its training never saw).")] = False,
     base: BaseOption = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = BATCH_SIZE,
     name: Annotated[str | None, typer.Option("--name", help="System name in reports (default: the run's).")] = None,
     chunk_rows: ChunkOption = None,
     decision: DecisionOption = Decision.ARGMAX,
@@ -125,13 +126,15 @@ def baseline_cmd(
                                                                   "held-out split of --train).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, predictions.csv and decision.json: "
                                                     "new or empty (an evaluation: --overwrite).")] = ...,
-    schema: SpecOption = None,
+    spec: SpecOption = None,
     config_file: Annotated[str | None, typer.Option(
         "--config", help="A run's config.yaml (or a built-in config name): its data.valid_fraction, data.split_seed "
                          "and data.spec give the split, so the trees see that run's held-out rows.")] = None,
     valid_fraction: Annotated[float | None, typer.Option(
-        "--valid-fraction", min=0.01, max=0.99, help="Share held out without --eval. [default: 0.2]")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Split seed without --eval. [default: 0]")] = None,
+        "--valid-fraction", min=0.01, max=0.99,
+        help=f"Share held out without --eval. [default: {VALID_FRACTION}]")] = None,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help=f"Split seed without --eval. [default: {SPLIT_SEED}]")] = None,
     decision: Annotated[Decision, typer.Option(
         "--decision", help="argmax: the most probable label. macro-f1: the decision rule (per-label weights fitted "
                            "on the trees' inner validation rows, stored as OUT/decision.json). metrics.json holds "
@@ -159,7 +162,7 @@ def baseline_cmd(
     from korllama.config import load_config
 
     data = load_config(config_file).data  # the defaults when no config is named: one source for the split
-    r = run_baseline(train_file, eval_file, out, schema or data.spec,
+    r = run_baseline(train_file, eval_file, out, spec or data.spec,
                      data.valid_fraction if valid_fraction is None else valid_fraction,
                      data.split_seed if seed is None else seed, decision=decision, budget_s=budget,
                      console=err_console)
@@ -186,7 +189,7 @@ def explain_cmd(
                                                                      "`evaluate --limit N` scores).")] = None,
     baseline: Annotated[bool, typer.Option("--baseline", hidden=True)] = False,
     show: Annotated[int, typer.Option("--show", min=0, help="Rows printed in words (all of them with --id).")] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = BATCH_SIZE,
     overwrite: OverwriteOption = False,
     allow_unfinished: AllowUnfinishedOption = False,
     allow_unrecorded: AllowUnrecordedOption = False,

@@ -18,6 +18,7 @@ from korllama.cli.app import (
     console,
     err_console,
 )
+from korllama.defaults import HEADER_TIMEOUT_S, MAX_BATCH, MAX_DISK_MB, MAX_JOBS, MAX_WAIT_MS
 from korllama.errors import KorllamaError
 
 
@@ -61,9 +62,10 @@ def serve_cmd(
                                                      "0.0.0.0 opens the service to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most applicants scored in one forward "
-                                                                      "pass.")] = 64,
-    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long the first pending request "
-                                                                            "waits for others to batch with.")] = 10,
+                                                                      "pass.")] = MAX_BATCH,
+    max_wait_ms: Annotated[float, typer.Option(
+        "--max-wait-ms", min=0, help="How long the first pending request waits for others to batch "
+                                     "with.")] = MAX_WAIT_MS,
     decision: DecisionOption = Decision.ARGMAX,
     allow_unfinished: AllowUnfinishedOption = False,
     allow_unrecorded: AllowUnrecordedOption = False,
@@ -73,13 +75,13 @@ def serve_cmd(
                              "(DNS rebinding); '*' allows every name (only behind a proxy that checks it).")] = None,
     max_jobs: Annotated[int, typer.Option("--max-jobs", min=1, help="Files the page takes at once (waiting or "
                                                                      "being graded); past it an upload is a 429.")]
-    = 4,
+    = MAX_JOBS,
     max_disk_mb: Annotated[int, typer.Option("--max-disk-mb", min=1, help="MB of uploaded and graded files the page "
                                                                           "keeps on disk; past it an upload is a "
-                                                                          "429.")] = 1024,
-    header_timeout: Annotated[float, typer.Option("--header-timeout", min=0.1, help="Seconds a client has to send "
-                                                                                    "a request's headers before its "
-                                                                                    "connection is closed.")] = 10,
+                                                                          "429.")] = MAX_DISK_MB,
+    header_timeout: Annotated[float, typer.Option(
+        "--header-timeout", min=0.1, help="Seconds a client has to send a request's headers before its connection is "
+                                          "closed.")] = HEADER_TIMEOUT_S,
 ):
     """Serve the run's rank scoring over HTTP: a grading page at /, POST /v1/grade, GET /health, docs at /docs.
 

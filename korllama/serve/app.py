@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from korllama import __version__
 from korllama.data import Table
+from korllama.defaults import MAX_BATCH, MAX_WAIT_MS
 from korllama.errors import KorllamaError
 from korllama.explain import explain_rows
 from korllama.scoring import predict_labels
@@ -49,9 +50,9 @@ from korllama.serve.schema import applicant_model, example_applicant, plain_pros
 from korllama.system import System
 
 
-def create_app(run: System, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64, max_wait_ms: float = 10,
-               max_body_bytes: int = MAX_BODY_BYTES, max_applicants: int = MAX_APPLICANTS,
-               decision: str = "argmax", allowed_hosts: Iterable[str] = LOOPBACK,
+def create_app(run: System, token_env: str = "KORLLAMA_TOKEN", max_batch: int = MAX_BATCH,
+               max_wait_ms: float = MAX_WAIT_MS, max_body_bytes: int = MAX_BODY_BYTES,
+               max_applicants: int = MAX_APPLICANTS, decision: str = "argmax", allowed_hosts: Iterable[str] = LOOPBACK,
                limits: Limits | None = None) -> FastAPI:
     """The scoring service for a system — a run, or the trees of `korllama baseline` (korllama.system) — its model
     loaded here, once. `decision`: the grade is the most probable
@@ -185,7 +186,8 @@ def create_app(run: System, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 
                         "most frequent value) would lower the grade's probability most, computed in one batched "
                         "pass over the applicant's variants")] = False,
                     top: Annotated[int, Query(ge=1, le=20, description="reasons per applicant with explain")] = 3):
-        """Grade one applicant (a JSON object) or a list of up to 1,024 (a JSON array): one result each, in order."""
+        """Grade one applicant (a JSON object) or a list of them (a JSON array, up to the service's limit): one result
+        each, in order."""
         items = body if isinstance(body, list) else [body]
         ids = [None if a.row_id is None else str(a.row_id).strip() for a in items]
         rows = [{col.alias: as_text(getattr(a, f"c{k}")) for k, col in enumerate(spec.columns)}

@@ -21,8 +21,8 @@ from fastapi import HTTPException
 
 from korllama.data import Table, clean
 from korllama.errors import DataError
-from korllama.schema import TableSpec
 from korllama.scoring import encode_prompts, score, too_long, too_long_sentence
+from korllama.spec import TableSpec
 
 
 def problem(loc: list, msg: str, kind: str, value: Any = None) -> dict:

@@ -135,6 +135,15 @@ def cost_words(cost: Cost) -> str:
     return f"{cost.minutes:,.1f} CPU min" if cost.minutes >= 0.1 else "under 0.1 CPU min"
 
 
+def trains_in(cost: Cost) -> str:
+    """The cost inside a sentence: "1.6 CPU min to train", or that it is not known."""
+    return "no recorded training cost" if cost.minutes is None else f"{cost_words(cost)} to train"
+
+
+def _first_up(text: str) -> str:
+    return text[:1].upper() + text[1:]  # not str.capitalize: it would lower "CPU"
+
+
 def speed_words(e: Evaluation) -> str:
     return f"{e.rows_per_s:,.0f} rows/s" if e.rows_per_s and e.rows_per_s >= 10 else \
         f"{e.rows_per_s:.2f} rows/s" if e.rows_per_s else "not recorded"
@@ -142,7 +151,7 @@ def speed_words(e: Evaluation) -> str:
 
 def _line(e: Evaluation, cost: Cost, d: Difference | None, best: bool) -> dict:
     """One line of the verdict's table; `d` is the pick's macro-F1 minus this system's, so the line says the flip."""
-    gap = "the pick" if best else "" if d is None else f"{signed(-d.diff)} ({interval(d, flip=True)})"
+    gap = "highest" if best else "" if d is None else f"{signed(-d.diff)} ({interval(d, flip=True)})"
     # "below", not "clear": jinja's s.clear would find the dict's own method
     return {"system": e.system, "macro_f1": f"{e.macro_f1:.3f}", "gap": gap, "below": bool(d and d.clear),
             "cost": cost_words(cost), "cost_why": cost.missing, "speed": speed_words(e), "best": best}
@@ -154,19 +163,19 @@ def _pick(evals: list[Evaluation], costs: list[Cost], best: int, diffs: dict[int
     e = evals[best]
     tied = [k for k, d in diffs.items() if not d.clear and d.low is not None]
     if not tied:
-        return (f"Pick {e.system}: no other system here comes within the bootstrap interval of it. It cost "
-                f"{cost_words(costs[best])} to train and grades {speed_words(e)}.")
+        return (f"Pick {e.system}: every other system here is below it by more than the bootstrap interval. "
+                f"{_first_up(trains_in(costs[best]))}; grades {speed_words(e)}.")
     order = sorted([best, *tied], key=lambda k: (costs[k].minutes if costs[k].minutes is not None else np.inf,
                                                  -(evals[k].rows_per_s or 0)))
     cheap = order[0]
     names = ", ".join(evals[k].system for k in tied)
     if cheap == best:
         return (f"Pick {e.system}: {names} cannot be told apart from it on these rows (the interval includes 0), "
-                f"and it is the cheapest of them: {cost_words(costs[best])} to train, {speed_words(e)}.")
+                f"and it is the cheapest of them: {trains_in(costs[best])}, {speed_words(e)}.")
     c = evals[cheap]
     return (f"{e.system} scores highest, but the rows cannot tell it from {names} (the interval includes 0). "
-            f"Pick {c.system} if cost matters: {cost_words(costs[cheap])} to train and {speed_words(c)}, against "
-            f"{cost_words(costs[best])} and {speed_words(e)}.")
+            f"Pick {c.system} if cost matters: {trains_in(costs[cheap])}, {speed_words(c)}; {e.system}: "
+            f"{trains_in(costs[best])}, {speed_words(e)}.")
 
 
 def verdict(folders: list[str | Path], evals: list[Evaluation]) -> dict:
@@ -187,7 +196,7 @@ def verdict(folders: list[str | Path], evals: list[Evaluation]) -> dict:
     if len(main) == 1:
         headline = (f"{e.system}: macro-F1 {e.macro_f1:.3f} on {n_main:,} rows; no other system was scored on "
                     "these rows, so there is nothing to set it against here.")
-        pick = f"It cost {cost_words(costs[best])} to train and grades {speed_words(e)}."
+        pick = f"{_first_up(trains_in(costs[best]))}; grades {speed_words(e)}."
     else:
         runner = max(diffs, key=lambda k: diffs[k].b) if diffs else None
         headline = f"{e.system} grades best on the {n_main:,} rows {len(main)} systems share: macro-F1 {e.macro_f1:.3f}"
@@ -226,5 +235,5 @@ def _apart(group: list[int], evals: list[Evaluation], rows: list, sets: list, co
         if d is not None and d.low is not None:
             words.append(f"on the {d.rows:,} rows it shares with {evals[best].system}: {d.a:.3f} against {d.b:.3f}, "
                          f"{signed(d.diff)} ({interval(d)})")
-    words.append(f"{cost_words(costs[top])} to train, {speed_words(evals[top])}")
+    words.append(f"{trains_in(costs[top])}, {speed_words(evals[top])}")
     return {"systems": names, "why": why, "words": "; ".join(words)}

@@ -57,10 +57,10 @@ def test_the_verdict_names_the_pick_and_what_each_costs(tmp_path):
     assert found["headline"].startswith(f"strong grades best on the 140 rows 3 systems share: macro-F1 "
                                          f"{evals[1].macro_f1:.3f}, +")
     assert "over trees" in found["headline"] and "95% interval" in found["headline"]
-    assert found["pick"].startswith("Pick strong: no other system")
+    assert found["pick"].startswith("Pick strong: every other system here is below it")
     lines = {s["system"]: s for s in found["lines"]}
     assert [s["system"] for s in found["lines"]] == ["strong", "trees", "weak"]  # best first
-    assert lines["strong"]["gap"] == "the pick" and not lines["strong"]["below"]
+    assert lines["strong"]["gap"] == "highest" and not lines["strong"]["below"]
     assert lines["trees"]["gap"].startswith("\u2212") and lines["trees"]["below"]  # below the pick, told apart
     assert lines["trees"]["cost"] == "1.5 CPU min" and lines["trees"]["speed"] == "123 rows/s"
     assert lines["weak"]["cost"] == "not recorded"
@@ -77,7 +77,7 @@ def test_when_the_rows_cannot_tell_two_systems_apart_the_cheaper_is_named(tmp_pa
     evals[1].fit_cpu_seconds = 12.0
     found = verdict([llm, trees], evals)
     assert "llm scores highest, but the rows cannot tell it from trees" in found["pick"]
-    assert "Pick trees if cost matters: 0.2 CPU min to train" in found["pick"]
+    assert "Pick trees if cost matters: 0.2 CPU min to train, 123 rows/s; llm: no recorded training cost" in found["pick"]
 
 
 def test_a_single_system_is_a_verdict_of_one(tmp_path):

@@ -22,6 +22,7 @@ from korllama.io import write_text
 from korllama.layout import RunDir
 from korllama.spec import load_spec
 from korllama.templates import render
+from korllama.verdict import row_set, scored, verdict
 
 # --- comparing evaluations ----------------------------------------------------------------------------------------
 
@@ -33,14 +34,7 @@ def scored_rows(folders: list[str | Path], evals: list[Evaluation], allow_differ
     if len(classes) > 1:
         raise KorllamaError("The evaluations grade different label sets (" + "; ".join(
             f"{e.system}: {', '.join(e.classes)}" for e in evals) + "); a report compares one label set.")
-    ids: list[frozenset | None] = []
-    for folder in folders:
-        try:
-            rows = pd.read_csv(Path(folder) / PREDICTIONS_FILE, usecols=["ID", "truth"], dtype=str,
-                               keep_default_na=False)
-            ids.append(frozenset(zip(rows["ID"], rows["truth"])))
-        except (OSError, ValueError):  # absent, or no ID / truth column: the rows cannot be checked
-            ids.append(None)
+    ids = [row_set(scored(folder)) for folder in folders]  # None: absent, or no ID / truth: cannot be checked
     known = [v for v in ids if v is not None]
     if len(known) == len(ids) and len(set(known)) == 1:
         return f"Every system is scored on the same {len(known[0]):,} rows" if len(ids) > 1 else \
@@ -52,7 +46,8 @@ def scored_rows(folders: list[str | Path], evals: list[Evaluation], allow_differ
                             "same rows (e.g. each with --held-out on the same --data), or pass "
                             "--allow-different-rows.")
     common = f", {len(frozenset.intersection(*known)):,} in common" if len(known) == len(ids) else ""
-    return f"The systems are scored on different rows ({counts}{common}), so their figures do not compare directly"
+    return (f"The systems are scored on different rows ({counts}{common}): the verdict and each set of figures "
+            "put side by side only systems scored on one set of rows")
 
 
 def compare(folders: list[str | Path], out_html: str | Path, title: str = "korllama report",
@@ -62,22 +57,53 @@ def compare(folders: list[str | Path], out_html: str | Path, title: str = "korll
     evals = [read_evaluation(f) for f in folders]
     rows_sentence = scored_rows(folders, evals, allow_different_rows)
     out_html = Path(out_html)
-    figures = {"confusion matrices": plots.plot_confusions(evals), "F1 per grade": plots.plot_per_class_f1(evals),
-               "reliability": plots.plot_reliability(evals)}
+    found = verdict(folders, evals)
+    groups = found.pop("groups")
+    figure_sets = [_figure_set(g, evals, groups) for g in groups]
+    curves = {}
     for e in evals:  # each run's curve once, and not for a bare base model scored with the run's prompts
         curve = RunDir(e.own_run).train_curve if e.own_run is not None else None
-        if curve is not None and curve.is_file() and curve not in figures.values():
-            figures[f"training curve: {e.system}"] = curve
-    quality = time_to_quality(evals)
+        if curve is not None and curve.is_file() and curve not in curves.values():
+            curves[f"training curve: {e.system}"] = curve
+    # systems on other rows: the time-to-quality legend names each one's rows, as the verdict does
+    named = evals if len(groups) == 1 else [e.model_copy(update={"system": f"{e.system} ({e.n:,} rows)"})
+                                            for e in evals]
+    quality = time_to_quality(named)
     png = quality.pop("png")
-    quality["image"] = _image(png, "time to quality") if png else None
+    quality["image"] = _image(png, "time to quality: macro-F1 against training CPU minutes") if png else None
     page = render("report.html.j2", title=title, rows_sentence=rows_sentence, systems=[_system(e) for e in evals],
-                  time_to_quality=quality,
-                  figures=[{"name": name, "image": _image(p, name)} for name, p in figures.items() if p is not None],
+                  verdict=found, figure_sets=figure_sets, time_to_quality=quality,
+                  figures=[{"name": name, "image": _image(p, name)} for name, p in curves.items()],
                   disagreements=disagreements(folders, evals), cards=model_cards(evals, out_html),
                   importance=global_importance(folders, evals), groups=group_sections(folders, evals))
     write_text(out_html, page)
     return {"report": str(out_html), "systems": [(e.system, e.macro_f1) for e in evals]}
+
+
+def _figure_set(group: list[int], evals: list[Evaluation], groups: list[list[int]]) -> dict:
+    """The figures of the systems scored on one set of rows (never set beside systems scored on others), each
+    system in its colour of the whole page; the heading says whose rows they are when the page has several sets."""
+    members = [evals[k] for k in group]
+    rows = f"{members[0].n:,} rows"
+    names = ", ".join(e.system for e in members)
+    heading = None
+    if len(groups) > 1:
+        heading = f"on the verdict's {rows}" if group is groups[0] else f"on other rows: {names} ({rows})"
+    without = [e.system for e in members if not e.calibration]
+    figures = [{"name": "confusion matrices", "image": _image(plots.plot_confusions(members),
+                                                              f"confusion matrices of {names} on {rows}"),
+                "note": "Rows: the true grade; columns: the answer. Each cell: its count, and its share of the "
+                        "true grade's rows (the shading)."},
+               {"name": "F1 per grade", "image": _image(plots.plot_per_class_f1(members, colours=group),
+                                                        f"F1 per grade of {names} on {rows}")}]
+    reliability = plots.plot_reliability(members, colours=group)
+    if reliability is not None:
+        figures.append({"name": "reliability", "image": _image(
+            reliability, f"reliability of the probabilities of {names} on {rows}"),
+            "note": "The top grade's probability against how often it is right, in ten bins (dashed: perfectly "
+                    "calibrated; marker size: rows in the bin); ECE: the bins' mean gap, weighted by rows."
+                    + (f" No probabilities, not drawn: {', '.join(without)}." if without else "")})
+    return {"heading": heading, "figures": figures}
 
 
 def _image(png: bytes | Path, name: str) -> dict:

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from fixtures import RUN_ROWS
 
+from korllama.choices import Mode
 from korllama.errors import KorllamaError
 from korllama.evaluation import DecisionFigures, Evaluation, RuleFigures, metrics, write_evaluation
 from korllama.evaluation import read_evaluation as load_evaluation
@@ -40,7 +41,7 @@ def evaluation(folder: Path, system: str | None, accuracy: float, seed: int, pro
         p /= p.sum(axis=1, keepdims=True)
     result = metrics(truth, pred, CLASSES, p)
     result.mode, result.template, result.rows_per_s, result.run = \
-        "score" if proba else "trees", "compact", 123.4, run and str(run)
+        Mode.SCORE if proba else Mode.TREES, "compact", 123.4, run and str(run)
     if system is not None:
         result.system = system
     write_evaluation(folder, result, [f"ROW_{i:05d}" for i in range(rows)], truth, pred, p, CLASSES)
@@ -165,8 +166,14 @@ def test_compare_refuses_systems_scored_on_different_rows(two_systems, tmp_path)
     compare(folders, tmp_path / "r.html", allow_different_rows=True)
     page = (tmp_path / "r.html").read_text("utf-8")
     assert "scored on different rows (tuned &lt;tiny&gt; 140 rows, baseline 140 rows, a sample 100 rows, 100 in " \
-           "common), so their figures do not compare directly" in page
+           "common): the verdict and each set of figures put side by side only systems scored on one set of rows" \
+        in page
     assert "same" not in page
+    # the sample is not in the verdict: listed apart, and drawn in figures of its own
+    assert "<b>a sample</b>: 100 rows, a sample of the verdict&#39;s rows" in page
+    assert "<h2>figures on the verdict&#39;s 140 rows</h2>" in page
+    assert "<h2>figures on other rows: a sample (100 rows)</h2>" in page
+    assert 'alt="confusion matrices of tuned &lt;tiny&gt;, baseline on 140 rows"' in page
 
 
 def test_same_ids_with_other_true_grades_are_other_rows(two_systems, tmp_path):
@@ -289,7 +296,7 @@ def test_compare_draws_time_to_quality(run_dir, tmp_path, monkeypatch):
                       (trees.system, pytest.approx(trees.fit_cpu_seconds / 60), trees.macro_f1, 2)]
     assert [(name, k) for name, _, k in curves] == [(run_dir.name, 0)] and curves[0][1]
     section = time_to_quality_section((tmp_path / "r.html").read_text("utf-8"))
-    sources = re.findall(r'<img alt="time to quality" src="data:image/png;base64,([^"]*)"', section)
+    sources = re.findall(r'<img alt="time to quality: [^"]*" src="data:image/png;base64,([^"]*)"', section)
     assert len(sources) == 1 and base64.b64decode(sources[0]).startswith(PNG)
     # the bare base model has no training cost: named in the caption, not drawn; the two others are drawn
     caption = section.split("<img", 1)[0]
@@ -341,6 +348,6 @@ def test_compare_leaves_time_to_quality_out_when_no_system_has_a_cost(two_system
     tuned_dir, baseline_dir, tuned, baseline = two_systems
     compare([tuned_dir, baseline_dir], tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text("utf-8")
-    assert "<h2>time to quality</h2>" not in page and 'alt="time to quality"' not in page
+    assert "<h2>time to quality</h2>" not in page and 'alt="time to quality' not in page
     note = re.search(r"<p><small>Time to quality: (.*?)</small></p>", page).group(1)
     assert "tuned &lt;tiny&gt;" in note and "baseline" in note and "left out" in note

@@ -247,9 +247,11 @@ def compare_cmd(
 ):
     """Write one self-contained HTML report comparing evaluations, its plots embedded (no other file is written).
 
-    The report holds a table of figures, confusion matrices, F1 per grade, a reliability diagram and the
-    training curves. The systems must have been scored on the same rows (the IDs in each predictions.csv),
-    unless --allow-different-rows.
+    The report opens with a verdict (the best system on the shared rows, its lead with a paired bootstrap
+    95% interval, what each system costs to train and how fast it grades), then a table of figures, confusion
+    matrices, F1 per grade, reliability and the training curves, each figure for systems scored on the same
+    rows. The systems must have been scored on the same rows (the IDs in each predictions.csv), unless
+    --allow-different-rows (systems on other rows are then listed apart from the verdict).
 
     Example: korllama compare runs/eval/before runs/eval/tuned runs/eval/baseline --out report.html
     """

@@ -99,7 +99,7 @@ def test_no_legend_over_data(draw, monkeypatch):
 def test_small_multiples_are_at_most_three_a_row_each_titled(n, shape, monkeypatch):
     evals = _evals(n)
     for draw, needle in ((plots.plot_confusions, "macro-F1"), (plots.plot_reliability, "ECE")):
-        fig = _figure(monkeypatch, lambda: draw(evals))
+        fig = _figure(monkeypatch, lambda draw=draw: draw(evals))
         grid = fig.axes[0].get_subplotspec().get_gridspec()
         assert (grid.nrows, grid.ncols) == shape
         shown = [ax for ax in fig.axes if ax.axison]

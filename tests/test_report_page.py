@@ -26,7 +26,8 @@ BOXES = """
 const picked = [...document.querySelectorAll('figure, img, figcaption, table, h1, h2, h3, p, ul')];
 const box = e => { const r = e.getBoundingClientRect();
   return {x0: r.left + scrollX, y0: r.top + scrollY, x1: r.right + scrollX, y1: r.bottom + scrollY}; };
-const name = e => e.tagName.toLowerCase() + (e.alt ? `[alt="${e.alt}"]` : '') + ' ' + (e.textContent || '').slice(0, 40);
+const name = e => e.tagName.toLowerCase() + (e.alt ? `[alt="${e.alt}"]` : '') + ' '
+  + (e.textContent || '').slice(0, 40);
 const found = [];
 for (let i = 0; i < picked.length; i++) for (let j = i + 1; j < picked.length; j++) {
   const a = picked[i], b = picked[j];

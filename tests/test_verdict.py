@@ -77,7 +77,8 @@ def test_when_the_rows_cannot_tell_two_systems_apart_the_cheaper_is_named(tmp_pa
     evals[1].fit_cpu_seconds = 12.0
     found = verdict([llm, trees], evals)
     assert "llm scores highest, but the rows cannot tell it from trees" in found["pick"]
-    assert "Pick trees if cost matters: 0.2 CPU min to train, 123 rows/s; llm: no recorded training cost" in found["pick"]
+    assert ("Pick trees if cost matters: 0.2 CPU min to train, 123 rows/s; llm: no recorded training cost"
+            in found["pick"])
 
 
 def test_a_single_system_is_a_verdict_of_one(tmp_path):

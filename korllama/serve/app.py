@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from korllama import __version__
 from korllama.data import Table
-from korllama.defaults import MAX_BATCH, MAX_WAIT_MS
+from korllama.defaults import MAX_APPLICANTS, MAX_BATCH, MAX_WAIT_MS
 from korllama.errors import KorllamaError
 from korllama.explain import explain_rows
 from korllama.scoring import predict_labels
@@ -37,7 +37,6 @@ from korllama.serve import page
 from korllama.serve.batching import Applicants, Batcher, Grader, as_text
 from korllama.serve.errors import (
     CHECK_OFF_LOOP,
-    MAX_APPLICANTS,
     MAX_BODY_BYTES,
     BodyLimit,
     Phrasing,

@@ -289,7 +289,7 @@ def explain_run(system: System, data: str | Path | Table, out: str | Path, ids: 
     seconds = time.perf_counter() - started
     out = Path(out)
     write_csv(out / REASONS_FILE, reasons.frame())
-    summary = {"system": system.name, "run": str(system.root), "kind": str(system.kind), "template": template,
+    summary = {"system": system.name, "run": str(system.root), "template": template,
                "data": table.source, "held_out": held_out, "rows": len(reasons), "fields": fields,
                "references": reasons.references, "seconds": seconds, "rows_per_s": len(reasons) / max(seconds, 1e-9)}
     write_text(out / EXPLAIN_FILE, json.dumps(summary, indent=1, ensure_ascii=False, default=str))

@@ -434,8 +434,9 @@ def test_browser_reasons_say_where_a_derived_field_comes_from(browser, servers, 
     items = browser.find_elements("css selector", "#reasons li")
     assert [li.get_attribute("data-field") for li in items] == ["term", "payments_made", "principal_ratio"]
     assert items[0].text == "term 60 (typical 36) raises C by 0.20 (대출기간)"
-    derived = "payments_made: monthly payments the repaid total amounts to, computed from "
-    assert items[1].text.splitlines() == ["payments_made 7 lowers C by 0.30", derived + "대출금액, 대출기간, 총상환원금, 총상환이자"]
+    derived = "payments_made: monthly payments the repaid total amounts to, computed from " + ", ".join(
+        ["대출금액", "대출기간", "총상환원금", "총상환이자"])
+    assert items[1].text.splitlines() == ["payments_made 7 lowers C by 0.30", derived]
     assert by_css(browser, "#reasons-note").text == ""  # three that move it: nothing to add
     browser.execute_script("showResult(arguments[0])", {
         "grade": "C", "decision": "argmax", "probabilities": dict.fromkeys("ABCDEFG", 1 / 7),

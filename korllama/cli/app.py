@@ -6,6 +6,7 @@ beside it, one module per part of the pipeline; imports of heavy libraries stay 
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 import signal
 import sys
@@ -48,6 +49,36 @@ app.add_typer(data_app, name="data")
 SpecOption = Annotated[str | None, typer.Option(
     "--spec", "--schema", help="Table spec: built-in 'loan' (default) or a YAML spec file (see examples/students); "
                                "--schema is its older name.")]
+
+
+def help_paragraphs(doc: str) -> str:
+    """A command's docstring as its --help text: each prose paragraph (blank lines part them) made one line, which
+    rich wraps at the terminal's width. typer's rich mode joins the first paragraph's lines but prints the others'
+    line breaks as they are, so a docstring's source lines would show as ragged half-lines.
+
+    A paragraph with an indented line (examples, a line of output) keeps its lines and their indent: an empty markup
+    tag (it prints nothing) opens each indented line, or typer's cleandoc of the text after the first paragraph
+    would take the indent off where only indented lines follow ("Example:" and one command)."""
+    out = []
+    for paragraph in inspect.cleandoc(doc).split("\n\n"):
+        lines = paragraph.split("\n")
+        if any(line[:1].isspace() for line in lines):
+            out.append("\n".join(f"{KEEP_INDENT}{x}" if x[:1].isspace() else x for x in lines))
+        else:
+            out.append(" ".join(x.strip() for x in lines))
+    return "\n\n".join(out)
+
+
+KEEP_INDENT = "[b][/b]"
+
+
+def wrap_help(*apps: typer.Typer) -> None:
+    """Give every command of `apps` its docstring as `help_paragraphs` makes it (cli/__init__.py, once all are
+    registered)."""
+    for typer_app in apps:
+        for info in typer_app.registered_commands:
+            doc = info.help if info.help is not None else inspect.getdoc(info.callback)
+            info.help = help_paragraphs(doc or "")
 
 
 def _print_version(value: bool) -> None:

@@ -29,7 +29,8 @@ def data_check(
 ):
     """Validate FILE against the table spec and print its profile: rows, columns, grades, warnings.
 
-    Example: korllama data check ../shared/data/dacon-loan/train.csv
+    Example:
+      korllama data check ../shared/data/dacon-loan/train.csv
     """
     from korllama.data import TableChunks
     from korllama.data.table import Profile
@@ -77,7 +78,8 @@ def data_synth(
 ):
     """Write a synthetic loan table with the real headers, raw formats and grade structure.
 
-    Example: korllama data synth --rows 4000 --seed 0 --out synthetic.csv
+    Example:
+      korllama data synth --rows 4000 --seed 0 --out synthetic.csv
     """
     from korllama.io import write_csv
     from korllama.outputs import claim_file
@@ -111,7 +113,8 @@ def prompt(
 ):
     """Print the prompt one row becomes (and its answer, when the table is labelled).
 
-    Example: korllama prompt ../shared/data/dacon-loan/test.csv --id TEST_00000 --template seed
+    Example:
+      korllama prompt ../shared/data/dacon-loan/test.csv --id TEST_00000 --template seed
     """
     from korllama.data import read_table
     from korllama.prompts import answer, get_template

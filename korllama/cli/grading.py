@@ -43,12 +43,14 @@ def predict_cmd(
     """Grade every row (rank scoring) and write the competition's submission format: ID,대출등급, input order.
 
     The table streams: read, scored and written --chunk-rows rows at a time into a temporary file that becomes
-    --out only when every row is done (an error or Ctrl-C leaves nothing). Under accelerate launch the rows are
-    split between the processes (one per GPU) and the main process writes them in input order.
+    --out only when every row is done (an error or Ctrl-C leaves nothing).
+
+    Under accelerate launch the rows are split between the processes (one per GPU) and the main process writes them
+    in input order.
 
     Examples:
       korllama predict runs/dacon-tiny --data ../shared/data/dacon-loan/test.csv --out submission.csv
-      accelerate launch --num_processes 8 -m korllama predict runs/big --data big.csv --out big-graded.csv
+      accelerate launch --num_processes 8 -m korllama predict runs/big --data big.csv --out graded.csv
     """
     from korllama.outputs import claim_file
 
@@ -148,11 +150,17 @@ def baseline_cmd(
     """Gradient-boosted trees (LightGBM) on the cleaned columns plus the derived features, same metrics.
 
     Without --eval it fits on a stratified 80% of --train and scores the other 20%: the split `korllama train`
-    makes with the default config (pass --config RUN/config.yaml for a run's own split). The trees stop early on
-    an inner 10% of the fitting rows; a few settings are tried (all, or those that fit --budget), each printed, and
-    the best on those inner rows is kept, then refitted on all the fitting rows with the rounds it stopped at.
+    makes with the default config (pass --config RUN/config.yaml for a run's own split).
 
-    Example: korllama baseline --train ../shared/data/dacon-loan/train.csv --out runs/eval/baseline
+    The trees stop early on an inner 10% of the fitting rows. A few settings are tried (all, or those that fit
+    --budget), each printed, and the best on those inner rows is kept, then refitted on all the fitting rows with
+    the rounds it stopped at.
+
+    The folder keeps the tuned trees: `korllama predict`, `evaluate`, `explain` and `serve` take it as they take a
+    run.
+
+    Example:
+      korllama baseline --train ../shared/data/dacon-loan/train.csv --out runs/eval/baseline
     """
     from korllama.evaluation import claim_evaluation
     from korllama.layout import TreesDir
@@ -202,8 +210,7 @@ def explain_cmd(
 
     Examples:
       korllama explain runs/demo/run --data runs/demo/data.csv --id SYN_00007 --top 3 --out /tmp/why
-      korllama explain runs/dacon-tiny --data ../shared/data/dacon-loan/train.csv --held-out --limit 1000 \
-          --out runs/eval/tuned
+      korllama explain runs/dacon-tiny --data train.csv --held-out --limit 1000 --out runs/eval/tuned
       korllama explain runs/eval/baseline --data ... --held-out --limit 1000 --out runs/eval/baseline
     """
     from korllama.errors import KorllamaError
@@ -247,13 +254,15 @@ def compare_cmd(
 ):
     """Write one self-contained HTML report comparing evaluations, its plots embedded (no other file is written).
 
-    The report opens with a verdict (the best system on the shared rows, its lead with a paired bootstrap
-    95% interval, what each system costs to train and how fast it grades), then a table of figures, confusion
-    matrices, F1 per grade, reliability and the training curves, each figure for systems scored on the same
-    rows. The systems must have been scored on the same rows (the IDs in each predictions.csv), unless
-    --allow-different-rows (systems on other rows are then listed apart from the verdict).
+    The report opens with a verdict: the best system on the shared rows, its lead with a paired bootstrap 95%
+    interval, what each system costs to train and how fast it grades. Then a table of figures, confusion matrices,
+    F1 per grade, reliability and the training curves, each figure for systems scored on the same rows.
 
-    Example: korllama compare runs/eval/before runs/eval/tuned runs/eval/baseline --out report.html
+    The systems must have been scored on the same rows (the IDs in each predictions.csv), unless
+    --allow-different-rows: systems on other rows are then listed apart from the verdict.
+
+    Example:
+      korllama compare runs/eval/before runs/eval/tuned runs/eval/baseline --out report.html
     """
     from korllama.outputs import claim_file
 

@@ -36,9 +36,12 @@ def export_cmd(
 
     LoRA is merged into the base (merge_and_unload), a full-weight run is saved as is: safetensors, the tokenizer,
     a generation config, and korllama.json + README.md recording the labels, their token ids, the prompt template
-    and the spec, so that another tool can score it. Loadable by AutoModelForCausalLM.from_pretrained(DIR).
+    and the spec, so that another tool can score it.
 
-    Example: korllama export runs/dacon-tiny --out exports/dacon-tiny
+    Loadable by AutoModelForCausalLM.from_pretrained(DIR).
+
+    Example:
+      korllama export runs/dacon-tiny --out exports/dacon-tiny
     """
     from korllama.export import claim_export
 
@@ -85,11 +88,14 @@ def serve_cmd(
 ):
     """Serve the run's rank scoring over HTTP: a grading page at /, POST /v1/grade, GET /health, docs at /docs.
 
-    Requests arriving together are scored in one batched forward pass. Set KORLLAMA_TOKEN to require
-    `Authorization: Bearer <token>` on /v1/grade. Only requests for this service's own host names are answered
-    (loopback, --host, --allow-host).
+    RUN is an LLM run or the trees' folder of `korllama baseline`. Requests arriving together are scored in one
+    batched pass.
 
-    Example: korllama serve runs/demo/run --port 8000
+    Set KORLLAMA_TOKEN to require `Authorization: Bearer <token>` on /v1/grade and the page's run and files. Only
+    requests for this service's own host names are answered (loopback, --host, --allow-host).
+
+    Example:
+      korllama serve runs/demo/run --port 8000
     """
     import os
 

@@ -64,8 +64,9 @@ def lora_info(
     """Count trainable and total parameters of the configured model with LoRA, without weights or download.
 
     Builds the architecture on the meta device from model.architecture (a config.json, or a built-in name such as
-    llama-2-ko-7b) and prints the original project's line, e.g.
-    Trainable: 4194304 | total: 6860050432 | Percentage: 0.0611%
+    llama-2-ko-7b) and prints the original project's line, e.g.:
+
+      Trainable: 4194304 | total: 6860050432 | Percentage: 0.0611%
     """
     from korllama.config import load_config
     from korllama.model import format_parameter_report, parameter_report, skeleton, wrap_lora

@@ -117,8 +117,21 @@ def form_info(spec, decision: str, auth: bool, max_upload_bytes: int) -> dict:
     """What the page builds its form from (JSON in the page itself): one entry per column, in the spec's order."""
     return {"spec": spec.name, "description": spec.description, "id": {"name": spec.id.name, "alias": spec.id.alias},
             "label": {"name": spec.label.name, "alias": spec.label.alias, "classes": list(spec.label.classes)},
-            "columns": [column_info(col) for col in spec.columns], "decision": decision, "auth": auth,
-            "max_upload_bytes": max_upload_bytes}
+            "columns": [column_info(col) for col in spec.columns], "derived": derived_info(spec),
+            "decision": decision, "auth": auth, "max_upload_bytes": max_upload_bytes}
+
+
+def derived_info(spec) -> dict:
+    """Each derived feature (a reason may name one; the form has no field for it) by its alias: its description and
+    the table's headers it is computed from, through the derived features it uses (payments_made: 대출금액, 대출기간,
+    총상환원금, 총상환이자), in the order its arguments name them."""
+    sources = {col.alias: [col.name] for col in spec.columns}
+    out = {}
+    for feature in spec.derived:
+        headers = list(dict.fromkeys(h for arg in feature.args for h in sources[arg]))
+        sources[feature.alias] = headers
+        out[feature.alias] = {"text": feature.text, "from": headers}
+    return out
 
 
 def column_info(col) -> dict:
@@ -141,7 +154,8 @@ def column_info(col) -> dict:
 def describe_run(system: System, decision: str) -> dict:
     """The run panel: what was trained on what, how well it did on validation rows, how grades are decided, the
     model card as HTML, and example rows (by header, as the form takes them). Everything comes from the system
-    (korllama.run.Run or korllama.trees.Trees), which alone reads its folder."""
+    (korllama.run.Run or korllama.trees.Trees), which alone reads its folder. `kind`: "trees" or "llm", which facts
+    the page shows. No path of the server's is in it: a folder or file is named by its name (`public_name`)."""
     summary, rule, root = system.summary, system.stored_rule, system.root
     data = system.trained_on or {}
     source = data.get("source") or ""
@@ -150,7 +164,8 @@ def describe_run(system: System, decision: str) -> dict:
         settings = ", ".join(f"{k} {v}" for k, v in (summary.get("settings") or {}).items()) or "default settings"
         rounds = "+".join(str(v) for v in (summary.get("rounds") or {}).values())
         split_ = summary.get("split") or {}
-        facts = {"base": "trees (LightGBM)", "tuning": f"{settings}; {rounds} boosting rounds", "template": "",
+        facts = {"kind": "trees", "base": "trees (LightGBM)", "tuning": f"{settings}; {rounds} boosting rounds",
+                 "template": "",
                  "data": {"source": Path(source).name, **shown},
                  "split": {"held_out": split_.get("valid_fraction"), "seed": split_.get("seed"),
                            "train_rows": summary.get("fit_rows"), "validation_rows": None},
@@ -158,7 +173,9 @@ def describe_run(system: System, decision: str) -> dict:
     else:
         config = system.config
         lora = config.lora
-        facts = {"base": config.model.base,  # its name: where it lies is not the page's to say
+        base = config.model.base
+        local_base = [base, Path(base).expanduser().resolve()] if is_local(base) else []
+        facts = {"kind": "llm", "base": public_name(base),  # where it lies is not the page's to say
                  "tuning": f"LoRA (r {lora.r}, alpha {lora.alpha})" if lora is not None else "all weights",
                  "template": config.prompt.template,
                  "data": {"source": Path(config.data.train).name if config.data.train else
@@ -169,16 +186,32 @@ def describe_run(system: System, decision: str) -> dict:
                  "metrics": {"macro_f1": summary.get("best_eval_macro_f1"), "best_step": summary.get("best_step"),
                              "steps": summary.get("global_step"), "train_loss": summary.get("train_loss"),
                              "macro_f1_by_decision": summary.get("decision")},
-                 "card_html": unpathed(card_html(system.dir.model_card), root, config.data.train)
+                 "card_html": unpathed(card_html(system.dir.model_card), root, config.data.train, *local_base)
                  if system.dir.model_card.is_file() else None}
     return {
         "run": root.name, **facts,
-        "provenance": {k: v for k, v in system.provenance.items() if not isinstance(v, dict | list)},
+        "provenance": {k: public_name(v) for k, v in system.provenance.items() if not isinstance(v, dict | list)},
         "decision": {"served": decision, "rule": rule and {"classes": rule.classes, "weights": rule.weights,
                                                            "fitted_rows": rule.fitted_rows,
                                                            "argmax_kept": rule.argmax_kept}},
         "examples": example_rows(system),
     }
+
+
+def is_local(name) -> bool:
+    """`name` (a base model, a file) is a path on this machine rather than a name (tiny, smollm2-135m, a hub id
+    such as HuggingFaceTB/SmolLM2-135M): absolute, relative to here (./, ../, ~) or an existing folder or file."""
+    if not isinstance(name, str | Path) or not str(name):
+        return False
+    text = str(name)
+    return (Path(text).expanduser().is_absolute() or text.startswith(("./", "../", "~")) or text in (".", "..")
+            or Path(text).exists())
+
+
+def public_name(value):
+    """A value as the page may show it: a path on the server as its last part ("/srv/bases/my-base" -> "my-base"),
+    anything else as it is."""
+    return Path(str(value)).expanduser().resolve().name if is_local(value) else value
 
 
 def _held_out_f1(folder: Path) -> float | None:

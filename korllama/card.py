@@ -111,21 +111,15 @@ def explained_rows(rows_per_s: float, fields: int, available: int) -> int:
 
 # --- the page: korllama/templates/model_card.md.j2 lays out what these functions prepare -------------------------
 
-def _base(run: RunDir, config) -> dict:
-    """The Model section's facts: the tiny base's size, or a named base's record / local folder / hub id; LoRA."""
+def _base(config, recorded: dict | None) -> dict:
+    """The Model section's facts: the tiny base's size, or a named base's record (as training recorded it in
+    train_summary.json, else the cache's) / local folder / hub id; LoRA."""
     base = config.model.base
     facts = {"name": base, "tiny": config.model.tiny if base == "tiny" else None, "record": None, "local": False,
              "lora": config.lora}
     if base != "tiny":
-        record = None
-        if run.base_info.is_file():
-            try:
-                record = json.loads(run.base_info.read_text("utf-8"))
-            except ValueError:
-                record = None
-        elif bases.is_named_base(base):
-            record = bases.provenance(bases.base_dir(base))
-        if record:  # its plain values; nested ones (file lists) stay in base.json
+        record = recorded or (bases.provenance(bases.base_dir(base)) if bases.is_named_base(base) else None)
+        if record:  # its plain values; nested ones (file lists) stay in the record
             facts["record"] = [(k, v) for k, v in record.items() if not isinstance(v, dict | list)]
         facts["local"] = Path(base).is_dir()
     return facts
@@ -143,7 +137,7 @@ def render_card(run: RunDir, config, summary: dict, table: Table, train_part: Ta
         "now": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "spec": {"name": spec.name, "description": spec.description or "a table with a rubric",
                  "label": spec.label.name, "columns": len(spec.columns), "derived": len(spec.derived)},
-        "base": _base(run, config),
+        "base": _base(config, summary.get("base")),
         "data": {"file": data.get("source", table.source), "rows": f"{data.get('rows', len(table)):,}",
                  "synthetic": {"rows": config.data.synth_rows, "seed": config.data.synth_seed}
                  if config.data.train is None else None,

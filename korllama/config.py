@@ -118,6 +118,11 @@ class TrainConfig(_Section):
     max_length: int = Field(1024, ge=16, description="longest prompt + answer in tokens; longer rows are an error")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
                                                              "memory, about a third more time")
+    # Rows whose rendered prompt and label are the same give the same loss: one example stands for all of them,
+    # weighted by their count (korllama.training.collate.distinct_examples). An epoch is then one pass over the
+    # distinct examples, in far fewer steps: epochs, warmup and evaluation steps count those steps.
+    distinct_prompts: bool = Field(False, description="train on each distinct (prompt, label) once, its loss "
+                                                      "weighted by its rows: the full table's loss, fewer passes")
     # Off by default, measured: in the loan prompts a row's length follows the digits of its numbers (a rate of
     # 9.xx% is a token shorter than 12.xx%), so length-grouped batches hold one grade each and learning stalls.
     group_by_length: bool = Field(False, description="batch rows of similar length (less padding)")

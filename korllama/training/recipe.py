@@ -37,7 +37,7 @@ from korllama.run import Run, data_fingerprint
 from korllama.scoring import label_tokens, score
 from korllama.spec import spec_to_yaml
 from korllama.training.callbacks import KeepBest, RichProgress, VerifyCheckpoint
-from korllama.training.collate import collator, tokenize
+from korllama.training.collate import collator, distinct_examples, tokenize
 from korllama.training.hardware import threads_for, training_precision
 from korllama.training.losses import class_weighted_loss, class_weights
 from korllama.training.trainer import GradeTrainer
@@ -242,8 +242,10 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
     if config.lora is not None:
         model = wrap_lora(model, config.lora)
 
-    dataset = Dataset.from_dict(tokenize(tokenizer, train_prompts, train_part.labels.tolist(),
-                                         config.train.max_length))
+    examples = (train_prompts, train_part.labels.tolist(), None)
+    if config.train.distinct_prompts:  # each distinct (prompt, label) once, weighted by its rows: the same loss
+        examples = distinct_examples(*examples[:2])
+    dataset = Dataset.from_dict(tokenize(tokenizer, *examples[:2], config.train.max_length, weights=examples[2]))
     eval_dataset = Dataset.from_dict({"input_ids": tokenizer(eval_prompts)["input_ids"],
                                       "label": eval_part.labels.tolist()})
     compute_loss_func = None
@@ -282,6 +284,7 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
         best = json.loads(folder.best.read_text())
         decision = fit_run_decision(run, eval_part, eval_prompts, trainer.eval_proba.get(best["step"]))
         summary = {"global_step": trainer.state.global_step, "train_rows": len(train_part),
+                   "train_examples": len(dataset),
                    "eval_rows": len(eval_part), "best_eval_macro_f1": best["eval_macro_f1"], "best_step": best["step"],
                    "train_loss": result.training_loss, "seconds": time.perf_counter() - started,
                    "cpu_seconds": time.process_time() - cpu_started, "cpu_seconds_before_resume": 60 * cpu_before,

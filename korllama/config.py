@@ -69,7 +69,8 @@ class ModelConfig(_Section):
         None, description="config.json (or a built-in name like 'llama-2-ko-7b') for `lora-info` without weights")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    load_in_4bit: bool = Field(False, description="bitsandbytes 4-bit base weights (CUDA only)")
+    load_in_4bit: bool = Field(False, description="the base's weights in 4 bits (bitsandbytes NF4, QLoRA): on CUDA, "
+                                                  "and on the CPU with bitsandbytes >= 0.50; needs a lora section")
     trust_remote_code: bool = Field(False, description="always false: korllama never runs code from a model folder, "
                                                        "a hub repo or a run (kept so older configs still read)")
     tiny: TinyModelConfig = TinyModelConfig()
@@ -148,6 +149,13 @@ class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     lora: LoraSettings | None = Field(None, description="null = train all weights (the tiny random-weight base)")
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _4bit_trains_an_adapter(self):
+        if self.model.load_in_4bit and self.lora is None:  # 4-bit weights have no gradient: only an adapter trains
+            raise ValueError("model.load_in_4bit needs a lora section: 4-bit base weights are frozen, and only a "
+                             "LoRA adapter on them can be trained")
+        return self
 
 
 def builtin_configs() -> list[str]:

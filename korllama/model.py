@@ -22,19 +22,18 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    BitsAndBytesConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-from transformers.utils import is_bitsandbytes_available
 from transformers.utils import logging as hf_logging
 
 from korllama.bases import resolve_base
 from korllama.config import LoraSettings, ModelConfig, TinyModelConfig
 from korllama.errors import ConfigError, KorllamaError
 from korllama.prompts import answer
+from korllama.quantize import keep_trainable, quantisation
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"  # ids 0, 1, 2; pad != eos so an EOS target is never mistaken for padding
 # korllama pads every batch itself, on the left (korllama.scoring, training/collate.py: a row's answer ends in the last
@@ -196,17 +195,8 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
     device = pick_device(model_cfg.device)
     dtype = pick_dtype(model_cfg.dtype, device)
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)  # data, never code (config)
-    if model_cfg.load_in_4bit:
-        if device.type != "cuda":
-            raise ConfigError(f"model.load_in_4bit needs a CUDA GPU (bitsandbytes 4-bit), but the device is "
-                              f"{device.type}; set model.load_in_4bit=false.")
-        if not is_bitsandbytes_available():
-            raise ConfigError("model.load_in_4bit needs the bitsandbytes package; install it or set "
-                              "model.load_in_4bit=false.")
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_use_double_quant=True)
-        kwargs["device_map"] = {"": device.index or 0}  # quantised weights are placed while loading
+    if model_cfg.load_in_4bit:  # on any device the installed bitsandbytes quantises on (korllama.quantize)
+        kwargs |= quantisation(device, dtype)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source or source),
@@ -226,6 +216,8 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
 
     if "device_map" not in kwargs:
         model.to(device)
+    else:
+        keep_trainable(model)
     if tokenizer.pad_token is None:  # Llama-2 ships without one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = PADDING_SIDE
@@ -235,7 +227,9 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
     if for_training:
         model.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
         if model_cfg.load_in_4bit:
-            model = prepare_model_for_kbit_training(model)  # fp32 norms, input grads for LoRA on frozen 4-bit
+            # the base frozen, norms in fp32; activation checkpointing (every block recomputed in backward) stays the
+            # config's train.gradient_checkpointing, as for a full-precision base, not switched on as peft's default
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model.train()
     else:
         model.eval()

@@ -34,7 +34,8 @@ def export_cmd(
 ):
     """Write the run as a standard Hugging Face model folder for other serving stacks (vLLM, TGI, transformers).
 
-    LoRA is merged into the base (merge_and_unload), a full-weight run is saved as is: safetensors, the tokenizer,
+    LoRA is merged into the base (merge_and_unload; a run trained on a 4-bit base into the base reloaded
+    unquantised, its agreement with the run measured), a full-weight run is saved as is: safetensors, the tokenizer,
     a generation config, and korllama.json + README.md recording the labels, their token ids, the prompt template
     and the spec, so that another tool can score it.
 
@@ -54,6 +55,10 @@ def export_cmd(
     check = r["check"]
     agreed = (f"; its probabilities equal the run's within {check['max_abs_difference']:.1e} on "
               f"{check['rows']} example rows" if check["max_abs_difference"] is not None else "")
+    if r["quantisation"] and check["max_abs_difference"] is not None:  # the 4-bit run's adapter on the full base
+        agreed = (f"; merged into the full-precision base, it gives the 4-bit run's label on "
+                  f"{check['labels_equal']:.1%} of {check['rows']} {check['rows_from']} rows (max |dP| "
+                  f"{check['max_abs_difference']:.4f})")
     console.print(f"exported {escape(str(run))} ({r['weights']}, {r['dtype']}) -> {escape(r['out'])}{agreed}")
 
 

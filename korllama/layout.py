@@ -72,13 +72,12 @@ class RunDir:
     decision = property(lambda self: self.root / DECISION_FILE)
     model_card = property(lambda self: self.root / "model_card.md")
     references = property(lambda self: self.root / "references.json")
-    base_info = property(lambda self: self.root / "base.json")
     weights_record = property(lambda self: self.root / "weights.json")
     spec = property(lambda self: self.root / "spec.yaml")
 
     OWN = ("config.yaml", "base", "model", "adapter", "tokenizer", "checkpoints", "best.json", "train_summary.json",
            "trainer_state.json", "logs", "train_curve.png", DECISION_FILE, "model_card.md", "references.json",
-           "base.json", "weights.json", "spec.yaml")  # every name above: what training and its card write
+           "weights.json", "spec.yaml")  # every name above: what training and its card write
 
     def foreign(self) -> list[str]:
         """What the run folder holds that korllama does not write there (hidden temporary files excepted): a user's

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from korllama.schema import load_spec
 
 from korllama.config import ModelConfig
 from korllama.data import read_table
 from korllama.model import load_base
 from korllama.prompts import get_template
-from korllama.schema import load_spec
 from korllama.scoring import common_prefix, encode_prompts, score
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dacon-loan" / "train.csv"

@@ -13,6 +13,12 @@ plain transformers): `korllama export RUN --out DIR`.
 The folder is written beside DIR and renamed into place, so it appears whole or not at all. Before it is written,
 the exported model's rank-scored probabilities on the example rows are compared with the run's own (the adapter
 unmerged): for float32 weights they agree within TOLERANCE; the difference measured is recorded in korllama.json.
+
+A run trained on a 4-bit base (model.load_in_4bit, QLoRA) is merged as peft and LLaMA-Factory merge one: the base
+reloaded unquantised (the configured dtype), the adapter applied, merge_and_unload. Adding the adapter to 4-bit weights
+would round it away, so the export is the adapter on the full-precision base, not on the 4-bit weights it was trained
+against, and its scores differ from the run's: how much (labels equal on what share, max |dP|) is measured on
+AGREEMENT_ROWS held-out rows and recorded in korllama.json and the README, never hidden.
 """
 
 from __future__ import annotations
@@ -25,24 +31,25 @@ from pathlib import Path
 import numpy as np
 
 from korllama import __version__
-from korllama.data import TableChunks
-from korllama.errors import DataError, KorllamaError
+from korllama.errors import KorllamaError
 from korllama.io import user_permissions
 from korllama.layout import code_in
+from korllama.model import load_run_weights
 from korllama.outputs import claim_dir, record_written
 from korllama.prompts import answer
 from korllama.run import Run
 from korllama.scoring import label_tokens, score
-from korllama.synth import synthetic_table
 
 EXPORT_FILE = "korllama.json"  # marks a folder as a korllama export (so --overwrite may replace it)
 README = "README.md"
 FORMAT = 1
 TOLERANCE = 1e-5  # max |P(label) exported - P(label) run| for float32 weights (measured ~1e-7 on the tiny model)
 EXAMPLES = 3
+AGREEMENT_ROWS = 200  # held-out rows a 4-bit run's scores are compared with its export's on
 
 
-def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: int = EXAMPLES) -> dict:
+def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: int = EXAMPLES,
+               agreement_rows: int = AGREEMENT_ROWS) -> dict:
     """Write the export folder (see the module) and return what korllama.json records, plus `out`."""
     run = source.dir
     if not run.finished:
@@ -51,26 +58,28 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
     out = Path(out)
     claim_export(out, overwrite)
     config = source.config
-    if config.model.load_in_4bit:
-        raise KorllamaError(f"{run} was trained on a 4-bit base (model.load_in_4bit): merging an adapter into 4-bit "
-                            "weights loses precision, and korllama does not export such runs; serve its adapter "
-                            "on the full-precision base instead (see the README, vLLM with --enable-lora).")
+    quantised = config.model.load_in_4bit  # trained on a 4-bit base: merged into the base reloaded unquantised
 
     model, tokenizer, template = source.model, source.tokenizer, source.template
     spec, classes = source.spec, source.classes
     labels = label_tokens(tokenizer, classes)
-    rows = _example_rows(config, spec, examples)
+    rows = source.example_rows(examples)
     prompts = template.render(rows) if rows is not None else []
-    before = score(model, tokenizer, prompts, classes) if prompts else np.zeros((0, len(classes)))
+    checked = (_held_out_prompts(source, agreement_rows) or prompts) if quantised else prompts
+    before = score(model, tokenizer, checked, classes) if checked else np.zeros((0, len(classes)))
 
     lora = hasattr(model, "merge_and_unload")
-    if lora:
+    if quantised:
+        model = full_precision_merge(source)
+    elif lora:
         model = model.merge_and_unload()  # W + (alpha / r) * B @ A, the adapter gone: a plain transformers model
     model.eval()
-    after = score(model, tokenizer, prompts, classes) if prompts else before
-    difference = float(np.abs(after - before).max()) if prompts else None
+    after = score(model, tokenizer, checked, classes) if checked else before
+    difference = float(np.abs(after - before).max()) if checked else None
+    agree = float((after.argmax(1) == before.argmax(1)).mean()) if checked else None
+    shown = score(model, tokenizer, prompts, classes) if quantised and prompts else after[:len(prompts)]
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    if difference is not None and dtype == "float32" and difference > TOLERANCE:
+    if not quantised and difference is not None and dtype == "float32" and difference > TOLERANCE:
         raise KorllamaError(f"The exported model's probabilities differ from the run's by {difference:.2e} on the "
                             f"example rows (allowed: {TOLERANCE:g}); nothing was written.")
 
@@ -82,14 +91,18 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
         setattr(generation, name, None)
     generation.max_new_tokens = max(len(c) for c in labels.completions)
 
-    base_info = json.loads(run.base_info.read_text("utf-8")) if run.base_info.is_file() else None
     record = {
         "format": FORMAT,
         "korllama_version": __version__,
         "run": str(run.root.resolve()),
-        "weights": "lora merged into the base" if lora else "full model as trained",
+        "weights": ("lora trained on the 4-bit base, merged into the full-precision base" if quantised else
+                    "lora merged into the base" if lora else "full model as trained"),
+        "quantisation": ({"trained_on": "the base in 4 bits (bitsandbytes NF4, double quantisation)",
+                          "exported": f"the base reloaded unquantised ({dtype}), the adapter applied, "
+                                      "merge_and_unload (as peft and LLaMA-Factory merge a QLoRA adapter)"}
+                         if quantised else None),
         "base": config.model.base if config.model.base != "tiny" else "tiny (built by korllama, trained in full)",
-        "base_provenance": base_info,
+        "base_provenance": source.provenance or None,
         "lora": config.lora.model_dump(mode="json") if config.lora is not None else None,
         "dtype": dtype,
         "labels": classes,
@@ -102,10 +115,13 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
                      "fields": config.prompt.fields},
         "spec": spec.model_dump(mode="json"),
         "decision": json.loads(run.decision.read_text("utf-8")) if run.decision.is_file() else None,
-        "check": {"max_abs_difference": difference, "tolerance": TOLERANCE if dtype == "float32" else None,
-                  "rows": len(prompts)},
+        "check": {"max_abs_difference": difference, "labels_equal": agree, "rows": len(checked),
+                  "tolerance": TOLERANCE if dtype == "float32" and not quantised else None,
+                  "against": ("the run as trained and served: its adapter on the 4-bit base" if quantised else
+                              "the run's own weights (a LoRA adapter unmerged)"),
+                  "rows_from": "held-out" if quantised and checked is not prompts else "examples"},
         "examples": [{"id": str(i), "prompt": p, "probabilities": {c: float(v) for c, v in zip(classes, row)}}
-                     for i, p, row in zip(rows.ids if rows is not None else [], prompts, after)],
+                     for i, p, row in zip(rows.ids if rows is not None else [], prompts, shown)],
     }
 
     staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -136,23 +152,22 @@ def claim_export(out: str | Path, overwrite: bool = False) -> Path:
     return claim_dir(out, overwrite, owns=(EXPORT_FILE,), writes=None, what="an export")
 
 
-def _example_rows(config, spec, n: int):
-    """The first `n` rows of the run's training table (its file, read only that far; or its synthetic table), as a
-    clean Table; None when there is none to read (the file has moved, or a spec has no synthetic table)."""
-    if n <= 0:
-        return None
-    if config.data.train is not None:
-        if not Path(config.data.train).is_file():
-            return None
-        try:
-            return next(TableChunks(config.data.train, spec, chunk_rows=n).chunks())[1]
-        except (DataError, StopIteration):
-            return None
+def full_precision_merge(source: Run):
+    """A 4-bit run's adapter merged into its base reloaded unquantised (its configured dtype): how peft and
+    LLaMA-Factory export QLoRA, since an adapter added to 4-bit weights would be rounded to their 16 levels."""
+    model_cfg = source.config.model.model_copy(update={"load_in_4bit": False})
+    unquantised = source.config.model_copy(update={"model": model_cfg})
+    model, _ = load_run_weights(unquantised, source.dir, allow_unrecorded=source.allow_unrecorded)
+    return model.merge_and_unload()
 
+
+def _held_out_prompts(source: Run, n: int) -> list[str]:
+    """`n` of the run's held-out rows, rendered (none when its training table cannot be read any more)."""
     try:
-        return synthetic_table(n, config.data.synth_seed, spec)
-    except (DataError, KeyError, ValueError):  # the synthetic loan table does not fit another spec
-        return None
+        valid = source.split()[1]
+    except KorllamaError:
+        return []
+    return source.template.render(valid.sample(n, seed=source.config.data.split_seed)) if n > 0 else []
 
 
 def model_card(record: dict, name: str) -> str:
@@ -165,6 +180,17 @@ def model_card(record: dict, name: str) -> str:
         probabilities = ", ".join(f"{k} {v:.4f}" for k, v in example["probabilities"].items())
         shown = (f"\nThe first example in korllama.json, as the run scored it: {probabilities}. Score it with your "
                  "stack and compare, to check tokenisation and template.\n")
+    quantised = ""
+    if record.get("quantisation") and record["check"]["rows"]:
+        check = record["check"]
+        quantised = (
+            "\n## Trained on a 4-bit base\n\nThe run trained its LoRA adapter on the base quantised to 4 bits "
+            f"(bitsandbytes NF4, double quantisation: QLoRA). This folder is {record['quantisation']['exported']}: "
+            "an adapter added to 4-bit weights would be rounded away, so the weights here are not the ones it was "
+            f"trained against. Agreement with the run as trained (its adapter on the 4-bit base) on {check['rows']} "
+            f"{check['rows_from']} rows: the same label (argmax) on {check['labels_equal']:.1%} of them, "
+            f"probabilities apart by at most {check['max_abs_difference']:.4f} (max |dP|). To score exactly as the "
+            "run does, serve its adapter on the 4-bit base with korllama.\n")
     how = ("Every label's answer is one token, so one forward pass gives all of them: P(label) = softmax over the "
            "logits of the labels' tokens (`label_token_ids`) at the prompt's last position." if single else
            "Some labels are several tokens: a label's score is the summed log-probability of its answer tokens "
@@ -174,7 +200,7 @@ def model_card(record: dict, name: str) -> str:
 A causal language model tuned by [korllama](https://github.com/suted2/Kor_llama) to grade table rows
 ({record['label_name']}: {labels}). Weights: {record['weights']} ({record['dtype']}, safetensors), with the run's
 tokenizer and a greedy generation config. Source run: `{record['run']}`.
-
+{quantised}
 ## What korllama.json records
 
 - `labels`, `answers` (the completion after the prompt: a space and the label), `label_token_ids`, `eos_token_id`

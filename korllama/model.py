@@ -16,29 +16,29 @@ import warnings
 from pathlib import Path
 
 import torch
-from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 from safetensors import SafetensorError
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    BitsAndBytesConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-from transformers.utils import is_bitsandbytes_available
 from transformers.utils import logging as hf_logging
 
 from korllama.bases import resolve_base
-from korllama.config import LoraConfig, ModelConfig, TinyModelConfig
+from korllama.config import LoraSettings, ModelConfig, TinyModelConfig
 from korllama.errors import ConfigError, KorllamaError
 from korllama.prompts import answer
+from korllama.quantize import keep_trainable, quantisation
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"  # ids 0, 1, 2; pad != eos so an EOS target is never mistaken for padding
-PADDING_SIDE = "right"
+# korllama pads every batch itself, on the left (korllama.scoring, training/collate.py: a row's answer ends in the last
+# column); the tokenizer says the same, so another stack that pads with it (an export's generation) does too
+PADDING_SIDE = "left"
 
 # config.json of beomi/open-llama-2-ko-7b (Llama-2 7B with a 46,336-token Korean-extended vocabulary, untied
 # embeddings). Checked by its parameter count: with LoRA r=8 on q_proj/v_proj it gives the original project's
@@ -195,17 +195,8 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
     device = pick_device(model_cfg.device)
     dtype = pick_dtype(model_cfg.dtype, device)
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)  # data, never code (config)
-    if model_cfg.load_in_4bit:
-        if device.type != "cuda":
-            raise ConfigError(f"model.load_in_4bit needs a CUDA GPU (bitsandbytes 4-bit), but the device is "
-                              f"{device.type}; set model.load_in_4bit=false.")
-        if not is_bitsandbytes_available():
-            raise ConfigError("model.load_in_4bit needs the bitsandbytes package; install it or set "
-                              "model.load_in_4bit=false.")
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_use_double_quant=True)
-        kwargs["device_map"] = {"": device.index or 0}  # quantised weights are placed while loading
+    if model_cfg.load_in_4bit:  # on any device the installed bitsandbytes quantises on (korllama.quantize)
+        kwargs |= quantisation(device, dtype)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source or source),
@@ -225,6 +216,8 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
 
     if "device_map" not in kwargs:
         model.to(device)
+    else:
+        keep_trainable(model)
     if tokenizer.pad_token is None:  # Llama-2 ships without one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = PADDING_SIDE
@@ -234,7 +227,9 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
     if for_training:
         model.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
         if model_cfg.load_in_4bit:
-            model = prepare_model_for_kbit_training(model)  # fp32 norms, input grads for LoRA on frozen 4-bit
+            # the base frozen, norms in fp32; activation checkpointing (every block recomputed in backward) stays the
+            # config's train.gradient_checkpointing, as for a full-precision base, not switched on as peft's default
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model.train()
     else:
         model.eval()
@@ -275,9 +270,9 @@ def load_run_weights(config, folder, base: str | None = None, allow_unrecorded: 
 
 # --- LoRA and parameter counts -----------------------------------------------------------------------------------
 
-def wrap_lora(model, lora_cfg: LoraConfig):
+def wrap_lora(model, lora_cfg: LoraSettings):
     """The base frozen, low-rank adapters on target_modules (None = PEFT's default: q_proj, v_proj for Llama)."""
-    peft_cfg = PeftLoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_cfg.r, lora_alpha=lora_cfg.alpha,
+    peft_cfg = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_cfg.r, lora_alpha=lora_cfg.alpha,
                               lora_dropout=lora_cfg.dropout, target_modules=lora_cfg.target_modules)
     with warnings.catch_warnings():  # peft 0.21 still calls a name transformers 5 deprecated; not ours to fix
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

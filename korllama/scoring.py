@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from korllama.defaults import BATCH_SIZE
 from korllama.errors import DataError, KorllamaError, quote
 from korllama.prompts import answer
 
@@ -184,7 +185,7 @@ def distinct_rows(encoded: list[list[int]]) -> tuple[list[list[int]], np.ndarray
 
 
 @torch.inference_mode()
-def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch_size: int = 32,
+def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch_size: int = BATCH_SIZE,
           progress=None, encoded: list[list[int]] | None = None, once: bool = True,
           known: dict | None = None, copies: np.ndarray | None = None,
           shared_prefix: bool | None = None) -> np.ndarray:

@@ -17,7 +17,6 @@ import torch
 from fixtures import CLASSES, FIELDS, TINY, run_config
 
 from korllama.config import RunConfig, TinyModelConfig
-from korllama.errors import KorllamaError
 from korllama.export import EXPORT_FILE, TOLERANCE, export_run
 from korllama.model import build_tiny
 from korllama.prompts import render
@@ -172,16 +171,3 @@ def test_a_failed_export_leaves_nothing(run_dir, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export_run(Run.load(run_dir), tmp_path / "export")
     assert list(tmp_path.iterdir()) == []  # neither the folder nor its staging copy
-
-
-def test_a_4bit_run_is_refused_with_a_sentence(run_dir, tmp_path):
-    import yaml
-
-    run = tmp_path / "run4"
-    shutil.copytree(run_dir, run)
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    config["model"]["load_in_4bit"] = True
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(KorllamaError, match="4-bit"):
-        export_run(Run.load(run), tmp_path / "export")
-    assert not (tmp_path / "export").exists()

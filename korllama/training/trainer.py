@@ -51,7 +51,7 @@ class GradeTrainer(Trainer):
         keep = loss_window(labels)
         outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
         loss_fn = self.compute_loss_func or answer_loss
-        extra = {} if rows is None else {"rows": rows}
+        extra = {} if rows is None else {"rows": rows}  # a user's compute_loss_func need not take rows
         loss = loss_fn(outputs, labels[:, -keep:], num_items_in_batch=num_items_in_batch, **extra)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as Trainer.compute_loss does

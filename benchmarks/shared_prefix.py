@@ -7,8 +7,8 @@
 For each template: the same distinct prompts of the real loan table (../shared/data/dacon-loan/train.csv), the base
 model as converted (its probabilities need no training to be compared), scored by score(shared_prefix=False) (every
 prompt whole) and score(shared_prefix=True) (the common token prefix run once, its KV cache reused), each timed
-after a warm-up on the same rows, alternated, the fastest of --repeats runs each. Prints prompt tokens, the common prefix, rows/s both ways, the speed-up, the max
-|dP| and whether the argmax labels agree; with --labels, the same for those multi-token labels.
+after a warm-up on the same rows, alternated, the fastest of --repeats runs each. Prints prompt tokens, the common
+prefix, rows/s both ways, the speed-up, the max |dP| and whether the argmax labels agree; with --labels, the same for those multi-token labels.
 `instructed:TEMPLATE` puts the seed template's instruction paragraph (its text before "###Condition") before each
 of TEMPLATE's prompts: a long instruction and a short row, the case the shared prefix is for.
 """
@@ -73,8 +73,10 @@ def main() -> None:
         mean = np.mean([len(e) for e in encoded])
         for classes in [spec.label.classes, *([args.labels] if args.labels else [])]:
             plain, t_plain, cached, t_cached = timed(
-                lambda: score(model, tokenizer, None, classes, args.batch_size, encoded=encoded, shared_prefix=False),
-                lambda: score(model, tokenizer, None, classes, args.batch_size, encoded=encoded, shared_prefix=True),
+                lambda c=classes, e=encoded: score(model, tokenizer, None, c, args.batch_size, encoded=e,
+                                                   shared_prefix=False),
+                lambda c=classes, e=encoded: score(model, tokenizer, None, c, args.batch_size, encoded=e,
+                                                   shared_prefix=True),
                 args.repeats)
             agree = (plain.argmax(1) == cached.argmax(1)).mean()
             print(f"{entry:28s} labels {'/'.join(classes):14s} {len(prompts)} distinct prompts, {mean:.1f} tokens, "

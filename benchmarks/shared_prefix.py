@@ -8,7 +8,8 @@ For each template: the same distinct prompts of the real loan table (../shared/d
 model as converted (its probabilities need no training to be compared), scored by score(shared_prefix=False) (every
 prompt whole) and score(shared_prefix=True) (the common token prefix run once, its KV cache reused), each timed
 after a warm-up on the same rows, alternated, the fastest of --repeats runs each. Prints prompt tokens, the common
-prefix, rows/s both ways, the speed-up, the max |dP| and whether the argmax labels agree; with --labels, the same for those multi-token labels.
+prefix, rows/s both ways, the speed-up, the max |dP| and whether the argmax labels agree; with --labels, the same
+for those multi-token labels.
 `instructed:TEMPLATE` puts the seed template's instruction paragraph (its text before "###Condition") before each
 of TEMPLATE's prompts: a long instruction and a short row, the case the shared prefix is for.
 """

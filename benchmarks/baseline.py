@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     import korllama.baseline as baseline
     import korllama.baseline.estimator as estimator  # where TreeBaseline.fit(table) looks up table_features
     from korllama.data import read_table, split
-    from korllama.evaluate import side_by_side
+    from korllama.evaluation import side_by_side
 
     console = Console(stderr=True)
     table = read_table(args.data)
@@ -66,16 +66,16 @@ def main(argv: list[str] | None = None) -> dict:
     proba = fitted.model.predict_proba(score_on)
     truth = score_on.labels.to_numpy(dtype=object)
     both = side_by_side(fitted.rule, truth, proba, score_on.ids.astype(str), classes)
-    assert both["left_out_fitting_rows"] == 0  # the rule was fitted on inner rows of the 80% only
+    assert both.left_out_fitting_rows == 0  # the rule was fitted on inner rows of the 80% only
     plain = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
     rated = np.isfinite(score_on.frame["implied_rate"].to_numpy(dtype=float)) \
         if "implied_rate" in score_on.frame else np.ones(len(truth), bool)
     per_grade = f1_score(truth, plain, labels=classes, average=None, zero_division=0)
     kept = next(t for t in fitted.trials if t["kept"])
     result = {
-        "argmax_macro_f1": both["argmax"]["macro_f1"], "argmax_accuracy": both["argmax"]["accuracy"],
-        "decision_macro_f1": both["macro-f1"]["macro_f1"], "decision_accuracy": both["macro-f1"]["accuracy"],
-        "weights": both["weights"], "cross_checked_gain": fitted.rule.cross_checked_gain, "kept": kept,
+        "argmax_macro_f1": both.argmax.macro_f1, "argmax_accuracy": both.argmax.accuracy,
+        "decision_macro_f1": both.rule.macro_f1, "decision_accuracy": both.rule.accuracy,
+        "weights": both.weights, "cross_checked_gain": fitted.rule.cross_checked_gain, "kept": kept,
         "fit_wall_s": wall, "fit_cpu_s": cpu,
         "accuracy_repaid": float((plain == truth)[rated].mean()),
         "accuracy_nothing_repaid": float((plain == truth)[~rated].mean()) if (~rated).any() else None,

@@ -120,7 +120,7 @@ def batches(rows, prompt_lengths, micro_batch, packing, pad_id, generator):
 def build_model(args, attn: str, device: torch.device, dtype: torch.dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from korllama.config import LoraConfig
+    from korllama.config import LoraSettings
     from korllama.model import BUILTIN_ARCHITECTURES, wrap_lora
 
     raw = dict(BUILTIN_ARCHITECTURES["llama-2-ko-7b"])
@@ -136,7 +136,7 @@ def build_model(args, attn: str, device: torch.device, dtype: torch.dtype):
     with torch.device(device):
         model = LlamaForCausalLM(config)
     torch.set_default_dtype(default)
-    model = wrap_lora(model, LoraConfig(r=8, alpha=16, dropout=0.1, target_modules=["q_proj", "v_proj"]))
+    model = wrap_lora(model, LoraSettings(r=8, alpha=16, dropout=0.1, target_modules=["q_proj", "v_proj"]))
     return model, config, implementation
 
 

@@ -24,7 +24,7 @@ import time
 import torch
 
 from korllama.data import read_table, split
-from korllama.evaluate import metrics
+from korllama.evaluation import metrics
 from korllama.predict import generate
 from korllama.prompts import get_template
 from korllama.run import Run
@@ -75,11 +75,11 @@ def main() -> None:
     print(f"run {model_name}, template {template} ({tokens:.0f} prompt tokens per row), {args.rows} held-out rows "
           f"of {args.data}, batch {args.batch_size}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}")
-    print(f"rank scoring        : {rates['rank']:9.1f} rows/s  macro-F1 {ranked['macro_f1']:.4f}  invalid 0.0%")
-    print(f"generation, batched : {rates['batched']:9.1f} rows/s  macro-F1 {sampled['macro_f1']:.4f}  "
-          f"invalid {sampled['invalid_rate']:.1%}  (max_new_tokens 100, the original's sampling)")
-    print(f"generation, 1 by 1  : {rates['single']:9.1f} rows/s  macro-F1 {singles['macro_f1']:.4f}  "
-          f"invalid {singles['invalid_rate']:.1%}  (first {single} rows, one generate() call each)")
+    print(f"rank scoring        : {rates['rank']:9.1f} rows/s  macro-F1 {ranked.macro_f1:.4f}  invalid 0.0%")
+    print(f"generation, batched : {rates['batched']:9.1f} rows/s  macro-F1 {sampled.macro_f1:.4f}  "
+          f"invalid {sampled.invalid_rate:.1%}  (max_new_tokens 100, the original's sampling)")
+    print(f"generation, 1 by 1  : {rates['single']:9.1f} rows/s  macro-F1 {singles.macro_f1:.4f}  "
+          f"invalid {singles.invalid_rate:.1%}  (first {single} rows, one generate() call each)")
     print(f"speed-up vs batched generation: {rates['rank'] / rates['batched']:8.1f}x")
     print(f"speed-up vs 1-by-1 generation : {rates['rank'] / rates['single']:8.1f}x")
 

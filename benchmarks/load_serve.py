@@ -30,7 +30,7 @@ from collections import Counter
 import httpx
 import numpy as np
 
-from korllama.serve.errors import MAX_APPLICANTS
+from korllama.defaults import MAX_APPLICANTS
 from korllama.synth import synthesize
 
 

@@ -80,7 +80,7 @@ def run_one(spec: str, steps: int, train_rows, score_rows, workdir: Path, config
     row = {"config": spec, "steps": steps, "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall,
            "train_cpu_s": train_cpu, "train_wall_s": train_wall,
            "rows_per_s": steps * config.train.batch_size / train_wall, "train_loss": summary["train_loss"],
-           "macro_f1": result["macro_f1"], "accuracy": result["accuracy"], "scored": result["n"],
+           "macro_f1": result.macro_f1, "accuracy": result.accuracy, "scored": result.n,
            "load": os.getloadavg()[0]}
     shutil.rmtree(run_dir, ignore_errors=True)
     return row

@@ -73,8 +73,8 @@ def main() -> None:
                                  limit=score_rows, system=f"seed {seed}")
             row = {"recipe": what, "lr": config.train.lr, "steps": summary["global_step"],
                    "batch": config.train.batch_size,
-                   "warmup": config.train.warmup_steps, "seed": seed, "macro_f1": after["macro_f1"],
-                   "accuracy": after["accuracy"], "rows": after["n"], "train_loss": summary["train_loss"],
+                   "warmup": config.train.warmup_steps, "seed": seed, "macro_f1": after.macro_f1,
+                   "accuracy": after.accuracy, "rows": after.n, "train_loss": summary["train_loss"],
                    "threads": summary["threads"], "cpu_s": time.process_time() - cpu,
                    "wall_s": time.perf_counter() - wall}
             rows.append(row)

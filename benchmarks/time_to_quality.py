@@ -18,7 +18,8 @@ from pathlib import Path
 
 from korllama import plots
 from korllama.cost import figure_data, training_cost
-from korllama.report import load_evaluation, scored_rows
+from korllama.evaluation import read_evaluation
+from korllama.report import scored_rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,17 +30,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     given = {name: float(minutes) for name, minutes in (item.rsplit("=", 1) for item in args.cpu)}
-    evals = [load_evaluation(folder) for folder in args.evaluations]
+    evals = [read_evaluation(folder) for folder in args.evaluations]
     print(scored_rows(args.evaluations, evals))
-    costs = [replace(training_cost(e), minutes=given[e["system"]]) if e["system"] in given else training_cost(e)
+    costs = [replace(training_cost(e), minutes=given[e.system]) if e.system in given else training_cost(e)
              for e in evals]
     points, curves, _ = figure_data(evals, costs)
     print("| system | training CPU minutes | macro-F1 | accuracy | where the cost comes from |")
     print("| --- | --- | --- | --- | --- |")
     for e, c in zip(evals, costs):
-        source = "--cpu (measured outside korllama)" if e["system"] in given else "recorded by the run / baseline"
+        source = "--cpu (measured outside korllama)" if e.system in given else "recorded by the run / baseline"
         shown = f"{c.minutes:.1f}" if c.minutes is not None else "–"
-        print(f"| {e['system']} | {shown} | {e['macro_f1']:.4f} | {e['accuracy']:.4f} | "
+        print(f"| {e.system} | {shown} | {e.macro_f1:.4f} | {e.accuracy:.4f} | "
               f"{source if c.minutes is not None else c.missing + ': not drawn'} |")
     plots.plot_time_to_quality(points, curves, args.png)
     print(f"-> {args.png}")

@@ -82,6 +82,7 @@ def run_path(args) -> dict:
     else:  # the original: one text, loss everywhere, every row padded to the longest one
         texts = [p + answer(y) + tokenizer.eos_token for p, y in zip(prompts, labels)]
         longest = max(len(x) for x in tokenizer(texts)["input_ids"])
+        tokenizer.padding_side = "right"  # as the original padded: after the text, loss masked by the collator
         encoded = tokenizer(texts, padding="max_length", max_length=longest)
         rows = [{"input_ids": i, "attention_mask": m} for i, m in zip(encoded["input_ids"], encoded["attention_mask"])]
         collate = DataCollatorForLanguageModeling(tokenizer, mlm=False)  # labels = input_ids, pads -> -100

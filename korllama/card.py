@@ -27,15 +27,15 @@ from korllama import __version__, bases
 from korllama.config import config_to_yaml
 from korllama.data import Table
 from korllama.decision import DecisionRule
-from korllama.evaluate import metrics
-from korllama.explain import carried_fields, describe, explain, importance, llm_proba_fn
+from korllama.evaluation import Evaluation, metrics
+from korllama.explain import describe, explain, importance
 from korllama.groups import group_columns, group_gaps, group_metrics
 from korllama.io import write_text
 from korllama.layout import RunDir
 from korllama.plots import plot_train_curve
 from korllama.references import reference_values, save_references
 from korllama.run import Run
-from korllama.scoring import predict_labels, score
+from korllama.scoring import predict_labels
 from korllama.templates import render
 
 IMPORTANCE_ROWS = 200  # validation rows explained for the card's global importance, at most
@@ -78,9 +78,9 @@ def _write(run: Run) -> Path:
     refs = reference_values(train_part)
     save_references(folder.references, refs, table.source, len(train_part))
 
-    model, tokenizer, template = run.model, run.tokenizer, run.template
+    template = run.template
     started = time.perf_counter()
-    proba = score(model, tokenizer, template.render(eval_part), classes, config.train.eval_batch_size)
+    proba = run.predict_proba(eval_part, config.train.eval_batch_size)
     rows_per_s = len(eval_part) / max(time.perf_counter() - started, 1e-9)
     pred = predict_labels(proba, classes)
     truth = eval_part.labels.tolist()
@@ -89,9 +89,9 @@ def _write(run: Run) -> Path:
                                                                                    ordinal)
     _, kinds = group_columns(eval_part)
     groups = group_metrics(eval_part.frame, kinds, truth, pred, classes, proba.max(axis=1))
-    fields = carried_fields(template, spec)
+    fields = run.fields
     explained = eval_part.sample(explained_rows(rows_per_s, len(fields), len(eval_part)), seed=0)
-    reasons = explain(llm_proba_fn(model, tokenizer, template, classes, config.train.eval_batch_size), explained,
+    reasons = explain(lambda rows: run.predict_proba(rows, config.train.eval_batch_size), explained,
                       fields, refs, classes) if fields else None
 
     text = render_card(folder, config, summary, table, train_part, valid_part, eval_part, template, figures, groups,
@@ -111,39 +111,33 @@ def explained_rows(rows_per_s: float, fields: int, available: int) -> int:
 
 # --- the page: korllama/templates/model_card.md.j2 lays out what these functions prepare -------------------------
 
-def _base(run: RunDir, config) -> dict:
-    """The Model section's facts: the tiny base's size, or a named base's record / local folder / hub id; LoRA."""
+def _base(config, recorded: dict | None) -> dict:
+    """The Model section's facts: the tiny base's size, or a named base's record (as training recorded it in
+    train_summary.json, else the cache's) / local folder / hub id; LoRA."""
     base = config.model.base
     facts = {"name": base, "tiny": config.model.tiny if base == "tiny" else None, "record": None, "local": False,
              "lora": config.lora}
     if base != "tiny":
-        record = None
-        if run.base_info.is_file():
-            try:
-                record = json.loads(run.base_info.read_text("utf-8"))
-            except ValueError:
-                record = None
-        elif bases.is_named_base(base):
-            record = bases.provenance(bases.base_dir(base))
-        if record:  # its plain values; nested ones (file lists) stay in base.json
+        record = recorded or (bases.provenance(bases.base_dir(base)) if bases.is_named_base(base) else None)
+        if record:  # its plain values; nested ones (file lists) stay in the record
             facts["record"] = [(k, v) for k, v in record.items() if not isinstance(v, dict | list)]
         facts["local"] = Path(base).is_dir()
     return facts
 
 
 def render_card(run: RunDir, config, summary: dict, table: Table, train_part: Table, valid_part: Table,
-                eval_part: Table, template, figures: dict, groups: pd.DataFrame, gaps: list[str],
+                eval_part: Table, template, figures: Evaluation, groups: pd.DataFrame, gaps: list[str],
                 weights: pd.Series | None, refs: dict, fields: list[str], explained_rows: int | None = None) -> str:
     spec, classes = table.spec, table.spec.label.classes
     data = summary.get("data", {})
     counts = train_part.labels.value_counts().reindex(classes, fill_value=0)
-    qwk, cal = figures.get("qwk"), figures.get("calibration")
+    qwk, cal = figures.qwk, figures.calibration
     page = {
         "name": config.name, "version": __version__, "root": run.root, "classes": classes,
         "now": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "spec": {"name": spec.name, "description": spec.description or "a table with a rubric",
                  "label": spec.label.name, "columns": len(spec.columns), "derived": len(spec.derived)},
-        "base": _base(run, config),
+        "base": _base(config, summary.get("base")),
         "data": {"file": data.get("source", table.source), "rows": f"{data.get('rows', len(table)):,}",
                  "synthetic": {"rows": config.data.synth_rows, "seed": config.data.synth_seed}
                  if config.data.train is None else None,
@@ -161,14 +155,14 @@ def render_card(run: RunDir, config, summary: dict, table: Table, train_part: Ta
                    "best_f1": f"{summary.get('best_eval_macro_f1', float('nan')):.4f}",
                    "loss": f"{summary.get('train_loss', float('nan')):.4f}",
                    "config": config_to_yaml(config).rstrip()},
-        "validation": {"n": f"{figures['n']:,}",
-                       "overall": [f"{figures['macro_f1']:.4f}", f"{figures['accuracy']:.4f}",
+        "validation": {"n": f"{figures.n:,}",
+                       "overall": [f"{figures.macro_f1:.4f}", f"{figures.accuracy:.4f}",
                                    "—" if qwk is None else f"{qwk:.4f}"],
-                       "per_class": [[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
-                                     for c, v in figures["per_class"].items()]},
-        "calibration": {"ece": f"{cal['ece']:.3f}", "rows": [
-            [f"{cal['bin_edges'][i]:.1f}–{cal['bin_edges'][i + 1]:.1f}", cal["count"][i], f"{cal['confidence'][i]:.3f}",
-             f"{cal['accuracy'][i]:.3f}"] for i in range(len(cal["count"])) if cal["count"][i]]} if cal else None,
+                       "per_class": [[c, f"{v.precision:.3f}", f"{v.recall:.3f}", f"{v.f1:.3f}", v.support]
+                                     for c, v in figures.per_class.items()]},
+        "calibration": {"ece": f"{cal.ece:.3f}", "rows": [
+            [f"{cal.bin_edges[i]:.1f}–{cal.bin_edges[i + 1]:.1f}", cal.count[i], f"{cal.confidence[i]:.3f}",
+             f"{cal.accuracy[i]:.3f}"] for i in range(len(cal.count)) if cal.count[i]]} if cal else None,
         "decision": _decision(run),
         "reasons": {"rows": explained_rows or min(IMPORTANCE_ROWS, len(eval_part)),
                     "weights": [[f, f"{w:.3f}", describe(spec, f, refs.get(f))] for f, w in weights.items()]}

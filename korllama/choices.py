@@ -12,7 +12,10 @@ class Decision(StrEnum):
 
 
 class Mode(StrEnum):
-    """How a system answers (`evaluate --mode`): rank scoring, or the original project's generation and parser."""
+    """How a system answers, which says what kind of system it is (metrics.json's `mode`): an LLM by rank scoring
+    or by the original project's generation and parser (`evaluate --mode`), the tree baseline by its own
+    probabilities."""
 
     SCORE = "score"
     GENERATE = "generate"
+    TREES = "trees"

@@ -13,8 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from korllama.defaults import SPLIT_SEED, VALID_FRACTION
 from korllama.errors import ConfigError, quote, yaml_problem
-from korllama.schema import describe_validation_error
+from korllama.spec import describe_validation_error
 
 
 class _Section(BaseModel):
@@ -26,9 +27,9 @@ class DataConfig(_Section):
     train: Path | None = Field(None, description="labelled CSV/Parquet; none = a synthetic loan table")
     spec: str = Field("loan", description="built-in spec name or a YAML spec file")
     synth_rows: int = Field(4000, ge=10, description="rows of the synthetic table when `train` is empty")
-    synth_seed: int = 0
-    valid_fraction: float = Field(0.2, gt=0, lt=1, description="stratified share held out for evaluation")
-    split_seed: int = 0
+    synth_seed: int = Field(0, description="seed of the synthetic table (the same seed, the same rows)")
+    valid_fraction: float = Field(VALID_FRACTION, gt=0, lt=1, description="stratified share held out for evaluation")
+    split_seed: int = Field(SPLIT_SEED, description="seed of the stratified split (the same seed, the same rows)")
 
 
 class PromptConfig(_Section):
@@ -39,15 +40,15 @@ class PromptConfig(_Section):
 class TinyModelConfig(_Section):
     """The embedded base model korllama builds itself (no download): a small LlamaForCausalLM."""
 
-    hidden_size: int = Field(128, ge=8)
-    num_hidden_layers: int = Field(4, ge=1)
-    num_attention_heads: int = Field(4, ge=1)
-    intermediate_size: int = Field(384, ge=8)
+    hidden_size: int = Field(128, ge=8, description="width of every layer (a multiple of num_attention_heads)")
+    num_hidden_layers: int = Field(4, ge=1, description="transformer blocks")
+    num_attention_heads: int = Field(4, ge=1, description="attention heads per block")
+    intermediate_size: int = Field(384, ge=8, description="width of each block's MLP")
     # The byte-level BPE starts from all 256 bytes + 3 special tokens; at 259 or less it learns no merges and
     # every byte of a prompt is a token (measured: 54 tokens per dacon prompt at 256, 27 at 1,024).
     vocab_size: int = Field(1024, ge=260, description="BPE vocabulary trained on the rendered prompts (above the "
                                                       "256 bytes + 3 special tokens, which are always in it)")
-    max_position_embeddings: int = Field(1024, ge=64)
+    max_position_embeddings: int = Field(1024, ge=64, description="the longest sequence the model can read")
     numbers: Literal["digits", "whole"] = Field(
         "digits", description="how the tokenizer cuts numbers: 'digits', one token per digit (any number reads the "
                               "same way); 'whole', each number ('10.89%', '36') kept in one piece before BPE, so "
@@ -84,40 +85,50 @@ class ModelConfig(_Section):
         return self
 
 
-class LoraConfig(_Section):
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
+class LoraSettings(_Section):
+    """The `lora` section (peft's LoraConfig is built from it in korllama.model)."""
+
+    r: int = Field(8, ge=1, description="rank of each adapter's update matrices: more parameters as it grows")
+    alpha: int = Field(16, ge=1, description="scale of the update: the adapter adds (alpha / r) * B @ A")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the adapter's input while training")
     target_modules: list[str] | None = Field(None, description="none = PEFT's default for the architecture")
 
 
 class TrainConfig(_Section):
     """The Trainer recipe. Defaults are the original project's (configs/seed.yaml spells them out)."""
 
-    epochs: float = Field(3, gt=0)
+    epochs: float = Field(3, gt=0, description="passes over the training rows (a fraction stops part-way)")
     max_steps: int = Field(-1, ge=-1, description="stop after this many optimizer steps (-1: run all epochs)")
     batch_size: int = Field(4, ge=1, description="rows per device per step")
     grad_accum: int = Field(4, ge=1, description="gradient accumulation steps")
-    lr: float = Field(5e-4, gt=0)
-    weight_decay: float = Field(0.1, ge=0)
-    warmup_steps: int = Field(1000, ge=0)
-    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    lr: float = Field(5e-4, gt=0, description="peak learning rate (AdamW), reached after warmup_steps")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW's decoupled weight decay")
+    warmup_steps: int = Field(1000, ge=0, description="optimizer steps over which the learning rate rises from 0")
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="how the learning rate falls after warm-up")
     optim: str = Field("adamw_torch", description="a transformers optimizer name (adamw_torch_fused on GPU)")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto: bf16/fp16 on GPU, fp32 on CPU")
     eval_steps: int = Field(3000, ge=1, description="evaluate (rank-scoring macro-F1) every N steps, and at the end")
     eval_rows: int = Field(2000, ge=10, description="held-out rows scored at each evaluation")
-    eval_batch_size: int = Field(64, ge=1)
-    logging_steps: int = Field(100, ge=1)
-    save_steps: int = Field(1000, ge=1)
-    save_total_limit: int = Field(2, ge=1)
+    eval_batch_size: int = Field(64, ge=1, description="rows per forward pass when evaluating")
+    logging_steps: int = Field(100, ge=1, description="log the training loss every N steps")
+    save_steps: int = Field(1000, ge=1, description="write a resumable checkpoint every N steps")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept (older ones are deleted)")
     class_weights: bool = Field(False, description="weight the grade token's loss by inverse class frequency")
     max_length: int = Field(1024, ge=16, description="longest prompt + answer in tokens; longer rows are an error")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+                                                             "memory, about a third more time")
+    # Rows whose rendered prompt and label are the same give the same loss: one example stands for all of them,
+    # weighted by their count (korllama.training.collate.distinct_examples). An epoch is then one pass over the
+    # distinct examples, in far fewer steps: epochs, warmup and evaluation steps count those steps.
+    distinct_prompts: bool = Field(False, description="train on each distinct (prompt, label) once, its loss "
+                                                      "weighted by its rows: the full table's loss, fewer passes")
     # Off by default, measured: in the loan prompts a row's length follows the digits of its numbers (a rate of
     # 9.xx% is a token shorter than 12.xx%), so length-grouped batches hold one grade each and learning stalls.
     group_by_length: bool = Field(False, description="batch rows of similar length (less padding)")
-    seed: int = 0
+    seed: int = Field(0, description="seed of LoRA's first matrices, the shuffling and dropout (the same seed, "
+                                     "threads and machine: the same weights)")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (none = the cores this process may "
                                                         "use); fixed, never the machine's load: the thread count "
                                                         "changes float rounding, so it is recorded in the run")
@@ -136,7 +147,7 @@ class RunConfig(_Section):
     data: DataConfig = DataConfig()
     prompt: PromptConfig = PromptConfig()
     model: ModelConfig = ModelConfig()
-    lora: LoraConfig | None = Field(None, description="null = train all weights (the tiny random-weight base)")
+    lora: LoraSettings | None = Field(None, description="null = train all weights (the tiny random-weight base)")
     train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from korllama import plots
+from korllama.evaluation import Evaluation
 from korllama.layout import RunDir
 
 
@@ -23,16 +24,15 @@ class Cost:
     missing: str = ""  # why no cost is known, for the report's words
 
 
-def training_cost(evaluation: dict) -> Cost:
+def training_cost(evaluation: Evaluation) -> Cost:
     """The training CPU minutes of the system an evaluation (metrics.json) belongs to, and its run's curve."""
-    if evaluation.get("mode") == "trees":
-        cpu = evaluation.get("fit_cpu_seconds")
-        if isinstance(cpu, int | float):
-            return Cost(cpu / 60)
+    if evaluation.trees:
+        if evaluation.fit_cpu_seconds is not None:
+            return Cost(evaluation.fit_cpu_seconds / 60)
         return Cost(None, missing="fitted before korllama recorded CPU time")
-    if not evaluation.get("run") or evaluation.get("base"):  # a bare base model, or one scored with a run's prompts
+    if evaluation.own_run is None:  # a bare base model, or one scored with a run's prompts
         return Cost(None, missing="a base model, not trained here")
-    run = RunDir(evaluation["run"])
+    run = RunDir(evaluation.own_run)
     if not run.root.is_dir():  # metrics.json names the folder as evaluate was given it: moved, deleted, another cwd
         return Cost(None, missing=f"its run folder {run.root} is not found from here")
     summary, state = _json(run.summary), _json(run.trainer_state)
@@ -52,12 +52,12 @@ def _json(path: Path) -> dict:
     return found if isinstance(found, dict) else {}
 
 
-def figure_data(evals: list[dict], costs: list[Cost]):
+def figure_data(evals: list[Evaluation], costs: list[Cost]):
     """What the figure draws: (points: (system, minutes, macro-F1, colour k) of the systems with a cost; curves:
     (run name, curve, colour k), each run once; unknown: "system (why)" of the others)."""
-    points = [(e["system"], c.minutes, e["macro_f1"], k) for k, (e, c) in enumerate(zip(evals, costs))
+    points = [(e.system, c.minutes, e.macro_f1, k) for k, (e, c) in enumerate(zip(evals, costs))
               if c.minutes is not None]
-    unknown = [f"{e['system']} ({c.missing})" for e, c in zip(evals, costs) if c.minutes is None]
+    unknown = [f"{e.system} ({c.missing})" for e, c in zip(evals, costs) if c.minutes is None]
     curves, seen = [], set()
     for k, c in enumerate(costs):
         if c.curve and c.run not in seen:
@@ -66,7 +66,7 @@ def figure_data(evals: list[dict], costs: list[Cost]):
     return points, curves, unknown
 
 
-def time_to_quality(evals: list[dict]) -> dict:
+def time_to_quality(evals: list[Evaluation]) -> dict:
     """The report's section: "png" and "caption" when some system has a cost, else a "note" (the figure left
     out); the keys absent from one are None."""
     points, curves, unknown = figure_data(evals, [training_cost(e) for e in evals])

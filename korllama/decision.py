@@ -21,8 +21,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from korllama.choices import Decision
 from korllama.errors import KorllamaError
 from korllama.io import write_text
-
-FILENAME = "decision.json"
+from korllama.layout import DECISION_FILE
 
 
 def decision_choice(name: str) -> Decision:
@@ -85,7 +84,7 @@ class DecisionRule:
         """Write the rule as JSON; `path` may be a folder (then FOLDER/decision.json)."""
         path = Path(path)
         if path.is_dir():
-            path = path / FILENAME
+            path = path / DECISION_FILE
         write_text(path, json.dumps(self.to_dict(), indent=1))
         return path
 
@@ -94,7 +93,7 @@ class DecisionRule:
         """Read a rule written by `save`; `path` may be the folder that holds decision.json."""
         path = Path(path)
         if path.is_dir():
-            path = path / FILENAME
+            path = path / DECISION_FILE
         if not path.is_file():
             raise KorllamaError(f"{path} does not exist: no decision rule was stored there "
                                 "(it is fitted on validation rows when the model is trained).")

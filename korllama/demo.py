@@ -20,15 +20,17 @@ from rich.markup import escape
 from korllama.baseline.command import run_baseline
 from korllama.bases import ensure_base
 from korllama.card import document_run
+from korllama.choices import Mode
 from korllama.config import load_config
 from korllama.data import Table, profile, read_table, split
 from korllama.errors import ConfigError
-from korllama.evaluate import PREDICTIONS_FILE, evaluate_run, metrics, write_evaluation
+from korllama.evaluate import evaluate_run
+from korllama.evaluation import PREDICTIONS_FILE, metrics, write_evaluation
 from korllama.explain import explain_run
+from korllama.generation import generate, off_format_rate
 from korllama.io import write_csv
 from korllama.model import pick_device
 from korllama.outputs import record_written
-from korllama.predict import generate, off_format_rate
 from korllama.prompts import answer, get_template
 from korllama.report import compare
 from korllama.run import Run
@@ -110,17 +112,17 @@ def _run_demo(out: Path, rows: int, seed: int, console: Console, pretrained: Pre
     after = evaluate_run(tuned, table, evals / "after", held_out=True, system="tiny after tuning", console=console)
     generated = evaluate_run(tuned, table, evals / "generate", mode="generate", limit=100, held_out=True,
                              batch_size=16, system="tiny after tuning, generation", console=console)
-    say("5. evaluate", f"held-out rows: macro-F1 {before['macro_f1']:.3f} before tuning -> "
-        f"{after['macro_f1']:.3f} after (rank scoring, {after['rows_per_s']:.0f} rows/s); generation the "
-        f"original's way: {generated['macro_f1']:.3f} on {generated['n']} rows, "
-        f"{generated['invalid_rate']:.0%} invalid, {generated['rows_per_s']:.1f} rows/s")
+    say("5. evaluate", f"held-out rows: macro-F1 {before.macro_f1:.3f} before tuning -> "
+        f"{after.macro_f1:.3f} after (rank scoring, {after.rows_per_s:.0f} rows/s); generation the "
+        f"original's way: {generated.macro_f1:.3f} on {generated.n} rows, "
+        f"{generated.invalid_rate:.0%} invalid, {generated.rows_per_s:.1f} rows/s")
     reasons, why = explain_run(tuned, table, evals / "after", held_out=True, console=console)
     say("   reasons", f"each prompt field set to a typical value, the row scored again ({why['rows_per_s']:.0f} "
         f"rows/s); row {escape(reasons.ids[0])} is {reasons.classes[reasons.predicted[0]]}: "
         + "; ".join(escape(r["text"]) for r in reasons.top(0, 2)))
     base = run_baseline(table, None, evals / "baseline", valid_fraction=config.data.valid_fraction,
                         seed=config.data.split_seed)
-    say("6. baseline", f"LightGBM on the same split: macro-F1 {base['macro_f1']:.3f}")
+    say("6. baseline", f"LightGBM on the same split: macro-F1 {base.macro_f1:.3f}")
 
     folders = [evals / "before", evals / "after", evals / "generate", evals / "baseline"]
     smol = None
@@ -136,8 +138,8 @@ def _run_demo(out: Path, rows: int, seed: int, console: Console, pretrained: Pre
         f"{escape(str(report))} (one file, its plots embedded)")
     console.print(f"\ndone in {seconds:.0f}s ({torch.get_num_threads()} CPU threads). Open {escape(str(report))} in "
                   "a browser.")
-    return {"seconds": seconds, "before": before["macro_f1"], "after": after["macro_f1"],
-            "baseline": base["macro_f1"], "train": summary,
+    return {"seconds": seconds, "before": before.macro_f1, "after": after.macro_f1,
+            "baseline": base.macro_f1, "train": summary,
             "pretrained": {k: v for k, v in smol.items() if k != "folders"} if smol else None}
 
 
@@ -184,15 +186,17 @@ def pretrained_stage(stage: PretrainedStage, table: Table, data_path: Path, out:
     seconds = time.perf_counter() - started
     del model, untuned
     result = metrics(sample.labels.tolist(), pred, classes, None, spec.label.ordinal)
-    result.update(system="SmolLM2 before tuning, generation (seed prompt)", mode="generate", template="seed",
-                  rows_per_s=len(sample) / max(seconds, 1e-9), seconds=seconds, data=table.source, held_out=True,
-                  run=None, base=stage.base, off_format_rate=off_format_rate(texts, classes))
+    result.system, result.mode, result.template = "SmolLM2 before tuning, generation (seed prompt)", Mode.GENERATE, \
+        "seed"
+    result.rows_per_s, result.seconds, result.data, result.held_out = len(sample) / max(seconds, 1e-9), seconds, \
+        table.source, True
+    result.run, result.base, result.off_format_rate = None, stage.base, off_format_rate(texts, classes)
     write_evaluation(evals / "smollm2-generate-before", result, sample.ids, sample.labels, pred, None, classes,
                      {"generated": texts})
     say("8. SmolLM2", f"before tuning, the original's prompt (seed) and sampling, 100 new tokens, on "
-        f"{len(sample)} held-out rows: {result['invalid_rate']:.0%} without a valid grade, "
-        f"{result['off_format_rate']:.0%} not just a grade (extra text), macro-F1 "
-        f"{result['macro_f1']:.3f}, {result['rows_per_s']:.2f} rows/s. It wrote, e.g.:")
+        f"{len(sample)} held-out rows: {result.invalid_rate:.0%} without a valid grade, "
+        f"{result.off_format_rate:.0%} not just a grade (extra text), macro-F1 "
+        f"{result.macro_f1:.3f}, {result.rows_per_s:.2f} rows/s. It wrote, e.g.:")
     for text in _shown(texts, pred, classes, stage):
         console.print(text, markup=False, highlight=False)
 
@@ -213,13 +217,13 @@ def pretrained_stage(stage: PretrainedStage, table: Table, data_path: Path, out:
                              system="SmolLM2 after LoRA, generation", console=console)
     after_texts = _read_generated(evals / "smollm2-generate-after")
     say("", f"after tuning, the same sampling ({config.prompt.template!r} prompt) on the same rows: "
-        f"{generated['invalid_rate']:.0%} without a valid grade, {generated['off_format_rate']:.0%} not just a "
+        f"{generated.invalid_rate:.0%} without a valid grade, {generated.off_format_rate:.0%} not just a "
         f"grade, e.g. {escape(repr(after_texts[0]))}; "
-        f"rank scoring on {after['n']} held-out rows: macro-F1 {before['macro_f1']:.3f} before tuning -> "
-        f"{after['macro_f1']:.3f} after ({after['rows_per_s']:.0f} rows/s)")
+        f"rank scoring on {after.n} held-out rows: macro-F1 {before.macro_f1:.3f} before tuning -> "
+        f"{after.macro_f1:.3f} after ({after.rows_per_s:.0f} rows/s)")
     return {"folders": [evals / "smollm2-generate-before", evals / "smollm2-before", evals / "smollm2-after",
                         evals / "smollm2-generate-after"],
-            "generate_before": result, "before": before["macro_f1"], "after": after["macro_f1"],
+            "generate_before": result, "before": before.macro_f1, "after": after.macro_f1,
             "generate_after": generated, "train": summary, "texts_before": texts, "texts_after": after_texts}
 
 

@@ -34,7 +34,6 @@ direction of a change for values on the far side of typical. They are faithful t
 from __future__ import annotations
 
 import json
-import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,16 +42,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from korllama.baseline.estimator import TreeBaseline
 from korllama.data import Table, as_table
+from korllama.data.table import derive
+from korllama.defaults import BATCH_SIZE
 from korllama.errors import KorllamaError
-from korllama.features import OPS
+from korllama.evaluation import EXPLAIN_FILE, EXPLANATION_FILES, REASONS_FILE
 from korllama.io import write_csv, write_text
-from korllama.outputs import EXPLAIN_FILE, EXPLANATION_FILES, REASONS_FILE, record_written
-from korllama.references import reference_values
-from korllama.run import Run
-from korllama.schema import TableSpec
-from korllama.scoring import encode_prompts, refuse_long_prompts, score
+from korllama.outputs import record_written
+from korllama.spec import TableSpec
+from korllama.system import System
 from korllama.ui import progress_bar
 
 ProbaFn = Callable[[Table], np.ndarray]
@@ -61,18 +59,6 @@ MAX_VARIANTS = 4096  # rows x fields variants scored in one proba_fn call
 
 
 # --- fields and references ----------------------------------------------------------------------------------------
-
-def known_fields(spec: TableSpec) -> list[str]:
-    """Every column and derived feature of the spec (what the tree baseline reads)."""
-    return [c.alias for c in spec.columns] + [d.alias for d in spec.derived]
-
-
-def carried_fields(template, spec: TableSpec) -> list[str]:
-    """The spec's columns and derived features a prompt template shows, in the order they first appear."""
-    known = set(known_fields(spec))
-    found = [field for _, field, _, _ in string.Formatter().parse(template.text) if field in known]
-    return list(dict.fromkeys(found))
-
 
 # --- variants and reasons -----------------------------------------------------------------------------------------
 
@@ -96,16 +82,9 @@ def neutralised(frame: pd.DataFrame, spec: TableSpec, field: str, ref) -> pd.Dat
     changed = {field}
     for d in spec.derived:
         if d.alias != field and changed.intersection(d.args):
-            out[d.alias] = _derive(out, d)
+            out[d.alias] = derive(out, d)
             changed.add(d.alias)
     return out
-
-
-def _derive(frame: pd.DataFrame, d) -> np.ndarray:
-    """One derived feature, computed as korllama.data.add_derived computes it."""
-    args = [frame[a].to_numpy(dtype=float, na_value=np.nan) for a in d.args]
-    weights = getattr(d, "weights", None)
-    return OPS[d.op](*args, weights=weights) if weights else OPS[d.op](*args)
 
 
 @dataclass
@@ -253,36 +232,21 @@ def explain(proba_fn: ProbaFn, table: Table, fields: list[str], references: dict
 
 # --- the systems: an LLM run (rank scoring) and the tree baseline --------------------------------------------------
 
-def llm_proba_fn(model, tokenizer, template, classes: list[str], batch_size: int = 32) -> ProbaFn:
-    """proba_fn of a language model: render the prompts and score them (korllama.scoring scores each distinct
-    prompt once, so the variants that repeat a text cost nothing more)."""
-    def proba(table: Table) -> np.ndarray:
-        return score(model, tokenizer, template.render(table), classes, batch_size)
-
-    return proba
-
-
-def explain_rows(model, tokenizer, template, table: Table, references: dict, classes: list[str], top: int = 3,
-                 batch_size: int = 32) -> tuple[np.ndarray, list[list[dict]]]:
+def explain_rows(system: System, table: Table, references: dict, top: int = 3,
+                 batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, list[list[dict]]]:
     """For the service: (P(label) per row, the top reasons per row) in one batched pass over rows x fields.
 
     Each reason is {field, value, reference, delta, deltas (per label), text}; the same numbers
     `korllama explain` writes for the row (both call `explain`)."""
-    fields = carried_fields(template, table.spec)
-    reasons = explain(llm_proba_fn(model, tokenizer, template, classes, batch_size), table, fields, references,
-                      classes)
+    reasons = explain(lambda variants: system.predict_proba(variants, batch_size), table, system.fields, references,
+                      system.classes)
     return reasons.proba, [reasons.top(i, top) for i in range(len(reasons))]
-
-
-def baseline_proba_fn(train: Table) -> ProbaFn:
-    """The tree baseline fitted on `train`; its predict_proba as a proba_fn."""
-    return TreeBaseline().fit(train).predict_proba
 
 
 # --- the command ----------------------------------------------------------------------------------------------------
 
 def select_rows(table: Table, ids: list[str] | None = None, held_out: bool = False, limit: int | None = None,
-                run: Run | None = None) -> Table:
+                run: System | None = None) -> Table:
     """The rows to explain: the run's held-out split, a seeded sample (as `evaluate --limit`), or given IDs."""
     if held_out:
         table = run.split(table)[1]
@@ -300,35 +264,34 @@ def select_rows(table: Table, ids: list[str] | None = None, held_out: bool = Fal
     return table
 
 
-def explain_run(run: Run, data: str | Path | Table, out: str | Path, ids: list[str] | None = None,
-                held_out: bool = False, limit: int | None = None, baseline: bool = False, batch_size: int = 32,
+def explain_run(system: System, data: str | Path | Table, out: str | Path, ids: list[str] | None = None,
+                held_out: bool = False, limit: int | None = None, batch_size: int = BATCH_SIZE,
                 console=None) -> tuple[Reasons, dict]:
-    """`korllama explain`: reasons for rows of `data` from a run (or from the tree baseline fitted on the run's
-    training split); writes OUT/reasons.csv and OUT/explain.json. Returns the reasons and the summary. `data`: a file,
-    or the Table when the caller has already read it."""
-    table = select_rows(as_table(data, run.spec), ids, held_out, limit, run)
-    spec, classes = run.spec, run.classes
-    if baseline:
-        train = run.split()[0]
-        references = reference_values(train)
-        proba_fn, fields, system, template = baseline_proba_fn(train), known_fields(spec), "baseline", ""
-    else:
-        refuse_long_prompts(encode_prompts(run.tokenizer, run.template.render(table)), run.max_tokens, table)
-        references = run.references
-        proba_fn = llm_proba_fn(run.model, run.tokenizer, run.template, classes, batch_size)
-        fields, system, template = carried_fields(run.template, spec), run.name, run.template.name
+    """`korllama explain`: reasons for rows of `data` from a system — an LLM run, or the tuned trees `korllama
+    baseline` saved (korllama.system) — written as OUT/reasons.csv and OUT/explain.json. Returns the reasons and the
+    summary. `data`: a file, or the Table when the caller has already read it."""
+    table = select_rows(as_table(data, system.spec), ids, held_out, limit, system)
+    fields = system.fields
+    template = system.template.name if system.template is not None else ""
     if not fields:
-        raise KorllamaError(f"The run's prompt template {template!r} shows no column of spec {spec.name!r}: "
+        raise KorllamaError(f"The run's prompt template {template!r} shows no column of spec {system.spec.name!r}: "
                             "there is nothing to neutralise.")
+    if system.template is not None:
+        system.encode(table)  # a prompt longer than the model reads is refused before any work
+    references = system.references
+
+    def proba_fn(variants: Table) -> np.ndarray:
+        return system.predict_proba(variants, batch_size)
+
     started = time.perf_counter()
     with progress_bar(len(table), "explaining", console) as advance:
-        reasons = explain(proba_fn, table, fields, references, classes, progress=advance)
+        reasons = explain(proba_fn, table, fields, references, system.classes, progress=advance)
     seconds = time.perf_counter() - started
     out = Path(out)
     write_csv(out / REASONS_FILE, reasons.frame())
-    summary = {"system": system, "run": str(run.root), "template": template, "data": table.source,
-               "held_out": held_out, "rows": len(reasons), "fields": fields, "references": reasons.references,
-               "seconds": seconds, "rows_per_s": len(reasons) / max(seconds, 1e-9)}
+    summary = {"system": system.name, "run": str(system.root), "template": template,
+               "data": table.source, "held_out": held_out, "rows": len(reasons), "fields": fields,
+               "references": reasons.references, "seconds": seconds, "rows_per_s": len(reasons) / max(seconds, 1e-9)}
     write_text(out / EXPLAIN_FILE, json.dumps(summary, indent=1, ensure_ascii=False, default=str))
     record_written(out, EXPLANATION_FILES)
     return reasons, summary

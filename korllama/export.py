@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from korllama import __version__
-from korllama.data import TableChunks
-from korllama.errors import DataError, KorllamaError
+from korllama.errors import KorllamaError
 from korllama.io import user_permissions
 from korllama.layout import code_in
 from korllama.model import load_run_weights
@@ -40,7 +39,6 @@ from korllama.outputs import claim_dir, record_written
 from korllama.prompts import answer
 from korllama.run import Run
 from korllama.scoring import label_tokens, score
-from korllama.synth import synthetic_table
 
 EXPORT_FILE = "korllama.json"  # marks a folder as a korllama export (so --overwrite may replace it)
 README = "README.md"
@@ -65,7 +63,7 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
     model, tokenizer, template = source.model, source.tokenizer, source.template
     spec, classes = source.spec, source.classes
     labels = label_tokens(tokenizer, classes)
-    rows = _example_rows(config, spec, examples)
+    rows = source.example_rows(examples)
     prompts = template.render(rows) if rows is not None else []
     checked = (_held_out_prompts(source, agreement_rows) or prompts) if quantised else prompts
     before = score(model, tokenizer, checked, classes) if checked else np.zeros((0, len(classes)))
@@ -93,7 +91,6 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
         setattr(generation, name, None)
     generation.max_new_tokens = max(len(c) for c in labels.completions)
 
-    base_info = json.loads(run.base_info.read_text("utf-8")) if run.base_info.is_file() else None
     record = {
         "format": FORMAT,
         "korllama_version": __version__,
@@ -105,7 +102,7 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
                                       "merge_and_unload (as peft and LLaMA-Factory merge a QLoRA adapter)"}
                          if quantised else None),
         "base": config.model.base if config.model.base != "tiny" else "tiny (built by korllama, trained in full)",
-        "base_provenance": base_info,
+        "base_provenance": source.provenance or None,
         "lora": config.lora.model_dump(mode="json") if config.lora is not None else None,
         "dtype": dtype,
         "labels": classes,
@@ -171,25 +168,6 @@ def _held_out_prompts(source: Run, n: int) -> list[str]:
     except KorllamaError:
         return []
     return source.template.render(valid.sample(n, seed=source.config.data.split_seed)) if n > 0 else []
-
-
-def _example_rows(config, spec, n: int):
-    """The first `n` rows of the run's training table (its file, read only that far; or its synthetic table), as a
-    clean Table; None when there is none to read (the file has moved, or a spec has no synthetic table)."""
-    if n <= 0:
-        return None
-    if config.data.train is not None:
-        if not Path(config.data.train).is_file():
-            return None
-        try:
-            return next(TableChunks(config.data.train, spec, chunk_rows=n).chunks())[1]
-        except (DataError, StopIteration):
-            return None
-
-    try:
-        return synthetic_table(n, config.data.synth_seed, spec)
-    except (DataError, KeyError, ValueError):  # the synthetic loan table does not fit another spec
-        return None
 
 
 def model_card(record: dict, name: str) -> str:

@@ -20,7 +20,7 @@ from fairlearn.metrics import MetricFrame, selection_rate
 from sklearn.metrics import accuracy_score, f1_score
 
 from korllama.data import Table
-from korllama.outputs import PREDICTIONS_FILE
+from korllama.evaluation import PREDICTIONS_FILE, Evaluation
 
 FEW_VALUES = 6  # a numeric column with this many distinct values or fewer is grouped by value, not by quartile
 MIN_GROUP_ROWS = 30  # groups smaller than this are shown, but not compared in words
@@ -184,14 +184,14 @@ def group_gaps(groups: pd.DataFrame, classes: list[str], min_rows: int = MIN_GRO
     return words
 
 
-def evaluation_groups(folder: str | Path, metrics: dict) -> pd.DataFrame | None:
+def evaluation_groups(folder: str | Path, metrics: Evaluation) -> pd.DataFrame | None:
     """Group metrics of an evaluation folder (predictions.csv with its group columns), or None when it has none."""
-    kinds = metrics.get("group_columns")
+    kinds = metrics.group_columns
     path = Path(folder) / PREDICTIONS_FILE
     if not kinds or not path.is_file():
         return None
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    classes = metrics["classes"]
+    classes = metrics.classes
     proba_cols = [f"P_{c}" for c in classes]
     top = frame[proba_cols].astype(float).to_numpy().max(axis=1) if all(c in frame for c in proba_cols) else None
     return group_metrics(read_group_columns(frame, kinds), kinds, frame["truth"], frame["prediction"], classes, top)

@@ -25,6 +25,7 @@ from pathlib import Path
 from korllama.errors import KorllamaError
 from korllama.io import sha256_file, user_permissions, write_text
 
+DECISION_FILE = "decision.json"  # a macro-F1 decision rule (korllama.decision), in a run and in the trees' folder
 CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyw", ".pyx", ".so", ".pyd", ".dll", ".dylib", ".sh")
 # keys of a Hugging Face or peft config that name classes to import from the folder (custom code)
 CODE_KEYS = ("auto_map", "auto_mapping")
@@ -68,16 +69,15 @@ class RunDir:
     trainer_state = property(lambda self: self.root / "trainer_state.json")
     logs = property(lambda self: self.root / "logs")
     train_curve = property(lambda self: self.root / "train_curve.png")
-    decision = property(lambda self: self.root / "decision.json")
+    decision = property(lambda self: self.root / DECISION_FILE)
     model_card = property(lambda self: self.root / "model_card.md")
     references = property(lambda self: self.root / "references.json")
-    base_info = property(lambda self: self.root / "base.json")
     weights_record = property(lambda self: self.root / "weights.json")
     spec = property(lambda self: self.root / "spec.yaml")
 
     OWN = ("config.yaml", "base", "model", "adapter", "tokenizer", "checkpoints", "best.json", "train_summary.json",
-           "trainer_state.json", "logs", "train_curve.png", "decision.json", "model_card.md", "references.json",
-           "base.json", "weights.json", "spec.yaml")  # every name above: what training and its card write
+           "trainer_state.json", "logs", "train_curve.png", DECISION_FILE, "model_card.md", "references.json",
+           "weights.json", "spec.yaml")  # every name above: what training and its card write
 
     def foreign(self) -> list[str]:
         """What the run folder holds that korllama does not write there (hidden temporary files excepted): a user's
@@ -243,3 +243,42 @@ class RunDir:
 
     def __str__(self) -> str:
         return str(self.root)
+
+
+class TreesDir(RunDir):
+    """A tree baseline's folder (`korllama baseline --out`): the fitted trees beside their own evaluation, read by
+    korllama.trees.Trees the way a run is read by korllama.run.Run.
+
+        TREES/trees.json       what was fitted: the spec, the table and its split, the settings kept (its presence
+                               marks the folder as a tree baseline)
+        TREES/trees/           the fitted models (LightGBM's text format) and estimator.json: korllama.baseline.saved
+        TREES/spec.yaml, TREES/decision.json, TREES/references.json, TREES/weights.json   as in a run
+        TREES/metrics.json, TREES/predictions.csv   the evaluation on the held-out rows (korllama.evaluation)
+    """
+
+    record = property(lambda self: self.root / "trees.json")
+    model = property(lambda self: self.root / "trees")
+
+    OWN = ("trees.json", "trees", "spec.yaml", DECISION_FILE, "references.json", "weights.json")
+
+    @property
+    def is_trees(self) -> bool:
+        return self.record.is_file()
+
+    @property
+    def is_run(self) -> bool:  # not an LLM run: nothing but `korllama baseline` writes the trees
+        return False
+
+    @property
+    def finished(self) -> bool:  # written last, as a run's train_summary.json
+        return self.record.is_file()
+
+    def read_record(self) -> dict:
+        try:
+            return json.loads(self.record.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise KorllamaError(f"{self.record} is damaged ({exc}); fit the trees again with `korllama "
+                                "baseline`.") from None
+
+    def verify_weights(self, *folders: Path, allow_unrecorded: bool = False) -> None:
+        super().verify_weights(*(folders or (self.model,)), allow_unrecorded=allow_unrecorded)

@@ -16,8 +16,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 from safetensors import SafetensorError
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -31,13 +30,15 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import logging as hf_logging
 
 from korllama.bases import resolve_base
-from korllama.config import LoraConfig, ModelConfig, TinyModelConfig
+from korllama.config import LoraSettings, ModelConfig, TinyModelConfig
 from korllama.errors import ConfigError, KorllamaError
 from korllama.prompts import answer
 from korllama.quantize import keep_trainable, quantisation
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"  # ids 0, 1, 2; pad != eos so an EOS target is never mistaken for padding
-PADDING_SIDE = "right"
+# korllama pads every batch itself, on the left (korllama.scoring, training/collate.py: a row's answer ends in the last
+# column); the tokenizer says the same, so another stack that pads with it (an export's generation) does too
+PADDING_SIDE = "left"
 
 # config.json of beomi/open-llama-2-ko-7b (Llama-2 7B with a 46,336-token Korean-extended vocabulary, untied
 # embeddings). Checked by its parameter count: with LoRA r=8 on q_proj/v_proj it gives the original project's
@@ -269,9 +270,9 @@ def load_run_weights(config, folder, base: str | None = None, allow_unrecorded: 
 
 # --- LoRA and parameter counts -----------------------------------------------------------------------------------
 
-def wrap_lora(model, lora_cfg: LoraConfig):
+def wrap_lora(model, lora_cfg: LoraSettings):
     """The base frozen, low-rank adapters on target_modules (None = PEFT's default: q_proj, v_proj for Llama)."""
-    peft_cfg = PeftLoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_cfg.r, lora_alpha=lora_cfg.alpha,
+    peft_cfg = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_cfg.r, lora_alpha=lora_cfg.alpha,
                               lora_dropout=lora_cfg.dropout, target_modules=lora_cfg.target_modules)
     with warnings.catch_warnings():  # peft 0.21 still calls a name transformers 5 deprecated; not ours to fix
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -40,67 +40,94 @@ def plot_train_curve(log_history: list[dict], path: str | Path | None = None) ->
     return _save(fig, path)
 
 
-def plot_confusions(evals: list[dict], path: str | Path | None = None) -> Path | bytes:
-    """One row-normalised confusion heatmap per system (rows = truth), counts written in the cells."""
-    fig, axes = plt.subplots(1, len(evals), figsize=(4.2 * len(evals), 4.2), dpi=DPI, squeeze=False)
-    for ax, e in zip(axes[0], evals):
-        counts = np.asarray(e["confusion"], dtype=float)
+PER_ROW = 3  # panels per row of a small-multiples figure: each stays ~360 px wide at 1280 px and legible on A4
+
+
+def _grid(panels: int, width: float, height: float):
+    """A figure of `panels` panels, at most PER_ROW a row; the unused panels of the last row switched off."""
+    ncols = min(PER_ROW, panels)
+    nrows = -(-panels // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), dpi=DPI, squeeze=False)
+    for ax in axes.flat[panels:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:panels])
+
+
+def plot_confusions(evals: list, path: str | Path | None = None) -> Path | bytes:
+    """One confusion matrix per system (rows = truth), at most three a row: each cell its count and its share of
+    the true label's rows (the shading), each panel titled with its system, macro-F1 and rows. No suptitle: a
+    figure-wide title crowds the panels' own; the report's caption says how to read the cells."""
+    fig, axes = _grid(len(evals), 3.7, 3.9)
+    for ax, e in zip(axes, evals):
+        counts = np.asarray(e.confusion, dtype=float)
         share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-        classes = e["classes"]
-        ax.set_xticks(range(len(classes)), classes)
-        ax.set_yticks(range(len(classes)), classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{e['system']}\nmacro-F1 {e['macro_f1']:.3f}", fontsize=10)
+        classes = e.classes
+        ax.set_xticks(range(len(classes)), classes, fontsize=9)
+        ax.set_yticks(range(len(classes)), classes, fontsize=9)
+        ax.set_xlabel("predicted", fontsize=9)
+        ax.set_ylabel("true", fontsize=9)
+        ax.set_title(f"{e.system}\nmacro-F1 {e.macro_f1:.3f}, {e.n:,} rows", fontsize=10)
+        small = len(classes) > 5  # many labels: smaller cells, the share under the count in a smaller type
         for i in range(len(classes)):
             for j in range(len(classes)):
                 if counts[i, j]:
-                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                    ax.text(j, i, f"{int(counts[i, j])}\n{share[i, j]:.0%}", ha="center", va="center",
+                            fontsize=7 if small else 8.5, linespacing=1.0,
                             color="white" if share[i, j] > 0.5 else "black")
     return _save(fig, path)
 
 
-def plot_per_class_f1(evals: list[dict], path: str | Path | None = None) -> Path | bytes:
-    """Per-grade F1 bars, systems side by side."""
-    classes = evals[0]["classes"]
+def plot_per_class_f1(evals: list, path: str | Path | None = None, colours: list[int] | None = None) -> Path | bytes:
+    """Per-grade F1 bars, systems side by side; the legend right of the axes, never over the bars."""
+    colours = colours or list(range(len(evals)))
+    classes = evals[0].classes
     width = 0.8 / len(evals)
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(classes) + 1), 4), dpi=DPI)
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.9 * len(classes) + 2.5), 3.6), dpi=DPI)
     for k, e in enumerate(evals):
         ax.bar(np.arange(len(classes)) + (k - (len(evals) - 1) / 2) * width,
-               [e["per_class"][c]["f1"] for c in classes], width, label=e["system"], color=f"C{k}")
+               [e.per_class[c].f1 for c in classes], width, label=f"{e.system}: {e.macro_f1:.3f}",
+               color=f"C{colours[k]}")
     ax.set_xticks(range(len(classes)), classes)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("F1")
     ax.set_xlabel("grade")
     ax.set_title("F1 per grade")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    _legend_outside(ax, "system: macro-F1")
     return _save(fig, path)
 
 
-def plot_reliability(evals: list[dict], path: str | Path | None = None) -> Path | bytes | None:
-    """Top-grade confidence vs accuracy for the systems that gave probabilities (perfect calibration = diagonal)."""
-    if not any(e.get("calibration") for e in evals):
+def _legend_outside(ax, title: str) -> None:
+    """The legend right of the axes (bbox_inches="tight" widens the PNG to hold it): no legend over data."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=title, title_fontsize=8,
+              frameon=False)
+
+
+def plot_reliability(evals: list, path: str | Path | None = None,
+                     colours: list[int] | None = None) -> Path | bytes | None:
+    """Top-grade confidence vs accuracy, one panel per system that gave probabilities, at most three a row, the
+    ECE in each title (perfect calibration = the diagonal; marker area = the rows in the bin)."""
+    colours = colours or list(range(len(evals)))
+    shown = [(e, colours[k]) for k, e in enumerate(evals) if e.calibration]
+    if not shown:
         return None
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=DPI)
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
-    for k, e in enumerate(evals):  # colour k as in the other plots; systems without probabilities are skipped
-        cal = e.get("calibration")
-        if not cal:
-            continue
-        pts = [(c, a, n) for c, a, n in zip(cal["confidence"], cal["accuracy"], cal["count"]) if c is not None]
+    fig, axes = _grid(len(shown), 3.4, 3.5)
+    for ax, (e, k) in zip(axes, shown):
+        cal = e.calibration
+        ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
+        pts = [(c, a, n) for c, a, n in zip(cal.confidence, cal.accuracy, cal.count) if c is not None]
         conf, acc, count = zip(*pts)
-        ax.plot(conf, acc, "-", color=f"C{k}", label=f"{e['system']} (ECE {cal['ece']:.3f})")
+        ax.plot(conf, acc, "-", color=f"C{k}")
         # marker area follows the rows in the bin: a bin of three rows should not look like a bin of three thousand
         ax.scatter(conf, acc, s=[8 + 120 * (n / max(count)) for n in count], color=f"C{k}", zorder=3)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence of the predicted grade")
-    ax.set_ylabel("share correct")
-    ax.set_title("reliability of the probabilities (marker size = rows)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        ax.set_xlabel("confidence of the predicted grade", fontsize=9)
+        ax.set_ylabel("share correct", fontsize=9)
+        ax.set_title(f"{e.system}\nECE {cal.ece:.3f}, {e.n:,} rows", fontsize=10)
+        ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
@@ -111,8 +138,8 @@ def plot_importance(items: list[tuple[str, object]], path: str | Path | None = N
     if not items:
         return None
     height = max(2.5, 0.32 * min(top, max(len(w) for _, w in items)) + 1.2)
-    fig, axes = plt.subplots(1, len(items), figsize=(4.6 * len(items), height), dpi=DPI, squeeze=False)
-    for k, (ax, (system, weights)) in enumerate(zip(axes[0], items)):
+    fig, axes = _grid(len(items), 4.6, height)
+    for k, (ax, (system, weights)) in enumerate(zip(axes, items)):
         shown = weights.head(top)[::-1]
         ax.barh(range(len(shown)), shown.to_numpy(), color=f"C{k}")
         ax.set_yticks(range(len(shown)), list(shown.index), fontsize=8)
@@ -130,7 +157,7 @@ def plot_group_f1(items: list[tuple[str, object]], path: str | Path | None = Non
     if not items:
         return None
     columns = list(dict.fromkeys(c for _, g in items for c in g["column"]))
-    ncols = min(4, len(columns))
+    ncols = min(PER_ROW, len(columns))
     nrows = -(-len(columns) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), dpi=DPI, squeeze=False)
     width = 0.8 / len(items)
@@ -158,10 +185,11 @@ def plot_group_f1(items: list[tuple[str, object]], path: str | Path | None = Non
         ax.axis("off")
     handles = [Patch(color=f"C{k}", label=system) for k, (system, _) in enumerate(items)]
     spare = list(axes.flat)[len(columns):]
-    if spare:  # the legend in an empty panel, else over the first one
+    if spare:  # the legend in an empty panel, else right of the panels: never over a panel's bars
         spare[0].legend(handles=handles, loc="center", fontsize=9, title="system")
     else:
-        axes.flat[0].legend(handles=handles, fontsize=7, loc="upper left")
+        fig.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.95), title="system",
+                   frameon=False)
     fig.suptitle(f"macro-F1 by group (rows in brackets; faint: under {MIN_GROUP_ROWS} rows, not compared; dashed: "
                  "the system's overall macro-F1)", fontsize=10)
     return _save(fig, path)
@@ -192,8 +220,7 @@ def plot_time_to_quality(points: list[tuple[str, float, float, int]], curves: li
     ax.set_title("time to quality: marker = macro-F1 on the scored rows, line = a run's validation curve",
                  fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="system: macro-F1",
-              title_fontsize=8, frameon=False)
+    _legend_outside(ax, "system: macro-F1")
     return _save(fig, path)
 
 

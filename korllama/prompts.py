@@ -19,7 +19,7 @@ import pandas as pd
 
 from korllama.data import Table
 from korllama.errors import ConfigError
-from korllama.schema import TableSpec
+from korllama.spec import TableSpec
 
 ANSWER_PREFIX = " "  # the completion is " " + label: " A" is one token for Llama-style tokenizers
 
@@ -48,6 +48,19 @@ class Template:
         for piece in pieces:
             out = out + piece
         return out.tolist()
+
+
+def known_fields(spec: TableSpec) -> list[str]:
+    """Every column and derived feature of the spec (what the tree baseline reads)."""
+    return [c.alias for c in spec.columns] + [d.alias for d in spec.derived]
+
+
+def carried_fields(template: Template, spec: TableSpec) -> list[str]:
+    """The spec's columns and derived features a prompt template shows, in the order they first appear: what an LLM
+    grading with it reads."""
+    known = set(known_fields(spec))
+    found = [field for _, field, _, _ in string.Formatter().parse(template.text) if field in known]
+    return list(dict.fromkeys(found))
 
 
 def answer(label: str) -> str:

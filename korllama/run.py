@@ -8,18 +8,23 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from korllama.choices import Decision
+import numpy as np
+import pandas as pd
+
+from korllama.choices import Decision, Mode
 from korllama.config import RunConfig, load_config
 from korllama.data import Table, read_table, split
+from korllama.data.stream import TableChunks
 from korllama.decision import DecisionRule, decision_choice
+from korllama.defaults import BATCH_SIZE
 from korllama.errors import KorllamaError
 from korllama.io import sha256_file
 from korllama.layout import RunDir
 from korllama.model import load_run_weights
-from korllama.prompts import Template, get_template
+from korllama.prompts import Template, carried_fields, get_template
 from korllama.references import load_references, reference_values
-from korllama.schema import TableSpec, load_spec
-from korllama.scoring import prompt_limit
+from korllama.scoring import encode_prompts, prompt_limit, refuse_long_prompts, score
+from korllama.spec import TableSpec, load_spec
 from korllama.synth import synthetic_table
 
 # --- what a run was trained on -------------------------------------------------------------------------------------
@@ -87,9 +92,45 @@ class Run:
             folder.require_finished()
         return cls(load_config(folder.config), folder.root, base, table, allow_unrecorded)
 
+    kind = Mode.SCORE  # an LLM graded by rank scoring (korllama.system.System)
+
     @property
     def root(self) -> Path | None:
         return self.dir.root if self.dir is not None else None
+
+    @property
+    def fields(self) -> list[str]:
+        """The columns and derived features the prompt shows: what the model reads."""
+        return carried_fields(self.template, self.spec)
+
+    @cached_property
+    def summary(self) -> dict:
+        """RUN/train_summary.json ({} for an unfinished run or a bare base)."""
+        return self.dir.read_summary() if self.dir is not None and self.dir.finished else {}
+
+    @property
+    def trained_on(self) -> dict | None:
+        """The table the run was trained on (`data_fingerprint`), None for a run that does not record it."""
+        return self.summary.get("data")
+
+    @property
+    def provenance(self) -> dict:
+        """Where the base model came from (a named base's package, file and checksum), as training recorded it."""
+        return self.summary.get("base") or {}
+
+    def example_rows(self, n: int) -> Table | None:
+        """The first `n` rows of the run's training table (its file, read only that far; or its synthetic table),
+        clean; None when there is none to read here (the file has moved, or a spec has no synthetic table)."""
+        data = self.config.data
+        if n <= 0:
+            return None
+        try:
+            if data.train is not None:
+                return next(TableChunks(data.train, self.spec, chunk_rows=n).chunks())[1]
+            table = synthetic_table(data.synth_rows, data.synth_seed, self.spec)
+            return table.subset(table.frame.index[:n])
+        except (KorllamaError, OSError, StopIteration, KeyError, ValueError):
+            return None
 
     @property
     def tuned(self) -> bool:
@@ -138,6 +179,27 @@ class Run:
     def max_tokens(self) -> int:
         """The longest prompt scored: a longer one is refused by every command and the service."""
         return prompt_limit(self.model, self.config.train.max_length)
+
+    def encode(self, table: Table) -> tuple[np.ndarray, list[list[int]]]:
+        """(each row's index into the distinct prompts, the distinct prompts' token ids): each distinct text is
+        tokenised once (the loan prompts repeat: 1,324 distinct in test.csv's 64,197 rows). A prompt longer than
+        the model reads is refused, naming its row."""
+        prompts = self.template.render(table) if len(table) else []
+        codes, texts = pd.factorize(pd.Series(prompts, dtype=object))
+        distinct = encode_prompts(self.tokenizer, list(texts)) if prompts else []
+        refuse_long_prompts([distinct[c] for c in codes], self.max_tokens, table)
+        return codes, distinct
+
+    def predict_proba(self, table: Table, batch_size: int = BATCH_SIZE, progress=None, known: dict | None = None
+                      ) -> np.ndarray:
+        """P(label) per row of `table` by rank scoring, each distinct prompt scored once (`known`: prompts scored
+        by an earlier call, kept across a file's chunks). `progress(n)` is told rows done."""
+        if not len(table):
+            return np.zeros((0, len(self.classes)))
+        codes, distinct = self.encode(table)
+        proba = score(self.model, self.tokenizer, None, self.classes, batch_size, progress=progress,
+                      encoded=distinct, known=known, copies=np.bincount(codes, minlength=len(distinct)))
+        return proba[codes]
 
     # -- the decision rule and the references --
     @cached_property

@@ -13,17 +13,27 @@ Each label's completion is `answer(label)` (" A", " 우수", " pass with merit")
 Each distinct prompt is scored once and its probabilities given to every row that has it (exact up to float
 rounding: tests/test_scoring.py compares it with scoring every row). Rows are sorted by length and left-padded with
 explicit position ids, so padding never changes a row's result.
+
+**Shared prefix**: the prompts of a template start with the same instruction text. When the token prefix common to
+every prompt of a call is at least PREFIX_MIN tokens, it is run once (one row, with its KV cache) and each batch
+runs only its rows' suffixes: the cache is repeated once per row, the suffixes are left-padded *after* the prefix
+(pad columns masked), and their position ids continue from the prefix's length. Causal attention makes the prefix's
+keys and values the same whatever follows, so this is exact up to float rounding (tests/test_scoring.py compares
+it with the plain path, one-token and multi-token labels).
 Prompts and answers are tokenised separately, exactly as training joins them (korllama.training.collate.tokenize).
 """
 
 from __future__ import annotations
 
+import copy
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from korllama.defaults import BATCH_SIZE
 from korllama.errors import DataError, KorllamaError, quote
 from korllama.prompts import answer
 
@@ -128,6 +138,40 @@ def left_padded_batches(encoded: list[list[int]], batch_size: int, pad_id: int):
         yield rows, ids, mask
 
 
+# The shortest common prefix worth its own pass. The seed template's is 39 SmolLM2 tokens (of ~265); compact's is 3-5,
+# a saving below the cost of one more forward pass and a cache copy a batch (benchmarks/shared_prefix.py, RESULTS
+# section 22).
+PREFIX_MIN = 16
+
+
+def common_prefix(encoded: list[list[int]]) -> int:
+    """How many leading tokens every sequence shares, leaving each at least its last token (whose logits score it)."""
+    if not encoded:
+        return 0
+    shared = len(os.path.commonprefix(encoded))  # compares the lexicographic min and max: any sequences
+    return min(shared, min(len(e) for e in encoded) - 1)
+
+
+@dataclass
+class SharedPrefix:
+    """The tokens every prompt of a call starts with, run once: its KV cache (one row) and its length."""
+
+    length: int
+    cache: object  # a transformers Cache (DynamicCache)
+
+    @classmethod
+    def encode(cls, model, ids: list[int], device) -> SharedPrefix:
+        tokens = torch.tensor([ids], dtype=torch.long, device=device)
+        out = model(input_ids=tokens, attention_mask=torch.ones_like(tokens), logits_to_keep=1, use_cache=True)
+        return cls(len(ids), out.cache)
+
+    def for_rows(self, rows: int):
+        """A copy of the cache, repeated once per row (the forward pass appends the suffixes' keys to it)."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+
 KNOWN_LIMIT = 200_000  # prompts remembered across a file's chunks (about 100 MB of token ids and probabilities)
 
 
@@ -141,20 +185,23 @@ def distinct_rows(encoded: list[list[int]]) -> tuple[list[list[int]], np.ndarray
 
 
 @torch.inference_mode()
-def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch_size: int = 32,
+def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch_size: int = BATCH_SIZE,
           progress=None, encoded: list[list[int]] | None = None, once: bool = True,
-          known: dict | None = None, copies: np.ndarray | None = None) -> np.ndarray:
+          known: dict | None = None, copies: np.ndarray | None = None,
+          shared_prefix: bool | None = None) -> np.ndarray:
     """(rows, classes) probabilities of each label as the prompt's answer, each distinct prompt scored once.
     `progress(n)` is told rows done. A caller that already tokenised the prompts (`encode_prompts`) passes
     `encoded` instead of `prompts`. `once=False` scores every row (the plain path the tests compare with).
     `known`: probabilities of prompts scored before (token ids -> row), read and filled here: a file graded in
     chunks scores a prompt its earlier chunks had once (up to KNOWN_LIMIT prompts, then it starts again).
-    `copies`: how many rows each of `encoded` stands for (the progress bar counts rows), when a caller deduplicated."""
+    `copies`: how many rows each of `encoded` stands for (the progress bar counts rows), when a caller deduplicated.
+    `shared_prefix`: run the prompts' common token prefix once (see the module's docstring); None: when it is at
+    least PREFIX_MIN tokens and there are two prompts or more to score, True: whenever there is one, False: never."""
     labels = label_tokens(tokenizer, classes)
     if encoded is None and once and prompts:  # equal texts are equal tokens: tokenise each distinct text once
         codes, texts = pd.factorize(pd.Series(prompts, dtype=object))
         return score(model, tokenizer, None, classes, batch_size, progress, encode_prompts(tokenizer, list(texts)),
-                     once, known, copies=np.bincount(codes, minlength=len(texts)))[codes]
+                     once, known, copies=np.bincount(codes, minlength=len(texts)), shared_prefix=shared_prefix)[codes]
     encoded = encode_prompts(tokenizer, prompts) if encoded is None else encoded
     # Each distinct prompt once: a rendered prompt is deterministic text, so equal token ids give equal
     # probabilities (up to the float rounding of another batch), and the loan table's prompts repeat (1,303
@@ -174,10 +221,16 @@ def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch
         if progress is not None and seen.any():
             progress(int(copies[seen].sum()))
         todo = np.flatnonzero(~seen)
+    pending = [distinct[i] for i in todo]
     try:
-        for rows, ids, mask in left_padded_batches([distinct[i] for i in todo], batch_size, pad_id_of(tokenizer)):
+        prefix = None
+        shared = common_prefix(pending) if shared_prefix is not False else 0
+        if shared >= (1 if shared_prefix else PREFIX_MIN) and (shared_prefix or len(pending) > 1):
+            prefix = SharedPrefix.encode(model, pending[0][:shared], device)
+            pending = [ids[shared:] for ids in pending]
+        for rows, ids, mask in left_padded_batches(pending, batch_size, pad_id_of(tokenizer)):
             rows = todo[rows]
-            out[rows] = _score_batch(model, labels, ids.to(device), mask.to(device)).cpu().numpy()
+            out[rows] = _score_batch(model, labels, ids.to(device), mask.to(device), prefix).cpu().numpy()
             if progress is not None:
                 progress(int(copies[rows].sum()))
     finally:
@@ -196,11 +249,19 @@ def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch
     return out
 
 
-def _score_batch(model, labels: LabelTokens, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Probabilities (batch, labels) for one left-padded batch."""
+def _score_batch(model, labels: LabelTokens, ids: torch.Tensor, mask: torch.Tensor,
+                 prefix: SharedPrefix | None = None) -> torch.Tensor:
+    """Probabilities (batch, labels) for one left-padded batch; with `prefix`, the batch holds the suffixes that
+    follow it: they attend to its cached tokens (mask columns of ones before theirs), positions counted after it."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 whatever the padding
     single = labels.single
-    result = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, use_cache=not single)
+    cache = None
+    if prefix is not None:
+        positions = positions + prefix.length
+        mask = torch.cat([torch.ones((len(ids), prefix.length), dtype=mask.dtype, device=mask.device), mask], dim=-1)
+        cache = prefix.for_rows(len(ids))
+    result = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, cache=cache,
+                   use_cache=cache is not None or not single)
     last = result.logits[:, -1, :].float()
     if single:
         return torch.softmax(last[:, labels.first_ids], dim=-1)

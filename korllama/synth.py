@@ -17,7 +17,7 @@ import pandas as pd
 
 from korllama.data import clean
 from korllama.features import monthly_payment, principal_repaid
-from korllama.schema import load_spec
+from korllama.spec import load_spec
 
 COLUMNS = [
     "ID", "대출금액", "대출기간", "근로기간", "주택소유상태", "연간소득", "부채_대비_소득_비율", "총계좌수",

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from korllama.schema import load_spec
+from korllama.spec import load_spec
 from korllama.synth import synthesize
 
 ROWS = 60

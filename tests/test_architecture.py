@@ -95,3 +95,48 @@ def test_the_checker_finds_a_circle(tmp_path, monkeypatch):
         assert "korllama.a -> korllama.b -> korllama.a" in str(exc)
     else:
         raise AssertionError("the circle was not found")
+
+
+# --- one owner for the evaluation folder (korllama/evaluation.py) ---------------------------------------------------
+
+EVALUATION_OWNER = "evaluation.py"
+OWNED_NAMES = ("metrics.json", "predictions.csv", "reasons.csv", "explain.json", "decision.json")
+# keys only metrics.json has: reading one of them by string anywhere but its owner bypasses the typed record
+METRICS_KEYS = ("per_class", "confusion", "calibration", "invalid_rate", "within_one", "qwk", "fit_cpu_seconds",
+                "group_columns", "decision_rule", "off_format_rate", "macro-f1")
+
+
+def evaluation_strays(path: Path) -> list[str]:
+    """Where a module spells an evaluation file's name, or reads metrics.json by a string key (x["qwk"],
+    x.get("confusion")) instead of through korllama.evaluation.Evaluation."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.Constant) and node.value in OWNED_NAMES:
+            found.append(f"{node.lineno}: the file name {node.value!r}")
+        key = None
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            key = node.slice.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+                and node.args and isinstance(node.args[0], ast.Constant):
+            key = node.args[0].value
+        if key in METRICS_KEYS:
+            found.append(f"{node.lineno}: reads {key!r} by its string")
+    return found
+
+
+def test_the_evaluation_folder_has_one_owner():
+    strays = {}
+    for path in modules().values():
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel == EVALUATION_OWNER:
+            continue
+        found = [f for f in evaluation_strays(path) if not (rel == "layout.py" and "decision.json" in f)]
+        if found:
+            strays[rel] = found
+    assert not strays, strays
+
+
+def test_the_owner_check_finds_a_stray_key(tmp_path):
+    stray = tmp_path / "stray.py"
+    stray.write_text('def f(e):\n    return e["qwk"], e.get("confusion"), open("metrics.json")\n', "utf-8")
+    assert [f.split(":")[0] for f in evaluation_strays(stray)] == ["2", "2", "2"]

@@ -271,11 +271,11 @@ def test_run_baseline_stores_a_decision_rule_fitted_on_inner_rows_only(fast_sear
     assert [t["params"] for t in on_disk["search"]] == [{}, {"num_leaves": 7}]
     # what the fit cost, wall and CPU (process time, LightGBM's threads included), for compare's time to quality
     assert on_disk["fit_seconds"] > 0 and on_disk["fit_cpu_seconds"] > 0
-    assert on_disk["fit_cpu_seconds"] == pytest.approx(result["fit_cpu_seconds"])
+    assert on_disk["fit_cpu_seconds"] == pytest.approx(result.fit_cpu_seconds)
     predictions = pd.read_csv(tmp_path / "b" / "predictions.csv", dtype={"ID": str})
     proba = predictions[[f"P_{c}" for c in CLASSES]].to_numpy()
     assert (predictions["prediction"] == rule.apply(proba)).mean() > 0.99  # (probabilities rounded to 6 places)
-    assert result["decision"]["argmax"]["macro_f1"] == side["argmax"]["macro_f1"]
+    assert result.decision.argmax.macro_f1 == side["argmax"]["macro_f1"]
 
 
 def test_baseline_command_prints_both_rules_and_refuses_an_unknown_one(fast_search, cli, tmp_path):

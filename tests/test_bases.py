@@ -20,7 +20,7 @@ import torch
 from fixtures import loan_prompts, logits
 
 import korllama.bases as bases
-from korllama.config import LoraConfig, ModelConfig
+from korllama.config import LoraSettings, ModelConfig
 from korllama.errors import ConfigError
 from korllama.io import sha256_file
 from korllama.model import load_base, wrap_lora
@@ -168,7 +168,7 @@ def test_lora_on_smollm2_changes_only_the_adapter_and_raises_the_trained_labels(
     prompts, labels = loan_prompts(8)
     model, tokenizer = load_base(CPU, for_training=True)
     before = score(model, tokenizer, prompts, GRADES)
-    model = wrap_lora(model, LoraConfig(r=8, alpha=16, dropout=0.1, target_modules=["q_proj", "v_proj"]))
+    model = wrap_lora(model, LoraSettings(r=8, alpha=16, dropout=0.1, target_modules=["q_proj", "v_proj"]))
     frozen = {k: v.clone() for k, v in model.named_parameters() if not v.requires_grad}
     trainable = {k: v.clone() for k, v in model.named_parameters() if v.requires_grad}
     assert trainable and all("lora_" in k for k in trainable)

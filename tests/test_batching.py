@@ -12,8 +12,8 @@ import pytest
 from fastapi import HTTPException
 
 from korllama.data import Table
-from korllama.schema import load_spec
 from korllama.serve.batching import Applicants, Batcher, as_text, clean_requests
+from korllama.spec import load_spec
 from korllama.synth import synthesize
 
 SPEC = load_spec()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from korllama.config import LoraConfig
+from korllama.config import LoraSettings
 from korllama.model import skeleton, wrap_lora
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_lora_step.py"
@@ -22,7 +22,7 @@ def bench():
 
 
 def test_flop_count_uses_every_matmul_parameter_of_the_7b_architecture(bench):
-    model = wrap_lora(skeleton("llama-2-ko-7b"), LoraConfig(target_modules=["q_proj", "v_proj"]))
+    model = wrap_lora(skeleton("llama-2-ko-7b"), LoraSettings(target_modules=["q_proj", "v_proj"]))
     n = bench.matmul_parameters(model)
     assert n == 6_860_050_432 - 46_336 * 4_096  # all but the input embedding table (lm_head is not tied)
     # one row of 3 tokens: 4 N per token, plus 12 L d per causal pair (3 + 2 + 1 pairs)

@@ -212,7 +212,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, c
 
 
 def test_compare_into_a_folder_writes_no_plots(tmp_path, cli):
-    from korllama.evaluate import metrics, write_evaluation
+    from korllama.evaluation import metrics, write_evaluation
 
     for name in ("a", "b"):
         write_evaluation(tmp_path / name, metrics(list("AB"), list("AB"), list("AB")), ["1", "2"], list("AB"),
@@ -281,8 +281,9 @@ def test_ctrl_c_after_a_file_was_written_names_it(tmp_path, cli, monkeypatch):
     code, _, err = cli("baseline", "--train", tmp_path / "t.csv", "--budget", "0", "--out", tmp_path / "b")
     assert code == 130
     last = " ".join(err.split()).split(" interrupted; ")[-1]  # after the search's progress lines
-    assert last == (f"already written: {tmp_path / 'b' / 'metrics.json'}, {tmp_path / 'b' / 'predictions.csv'} "
-                    "(nothing else)")
+    assert last.startswith(f"already written: {tmp_path / 'b' / 'metrics.json'}, {tmp_path / 'b' / 'predictions.csv'}")
+    assert last.endswith("(nothing else)") and str(tmp_path / "b" / "trees" / "part-0.txt") in last
+    assert "trees.json" not in last  # written last: an interrupted baseline is no system a command would take
 
 
 def test_output_to_a_file_or_pipe_is_not_wrapped(tmp_path, cli):
@@ -307,3 +308,69 @@ def test_train_on_a_table_too_small_to_split_is_one_sentence(tmp_path, cli, rows
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1
     assert f"small.csv has {rows} labelled row" in err and "cannot hold a row of each label" in err
     assert not (tmp_path / "run").exists()
+
+
+# --- the commands' help texts -----------------------------------------------------------------------------------------
+
+def all_commands() -> list[list[str]]:
+    from korllama.cli.app import app, data_app
+
+    return [[c.name] for c in app.registered_commands] + [["data", c.name] for c in data_app.registered_commands]
+
+
+def description(cli, monkeypatch, command: list[str], columns: int) -> list[str]:
+    """The lines of `korllama COMMAND --help` between its usage line and its first box, as rich wrote them at
+    `columns` (its one-space margin and the trailing spaces taken off)."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    code, out, err = cli(*command, "--help")
+    assert code == 0, err
+    lines = out.splitlines()
+    start = next(i for i, x in enumerate(lines) if "Usage:" in x)
+    end = next(i for i, x in enumerate(lines) if x.startswith("╭"))
+    return [x.rstrip()[1:] for x in lines[start + 1:end]]
+
+
+@pytest.mark.parametrize("columns", [100, 140])
+def test_help_paragraphs_are_wrapped_by_rich_not_broken_mid_sentence(cli, monkeypatch, columns):
+    """A prose line of a description ends where rich wrapped it: the next word would not have fitted (a docstring's
+    own line breaks would end lines early, ragged). Examples (indented lines) keep their lines."""
+    from rich.cells import cell_len
+
+    commands = all_commands()
+    assert len(commands) >= 14  # every command is checked, the data subcommands too
+    for command in commands:
+        paragraphs = "\n".join(description(cli, monkeypatch, command, columns)).strip().split("\n\n")
+        assert paragraphs and paragraphs[0], command
+        for paragraph in paragraphs:
+            lines = paragraph.split("\n")
+            if any(x[:1].isspace() for x in lines):  # an example block
+                continue
+            for line, after in zip(lines, lines[1:], strict=False):
+                room = columns - 2 - cell_len(line)  # the text is as wide as the terminal less the two margins
+                assert cell_len(after.split()[0]) + 1 > room, \
+                    f"`korllama {' '.join(command)} --help` at {columns} columns breaks a line early:\n{line}\n{after}"
+
+
+def test_help_examples_keep_one_line_each(cli, monkeypatch):
+    """Every indented line of a command's docstring (an example, a line of output) is one line of its help at 140
+    columns, and no prose line of the docstring is (they are joined into paragraphs)."""
+    import inspect
+
+    from korllama.cli.app import app, data_app, help_paragraphs
+
+    infos = {(c.name,): c for c in app.registered_commands} | {("data", c.name): c for c in
+                                                                data_app.registered_commands}
+    examples = 0
+    for command, info in infos.items():
+        lines = description(cli, monkeypatch, list(command), 140)
+        shown, out = [x.strip() for x in lines], [f" {x}" for x in lines]
+        doc = inspect.getdoc(info.callback)
+        for line in doc.splitlines():
+            if line[:1].isspace():
+                examples += 1
+                assert line.strip() in shown, (command, line)
+                assert f" {line}" in out, (command, line)  # its indent kept (after rich's one-space margin)
+        assert help_paragraphs(doc) == info.help
+    assert examples >= 15
+    assert help_paragraphs("One\nsentence.\n\nTwo\nlines of it.\n\nExample:\n  a b\n  c d") == \
+        "One sentence.\n\nTwo lines of it.\n\nExample:\n[b][/b]  a b\n[b][/b]  c d"

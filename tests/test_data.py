@@ -27,7 +27,7 @@ from fixtures import (
 from korllama.data import DataWarning, read_table, split
 from korllama.errors import DataError
 from korllama.features import monthly_payment, principal_repaid
-from korllama.schema import load_spec
+from korllama.spec import load_spec
 from korllama.synth import synthetic_table
 
 ALIASES = ["loan_amount", "term", "employment_length", "home_ownership", "annual_income", "debt_to_income",

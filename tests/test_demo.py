@@ -11,7 +11,7 @@ import pandas as pd
 from rich.console import Console
 
 from korllama.demo import PretrainedStage, pretrained_stage, run_demo
-from korllama.predict import parse_grade
+from korllama.generation import parse_grade
 from korllama.synth import synthetic_table
 
 # the SmolLM2 stage at test size: what it shows and writes is the same as `make demo`'s, only on fewer rows/steps

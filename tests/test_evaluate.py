@@ -22,7 +22,8 @@ from korllama.baseline.command import run_baseline
 from korllama.config import load_config
 from korllama.data import read_table, split
 from korllama.errors import KorllamaError
-from korllama.evaluate import evaluate_run, metrics, reliability
+from korllama.evaluate import evaluate_run
+from korllama.evaluation import metrics, reliability
 from korllama.run import Run
 from korllama.synth import synthesize, synthetic_table
 
@@ -51,17 +52,17 @@ def test_metrics_agree_with_scikit_learn():
     truth = list("AABBBCCDDEEFGG") * 3
     pred = list("ABBBACCDCEFFGD") * 3
     m = metrics(truth, pred, CLASSES)
-    assert m["n"] == len(truth)
-    assert m["macro_f1"] == pytest.approx(f1_score(truth, pred, labels=CLASSES, average="macro"))
-    assert m["accuracy"] == pytest.approx(accuracy_score(truth, pred))
-    assert m["invalid_rate"] == 0.0
-    assert m["classes"] == CLASSES
+    assert m.n == len(truth)
+    assert m.macro_f1 == pytest.approx(f1_score(truth, pred, labels=CLASSES, average="macro"))
+    assert m.accuracy == pytest.approx(accuracy_score(truth, pred))
+    assert m.invalid_rate == 0.0
+    assert m.classes == CLASSES
     per = f1_score(truth, pred, labels=CLASSES, average=None)
     for i, c in enumerate(CLASSES):
-        assert m["per_class"][c]["f1"] == pytest.approx(per[i])
-        assert m["per_class"][c]["support"] == truth.count(c)
-        assert set(m["per_class"][c]) == {"precision", "recall", "f1", "support"}
-    confusion = np.asarray(m["confusion"])
+        assert m.per_class[c].f1 == pytest.approx(per[i])
+        assert m.per_class[c].support == truth.count(c)
+        assert set(m.per_class[c].model_dump()) == {"precision", "recall", "f1", "support"}
+    confusion = np.asarray(m.confusion)
     assert confusion.shape == (7, 7)
     assert confusion.sum(axis=1).tolist() == [truth.count(c) for c in CLASSES]  # rows = truth
     assert confusion.sum(axis=0).tolist() == [pred.count(c) for c in CLASSES]  # columns = prediction
@@ -72,17 +73,17 @@ def test_invalid_predictions_count_as_wrong():
     truth = list("ABCDEFG") + list("ABC")
     pred = list("ABCDEFG") + [None, "", "not a grade"]
     m = metrics(truth, pred, CLASSES)
-    assert m["invalid_rate"] == pytest.approx(0.3)
-    assert m["accuracy"] == pytest.approx(0.7)
+    assert m.invalid_rate == pytest.approx(0.3)
+    assert m.accuracy == pytest.approx(0.7)
     as_wrong = list("ABCDEFG") + ["", "", ""]
-    assert m["macro_f1"] == pytest.approx(f1_score(truth, as_wrong, labels=CLASSES, average="macro",
+    assert m.macro_f1 == pytest.approx(f1_score(truth, as_wrong, labels=CLASSES, average="macro",
                                                    zero_division=0))
-    assert m["macro_f1"] < 1.0
-    assert m["per_class"]["A"]["recall"] == pytest.approx(0.5)
-    assert np.asarray(m["confusion"]).sum() == 7  # the invalid answers are in no column
-    assert m["qwk"] == pytest.approx(1.0)  # QWK is over the valid answers only
+    assert m.macro_f1 < 1.0
+    assert m.per_class["A"].recall == pytest.approx(0.5)
+    assert np.asarray(m.confusion).sum() == 7  # the invalid answers are in no column
+    assert m.qwk == pytest.approx(1.0)  # QWK is over the valid answers only
     everything_invalid = metrics(list("AB"), [None, ""], CLASSES)
-    assert everything_invalid["invalid_rate"] == 1.0 and everything_invalid["accuracy"] == 0.0
+    assert everything_invalid.invalid_rate == 1.0 and everything_invalid.accuracy == 0.0
 
 
 def test_qwk_rewards_near_misses():
@@ -90,9 +91,9 @@ def test_qwk_rewards_near_misses():
     shift = {c: CLASSES[min(i + 1, 6)] for i, c in enumerate(CLASSES)}
     shift2 = {c: CLASSES[min(i + 2, 6)] for i, c in enumerate(CLASSES)}
     perfect = metrics(truth, truth, CLASSES)
-    assert perfect["qwk"] == pytest.approx(1.0) and perfect["macro_f1"] == pytest.approx(1.0)
-    off_by_one = metrics(truth, [shift[t] for t in truth], CLASSES)["qwk"]
-    off_by_two = metrics(truth, [shift2[t] for t in truth], CLASSES)["qwk"]
+    assert perfect.qwk == pytest.approx(1.0) and perfect.macro_f1 == pytest.approx(1.0)
+    off_by_one = metrics(truth, [shift[t] for t in truth], CLASSES).qwk
+    off_by_two = metrics(truth, [shift2[t] for t in truth], CLASSES).qwk
     assert 1.0 > off_by_one > off_by_two
 
 
@@ -102,19 +103,19 @@ def test_reliability_bins_and_a_perfectly_calibrated_case():
     proba = np.array([[0.8, 0.1, 0.1]] * 10 + [[0.25, 0.5, 0.25]] * 10)
     truth = ["A"] * 8 + ["C"] * 2 + ["B"] * 5 + ["A"] * 5
     cal = reliability(truth, proba, classes)
-    assert sum(cal["count"]) == 20 and len(cal["count"]) == 10 and len(cal["bin_edges"]) == 11
-    assert cal["ece"] == pytest.approx(0.0, abs=1e-12)
-    filled = [i for i, n in enumerate(cal["count"]) if n]
-    assert [cal["count"][i] for i in filled] == [10, 10]
-    assert [cal["accuracy"][i] for i in filled] == pytest.approx([0.5, 0.8])
-    assert all(cal["confidence"][i] is None for i in range(10) if i not in filled)
+    assert sum(cal.count) == 20 and len(cal.count) == 10 and len(cal.bin_edges) == 11
+    assert cal.ece == pytest.approx(0.0, abs=1e-12)
+    filled = [i for i, n in enumerate(cal.count) if n]
+    assert [cal.count[i] for i in filled] == [10, 10]
+    assert [cal.accuracy[i] for i in filled] == pytest.approx([0.5, 0.8])
+    assert all(cal.confidence[i] is None for i in range(10) if i not in filled)
 
     overconfident = reliability(["A"] * 5 + ["B"] * 5, np.array([[0.9, 0.05, 0.05]] * 10), classes)
-    assert overconfident["ece"] == pytest.approx(0.4)  # says 0.9, right half of the time
+    assert overconfident.ece == pytest.approx(0.4)  # says 0.9, right half of the time
     certain = reliability(["A", "B"], np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), classes)
-    assert certain["count"][-1] == 2 and certain["ece"] == pytest.approx(0.0)  # confidence 1.0: the last bin
+    assert certain.count[-1] == 2 and certain.ece == pytest.approx(0.0)  # confidence 1.0: the last bin
     with_proba = metrics(truth, ["A"] * 10 + ["B"] * 10, classes, proba)
-    assert with_proba["calibration"]["ece"] == pytest.approx(0.0, abs=1e-12)
+    assert with_proba.calibration.ece == pytest.approx(0.0, abs=1e-12)
 
 
 # --- evaluate_run on a tiny run ---------------------------------------------------------------------------------
@@ -127,7 +128,7 @@ def test_evaluate_run_on_the_held_out_split(run_dir, labelled_csv, tmp_path):
     valid = split(read_table(labelled_csv), data.valid_fraction, data.split_seed)[1]
 
     on_disk = json.loads((out / "metrics.json").read_text("utf-8"))
-    assert on_disk == json.loads(json.dumps(result))
+    assert on_disk == json.loads(result.text())
     assert KEYS <= set(on_disk)
     assert on_disk["n"] == len(valid) == RUN_ROWS // 5
     assert on_disk["held_out"] is True and on_disk["mode"] == "score" and on_disk["system"] == "run"
@@ -156,23 +157,23 @@ def test_evaluate_run_on_the_held_out_split(run_dir, labelled_csv, tmp_path):
 def test_evaluate_run_in_generate_mode(run_dir, labelled_csv, tmp_path):
     out = tmp_path / "generate"
     result = evaluate_run(Run.load(run_dir), labelled_csv, out, mode="generate", limit=5, held_out=True, batch_size=5)
-    assert result["n"] == 5 and result["mode"] == "generate" and result["system"] == "run-generate"
+    assert result.n == 5 and result.mode == "generate" and result.system == "run-generate"
     assert "calibration" not in result
     predictions = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
     assert list(predictions.columns)[:4] == ["ID", "truth", "prediction", "generated"]
     assert len(predictions) == 5
     assert set(predictions["prediction"]) <= set(CLASSES) | {""}
-    assert result["invalid_rate"] == pytest.approx((predictions["prediction"] == "").mean())
-    assert json.loads((out / "metrics.json").read_text())["invalid_rate"] == result["invalid_rate"]
+    assert result.invalid_rate == pytest.approx((predictions["prediction"] == "").mean())
+    assert json.loads((out / "metrics.json").read_text())["invalid_rate"] == result.invalid_rate
 
 
 def test_evaluate_run_before_tuning_is_named_apart_from_the_run(run_dir, labelled_csv, tmp_path):
     before = evaluate_run(Run.load(run_dir, base=str(run_dir / "base")), labelled_csv, tmp_path / "before", limit=8)
-    assert before["system"] == "base (run prompts)" and before["base"] == str(run_dir / "base")
+    assert before.system == "base (run prompts)" and before.base == str(run_dir / "base")
     after = evaluate_run(Run.load(run_dir), labelled_csv, tmp_path / "after", limit=8)
-    assert after["system"] == "run" and after["base"] is None
+    assert after.system == "run" and after.base is None
     bare = evaluate_run(Run.load(base=str(run_dir / "base")), labelled_csv, tmp_path / "bare", limit=4)
-    assert bare["system"] == "base" and bare["run"] is None and bare["template"] == "compact"
+    assert bare.system == "base" and bare.run is None and bare.template == "compact"
 
 
 def test_evaluate_run_refuses_an_unlabelled_table(run_dir, tmp_path):
@@ -247,7 +248,8 @@ def test_run_baseline_writes_the_same_metrics(monkeypatch, tmp_path):
     on_disk = json.loads((tmp_path / "baseline" / "metrics.json").read_text("utf-8"))
     assert KEYS <= set(on_disk)
     assert on_disk["n"] == 120 and on_disk["train_rows"] == 480
-    assert on_disk["system"] == result["system"] == "baseline (LightGBM)" and on_disk["run"] is None
+    assert on_disk["system"] == result.system == "baseline (LightGBM)"
+    assert on_disk["run"] == str((tmp_path / "baseline").resolve())  # the trees are kept there, a system
     assert np.asarray(on_disk["confusion"]).shape == (7, 7)
     assert on_disk["macro_f1"] > 0.3
     predictions = pd.read_csv(tmp_path / "baseline" / "predictions.csv", dtype={"ID": str})
@@ -258,7 +260,7 @@ def test_run_baseline_writes_the_same_metrics(monkeypatch, tmp_path):
     evaluate_on = tmp_path / "eval.csv"
     synthesize(50, seed=3).to_csv(evaluate_on, index=False)
     separate = run_baseline(data, evaluate_on, tmp_path / "separate")
-    assert separate["n"] == 50 and separate["train_rows"] == 600
+    assert separate.n == 50 and separate.train_rows == 600
 
 
 def test_baseline_command_takes_the_split_from_a_run_config(monkeypatch, tmp_path):
@@ -279,12 +281,12 @@ def test_baseline_command_takes_the_split_from_a_run_config(monkeypatch, tmp_pat
 def test_metrics_json_holds_null_where_a_metric_is_undefined(tmp_path):
     import warnings
 
-    from korllama.evaluate import write_evaluation
+    from korllama.evaluation import write_evaluation
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scikit-learn: kappa is undefined with one label
         result = metrics(list("AAA"), list("AAA"), CLASSES)
-    assert np.isnan(result["qwk"])
+    assert np.isnan(result.qwk)
 
     def refuse(constant):
         raise AssertionError(f"{constant} in metrics.json")
@@ -366,12 +368,12 @@ def test_evaluate_with_the_decision_rule_never_judges_it_on_its_fitting_rows(run
     fitted = set(rule.fitted_ids)
     scored = pd.read_csv(tmp_path / "rule" / "predictions.csv", dtype={"ID": str})
     assert fitted and not fitted & set(scored["ID"])  # the fitting rows are left out
-    assert ruled["n"] == plain["n"] - len(fitted & set(pd.read_csv(tmp_path / "argmax" / "predictions.csv")["ID"]))
+    assert ruled.n == plain.n - len(fitted & set(pd.read_csv(tmp_path / "argmax" / "predictions.csv")["ID"]))
     proba = scored[[f"P_{c}" for c in CLASSES]].to_numpy()
     assert list(scored["prediction"]) == list(rule.apply(proba))  # predictions by the rule, not argmax
     side = _json.loads((tmp_path / "argmax" / "metrics.json").read_text())["decision"]
-    assert side["rows"] == ruled["n"] and side["left_out_fitting_rows"] == plain["n"] - ruled["n"]
-    assert side["macro-f1"]["macro_f1"] == pytest.approx(ruled["macro_f1"], abs=1e-9)
+    assert side["rows"] == ruled.n and side["left_out_fitting_rows"] == plain.n - ruled.n
+    assert side["macro-f1"]["macro_f1"] == pytest.approx(ruled.macro_f1, abs=1e-9)
     assert set(side["argmax"]) == {"macro_f1", "accuracy"}
 
 

@@ -20,20 +20,11 @@ from fixtures import RUN_ROWS
 
 from korllama.data import clean, split
 from korllama.errors import KorllamaError
-from korllama.explain import (
-    REASON_COLUMNS,
-    carried_fields,
-    explain,
-    explain_rows,
-    importance,
-    known_fields,
-    neutralised,
-    sentence,
-)
-from korllama.prompts import get_template
+from korllama.explain import REASON_COLUMNS, explain, explain_rows, importance, neutralised, sentence
+from korllama.prompts import carried_fields, get_template, known_fields
 from korllama.references import load_references, reference_values
 from korllama.run import Run
-from korllama.schema import load_spec
+from korllama.spec import load_spec
 from korllama.synth import synthesize, synthetic_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -221,7 +212,10 @@ def test_explain_llm_and_baseline_give_the_same_csv_shape(cli, run_dir, run_data
     summary = json.loads((tmp_path / "llm" / "explain.json").read_text())
     assert summary["rows"] == 6 and summary["fields"] == ["term", "implied_rate", "principal_ratio"]
 
-    code, out, err = cli("explain", run_dir, "--baseline", "--data", run_data, "--held-out", "--limit", 6, "--out",
+    code, _, err = cli("baseline", "--train", run_data, "--config", run_dir / "config.yaml", "--out",
+                       tmp_path / "trees")
+    assert code == 0, err
+    code, out, err = cli("explain", tmp_path / "trees", "--data", run_data, "--held-out", "--limit", 6, "--out",
                          tmp_path / "trees")
     assert code == 0, err
     trees = pd.read_csv(tmp_path / "trees" / "reasons.csv")
@@ -252,7 +246,7 @@ def test_explain_rows_for_the_service_equals_korllama_explain(cli, run_dir, run_
 
     run = Run.load(run_dir)
     table = read_table(run_data).subset([5, 9])
-    proba, top = explain_rows(run.model, run.tokenizer, run.template, table, run.references, run.classes, top=2)
+    proba, top = explain_rows(run, table, run.references, top=2)
     assert proba.shape == (2, 7) and [len(t) for t in top] == [2, 2]
     code, _, err = cli("explain", run_dir, "--data", run_data, "--id", table.ids.iloc[0], "--id",
                        table.ids.iloc[1], "--out", tmp_path / "cli")
@@ -312,7 +306,7 @@ def test_compare_shows_cards_importance_and_groups(cli, run_dir, run_data, tmp_p
     from korllama.report import compare
 
     tuned = evaluate_run(Run.load(run_dir), run_data, tmp_path / "tuned", held_out=True, system="tuned")
-    assert set(tuned["group_columns"]) == {c.alias for c in load_spec().columns}
+    assert set(tuned.group_columns) == {c.alias for c in load_spec().columns}
     predictions = pd.read_csv(tmp_path / "tuned" / "predictions.csv")
     assert {"home_ownership", "loan_amount"} <= set(predictions.columns)
     code, _, err = cli("explain", run_dir, "--data", run_data, "--held-out", "--out", tmp_path / "tuned")

@@ -153,7 +153,7 @@ def test_an_empty_or_invisible_id_is_refused(tmp_path, bad_id, said):
 
 
 def test_a_format_as_wide_as_memory_is_refused_at_once(tmp_path):
-    from korllama.schema import load_spec
+    from korllama.spec import load_spec
 
     spec = yaml.safe_load(Path("korllama/specs/loan.yaml").read_text("utf-8"))
     spec["columns"][0]["format"] = ">3000000000.2%"

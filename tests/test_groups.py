@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from korllama.evaluate import write_evaluation
+from korllama.evaluation import metrics, write_evaluation
 from korllama.groups import evaluation_groups, group_columns, group_gaps, group_metrics, groups_of, read_group_columns
 from korllama.synth import synthetic_table
 
@@ -32,8 +32,8 @@ def test_group_metrics_add_up_and_a_one_label_group_is_reported():
         assert groups.loc[groups["column"] == column, "rows"].sum() == n  # groups partition the rows
     one = groups[(groups["column"] == "kind") & (groups["group"] == "only-high")].iloc[0]
     assert one["rows"] == (truth == "high").sum()
-    assert one["true_share_high"] == 1.0 and 0 <= one["macro_f1"] <= 1
-    assert one["accuracy"] == pytest.approx((pred[truth == "high"] == "high").mean())
+    assert one["true_share_high"] == 1.0 and 0 <= one.macro_f1 <= 1
+    assert one.accuracy == pytest.approx((pred[truth == "high"] == "high").mean())
     amount = groups[groups["column"] == "amount"]
     assert list(amount["group"].str[:3]) == ["Q1:", "Q2:", "Q3:", "Q4:", "mis"]  # quartiles in order, missing last
     assert set(groups.loc[groups["column"] == "few", "group"]) == {"36", "60"}  # few values: by value
@@ -84,7 +84,8 @@ def test_group_columns_survive_predictions_csv_and_give_the_same_groups(tmp_path
     truth = table.labels.tolist()
     pred = [classes[(classes.index(t) + (i % 3 == 0)) % len(classes)] for i, t in enumerate(truth)]
     proba = np.full((len(table), len(classes)), 1 / len(classes))
-    result = {"classes": classes, "group_columns": kinds, "macro_f1": 0.0}
+    result = metrics(truth, pred, classes, proba)
+    result.group_columns = kinds
     write_evaluation(tmp_path, result, [str(i) for i in table.ids], truth, pred, proba, classes, extra_columns=columns)
     read = evaluation_groups(tmp_path, result)
     direct = group_metrics(table.frame, kinds, truth, pred, classes, proba.max(axis=1))
@@ -92,7 +93,8 @@ def test_group_columns_survive_predictions_csv_and_give_the_same_groups(tmp_path
     typed = read_group_columns(pd.read_csv(tmp_path / "predictions.csv", dtype=str, keep_default_na=False), kinds)
     assert pd.api.types.is_numeric_dtype(typed["loan_amount"])
     assert not pd.api.types.is_numeric_dtype(typed["home_ownership"])
-    assert evaluation_groups(tmp_path, {**result, "group_columns": None}) is None  # an evaluation from before groups
+    before_groups = result.model_copy(update={"group_columns": {}})  # an evaluation from before groups
+    assert evaluation_groups(tmp_path, before_groups) is None
 
 
 @pytest.mark.parametrize("values,kind,names", [

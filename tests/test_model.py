@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from korllama.config import LoraConfig, ModelConfig, TinyModelConfig, load_config
+from korllama.config import LoraSettings, ModelConfig, TinyModelConfig, load_config
 from korllama.errors import ConfigError, KorllamaError
 from korllama.model import (
     _force_single_tokens,
@@ -44,7 +44,7 @@ def tiny(tiny_dir):
 # --- lora-info on the meta skeleton ------------------------------------------------------------------------------
 
 def test_lora_info_line_for_llama_2_ko_7b_matches_the_original_project():
-    model = wrap_lora(skeleton("llama-2-ko-7b"), LoraConfig())
+    model = wrap_lora(skeleton("llama-2-ko-7b"), LoraSettings())
     assert format_parameter_report(*parameter_report(model)) == \
         "Trainable: 4194304 | total: 6860050432 | Percentage: 0.0611%"
     assert all(p.device.type == "meta" for p in model.parameters())  # nothing was allocated
@@ -116,17 +116,21 @@ def test_shipped_configs_tokenizer_merges_field_names(prompts, tmp_path, name):
     assert len(tokenizer(prompts[0])["input_ids"]) < len(prompts[0].encode()) / 2
 
 
-def test_right_padding_leaves_a_rows_logits_unchanged(prompts, tiny):
+def test_the_tokenizer_pads_on_the_left_as_korllama_does(prompts, tiny):
+    """The tokenizer says left, as korllama's own batches are (a row's answer ends in the last column): padded by the
+    tokenizer and given positions that count from the first real token, a row's last logits are its own."""
     model, tokenizer = tiny
-    assert tokenizer.padding_side == "right" and tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token_id != tokenizer.eos_token_id
     short = min(prompts[:5], key=len)
     batch = tokenizer([short, short + " 123 extra words"], return_tensors="pt", padding=True)
     alone = tokenizer([short], return_tensors="pt")
     n = alone["input_ids"].shape[1]
-    assert n < batch["input_ids"].shape[1] and not batch["attention_mask"][0, n:].any()  # padded at the end
+    assert n < batch["input_ids"].shape[1] and not batch["attention_mask"][0, :-n].any()  # padded at the start
+    positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        padded, single = model(**batch).logits, model(**alone).logits
-    torch.testing.assert_close(padded[0, :n], single[0], atol=1e-5, rtol=1e-4)  # the padding changed nothing
+        padded = model(**batch, position_ids=positions).logits
+        single = model(**alone).logits
+    torch.testing.assert_close(padded[0, -n:], single[0], atol=1e-5, rtol=1e-4)  # the padding changed nothing
     assert torch.isfinite(padded).all()
 
 
@@ -158,7 +162,7 @@ def test_force_single_tokens_adds_a_piece_the_bpe_never_saw():
 
 def test_wrap_lora_trains_only_the_adapters(tiny_dir):
     model, _ = load_base(ModelConfig(device="cpu"), str(tiny_dir))
-    peft_model = wrap_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0))
+    peft_model = wrap_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0))
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert {n.split(".")[-4] for n in trainable} == {"q_proj", "v_proj"}  # PEFT's Llama default
@@ -173,7 +177,7 @@ def test_wrap_lora_with_an_unknown_target_module_is_a_config_error(tiny_dir):
     model, _ = load_base(ModelConfig(device="cpu"), str(tiny_dir), for_training=False)
     assert not model.training
     with pytest.raises(ConfigError, match="lora"):
-        wrap_lora(model, LoraConfig(target_modules=["no_such_proj"]))
+        wrap_lora(model, LoraSettings(target_modules=["no_such_proj"]))
 
 
 # --- loading errors ----------------------------------------------------------------------------------------------

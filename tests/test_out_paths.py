@@ -11,7 +11,6 @@ tripwire: a check that lets a bad path through fails at once instead of training
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import socket
@@ -188,13 +187,15 @@ def test_baseline_never_writes_into_a_run(scene, tripwires, cli):
 def test_explain_refuses_another_system_s_evaluation_folder(scene, tripwires, cli, tmp_path):
     evaluation = tmp_path / "eval-a"
     evaluation.mkdir()
-    (evaluation / "metrics.json").write_text(json.dumps({"system": "run-a", "mode": "score", "run": "/runs/a",
-                                                         "base": None}), "utf-8")
+    from korllama.evaluation import metrics
+
+    other = metrics(list("AB"), list("AB"), list("ABCDEFG")).model_copy(update={"system": "run-a", "run": "/runs/a"})
+    (evaluation / "metrics.json").write_text(other.text(), "utf-8")
     code, _, err = cli("explain", scene.run, "--data", scene.csv, "--out", evaluation)
     assert code == 2 and "holds the evaluation of run-a" in err, err
     assert sorted(p.name for p in evaluation.iterdir()) == ["metrics.json"]
     code, _, err = cli("explain", scene.run, "--baseline", "--data", scene.csv, "--out", evaluation)
-    assert code == 2 and "tree baseline" in err, err
+    assert code == 2 and "--baseline is gone" in err and "korllama baseline" in err, err
 
 
 def test_an_evaluation_replaced_takes_the_old_system_s_explanation_with_it(run_dir, tmp_path):
@@ -282,13 +283,13 @@ def test_serve_refuses_a_token_no_client_can_send(run_dir, cli, no_server, monke
 def test_a_file_read_as_a_spec_is_not_echoed(cli, tmp_path):
     text = "\n".join(f"user{i}:x:{i}:{i}::/home/user{i}:/bin/sh" for i in range(200))
     (tmp_path / "passwd").write_text(text, "utf-8")
-    code, _, err = cli("templates", "--schema", tmp_path / "passwd")
+    code, _, err = cli("templates", "--spec", tmp_path / "passwd")
     assert code == 2 and "user0:x:0:0" in err and "(7,759 characters)" in err, err
     assert "user100" not in err and len(err) < 400, err  # its start and end, cut: not the file
 
 
 def test_a_folder_given_as_a_spec_config_or_template_says_so(cli, tmp_path):
-    code, _, err = cli("templates", "--schema", tmp_path)
+    code, _, err = cli("templates", "--spec", tmp_path)
     assert code == 2 and "is a folder" in err, err
     code, _, err = cli("lora-info", "--config", tmp_path)
     assert code == 2 and "is a folder" in err, err
@@ -296,5 +297,5 @@ def test_a_folder_given_as_a_spec_config_or_template_says_so(cli, tmp_path):
     (tmp_path / "folder.txt").mkdir()
     spec["templates"] = {"mine": {"about": "a folder", "file": "folder.txt"}}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True), "utf-8")
-    code, _, err = cli("templates", "--schema", tmp_path / "spec.yaml")
+    code, _, err = cli("templates", "--spec", tmp_path / "spec.yaml")
     assert code == 2 and "folder.txt, a folder, not a template file" in err, err

@@ -1,6 +1,7 @@
 """The analysts' page of `korllama serve` (korllama.serve.page): first its routes in-process (TestClient), then the page
 itself in a real browser (Debian's chromium through selenium, marked `browser`) against real `korllama serve`
-subprocesses on free loopback ports: one applicant graded and read from the DOM, a bad value's sentence at its field,
+subprocesses on free loopback ports: one applicant graded and read from the DOM (focus taken to it, only reasons that
+change the grade, a derived field's headers), a bad value's sentence at its field, a tree baseline's run panel,
 a 200-row file graded and downloaded (the same labels as `korllama predict`), a bad file's sentence, the token flow,
 the hiring example's Korean headers and labels, phone width. A screenshot of each state is saved in
 $KORLLAMA_SCREENSHOTS (default: a pytest temporary folder).
@@ -28,8 +29,8 @@ from fixtures import free_port, run_config, unlabelled_csv
 
 import korllama.serve.page as page
 from korllama.run import Run
-from korllama.schema import load_spec
 from korllama.serve import create_app
+from korllama.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 HIRING = REPO / "examples" / "hiring"
@@ -103,6 +104,72 @@ def test_card_html_keeps_no_markup_of_its_own(tmp_path):
     html = page.card_html(card)
     assert "<h1>카드</h1>" in html and "<script>" not in html and "&lt;script&gt;" in html
     assert 'href="javascript' not in html
+
+
+def test_derived_fields_say_which_headers_they_are_computed_from(client):
+    derived = page.derived_info(SPEC)
+    four = ["대출금액", "대출기간", "총상환원금", "총상환이자"]
+    assert derived["implied_rate"] == {"text": "implied annual interest rate", "from": four}
+    assert derived["payments_made"]["from"] == four  # through implied_rate, each header once
+    assert derived["principal_ratio"]["from"] == ["총상환원금", "대출금액"]
+    assert set(derived) == {d.alias for d in SPEC.derived}
+    assert '"payments_made": {"text": "monthly payments' in client.get("/").text  # in the page's form data
+
+
+@pytest.fixture(scope="module")
+def folder_base_run(run_dir, tmp_path_factory) -> Path:
+    """A run whose base model is a folder given by its absolute path (the tiny run's base/): 2 steps."""
+    from korllama.card import document_run
+    from korllama.config import RunConfig
+    from korllama.training import train
+
+    config = run_config(name="from-folder", model={"base": str(run_dir / "base"), "device": "cpu"},
+                        data={"synth_rows": 200, "split_seed": 3}, train={"max_steps": 2, "eval_steps": 2,
+                                                                            "save_steps": 2})
+    config["model"].pop("tiny")
+    folder = tmp_path_factory.mktemp("from-folder") / "run"
+    train(RunConfig.model_validate(config), folder)
+    document_run(Run.load(folder), on_error="raise")
+    return folder
+
+
+def make_trees(folder: Path) -> Path:
+    """`korllama baseline --budget 0` (the first setting only) on 300 synthetic rows: a served tree folder."""
+    from korllama.cli.app import main
+    from korllama.synth import synthesize
+
+    data = folder / "train.csv"
+    synthesize(300, seed=2).to_csv(data, index=False)
+    assert main(["baseline", "--train", str(data), "--out", str(folder / "trees"), "--budget", "0"]) == 0
+    return folder / "trees"
+
+
+@pytest.fixture(scope="module")
+def trees_dir(tmp_path_factory) -> Path:
+    return make_trees(tmp_path_factory.mktemp("trees"))
+
+
+def test_the_run_panel_names_no_path_of_the_server(folder_base_run, trees_dir):
+    from korllama.system import load_system
+
+    base = folder_base_run.parent.parent  # the pytest folder both runs lie in
+    with TestClient(create_app(Run.load(folder_base_run)), base_url="http://localhost") as c:
+        panel = c.get("/page/run")
+    assert panel.status_code == 200 and str(base) not in panel.text and str(folder_base_run) not in panel.text
+    info = panel.json()
+    assert info["kind"] == "llm" and info["base"] == "base" and info["provenance"] == {"name": "base"}
+    assert "<code>base</code>" in info["card_html"]  # the card names the base folder, by its name
+    with TestClient(create_app(load_system(trees_dir)), base_url="http://localhost") as c:
+        panel = c.get("/page/run")
+    assert panel.status_code == 200 and str(trees_dir.parent) not in panel.text
+    assert panel.json()["kind"] == "trees" and panel.json()["data"]["source"] == "train.csv"
+
+
+def test_a_local_path_is_told_from_a_name(tmp_path):
+    assert page.public_name(str(tmp_path / "bases" / "mine")) == "mine"
+    assert page.public_name("./bases/mine") == "mine" and page.public_name("~/mine") == "mine"
+    for name in ("tiny", "smollm2-135m", "HuggingFaceTB/SmolLM2-135M", 0.25, None):
+        assert page.public_name(name) == name
 
 
 def test_a_file_job_grades_as_korllama_predict(client, run_dir, tmp_path, cli):
@@ -197,14 +264,14 @@ def make_hiring_run(run_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def servers(run_dir, tmp_path_factory):
-    """Three services started together: the loan run, the same with a token, the hiring run."""
+def servers(run_dir, trees_dir, tmp_path_factory):
+    """Four services started together: the loan run, the same with a token, the hiring run, the loan trees."""
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
         pytest.skip(f"the browser tests need chromium and chromedriver, which are not installed: {INSTALL}")
     logs = tmp_path_factory.mktemp("serve-logs")
     plain, token = Server(run_dir, logs / "plain.log"), Server(run_dir, logs / "token.log", token="s3cret")
     hiring = Server(make_hiring_run(tmp_path_factory.mktemp("hiring") / "run"), logs / "hiring.log")
-    started = {"plain": plain, "token": token, "hiring": hiring}
+    started = {"plain": plain, "token": token, "hiring": hiring, "trees": Server(trees_dir, logs / "trees.log")}
     try:
         yield {name: server.wait() for name, server in started.items()}
     finally:
@@ -283,7 +350,19 @@ def grade_example(driver) -> dict:
         "return [...document.querySelectorAll('#bars .bar')].map(b => [b.dataset.label, +b.dataset.probability])")
     return {"grade": by_css(driver, "#grade").text, "bars": dict(bars),
             "reasons": [li.text for li in driver.find_elements("css selector", "#reasons li")],
-            "decision": by_css(driver, "#decision").text}
+            "deltas": [float(li.get_attribute("data-delta")) for li in driver.find_elements("css selector",
+                                                                                         "#reasons li")],
+            "note": by_css(driver, "#reasons-note").text, "decision": by_css(driver, "#decision").text,
+            "focus": driver.execute_script("return document.activeElement.id"),
+            "in_view": driver.execute_script("const r = document.getElementById('result-title')"
+                                             ".getBoundingClientRect(); return r.top >= -1 && r.bottom <= innerHeight"),
+            "status": driver.execute_script("return document.getElementById('result-status').textContent")}
+
+
+def moving_reasons(url: str, example: dict) -> list[dict]:
+    """The reasons that change the grade's probability, among every field's (the service's most, 20)."""
+    return [r for r in httpx.post(url + "/v1/grade?explain=true&top=20", json=example).json()["reasons"]
+            if r["delta"] != 0]
 
 
 @pytest.mark.browser
@@ -302,7 +381,14 @@ def test_browser_grades_one_applicant_and_marks_a_bad_field(browser, servers, sh
     api = httpx.post(url + "/v1/grade", json=example).json()
     assert got["grade"] == api["grade"] and list(got["bars"]) == list("ABCDEFG")
     assert all(abs(got["bars"][k] - p) < 1e-5 for k, p in api["probabilities"].items())  # explain: float32 batches
-    assert len(got["reasons"]) == 3 and got["decision"].startswith("Decided by argmax")
+    assert got["decision"].startswith("Decided by argmax")
+    moving = moving_reasons(url, example)  # the tiny run reads few fields: some change nothing
+    assert len(got["reasons"]) == min(3, len(moving)) and all(d != 0 for d in got["deltas"])
+    assert not any("does not change" in r for r in got["reasons"])
+    assert (got["note"] == f"No other field changes the probability of {got['grade']} when it is set to its typical "
+            "value.") == (len(moving) < 3)
+    assert got["focus"] == "result-title" and got["in_view"]  # the analyst is taken to the answer
+    assert got["status"] == f"대출등급 {api['grade']} ({100 * api['probabilities'][api['grade']]:.1f}%)"
     assert "Model card: tiny" in by_css(browser, "#card-html").get_attribute("innerHTML")
     shot(browser, shots, "02-loan-graded")
 
@@ -325,12 +411,57 @@ def test_browser_grades_one_applicant_and_marks_a_bad_field(browser, servers, sh
     browser.save_screenshot(str(shots / "04-run-and-card.png"))
 
     open_page(browser, url, width=390)  # phone width: one column, nothing wider than the screen
-    grade_example(browser)
+    got = grade_example(browser)
+    assert got["focus"] == "result-title" and got["in_view"]  # far below the form: scrolled to
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     shot(browser, shots, "05-loan-phone-whole")
     browser.set_window_size(390, 844)
     browser.execute_script("document.getElementById('result').scrollIntoView()")
     browser.save_screenshot(str(shots / "05-loan-phone-result.png"))
+
+
+@pytest.mark.browser
+def test_browser_reasons_say_where_a_derived_field_comes_from(browser, servers, shots):
+    """A result with a derived field, a column and a field that changes nothing, shown as the service answers it."""
+    open_page(browser, servers["plain"].url)
+    reason = {"value": 1, "reference": 1, "deltas": {}}
+    browser.execute_script("showResult(arguments[0])", {
+        "grade": "C", "decision": "argmax", "probabilities": dict.fromkeys("ABCDEFG", 1 / 7), "reasons": [
+            reason | {"field": "term", "delta": 0.2, "text": "term 60 (typical 36) raises C by 0.20"},
+            reason | {"field": "loan_amount", "delta": 0.0, "text": "loan_amount 1 (typical) does not change C"},
+            reason | {"field": "principal_ratio", "delta": -0.01, "text": "principal_ratio 9% lowers C by 0.01"},
+            reason | {"field": "payments_made", "delta": -0.3, "text": "payments_made 7 lowers C by 0.30"}]})
+    items = browser.find_elements("css selector", "#reasons li")
+    assert [li.get_attribute("data-field") for li in items] == ["term", "payments_made", "principal_ratio"]
+    assert items[0].text == "term 60 (typical 36) raises C by 0.20 (대출기간)"
+    derived = "payments_made: monthly payments the repaid total amounts to, computed from " + ", ".join(
+        ["대출금액", "대출기간", "총상환원금", "총상환이자"])
+    assert items[1].text.splitlines() == ["payments_made 7 lowers C by 0.30", derived]
+    assert by_css(browser, "#reasons-note").text == ""  # three that move it: nothing to add
+    browser.execute_script("showResult(arguments[0])", {
+        "grade": "C", "decision": "argmax", "probabilities": dict.fromkeys("ABCDEFG", 1 / 7),
+        "reasons": [reason | {"field": "term", "delta": 0.0, "text": "term 36 (typical) does not change C"}]})
+    assert browser.find_elements("css selector", "#reasons li") == []
+    assert by_css(browser, "#reasons-note").text == ("No field changes the probability of C when it is set to its "
+                                                     "typical value.")
+
+
+@pytest.mark.browser
+def test_browser_trees_panel_reads_as_trees(browser, servers, shots):
+    url = servers["trees"].url
+    open_page(browser, url)
+    got = grade_example(browser)
+    assert got["grade"] in "ABCDEFG" and got["focus"] == "result-title" and all(d != 0 for d in got["deltas"])
+    facts = dict(zip([e.text for e in browser.find_elements("css selector", "#run-info dt")],
+                     [e.text for e in browser.find_elements("css selector", "#run-info dd")], strict=True))
+    assert by_css(browser, "#run-title").text == "The trees"
+    assert list(facts) == ["Folder", "Model", "Tuning", "Data", "Split", "Held out", "Decision"]
+    assert facts["Model"] == "trees (LightGBM)" and facts["Split"].endswith("fitted on 240 rows")
+    held_out = httpx.get(url + "/page/run").json()["metrics"]["macro_f1"]
+    assert facts["Held out"] == f"macro-F1 {held_out:.4f} on the held-out rows"
+    text = by_css(browser, "#run").text
+    assert not any(bad in text for bad in ("undefined", "null", "prompt template", "/tmp", "?"))
+    shot(browser, shots, "12-trees-graded")
 
 
 @pytest.mark.browser

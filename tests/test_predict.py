@@ -1,5 +1,5 @@
-"""Tests for korllama.predict: parsing generated answers, the original's generation settings, loading runs, and the
-submission file.
+"""Tests for korllama.predict, korllama.generation and korllama.streaming: parsing generated answers, the original's
+generation settings, loading runs, and the submission file.
 
 Everything runs on a tiny run (hidden 32, 2 layers, 4 steps) trained once per module with one CPU thread.
 """
@@ -14,8 +14,9 @@ import pytest
 import torch
 from fixtures import CLASSES, FIELDS, TINY, unlabelled_csv
 
+import korllama.run
 from korllama.errors import KorllamaError
-from korllama.predict import generate, parse_grade, seed_generation_config
+from korllama.generation import generate, parse_grade, seed_generation_config
 from korllama.prompts import render
 from korllama.run import Run
 from korllama.scoring import score
@@ -93,8 +94,8 @@ def test_generate_returns_a_grade_or_none_and_the_text_per_prompt(loaded, mixed_
 
 
 def test_generating_for_a_chunk_tokenises_its_prompts_once(run_dir, monkeypatch):
-    import korllama.predict as predict
     import korllama.scoring as scoring
+    import korllama.streaming as streaming
 
     run = Run.load(run_dir)
     chunk = synthetic_table(5, seed=3)
@@ -104,9 +105,8 @@ def test_generating_for_a_chunk_tokenises_its_prompts_once(run_dir, monkeypatch)
         calls.append(len(prompts))
         return scoring.encode_prompts(tokenizer, prompts)
 
-    monkeypatch.setattr(predict, "encode_prompts", counted)
-    scored = predict.score_chunk(run.model, run.tokenizer, run.template, chunk, 2, mode="generate",
-                                 max_tokens=run.max_tokens)
+    monkeypatch.setattr(korllama.run, "encode_prompts", counted)
+    scored = streaming.score_chunk(run, chunk, 2, mode="generate")
     assert calls == [5]  # the length check and generation share one tokenisation
     expected = generate(run.model, run.tokenizer, run.template.render(chunk), CLASSES, batch_size=2)
     assert (list(scored.pred), scored.texts) == (expected[0], expected[1])

@@ -21,7 +21,7 @@ from fixtures import (
 from korllama.data import read_table
 from korllama.errors import ConfigError
 from korllama.prompts import answer, get_template, render, templates
-from korllama.schema import load_spec
+from korllama.spec import load_spec
 
 INSTRUCTION = "with those conditions, Guess His Credit Rating in one of A,B,C,D,E,F,G"
 

@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 from fixtures import RUN_ROWS
 
+from korllama.choices import Mode
 from korllama.errors import KorllamaError
-from korllama.evaluate import metrics, write_evaluation
+from korllama.evaluation import DecisionFigures, Evaluation, RuleFigures, metrics, write_evaluation
+from korllama.evaluation import read_evaluation as load_evaluation
 from korllama.plots import plot_train_curve
-from korllama.report import compare, load_evaluation
+from korllama.report import compare
 from korllama.run import Run
 
 CLASSES = list("ABCDEFG")
@@ -38,9 +40,10 @@ def evaluation(folder: Path, system: str | None, accuracy: float, seed: int, pro
             row[CLASSES.index(label)] += 1.0
         p /= p.sum(axis=1, keepdims=True)
     result = metrics(truth, pred, CLASSES, p)
-    result.update(mode="score" if proba else "trees", template="compact", rows_per_s=123.4, run=run and str(run))
+    result.mode, result.template, result.rows_per_s, result.run = \
+        Mode.SCORE if proba else Mode.TREES, "compact", 123.4, run and str(run)
     if system is not None:
-        result["system"] = system
+        result.system = system
     write_evaluation(folder, result, [f"ROW_{i:05d}" for i in range(rows)], truth, pred, p, CLASSES)
     return result
 
@@ -58,8 +61,8 @@ def two_systems(tmp_path) -> tuple[Path, Path, dict, dict]:
 def test_load_evaluation(two_systems, tmp_path):
     tuned_dir, baseline_dir, tuned, _ = two_systems
     loaded = load_evaluation(tuned_dir)
-    assert loaded["system"] == "tuned <tiny>" and loaded["macro_f1"] == pytest.approx(tuned["macro_f1"])
-    assert load_evaluation(baseline_dir)["system"] == "baseline"  # no name: the folder's
+    assert loaded.system == "tuned <tiny>" and loaded.macro_f1 == pytest.approx(tuned.macro_f1)
+    assert load_evaluation(baseline_dir).system == "baseline"  # no name: the folder's
     (tmp_path / "empty").mkdir()
     with pytest.raises(KorllamaError, match="no metrics.json.*korllama evaluate"):
         load_evaluation(tmp_path / "empty")
@@ -70,16 +73,16 @@ def test_compare_writes_a_self_contained_report(two_systems, tmp_path):
     out = tmp_path / "out" / "report.html"
     result = compare([tuned_dir, baseline_dir], out, title="tiny & co")
     assert result["report"] == str(out)
-    assert result["systems"] == [("tuned <tiny>", pytest.approx(tuned["macro_f1"])),
-                                 ("baseline", pytest.approx(baseline["macro_f1"]))]
-    assert tuned["macro_f1"] != pytest.approx(baseline["macro_f1"])
+    assert result["systems"] == [("tuned <tiny>", pytest.approx(tuned.macro_f1)),
+                                 ("baseline", pytest.approx(baseline.macro_f1))]
+    assert tuned.macro_f1 != pytest.approx(baseline.macro_f1)
 
     page = out.read_text("utf-8")
     assert page.startswith("<!doctype html>")
     assert "<title>tiny &amp; co</title>" in page
     assert "tuned &lt;tiny&gt;" in page and "<tiny>" not in page  # names are escaped
     assert "baseline" in page
-    assert f"{tuned['macro_f1']:.4f}" in page and f"{baseline['macro_f1']:.4f}" in page
+    assert f"{tuned.macro_f1:.4f}" in page and f"{baseline.macro_f1:.4f}" in page
     sources = re.findall(r'src="([^"]*)"', page)
     # confusion matrices, F1 per grade, reliability (the tuned system has probabilities), the training curve
     assert len(sources) == 4
@@ -95,14 +98,14 @@ def test_compare_shows_each_training_curve_once(two_systems, tmp_path):
     tuned_dir, _, _, _ = two_systems
     run = json.loads((tuned_dir / "metrics.json").read_text())["run"]
     before = evaluation(tmp_path / "eval" / "before", "before tuning", 0.3, seed=3, run=Path(run))
-    before["base"] = str(Path(run) / "base")  # the run's base model scored with the run's prompts
-    (tmp_path / "eval" / "before" / "metrics.json").write_text(json.dumps(before))
+    before.base = str(Path(run) / "base")  # the run's base model scored with the run's prompts
+    (tmp_path / "eval" / "before" / "metrics.json").write_text(before.text())
     generated = evaluation(tmp_path / "eval" / "generate", "tuned, generation", 0.6, seed=4, proba=False,
                            run=Path(run))
     out = tmp_path / "r.html"
     compare([tmp_path / "eval" / "before", tuned_dir, tmp_path / "eval" / "generate"], out)
     page = out.read_text("utf-8")
-    assert generated["system"] in page
+    assert generated.system in page
     assert page.count("<h2>training curve") == 1
     assert "training curve: tuned &lt;tiny&gt;" in page
 
@@ -129,7 +132,7 @@ def test_compare_command(cli, two_systems, tmp_path):
     code, stdout, err = cli("compare", tuned_dir, baseline_dir, "--out", out)
     assert code == 0, err
     assert out.is_file() and "data:image/png;base64," in out.read_text("utf-8")
-    assert f"tuned <tiny> {tuned['macro_f1']:.4f}" in " ".join(stdout.split())
+    assert f"tuned <tiny> {tuned.macro_f1:.4f}" in " ".join(stdout.split())
     code, _, err = cli("compare", tuned_dir, tmp_path / "missing", "--out", tmp_path / "x.html")
     assert code == 2 and "metrics.json" in err and "Traceback" not in err
     assert not (tmp_path / "x.html").exists()
@@ -138,7 +141,7 @@ def test_compare_command(cli, two_systems, tmp_path):
 def test_metrics_json_is_what_compare_reads(two_systems):
     tuned_dir, _, tuned, _ = two_systems
     on_disk = json.loads((tuned_dir / "metrics.json").read_text("utf-8"))
-    assert on_disk["calibration"]["ece"] == pytest.approx(tuned["calibration"]["ece"])
+    assert on_disk["calibration"]["ece"] == pytest.approx(tuned.calibration.ece)
     assert on_disk["classes"] == CLASSES
 
 
@@ -163,8 +166,14 @@ def test_compare_refuses_systems_scored_on_different_rows(two_systems, tmp_path)
     compare(folders, tmp_path / "r.html", allow_different_rows=True)
     page = (tmp_path / "r.html").read_text("utf-8")
     assert "scored on different rows (tuned &lt;tiny&gt; 140 rows, baseline 140 rows, a sample 100 rows, 100 in " \
-           "common), so their figures do not compare directly" in page
+           "common): the verdict and each set of figures put side by side only systems scored on one set of rows" \
+        in page
     assert "same" not in page
+    # the sample is not in the verdict: listed apart, and drawn in figures of its own
+    assert "<b>a sample</b>: 100 rows, a sample of the verdict&#39;s rows" in page
+    assert "<h2>figures on the verdict&#39;s 140 rows</h2>" in page
+    assert "<h2>figures on other rows: a sample (100 rows)</h2>" in page
+    assert 'alt="confusion matrices of tuned &lt;tiny&gt;, baseline on 140 rows"' in page
 
 
 def test_same_ids_with_other_true_grades_are_other_rows(two_systems, tmp_path):
@@ -198,8 +207,8 @@ def test_compare_refuses_different_label_sets(two_systems, tmp_path):
         compare([tuned_dir, tmp_path / "pass"], tmp_path / "r.html", allow_different_rows=True)
 
 
-@pytest.mark.parametrize("text,piece", [("{not json", "is not valid JSON"), ('{"n": 3}', "is not a korllama "
-                                                                                           "evaluation \\(no classes")])
+@pytest.mark.parametrize("text,piece", [("{not json", "is not valid JSON"),
+                                        ('{"n": 3}', "is not a korllama evaluation \\(no .*classes")])
 def test_a_broken_metrics_json_is_one_sentence(tmp_path, text, piece):
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "metrics.json").write_text(text)
@@ -222,7 +231,7 @@ def test_compare_shows_where_the_llm_and_the_trees_disagree(run_dir, tmp_path):
     table = synthetic_table(RUN_ROWS, seed=0)
     llm = evaluate_run(Run.load(run_dir), table, tmp_path / "llm", held_out=True)
     trees = run_baseline(table, None, tmp_path / "trees", valid_fraction=0.2, seed=3)
-    assert llm["n"] == trees["n"]
+    assert llm.n == trees.n
     compare([tmp_path / "llm", tmp_path / "trees"], tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
     assert "disagree" in page and "macro-F1 (rule)" in page
@@ -242,15 +251,19 @@ def test_compare_shows_where_the_llm_and_the_trees_disagree(run_dir, tmp_path):
 def test_the_rule_cell_when_no_row_is_left_to_judge_the_rule(two_systems, tmp_path):
     from korllama.report import _rule
 
-    empty = {"rows": 0, "argmax": {"macro_f1": None}, "macro-f1": {"macro_f1": None}}
-    assert _rule({"decision": empty}) == {"macro_f1": None}
-    judged = {"rows": 4000, "argmax": {"macro_f1": 0.5}, "macro-f1": {"macro_f1": 0.6}}
-    assert _rule({"decision": judged}) == {"macro_f1": "0.6000", "argmax": "0.5000", "rows": "4,000"}
-    assert _rule({}) is None
+    tuned = load_evaluation(two_systems[0])
+    empty = DecisionFigures(rows=0, left_out_fitting_rows=9, weights={}, argmax=RuleFigures(), rule=RuleFigures())
+    assert _rule(tuned.model_copy(update={"decision": empty})) == {"macro_f1": None}
+    judged = DecisionFigures(rows=4000, left_out_fitting_rows=0, weights={}, argmax=RuleFigures(macro_f1=0.5),
+                             rule=RuleFigures(macro_f1=0.6))
+    assert _rule(tuned.model_copy(update={"decision": judged})) == {"macro_f1": "0.6000", "argmax": "0.5000",
+                                                                   "rows": "4,000"}
+    assert _rule(tuned.model_copy(update={"decision": None})) is None
     tuned_dir, baseline_dir, _, _ = two_systems  # and as the page shows them
     for folder, decision in ((tuned_dir, judged), (baseline_dir, empty)):
-        result = json.loads((folder / "metrics.json").read_text("utf-8"))
-        (folder / "metrics.json").write_text(json.dumps({**result, "decision": decision}), "utf-8")
+        result = load_evaluation(folder)
+        result.decision = decision
+        (folder / "metrics.json").write_text(result.text(), "utf-8")
     compare([tuned_dir, baseline_dir], tmp_path / "rule.html")
     page = (tmp_path / "rule.html").read_text("utf-8")
     assert "<td>0.6000 <small>(argmax 0.5000 on 4,000 rows)</small></td>" in page
@@ -279,15 +292,15 @@ def test_compare_draws_time_to_quality(run_dir, tmp_path, monkeypatch):
     compare([tmp_path / "tuned", tmp_path / "base", tmp_path / "trees"], tmp_path / "r.html")
     (points, curves), = drawn
     summary = json.loads((run_dir / "train_summary.json").read_text("utf-8"))
-    assert points == [(tuned["system"], pytest.approx(summary["cpu_seconds"] / 60), tuned["macro_f1"], 0),
-                      (trees["system"], pytest.approx(trees["fit_cpu_seconds"] / 60), trees["macro_f1"], 2)]
+    assert points == [(tuned.system, pytest.approx(summary["cpu_seconds"] / 60), tuned.macro_f1, 0),
+                      (trees.system, pytest.approx(trees.fit_cpu_seconds / 60), trees.macro_f1, 2)]
     assert [(name, k) for name, _, k in curves] == [(run_dir.name, 0)] and curves[0][1]
     section = time_to_quality_section((tmp_path / "r.html").read_text("utf-8"))
-    sources = re.findall(r'<img alt="time to quality" src="data:image/png;base64,([^"]*)"', section)
+    sources = re.findall(r'<img alt="time to quality: [^"]*" src="data:image/png;base64,([^"]*)"', section)
     assert len(sources) == 1 and base64.b64decode(sources[0]).startswith(PNG)
     # the bare base model has no training cost: named in the caption, not drawn; the two others are drawn
     caption = section.split("<img", 1)[0]
-    assert re.search(r"so not drawn: (.*?)\.</p>", caption).group(1) == f"{base['system']} (a base model, not " \
+    assert re.search(r"so not drawn: (.*?)\.</p>", caption).group(1) == f"{base.system} (a base model, not " \
         "trained here)"  # the only one, and why
     assert "validation curve" in caption and "validation rows" in caption  # the run's curve is drawn as a line
 
@@ -302,10 +315,15 @@ def test_an_evaluation_made_with_a_relative_run_path_is_found_from_another_folde
     monkeypatch.chdir(run_dir.parent)
     evaluate_run(Run.load(run_dir.name), synthetic_table(RUN_ROWS, seed=0), tmp_path / "tuned", held_out=True)
     monkeypatch.chdir(tmp_path)
-    evaluation = json.loads((tmp_path / "tuned" / "metrics.json").read_text("utf-8"))
-    assert Path(evaluation["run"]) == run_dir.resolve()
+    evaluation = load_evaluation(tmp_path / "tuned")
+    assert Path(evaluation.run) == run_dir.resolve()
     cost = training_cost(evaluation)
     assert cost.minutes is not None and cost.minutes > 0 and cost.curve
+
+
+def _scored(**fields) -> Evaluation:
+    """An evaluation of three rows with `fields` set (who scored them, what it cost)."""
+    return metrics(list("ABC"), list("ABC"), CLASSES).model_copy(update=fields)
 
 
 def test_time_to_quality_costs_and_curves(run_dir, two_systems):
@@ -313,16 +331,16 @@ def test_time_to_quality_costs_and_curves(run_dir, two_systems):
 
     state = json.loads((run_dir / "trainer_state.json").read_text("utf-8"))
     summary = json.loads((run_dir / "train_summary.json").read_text("utf-8"))
-    cost = training_cost({"mode": "score", "run": str(run_dir)})
+    cost = training_cost(_scored(run=str(run_dir)))
     assert cost.minutes == pytest.approx(summary["cpu_seconds"] / 60) and cost.minutes > 0
     assert cost.curve == [(e["eval_cpu_minutes"], e["eval_macro_f1"]) for e in state["log_history"]
                           if "eval_macro_f1" in e] and cost.curve
-    assert training_cost({"mode": "score", "run": str(run_dir), "base": "x"}).minutes is None  # a bare base
-    assert training_cost({"mode": "trees", "fit_cpu_seconds": 90.0}).minutes == 1.5
+    assert training_cost(_scored(run=str(run_dir), base="x")).minutes is None  # a bare base
+    assert training_cost(_scored(mode="trees", fit_cpu_seconds=90.0)).minutes == 1.5
     tuned_dir, _, _, _ = two_systems  # its run folder has no train_summary.json: a run from before CPU time
     old = training_cost(load_evaluation(tuned_dir))
     assert old.minutes is None and old.missing == "trained before korllama recorded CPU time"
-    gone = training_cost({"mode": "score", "run": str(run_dir / "moved-away")})  # moved or deleted after evaluate
+    gone = training_cost(_scored(run=str(run_dir / "moved-away")))  # moved or deleted after evaluate
     assert gone.minutes is None and "moved-away is not found" in gone.missing
 
 
@@ -330,6 +348,6 @@ def test_compare_leaves_time_to_quality_out_when_no_system_has_a_cost(two_system
     tuned_dir, baseline_dir, tuned, baseline = two_systems
     compare([tuned_dir, baseline_dir], tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text("utf-8")
-    assert "<h2>time to quality</h2>" not in page and 'alt="time to quality"' not in page
+    assert "<h2>time to quality</h2>" not in page and 'alt="time to quality' not in page
     note = re.search(r"<p><small>Time to quality: (.*?)</small></p>", page).group(1)
     assert "tuned &lt;tiny&gt;" in note and "baseline" in note and "left out" in note

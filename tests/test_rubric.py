@@ -44,9 +44,9 @@ def test_korean_labels_train_evaluate_and_predict(hiring_run, tmp_path):
     config = Run.load(hiring_run).config
     assert config.data.spec.endswith("spec.yaml")
     result = evaluate_run(Run.load(hiring_run), HIRING / "hiring.csv", tmp_path / "eval", held_out=True)
-    assert result["classes"] == LABELS and result["n"] == 480
-    assert np.asarray(result["confusion"]).shape == (3, 3) and set(result["per_class"]) == set(LABELS)
-    assert result["ordinal"] is True and result["qwk"] is not None
+    assert result.classes == LABELS and result.n == 480
+    assert np.asarray(result.confusion).shape == (3, 3) and set(result.per_class) == set(LABELS)
+    assert result.ordinal is True and result.qwk is not None
     predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv")
     assert set(predictions["prediction"]) <= set(LABELS)
     assert [c for c in predictions.columns if c.startswith("P_")] == [f"P_{c}" for c in LABELS]

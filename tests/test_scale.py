@@ -269,9 +269,9 @@ def test_streaming_evaluation_equals_the_in_memory_one(run_dir, tmp_path, choice
     assert got["truth"].tolist() == expected["truth"].tolist()
     assert_same_predictions(got[["ID", "prediction", *[f"P_{c}" for c in CLASSES]]],
                             expected[["ID", "prediction", *[f"P_{c}" for c in CLASSES]]])
-    assert streamed["n"] == whole["n"] == len(got) == {(): 200, ("held_out",): 40, ("held_out", "limit"): 15,
+    assert streamed.n == whole.n == len(got) == {(): 200, ("held_out",): 40, ("held_out", "limit"): 15,
                                                        ("limit",): 23}[tuple(choice)]
-    assert streamed["macro_f1"] == pytest.approx(whole["macro_f1"])
+    assert streamed.macro_f1 == pytest.approx(whole.macro_f1)
     if got["prediction"].tolist() == expected["prediction"].tolist():
         streamed_metrics, whole_metrics = read_metrics(tmp_path / "streamed"), read_metrics(tmp_path / "whole")
         streamed_metrics.pop("calibration"), whole_metrics.pop("calibration")
@@ -311,7 +311,7 @@ def test_memory_does_not_grow_with_the_table(run_dir, tmp_path, monkeypatch):
     which a whole table in memory holds (over 1 KB a row). The model's forward pass is replaced by uniform
     probabilities (its memory is per batch, and it would take most of a minute here); the rest is the real path:
     reading, both passes' cleaning, rendering, tokenising, writing."""
-    import korllama.predict as predict
+    import korllama.run as run_module
     from korllama.scoring import encode_prompts
 
     def uniform(model, tokenizer, prompts, classes, batch_size=32, progress=None, encoded=None, known=None,
@@ -319,7 +319,7 @@ def test_memory_does_not_grow_with_the_table(run_dir, tmp_path, monkeypatch):
         rows = encoded if encoded is not None else encode_prompts(tokenizer, prompts)
         return np.full((len(rows), len(classes)), 1 / len(classes))
 
-    monkeypatch.setattr(predict, "score", uniform)
+    monkeypatch.setattr(run_module, "score", uniform)
     warm = unlabelled_csv(tmp_path / "warm.csv", rows=20)
     predict_file(Run.load(run_dir), warm, tmp_path / "warm-out.csv")  # imports
     small = unlabelled_csv(tmp_path / "small.csv", rows=600, seed=1)

@@ -171,8 +171,8 @@ def test_each_distinct_prompt_is_scored_once_with_the_plain_paths_probabilities(
     assert distinct < len(prompts) / 5
     forwarded = []
     batch = scoring._score_batch
-    monkeypatch.setattr(scoring, "_score_batch", lambda m, lab, ids, mask: forwarded.append(len(ids)) or
-                        batch(m, lab, ids, mask))
+    monkeypatch.setattr(scoring, "_score_batch", lambda m, lab, ids, *rest: forwarded.append(len(ids)) or
+                        batch(m, lab, ids, *rest))
     done = []
     once = score(model, tokenizer, prompts, CLASSES, batch_size=32, progress=done.append)
     assert sum(forwarded) == distinct and sum(done) == len(prompts)
@@ -194,11 +194,56 @@ def test_prompts_known_from_earlier_chunks_are_not_scored_again(loaded, monkeypa
     first, second = prompts[:100], prompts[100:]
     forwarded = []
     batch = scoring._score_batch
-    monkeypatch.setattr(scoring, "_score_batch", lambda m, lab, ids, mask: forwarded.append(len(ids)) or
-                        batch(m, lab, ids, mask))
+    monkeypatch.setattr(scoring, "_score_batch", lambda m, lab, ids, *rest: forwarded.append(len(ids)) or
+                        batch(m, lab, ids, *rest))
     known: dict = {}
     a = score(model, tokenizer, first, CLASSES, known=known)
     b = score(model, tokenizer, second, CLASSES, known=known)
     assert sum(forwarded) == len(set(prompts)) < len(set(first)) + len(set(second))
     whole = score(model, tokenizer, prompts, CLASSES, once=False)
     assert np.abs(np.vstack([a, b]) - whole).max() <= 1e-6
+
+
+# --- the shared prefix -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("classes", [CLASSES, MULTI], ids=["one-token", "multi-token"])
+def test_the_shared_prefix_gives_the_plain_paths_probabilities(loaded, classes, monkeypatch):
+    """A long instruction every prompt starts with is run once and its KV cache reused by every row's suffix (padded
+    after it): the probabilities are the plain path's up to float rounding and the labels the same, for one-token
+    labels (the fast path) and labels of several tokens (the continuation pass extends the prefix's cache). The
+    instruction is a full compact prompt (~300 tiny-model tokens: the seed template's would pass its 512 positions)."""
+    import korllama.scoring as scoring
+
+    model, tokenizer, _ = loaded
+    table = synthetic_table(24, seed=5)
+    prompts = [render(table, "compact")[0] + "\n" + p for p in render(table, "compact", FIELDS)]
+    encoded = scoring.encode_prompts(tokenizer, prompts)
+    shared = scoring.common_prefix(encoded)
+    assert shared >= scoring.PREFIX_MIN  # the automatic choice uses it
+    assert len({len(e) for e in encoded}) >= 3  # the suffixes are padded: the pad columns sit after the prefix
+    used = []
+    batch = scoring._score_batch
+    monkeypatch.setattr(scoring, "_score_batch", lambda m, lab, ids, mask, prefix: used.append(prefix) or
+                        batch(m, lab, ids, mask, prefix))
+    plain = score(model, tokenizer, prompts, classes, batch_size=8, shared_prefix=False)
+    assert used and all(p is None for p in used)
+    used.clear()
+    cached = score(model, tokenizer, prompts, classes, batch_size=8)
+    assert used and all(p is not None and p.length == shared for p in used)
+    assert np.abs(cached - plain).max() <= 1e-6
+    assert np.abs(np.log(cached) - np.log(plain)).max() <= 1e-4  # the small probabilities too
+    assert list(predict_labels(cached, classes)) == list(predict_labels(plain, classes))
+    assert np.abs(np.log(plain) - np.log(plain).mean(axis=0)).max() > 1e-3  # the rows differ: the suffix is read
+    some = score(model, tokenizer, prompts[:3], classes, batch_size=2, shared_prefix=True)  # odd-sized batches
+    assert np.abs(some - plain[:3]).max() <= 1e-6
+
+
+def test_a_short_common_prefix_is_not_run_apart(loaded):
+    """Compact prompts share a few tokens only: the automatic choice runs them whole (one pass a batch)."""
+    import korllama.scoring as scoring
+
+    _, tokenizer, _ = loaded
+    encoded = scoring.encode_prompts(tokenizer, render(synthetic_table(50, seed=6), "compact"))
+    assert scoring.common_prefix(encoded) < scoring.PREFIX_MIN
+    assert scoring.common_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # each keeps its last token
+    assert scoring.common_prefix([[1, 2, 3], [1, 5]]) == 1 and scoring.common_prefix([]) == 0

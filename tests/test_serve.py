@@ -27,9 +27,9 @@ from korllama.data import DataWarning, clean
 from korllama.errors import KorllamaError
 from korllama.predict import predict_file
 from korllama.run import Run
-from korllama.schema import load_spec
 from korllama.serve import applicant_model, create_app, example_applicant, result_model
 from korllama.serve.batching import as_text
+from korllama.spec import load_spec
 from korllama.synth import synthesize
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,9 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
 
-from korllama.schema import load_spec, parse_column
 from korllama.serve.errors import MAX_TEXT
 from korllama.serve.schema import raw_pattern
+from korllama.spec import load_spec, parse_column
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,7 @@ from korllama.prompts import render
 from korllama.scoring import label_tokens, score
 from korllama.synth import synthetic_table
 from korllama.training import hardware, train
-from korllama.training.callbacks import verify_weights
+from korllama.training.callbacks import check_trained
 from korllama.training.collate import collator, tokenize
 from korllama.training.losses import class_weighted_loss, loss_window
 from korllama.training.recipe import cpu_minutes_before, training_arguments
@@ -327,41 +327,41 @@ def test_lora_training_saves_a_trained_adapter_and_leaves_the_base_alone(lora_ru
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
 
 
-# --- 6. verify_weights -------------------------------------------------------------------------------------------
+# --- 6. check_trained -------------------------------------------------------------------------------------------
 
-def test_verify_weights(tmp_path, lora_run, full_run):
+def test_check_trained(tmp_path, lora_run, full_run):
     with pytest.raises(KorllamaError, match="no adapter_model.safetensors"):
-        verify_weights(tmp_path, lora=True)
+        check_trained(tmp_path, lora=True)
     with pytest.raises(KorllamaError, match="no model.safetensors"):
-        verify_weights(tmp_path, lora=False)
+        check_trained(tmp_path, lora=False)
 
     real = lora_run[0] / "adapter"
-    assert verify_weights(real, lora=True) == len(load_file(real / "adapter_model.safetensors"))
-    assert verify_weights(full_run[0] / "model", lora=False) > 0
+    assert check_trained(real, lora=True) == len(load_file(real / "adapter_model.safetensors"))
+    assert check_trained(full_run[0] / "model", lora=False) > 0
 
     untrained = {k: (torch.zeros_like(v) if "lora_B" in k else v)
                  for k, v in load_file(real / "adapter_model.safetensors").items()}
     (tmp_path / "zero").mkdir()
     save_file(untrained, tmp_path / "zero" / "adapter_model.safetensors")
     with pytest.raises(KorllamaError, match="no trained LoRA tensors"):
-        verify_weights(tmp_path / "zero", lora=True)
+        check_trained(tmp_path / "zero", lora=True)
 
     (tmp_path / "blank").mkdir()
     save_file({"w": torch.zeros(3, 3), "norm.weight": torch.zeros(3)}, tmp_path / "blank" / "model.safetensors")
     with pytest.raises(KorllamaError, match="all zero"):
-        verify_weights(tmp_path / "blank", lora=False)
+        check_trained(tmp_path / "blank", lora=False)
 
     # one NaN step makes every weight NaN, the norms included: the check reads them (not the big matrices)
     (tmp_path / "nan").mkdir()
     save_file({"w": torch.ones(3, 3), "norm.weight": torch.tensor([1.0, float("nan"), 1.0])},
               tmp_path / "nan" / "model.safetensors")
     with pytest.raises(KorllamaError, match="non-finite values.*norm.weight"):
-        verify_weights(tmp_path / "nan", lora=False)
+        check_trained(tmp_path / "nan", lora=False)
     nan_adapter = {k: (torch.full_like(v, float("nan")) if "lora_B" in k else v)
                    for k, v in load_file(real / "adapter_model.safetensors").items()}
     save_file(nan_adapter, tmp_path / "nan" / "adapter_model.safetensors")
     with pytest.raises(KorllamaError, match="non-finite"):
-        verify_weights(tmp_path / "nan", lora=True)
+        check_trained(tmp_path / "nan", lora=True)
 
 
 # --- 7. kill and resume ------------------------------------------------------------------------------------------
@@ -433,7 +433,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, base_dir):
     assert summary["cpu_seconds"] > 0
     checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert [p.name for p in checkpoints] == ["checkpoint-25", "checkpoint-30"]
-    assert verify_weights(checkpoints[-1], lora=True) > 0
+    assert check_trained(checkpoints[-1], lora=True) > 0
     assert list((run_dir / "logs").glob("events.out.tfevents.*"))
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), run_dir / "adapter")

@@ -1,25 +1,35 @@
-"""`korllama baseline`: the tree baseline fitted (baseline/tune.py) and scored like any other system: the same
-metrics.json and predictions.csv, and its decision rule beside them."""
+"""`korllama baseline`: the tree baseline fitted (baseline/tune.py), scored like any other system (the same
+metrics.json and predictions.csv) and kept: its folder holds the tuned trees (baseline/saved.py), their spec,
+decision rule, neutral references, checksums and what they were fitted on (korllama.layout.TreesDir), so
+`korllama predict`, `evaluate`, `explain` and `serve` take it as they take a run (korllama.trees.Trees)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+from korllama import __version__
 from korllama.baseline.estimator import TreeBaseline
+from korllama.baseline.saved import save_trees
 from korllama.baseline.tune import fit_baseline
+from korllama.choices import Mode
 from korllama.data import Table, as_table, split
 from korllama.data.table import require_splittable
 from korllama.decision import decision_choice
-from korllama.evaluate import metrics, side_by_side, write_evaluation
+from korllama.evaluation import Evaluation, metrics, side_by_side, write_evaluation
 from korllama.groups import group_columns  # the rows' columns, for group metrics in `korllama compare`
-from korllama.outputs import DECISION_FILE, record_written
+from korllama.io import sha256_file, write_text
+from korllama.layout import TreesDir
+from korllama.outputs import record_written
+from korllama.references import reference_values, save_references
 from korllama.scoring import predict_labels
+from korllama.spec import spec_to_yaml
 
 
 def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None, out_dir: str | Path, spec=None,
                  valid_fraction: float = 0.2, seed: int = 0, system: str = "baseline (LightGBM)",
-                 decision: str = "argmax", budget_s: float | None = None, console=None) -> dict:
+                 decision: str = "argmax", budget_s: float | None = None, console=None) -> Evaluation:
     """Fit the tree baseline (bounded search, korllama.baseline.fit_baseline) and score it like any other system.
 
     The macro-F1 decision rule is fitted on the trees' inner validation rows (a part of the fitting rows, never a
@@ -43,13 +53,37 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
     classes = table.spec.label.classes
     pred = list(predict_labels(proba, classes) if decision == "argmax" else fitted.rule.apply(proba))
     result = metrics(score_on.labels.tolist(), pred, classes, proba, table.spec.label.ordinal)
-    result.update(system=system, mode="trees", template="", rows_per_s=len(pred) / seconds, seconds=seconds,
-                  spec=str(spec) if isinstance(spec, str | Path) else table.spec.name,
-                  fit_seconds=fitted.seconds, fit_cpu_seconds=fitted.cpu_seconds, train_rows=len(fit_on),
-                  data=score_on.source, run=None, decision_rule=decision, search=fitted.trials,
-                  decision=side_by_side(fitted.rule, score_on.labels, proba, score_on.ids.astype(str), classes))
-    groups, result["group_columns"] = group_columns(score_on)
+    result.system, result.mode, result.template, result.rows_per_s, result.seconds = \
+        system, Mode.TREES, "", len(pred) / seconds, seconds
+    result.spec = str(spec) if isinstance(spec, str | Path) else table.spec.name
+    result.fit_seconds, result.fit_cpu_seconds, result.train_rows = fitted.seconds, fitted.cpu_seconds, len(fit_on)
+    result.data, result.decision_rule, result.search = score_on.source, decision, fitted.trials
+    result.run = str(Path(out_dir).resolve())  # the trees are kept there: a system of their own
+    result.decision = side_by_side(fitted.rule, score_on.labels, proba, score_on.ids.astype(str), classes)
+    groups, result.group_columns = group_columns(score_on)
     write_evaluation(out_dir, result, score_on.ids, score_on.labels, pred, proba, classes, groups)
-    fitted.rule.save(Path(out_dir) / DECISION_FILE)  # what `--decision macro-f1` applies, fitted on inner rows
-    record_written(out_dir, [DECISION_FILE])
+    keep_trees(out_dir, fitted, fit_on, table, train, system, {"eval": score_on.source} if eval_data is not None else
+               {"valid_fraction": valid_fraction, "seed": seed})
     return result
+
+
+def keep_trees(out_dir: str | Path, fitted, fit_on: Table, table: Table, train, system: str, how: dict) -> None:
+    """The fitted trees as a system of their own in `out_dir` (korllama.layout.TreesDir): the estimator, the spec, the
+    decision rule (fitted on inner rows), the neutral references of the fitting rows, the checksums, and trees.json
+    last (its presence says the folder is whole)."""
+    folder = TreesDir(out_dir)
+    save_trees(fitted.model, folder.model)
+    folder.record_weights(folder.model)
+    write_text(folder.spec, spec_to_yaml(fit_on.spec))
+    fitted.rule.save(folder.decision)  # what `--decision macro-f1` applies
+    save_references(folder.references, reference_values(fit_on), fit_on.source, len(fit_on))
+    data = {"source": str(train) if isinstance(train, str | Path) else table.source, "rows": len(table)}
+    if isinstance(train, str | Path) and Path(train).is_file():  # what `--held-out` checks its --data against
+        data["sha256"] = sha256_file(Path(train))
+    kept = next(t for t in fitted.trials if t["kept"])
+    record = {"kind": "trees", "korllama": __version__, "system": system, "spec": fit_on.spec.name,
+              "data": data, "split": how, "fit_rows": len(fit_on), "settings": kept["params"],
+              "rounds": fitted.model.best_iterations_, "fit_seconds": fitted.seconds,
+              "fit_cpu_seconds": fitted.cpu_seconds}
+    write_text(folder.record, json.dumps(record, indent=1, ensure_ascii=False, default=str))
+    record_written(out_dir, list(TreesDir.OWN))

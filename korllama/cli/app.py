@@ -6,6 +6,7 @@ beside it, one module per part of the pipeline; imports of heavy libraries stay 
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ from typer.rich_utils import rich_format_error
 
 from korllama import __version__, outputs
 from korllama.choices import Decision
+from korllama.defaults import CHUNK_ROWS
 from korllama.errors import KorllamaError
 from korllama.io import written
 
@@ -45,7 +47,38 @@ data_app = typer.Typer(help="Check a table against its spec, or make a synthetic
 app.add_typer(data_app, name="data")
 
 SpecOption = Annotated[str | None, typer.Option(
-    "--schema", help="Table spec: built-in 'loan' (default) or a YAML spec file (see examples/students).")]
+    "--spec", "--schema", help="Table spec: built-in 'loan' (default) or a YAML spec file (see examples/students); "
+                               "--schema is its older name.")]
+
+
+def help_paragraphs(doc: str) -> str:
+    """A command's docstring as its --help text: each prose paragraph (blank lines part them) made one line, which
+    rich wraps at the terminal's width. typer's rich mode joins the first paragraph's lines but prints the others'
+    line breaks as they are, so a docstring's source lines would show as ragged half-lines.
+
+    A paragraph with an indented line (examples, a line of output) keeps its lines and their indent: an empty markup
+    tag (it prints nothing) opens each indented line, or typer's cleandoc of the text after the first paragraph
+    would take the indent off where only indented lines follow ("Example:" and one command)."""
+    out = []
+    for paragraph in inspect.cleandoc(doc).split("\n\n"):
+        lines = paragraph.split("\n")
+        if any(line[:1].isspace() for line in lines):
+            out.append("\n".join(f"{KEEP_INDENT}{x}" if x[:1].isspace() else x for x in lines))
+        else:
+            out.append(" ".join(x.strip() for x in lines))
+    return "\n\n".join(out)
+
+
+KEEP_INDENT = "[b][/b]"
+
+
+def wrap_help(*apps: typer.Typer) -> None:
+    """Give every command of `apps` its docstring as `help_paragraphs` makes it (cli/__init__.py, once all are
+    registered)."""
+    for typer_app in apps:
+        for info in typer_app.registered_commands:
+            doc = info.help if info.help is not None else inspect.getdoc(info.callback)
+            info.help = help_paragraphs(doc or "")
 
 
 def _print_version(value: bool) -> None:
@@ -72,7 +105,8 @@ OverridesArg = Annotated[list[str] | None, typer.Argument(
     help="Config overrides as section.key=value, e.g. train.epochs=1 model.base=./my-llama", show_default=False)]
 
 
-RunArg = Annotated[Path | None, typer.Argument(help="A run directory made by `korllama train`.", show_default=False)]
+RunArg = Annotated[Path | None, typer.Argument(help="A run directory made by `korllama train`, or the trees' folder "
+                                                    "made by `korllama baseline`.", show_default=False)]
 BaseOption = Annotated[str | None, typer.Option(
     "--base", help="Score a bare base model instead (a folder or hub id): the 'before tuning' figures. With a "
                    "run, the run's prompt settings are used.")]
@@ -97,13 +131,15 @@ OverwriteOption = Annotated[bool, typer.Option(
                         "a device or a FIFO. Without it an existing output is refused.")]
 
 ChunkOption = Annotated[int | None, typer.Option(
-    "--chunk-rows", min=1, help="Rows read, scored and written at a time (default 10,000): memory follows it, "
+    "--chunk-rows", min=1, help=f"Rows read, scored and written at a time (default {CHUNK_ROWS:,}): memory follows it, "
                                 "not the table.")]
 
 
-def qwk(result: dict) -> str:
-    """'QWK 0.9123 ' for an ordinal label set; nothing for labels without an order."""
-    return f"QWK {result['qwk']:.4f} " if result.get("qwk") is not None else ""
+def figures(result) -> str:
+    """'macro-F1 0.9312, accuracy 0.9402, QWK 0.9123 on 1,000 rows' of an evaluation (korllama.evaluation); no QWK
+    for labels without an order."""
+    qwk = f", QWK {result.qwk:.4f}" if result.qwk is not None else ""
+    return f"macro-F1 {result.macro_f1:.4f}, accuracy {result.accuracy:.4f}{qwk} on {result.n:,} rows"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -24,17 +24,18 @@ from korllama.errors import KorllamaError, quote
 @data_app.command("check")
 def data_check(
     file: Annotated[Path, typer.Argument(help="CSV (utf-8, utf-8 with BOM or cp949) or Parquet file.")],
-    schema: SpecOption = None,
+    spec: SpecOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the profile as JSON.")] = False,
 ):
     """Validate FILE against the table spec and print its profile: rows, columns, grades, warnings.
 
-    Example: korllama data check ../shared/data/dacon-loan/train.csv
+    Example:
+      korllama data check ../shared/data/dacon-loan/train.csv
     """
     from korllama.data import TableChunks
     from korllama.data.table import Profile
 
-    stream = TableChunks(file, schema)  # streamed: memory follows a chunk, not the file
+    stream = TableChunks(file, spec)  # streamed: memory follows a chunk, not the file
     gathered = Profile(stream.spec)
     checked = stream.check(each=gathered.add)
     prof = gathered.result(stream.source, checked.warnings)
@@ -77,7 +78,8 @@ def data_synth(
 ):
     """Write a synthetic loan table with the real headers, raw formats and grade structure.
 
-    Example: korllama data synth --rows 4000 --seed 0 --out synthetic.csv
+    Example:
+      korllama data synth --rows 4000 --seed 0 --out synthetic.csv
     """
     from korllama.io import write_csv
     from korllama.outputs import claim_file
@@ -93,12 +95,12 @@ def data_synth(
 
 
 @app.command("templates")
-def list_templates(schema: SpecOption = None):
+def list_templates(spec: SpecOption = None):
     """List the prompt templates available for a table spec."""
     from korllama.prompts import templates
-    from korllama.schema import load_spec
+    from korllama.spec import load_spec
 
-    for name, t in templates(load_spec(schema)).items():
+    for name, t in templates(load_spec(spec)).items():
         console.print(f"[cyan]{name:12}[/] {t.about}")
 
 
@@ -107,16 +109,17 @@ def prompt(
     file: Annotated[Path, typer.Argument(help="The table to read the row from.")],
     row_id: Annotated[str, typer.Option("--id", help="The row's ID (e.g. TEST_00000).")],
     template: Annotated[str, typer.Option("--template", "-t", help="seed, seed-clear, ko or compact.")] = "compact",
-    schema: SpecOption = None,
+    spec: SpecOption = None,
 ):
     """Print the prompt one row becomes (and its answer, when the table is labelled).
 
-    Example: korllama prompt ../shared/data/dacon-loan/test.csv --id TEST_00000 --template seed
+    Example:
+      korllama prompt ../shared/data/dacon-loan/test.csv --id TEST_00000 --template seed
     """
     from korllama.data import read_table
     from korllama.prompts import answer, get_template
 
-    table = read_table(file, schema)
+    table = read_table(file, spec)
     template_ = get_template(table.spec, template)
     hits = table.ids[table.ids == row_id].index
     if len(hits) == 0:

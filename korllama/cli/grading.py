@@ -21,8 +21,9 @@ from korllama.cli.app import (
     app,
     console,
     err_console,
-    qwk,
+    figures,
 )
+from korllama.defaults import BATCH_SIZE, SPLIT_SEED, VALID_FRACTION
 
 
 @app.command("predict")
@@ -32,7 +33,7 @@ def predict_cmd(
     out: Annotated[Path, typer.Option("--out", help="Submission CSV to write.")] = Path("submission.csv"),
     proba: Annotated[bool, typer.Option("--proba", help="Add P_A..P_G columns.")] = False,
     base: BaseOption = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = BATCH_SIZE,
     chunk_rows: ChunkOption = None,
     decision: DecisionOption = Decision.ARGMAX,
     overwrite: OverwriteOption = False,
@@ -42,20 +43,22 @@ def predict_cmd(
     """Grade every row (rank scoring) and write the competition's submission format: ID,대출등급, input order.
 
     The table streams: read, scored and written --chunk-rows rows at a time into a temporary file that becomes
-    --out only when every row is done (an error or Ctrl-C leaves nothing). Under accelerate launch the rows are
-    split between the processes (one per GPU) and the main process writes them in input order.
+    --out only when every row is done (an error or Ctrl-C leaves nothing).
+
+    Under accelerate launch the rows are split between the processes (one per GPU) and the main process writes them
+    in input order.
 
     Examples:
       korllama predict runs/dacon-tiny --data ../shared/data/dacon-loan/test.csv --out submission.csv
-      accelerate launch --num_processes 8 -m korllama predict runs/big --data big.csv --out big-graded.csv
+      accelerate launch --num_processes 8 -m korllama predict runs/big --data big.csv --out graded.csv
     """
     from korllama.outputs import claim_file
 
     claim_file(out, overwrite, inputs=(data,))  # before torch is even imported
     from korllama.predict import predict_file
-    from korllama.run import Run
+    from korllama.system import load_system
 
-    loaded = Run.load(run, base, allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
+    loaded = load_system(run, base, allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
     result = predict_file(loaded, data, out, proba, batch_size, console=err_console, chunk_rows=chunk_rows,
                           decision=decision)
     if not result:  # another process of `accelerate launch`: the main process writes the file and reports
@@ -71,13 +74,14 @@ def evaluate_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and predictions.csv: new or empty "
                                                     "(an evaluation is replaced with --overwrite, its folder's "
                                                     "explanation with it).")] = ...,
-    mode: Annotated[Mode, typer.Option("--mode", help="score (rank scoring, default) or generate (the original's "
-                                                      "sampling + parsing).")] = Mode.SCORE,
+    mode: Annotated[Mode, typer.Option("--mode", help="score: the system's own way (rank scoring for a run, the "
+                                                      "trees' probabilities for a baseline; default), or generate "
+                                                      "(a run: the original's sampling + parsing).")] = Mode.SCORE,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Score a seeded sample of N rows.")] = None,
     held_out: Annotated[bool, typer.Option("--held-out", help="Only the run's validation split of --data (the rows "
                                                               "its training never saw).")] = False,
     base: BaseOption = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = BATCH_SIZE,
     name: Annotated[str | None, typer.Option("--name", help="System name in reports (default: the run's).")] = None,
     chunk_rows: ChunkOption = None,
     decision: DecisionOption = Decision.ARGMAX,
@@ -93,29 +97,28 @@ def evaluate_cmd(
       korllama evaluate runs/dacon-tiny --data ... --held-out --mode generate --limit 200 --out runs/eval/generate
       accelerate launch --num_processes 8 -m korllama evaluate runs/big --data big.csv --out runs/eval/big
     """
-    from korllama.outputs import claim_evaluation
+    from korllama.evaluation import claim_evaluation
 
     claim_evaluation(out, overwrite)
     from korllama.evaluate import evaluate_run
-    from korllama.run import Run
+    from korllama.system import load_system
 
-    loaded = Run.load(run, base, allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
+    loaded = load_system(run, base, allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
     r = evaluate_run(loaded, data, out, mode=mode, limit=limit, held_out=held_out,
                      batch_size=batch_size, system=name, console=err_console, chunk_rows=chunk_rows, decision=decision)
     if not r:  # another process of `accelerate launch`: the main process writes and reports
         return
-    extra = f", invalid answers {r['invalid_rate']:.1%}" if mode == "generate" else ""
-    console.print(f"{escape(r['system'])}: macro-F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}, "
-                  f"{qwk(r)}on {r['n']:,} rows ({r['rows_per_s']:.1f} rows/s{extra}) -> {escape(str(out))}")
-    if r.get("decision"):
-        d = r["decision"]
-        if not d["rows"]:
-            console.print(f"decision rule: all {r['n']:,} scored rows are rows it was fitted on, so none is left to "
+    extra = f", invalid answers {r.invalid_rate:.1%}" if mode == "generate" else ""
+    console.print(f"{escape(r.system)}: {figures(r)} ({r.rows_per_s:.1f} rows/s{extra}) -> {escape(str(out))}")
+    if r.decision is not None:
+        d = r.decision
+        if not d.rows:
+            console.print(f"decision rule: all {r.n:,} scored rows are rows it was fitted on, so none is left to "
                           "judge it (metrics.json's decision.rows is 0); score other rows to compare it with argmax")
         else:
-            console.print(f"decision rule, on the {d['rows']:,} rows it was not fitted on: argmax "
-                          f"{d['argmax']['macro_f1']:.4f} -> rule {d['macro-f1']['macro_f1']:.4f} "
-                          f"(--decision {r['decision_rule']} chose the predictions)")
+            console.print(f"decision rule, on the {d.rows:,} rows it was not fitted on: argmax "
+                          f"{d.argmax.macro_f1:.4f} -> rule {d.rule.macro_f1:.4f} "
+                          f"(--decision {r.decision_rule} chose the predictions)")
 
 
 @app.command("baseline")
@@ -125,13 +128,15 @@ def baseline_cmd(
                                                                   "held-out split of --train).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, predictions.csv and decision.json: "
                                                     "new or empty (an evaluation: --overwrite).")] = ...,
-    schema: SpecOption = None,
+    spec: SpecOption = None,
     config_file: Annotated[str | None, typer.Option(
         "--config", help="A run's config.yaml (or a built-in config name): its data.valid_fraction, data.split_seed "
                          "and data.spec give the split, so the trees see that run's held-out rows.")] = None,
     valid_fraction: Annotated[float | None, typer.Option(
-        "--valid-fraction", min=0.01, max=0.99, help="Share held out without --eval. [default: 0.2]")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Split seed without --eval. [default: 0]")] = None,
+        "--valid-fraction", min=0.01, max=0.99,
+        help=f"Share held out without --eval. [default: {VALID_FRACTION}]")] = None,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help=f"Split seed without --eval. [default: {SPLIT_SEED}]")] = None,
     decision: Annotated[Decision, typer.Option(
         "--decision", help="argmax: the most probable label. macro-f1: the decision rule (per-label weights fitted "
                            "on the trees' inner validation rows, stored as OUT/decision.json). metrics.json holds "
@@ -145,33 +150,40 @@ def baseline_cmd(
     """Gradient-boosted trees (LightGBM) on the cleaned columns plus the derived features, same metrics.
 
     Without --eval it fits on a stratified 80% of --train and scores the other 20%: the split `korllama train`
-    makes with the default config (pass --config RUN/config.yaml for a run's own split). The trees stop early on
-    an inner 10% of the fitting rows; a few settings are tried (all, or those that fit --budget), each printed, and
-    the best on those inner rows is kept, then refitted on all the fitting rows with the rounds it stopped at.
+    makes with the default config (pass --config RUN/config.yaml for a run's own split).
 
-    Example: korllama baseline --train ../shared/data/dacon-loan/train.csv --out runs/eval/baseline
+    The trees stop early on an inner 10% of the fitting rows. A few settings are tried (all, or those that fit
+    --budget), each printed, and the best on those inner rows is kept, then refitted on all the fitting rows with
+    the rounds it stopped at.
+
+    The folder keeps the tuned trees: `korllama predict`, `evaluate`, `explain` and `serve` take it as they take a
+    run.
+
+    Example:
+      korllama baseline --train ../shared/data/dacon-loan/train.csv --out runs/eval/baseline
     """
-    from korllama.outputs import claim_evaluation
+    from korllama.evaluation import claim_evaluation
+    from korllama.layout import TreesDir
 
-    claim_evaluation(out, overwrite)
+    claim_evaluation(out, overwrite, keeps=TreesDir.OWN)
     from korllama.baseline.command import run_baseline
     from korllama.config import load_config
 
     data = load_config(config_file).data  # the defaults when no config is named: one source for the split
-    r = run_baseline(train_file, eval_file, out, schema or data.spec,
+    r = run_baseline(train_file, eval_file, out, spec or data.spec,
                      data.valid_fraction if valid_fraction is None else valid_fraction,
                      data.split_seed if seed is None else seed, decision=decision, budget_s=budget,
                      console=err_console)
-    a, d = r["decision"]["argmax"], r["decision"]["macro-f1"]
-    console.print(f"baseline: macro-F1 {r['macro_f1']:.4f}, accuracy {r['accuracy']:.4f}, {qwk(r)}on "
-                  f"{r['n']:,} rows (fit {r['fit_seconds']:.0f}s) -> {escape(str(out))}")
-    console.print(f"  argmax: macro-F1 {a['macro_f1']:.4f}, accuracy {a['accuracy']:.4f}; with the decision rule: "
-                  f"macro-F1 {d['macro_f1']:.4f}, accuracy {d['accuracy']:.4f} (--decision {decision})")
+    a, d = r.decision.argmax, r.decision.rule
+    console.print(f"baseline: {figures(r)} (fit {r.fit_seconds:.0f}s) -> {escape(str(out))}")
+    console.print(f"  argmax: macro-F1 {a.macro_f1:.4f}, accuracy {a.accuracy:.4f}; with the decision rule: "
+                  f"macro-F1 {d.macro_f1:.4f}, accuracy {d.accuracy:.4f} (--decision {decision})")
 
 
 @app.command("explain")
 def explain_cmd(
-    run: Annotated[Path, typer.Argument(help="A run directory made by `korllama train`.", show_default=False)],
+    run: Annotated[Path, typer.Argument(help="A run directory made by `korllama train`, or the trees' folder made by "
+                                             "`korllama baseline`.", show_default=False)],
     data: Annotated[Path, typer.Option("--data", help="Table whose rows to explain (labelled or not).")] = ...,
     out: Annotated[Path, typer.Option("--out", help="Folder for reasons.csv and explain.json: new, or the same "
                                                     "system's evaluation folder (`korllama compare` then shows the "
@@ -183,10 +195,9 @@ def explain_cmd(
                                                               "`evaluate --held-out`).")] = False,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="A seeded sample of N rows (the rows "
                                                                      "`evaluate --limit N` scores).")] = None,
-    baseline: Annotated[bool, typer.Option("--baseline", help="Explain the tree baseline fitted on the run's "
-                                                              "training split instead of the run's model.")] = False,
+    baseline: Annotated[bool, typer.Option("--baseline", hidden=True)] = False,
     show: Annotated[int, typer.Option("--show", min=0, help="Rows printed in words (all of them with --id).")] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = BATCH_SIZE,
     overwrite: OverwriteOption = False,
     allow_unfinished: AllowUnfinishedOption = False,
     allow_unrecorded: AllowUnrecordedOption = False,
@@ -199,20 +210,25 @@ def explain_cmd(
 
     Examples:
       korllama explain runs/demo/run --data runs/demo/data.csv --id SYN_00007 --top 3 --out /tmp/why
-      korllama explain runs/dacon-tiny --data ../shared/data/dacon-loan/train.csv --held-out --limit 1000 \
-          --out runs/eval/tuned
-      korllama explain runs/dacon-tiny --baseline --data ... --held-out --limit 1000 --out runs/eval/baseline
+      korllama explain runs/dacon-tiny --data train.csv --held-out --limit 1000 --out runs/eval/tuned
+      korllama explain runs/eval/baseline --data ... --held-out --limit 1000 --out runs/eval/baseline
     """
-    from korllama.outputs import claim_explanation
+    from korllama.errors import KorllamaError
+    from korllama.evaluation import REASONS_FILE, claim_explanation
+    from korllama.layout import TreesDir
+    from korllama.system import is_trees
 
-    claim_explanation(out, overwrite, run, baseline)
+    if baseline:
+        raise KorllamaError("--baseline is gone: it explained fresh, untuned trees. Fit the tuned trees with "
+                            "`korllama baseline --train FILE --out TREES` and explain them: `korllama explain TREES "
+                            "--data ...`.")
+    claim_explanation(out, overwrite, run, is_trees(run), keeps=TreesDir.OWN)
     from korllama.explain import explain_run
-    from korllama.run import Run
+    from korllama.system import load_system
 
-    explained = Run.load(run, allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
-    reasons, summary = explain_run(explained, data, out, ids=ids,
-                                   held_out=held_out, limit=limit, baseline=baseline, batch_size=batch_size,
-                                   console=err_console)
+    explained = load_system(run, allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
+    reasons, summary = explain_run(explained, data, out, ids=ids, held_out=held_out, limit=limit,
+                                   batch_size=batch_size, console=err_console)
     shown = len(reasons) if ids else min(show, len(reasons))
     for i in range(shown):
         label = reasons.classes[reasons.predicted[i]]
@@ -220,10 +236,10 @@ def explain_cmd(
                       f"(P {reasons.proba[i, reasons.predicted[i]]:.2f})", highlight=False)
         for r in reasons.top(i, top):
             console.print(f"  {escape(r['text'])}", highlight=False)
-    more = f" ({len(reasons) - shown:,} more rows in reasons.csv)" if shown < len(reasons) else ""
+    more = f" ({len(reasons) - shown:,} more rows in {REASONS_FILE})" if shown < len(reasons) else ""
     console.print(f"{escape(summary['system'])}: {len(reasons):,} rows x {len(summary['fields'])} fields explained "
                   f"in {summary['seconds']:.1f}s ({summary['rows_per_s']:.1f} rows/s){more} -> "
-                  f"{escape(str(Path(out) / 'reasons.csv'))}", highlight=False)
+                  f"{escape(str(Path(out) / REASONS_FILE))}", highlight=False)
 
 
 @app.command("compare")
@@ -238,11 +254,15 @@ def compare_cmd(
 ):
     """Write one self-contained HTML report comparing evaluations, its plots embedded (no other file is written).
 
-    The report holds a table of figures, confusion matrices, F1 per grade, a reliability diagram and the
-    training curves. The systems must have been scored on the same rows (the IDs in each predictions.csv),
-    unless --allow-different-rows.
+    The report opens with a verdict: the best system on the shared rows, its lead with a paired bootstrap 95%
+    interval, what each system costs to train and how fast it grades. Then a table of figures, confusion matrices,
+    F1 per grade, reliability and the training curves, each figure for systems scored on the same rows.
 
-    Example: korllama compare runs/eval/before runs/eval/tuned runs/eval/baseline --out report.html
+    The systems must have been scored on the same rows (the IDs in each predictions.csv), unless
+    --allow-different-rows: systems on other rows are then listed apart from the verdict.
+
+    Example:
+      korllama compare runs/eval/before runs/eval/tuned runs/eval/baseline --out report.html
     """
     from korllama.outputs import claim_file
 

@@ -18,6 +18,7 @@ from korllama.cli.app import (
     console,
     err_console,
 )
+from korllama.defaults import HEADER_TIMEOUT_S, MAX_BATCH, MAX_DISK_MB, MAX_JOBS, MAX_WAIT_MS
 from korllama.errors import KorllamaError
 
 
@@ -36,9 +37,12 @@ def export_cmd(
     LoRA is merged into the base (merge_and_unload; a run trained on a 4-bit base into the base reloaded
     unquantised, its agreement with the run measured), a full-weight run is saved as is: safetensors, the tokenizer,
     a generation config, and korllama.json + README.md recording the labels, their token ids, the prompt template
-    and the spec, so that another tool can score it. Loadable by AutoModelForCausalLM.from_pretrained(DIR).
+    and the spec, so that another tool can score it.
 
-    Example: korllama export runs/dacon-tiny --out exports/dacon-tiny
+    Loadable by AutoModelForCausalLM.from_pretrained(DIR).
+
+    Example:
+      korllama export runs/dacon-tiny --out exports/dacon-tiny
     """
     from korllama.export import claim_export
 
@@ -60,14 +64,16 @@ def export_cmd(
 
 @app.command("serve")
 def serve_cmd(
-    run: Annotated[Path, typer.Argument(help="A run directory made by `korllama train`.", show_default=False)],
+    run: Annotated[Path, typer.Argument(help="A run directory made by `korllama train`, or the trees' folder made by "
+                                             "`korllama baseline`.", show_default=False)],
     host: Annotated[str, typer.Option("--host", help="Address to listen on: 127.0.0.1 is this machine only; "
                                                      "0.0.0.0 opens the service to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most applicants scored in one forward "
-                                                                      "pass.")] = 64,
-    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long the first pending request "
-                                                                            "waits for others to batch with.")] = 10,
+                                                                      "pass.")] = MAX_BATCH,
+    max_wait_ms: Annotated[float, typer.Option(
+        "--max-wait-ms", min=0, help="How long the first pending request waits for others to batch "
+                                     "with.")] = MAX_WAIT_MS,
     decision: DecisionOption = Decision.ARGMAX,
     allow_unfinished: AllowUnfinishedOption = False,
     allow_unrecorded: AllowUnrecordedOption = False,
@@ -77,21 +83,24 @@ def serve_cmd(
                              "(DNS rebinding); '*' allows every name (only behind a proxy that checks it).")] = None,
     max_jobs: Annotated[int, typer.Option("--max-jobs", min=1, help="Files the page takes at once (waiting or "
                                                                      "being graded); past it an upload is a 429.")]
-    = 4,
+    = MAX_JOBS,
     max_disk_mb: Annotated[int, typer.Option("--max-disk-mb", min=1, help="MB of uploaded and graded files the page "
                                                                           "keeps on disk; past it an upload is a "
-                                                                          "429.")] = 1024,
-    header_timeout: Annotated[float, typer.Option("--header-timeout", min=0.1, help="Seconds a client has to send "
-                                                                                    "a request's headers before its "
-                                                                                    "connection is closed.")] = 10,
+                                                                          "429.")] = MAX_DISK_MB,
+    header_timeout: Annotated[float, typer.Option(
+        "--header-timeout", min=0.1, help="Seconds a client has to send a request's headers before its connection is "
+                                          "closed.")] = HEADER_TIMEOUT_S,
 ):
     """Serve the run's rank scoring over HTTP: a grading page at /, POST /v1/grade, GET /health, docs at /docs.
 
-    Requests arriving together are scored in one batched forward pass. Set KORLLAMA_TOKEN to require
-    `Authorization: Bearer <token>` on /v1/grade. Only requests for this service's own host names are answered
-    (loopback, --host, --allow-host).
+    RUN is an LLM run or the trees' folder of `korllama baseline`. Requests arriving together are scored in one
+    batched pass.
 
-    Example: korllama serve runs/demo/run --port 8000
+    Set KORLLAMA_TOKEN to require `Authorization: Bearer <token>` on /v1/grade and the page's run and files. Only
+    requests for this service's own host names are answered (loopback, --host, --allow-host).
+
+    Example:
+      korllama serve runs/demo/run --port 8000
     """
     import os
 
@@ -102,13 +111,13 @@ def serve_cmd(
         raise KorllamaError("KORLLAMA_TOKEN is blank or starts or ends with a space, which no HTTP client can send "
                             "(header values are trimmed); set a token without spaces at its ends, or unset it.")
     _check_port(host, port)  # before the model is loaded: a busy port is one sentence, not uvicorn's exit 3
-    from korllama.run import Run
     from korllama.serve import create_app
     from korllama.serve.guard import LOOPBACK, header_timeout_protocol
     from korllama.serve.jobs import Limits
+    from korllama.system import load_system
 
-    served = Run.load(run, way_out="serve the --out folder of a finished `korllama train`",
-                      allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
+    served = load_system(run, way_out="serve the --out folder of a finished `korllama train`, or of `korllama "
+                                      "baseline`", allow_unfinished=allow_unfinished, allow_unrecorded=allow_unrecorded)
     bound = [host] if host not in ("0.0.0.0", "::", "") else []  # a wildcard address is no name a client sends
     application = create_app(served, max_batch=max_batch, max_wait_ms=max_wait_ms, decision=decision,
                              allowed_hosts=[*LOOPBACK, *bound, *(allow_host or [])],

@@ -41,24 +41,12 @@ def train_cmd(
       accelerate launch --num_processes 2 --cpu -m korllama train --config configs/demo.yaml
     """
     from korllama.card import document_run
-    from korllama.config import load_config
-    from korllama.layout import RunDir
     from korllama.outputs import check_place
     from korllama.run import Run
-    from korllama.training import train
+    from korllama.training import resolve_run, train
 
-    if resume and overwrite:
-        raise KorllamaError("--resume continues a run and --overwrite replaces it: choose one.")
     extra = list(overrides or []) + ([f"data.train={data}"] if data else [])
-    if resume and out is None and config is None:
-        raise KorllamaError("--resume needs --out: the run directory to continue.")
-    if resume and config is None and RunDir(out).is_run:
-        cfg = load_config(RunDir(out).config, extra) if extra else None  # the overrides apply to the run's config
-    else:
-        cfg = load_config(config, extra) if config is not None or extra else None
-    if cfg is None and not resume:
-        raise KorllamaError("train needs --config: a YAML file or a built-in name (e.g. --config demo).")
-    run_dir = out or Path("runs") / cfg.name
+    cfg, run_dir = resolve_run(config, extra, out, resume, overwrite)
     check_place(run_dir)  # a file, a device, /proc, inside another run: refused before any work
     summary = train(cfg, run_dir, resume=resume, overwrite=overwrite)
     if summary:  # the main process: the training curve and the model card, once the run is finished
@@ -76,8 +64,9 @@ def lora_info(
     """Count trainable and total parameters of the configured model with LoRA, without weights or download.
 
     Builds the architecture on the meta device from model.architecture (a config.json, or a built-in name such as
-    llama-2-ko-7b) and prints the original project's line, e.g.
-    Trainable: 4194304 | total: 6860050432 | Percentage: 0.0611%
+    llama-2-ko-7b) and prints the original project's line, e.g.:
+
+      Trainable: 4194304 | total: 6860050432 | Percentage: 0.0611%
     """
     from korllama.config import load_config
     from korllama.model import format_parameter_report, parameter_report, skeleton, wrap_lora

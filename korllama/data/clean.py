@@ -11,7 +11,7 @@ import pandas as pd
 
 from korllama.data.table import Table, add_derived, duplicate_ids
 from korllama.errors import DataError, clip, quote
-from korllama.schema import TableSpec, nfc, parse_column
+from korllama.spec import TableSpec, nfc, parse_column
 
 DELIMITERS = (";", "\t", "|")
 # line breaks, other control characters and the bidirectional overrides (an ID that reads backwards in a report);

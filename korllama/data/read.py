@@ -20,7 +20,7 @@ import pandas as pd
 from korllama.data.clean import clean, refuse_duplicate_headers, refuse_other_delimiters
 from korllama.data.table import Table
 from korllama.errors import DataError
-from korllama.schema import TableSpec, load_spec
+from korllama.spec import TableSpec, load_spec
 
 ENCODINGS = ("utf-8-sig", "cp949")  # utf-8-sig reads plain utf-8 too
 

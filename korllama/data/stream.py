@@ -19,10 +19,9 @@ import pyarrow.parquet as pq
 from korllama.data.clean import DataWarning, clean, find_header, refuse_duplicate_headers, refuse_other_delimiters
 from korllama.data.read import ENCODINGS, READ_CSV, decode, record_lines, sniff
 from korllama.data.table import Table
+from korllama.defaults import CHUNK_ROWS
 from korllama.errors import DataError, KorllamaError, quote
-from korllama.schema import TableSpec, load_spec
-
-CHUNK_ROWS = 10_000  # rows read, cleaned, scored and written at a time: memory follows this, not the table's size
+from korllama.spec import TableSpec, load_spec
 
 
 @dataclass

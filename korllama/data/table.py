@@ -11,7 +11,7 @@ from sklearn.model_selection import train_test_split
 
 from korllama.errors import DataError
 from korllama.features import OPS
-from korllama.schema import TableSpec
+from korllama.spec import TableSpec
 
 
 @dataclass
@@ -61,8 +61,13 @@ def duplicate_ids(ids) -> tuple[int, int] | None:
 def add_derived(frame: pd.DataFrame, spec: TableSpec) -> None:
     """Add the spec's derived features to a clean frame, in place (vectorised)."""
     for d in spec.derived:
-        args = [frame[a].to_numpy(dtype=float, na_value=np.nan) for a in d.args]
-        frame[d.alias] = OPS[d.op](*args, weights=d.weights) if d.weights else OPS[d.op](*args)
+        frame[d.alias] = derive(frame, d)
+
+
+def derive(frame: pd.DataFrame, d) -> np.ndarray:
+    """One derived feature `d` (a spec's DerivedSpec) of a clean frame: its op over its args, vectorised."""
+    args = [frame[a].to_numpy(dtype=float, na_value=np.nan) for a in d.args]
+    return OPS[d.op](*args, weights=d.weights) if d.weights else OPS[d.op](*args)
 
 
 def split(table: Table, valid_fraction: float = 0.2, seed: int = 0) -> tuple[Table, Table]:

@@ -29,15 +29,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from korllama import __version__
 from korllama.data import Table
+from korllama.defaults import MAX_APPLICANTS, MAX_BATCH, MAX_WAIT_MS
 from korllama.errors import KorllamaError
 from korllama.explain import explain_rows
-from korllama.run import Run
 from korllama.scoring import predict_labels
 from korllama.serve import page
 from korllama.serve.batching import Applicants, Batcher, Grader, as_text
 from korllama.serve.errors import (
     CHECK_OFF_LOOP,
-    MAX_APPLICANTS,
     MAX_BODY_BYTES,
     BodyLimit,
     Phrasing,
@@ -47,13 +46,15 @@ from korllama.serve.errors import (
 from korllama.serve.guard import LOOPBACK, HostAllowList, SecurityHeaders
 from korllama.serve.jobs import Limits
 from korllama.serve.schema import applicant_model, example_applicant, plain_prose, result_model
+from korllama.system import System
 
 
-def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64, max_wait_ms: float = 10,
-               max_body_bytes: int = MAX_BODY_BYTES, max_applicants: int = MAX_APPLICANTS,
-               decision: str = "argmax", allowed_hosts: Iterable[str] = LOOPBACK,
+def create_app(run: System, token_env: str = "KORLLAMA_TOKEN", max_batch: int = MAX_BATCH,
+               max_wait_ms: float = MAX_WAIT_MS, max_body_bytes: int = MAX_BODY_BYTES,
+               max_applicants: int = MAX_APPLICANTS, decision: str = "argmax", allowed_hosts: Iterable[str] = LOOPBACK,
                limits: Limits | None = None) -> FastAPI:
-    """The scoring service for a run (its model is loaded here, once). `decision`: the grade is the most probable
+    """The scoring service for a system — a run, or the trees of `korllama baseline` (korllama.system) — its model
+    loaded here, once. `decision`: the grade is the most probable
     label (argmax) or the run's macro-F1 decision rule's (korllama.decision). `allowed_hosts`: the names it answers
     to (any port; "*" for all); `limits`: the page's file jobs'."""
     if max_batch < 1 or max_wait_ms < 0 or max_body_bytes < 1 or max_applicants < 1:
@@ -62,9 +63,10 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
     run_dir = run.root
     served_state = _run_state(run)  # what the loaded weights were: a retrained run is noticed, not hidden
     rule = run.rule(decision)
-    model, tokenizer, config = run.model, run.tokenizer, run.config  # safetensors only, for every command
-    spec, template, classes = run.spec, run.template, run.classes
-    max_tokens = run.max_tokens
+    _ = run.model  # loaded (and its checksums checked) before the service answers: safetensors or LightGBM text only
+    spec, classes = run.spec, run.classes
+    template = run.template.name if run.template is not None else ""
+    model_name = run.config.model.base if run.template is not None else "trees (LightGBM)"
     token = os.environ.get(token_env) or None
     Applicant, GradeResult = applicant_model(spec), result_model(spec)
     phrasing = Phrasing(spec, max_applicants, Applicant)
@@ -72,7 +74,7 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
     def answer(applicants: Applicants, table: Table, proba: np.ndarray, reasons) -> list[dict]:
         """One result per applicant, in order (fields declared in `result_model`)."""
         grades = rule.apply(proba) if rule is not None else predict_labels(proba, classes)
-        return [{"id": applicants.ids[i], "grade": grade, "template": template.name, "decision": decision,
+        return [{"id": applicants.ids[i], "grade": grade, "template": template, "decision": decision,
                  "probabilities": {c: float(x) for c, x in zip(classes, p)}}
                 | ({"reasons": reasons[i]} if reasons is not None else {})
                 for i, (p, grade) in enumerate(zip(proba, grades))]
@@ -82,9 +84,9 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
     def explainer(table: Table, top: int):
         if not references:
             references.update(run.references)
-        return explain_rows(model, tokenizer, template, table, references, classes, top, max_batch)
+        return explain_rows(run, table, references, top, max_batch)
 
-    grader = Grader(model, tokenizer, template, spec, max_batch, max_tokens, explainer)
+    grader = Grader(run, max_batch, explainer)
     batcher = Batcher(grader, max_batch, max_wait_ms / 1000)
 
     @asynccontextmanager
@@ -163,8 +165,8 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
         notice = {"stale": stale} | ({"notice": f"{run_dir.name} was trained again since this service loaded it; "
                                                 "it still serves the weights it loaded: restart it to serve the new "
                                                 "ones."} if stale else {})
-        return {"status": "ok", "model": config.model.base, "run": run_dir.name, **notice, "labels": classes,
-                "template": template.name, "decision": decision, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+        return {"status": "ok", "model": model_name, "run": run_dir.name, **notice, "labels": classes,
+                "template": template, "decision": decision, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                 "max_applicants": max_applicants, "auth": bool(token), **grader.stats}
 
     example = example_applicant(spec)
@@ -183,7 +185,8 @@ def create_app(run: Run, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 64,
                         "most frequent value) would lower the grade's probability most, computed in one batched "
                         "pass over the applicant's variants")] = False,
                     top: Annotated[int, Query(ge=1, le=20, description="reasons per applicant with explain")] = 3):
-        """Grade one applicant (a JSON object) or a list of up to 1,024 (a JSON array): one result each, in order."""
+        """Grade one applicant (a JSON object) or a list of them (a JSON array, up to the service's limit): one result
+        each, in order."""
         items = body if isinstance(body, list) else [body]
         ids = [None if a.row_id is None else str(a.row_id).strip() for a in items]
         rows = [{col.alias: as_text(getattr(a, f"c{k}")) for k, col in enumerate(spec.columns)}

@@ -21,8 +21,8 @@ from fastapi import HTTPException
 
 from korllama.data import Table, clean
 from korllama.errors import DataError
-from korllama.schema import TableSpec
 from korllama.scoring import encode_prompts, score, too_long, too_long_sentence
+from korllama.spec import TableSpec
 
 
 def problem(loc: list, msg: str, kind: str, value: Any = None) -> dict:
@@ -96,31 +96,34 @@ class Grader:
     that asks for reasons is scored by `explainer(table, top) -> (P(label), reasons)` (korllama.explain.explain_rows:
     its rows and their neutralised variants in one batched pass), the others together in one `score()` call."""
 
-    def __init__(self, model, tokenizer, template, spec: TableSpec, batch_size: int, max_tokens: int,
-                 explainer=None):
-        self.model, self.tokenizer, self.template, self.spec = model, tokenizer, template, spec
-        self.batch_size, self.max_tokens, self.explainer = batch_size, max_tokens, explainer
+    def __init__(self, system, batch_size: int, explainer=None):
+        self.system, self.spec = system, system.spec
+        self.batch_size, self.explainer = batch_size, explainer
         self.stats = {"requests": 0, "applicants": 0, "batches": 0, "forward_passes": 0, "largest_batch": 0}
 
     def __call__(self, requests: list[Applicants]) -> list[tuple[Table, np.ndarray] | HTTPException]:
         results: list = clean_requests(requests, self.spec)
         encoded: dict[int, list[list[int]]] = {}  # tokenised once: for the length check and for scoring
+        llm = self.system.template is not None  # the trees read the table itself: no prompt, no tokens
         for j, (request, table) in enumerate(zip(requests, results)):
             if isinstance(table, Table):
-                encoded[j] = encode_prompts(self.tokenizer, self.template.render(table))
-                found = too_long(encoded[j], self.max_tokens)
+                encoded[j] = encode_prompts(self.system.tokenizer, self.system.template.render(table)) if llm else \
+                    [[]] * len(table)
+                found = too_long(encoded[j], self.system.max_tokens) if llm else None
                 if found is not None:
                     i, tokens = found
                     del encoded[j]
                     results[j] = HTTPException(422, [problem(
-                        request.loc(i), too_long_sentence(request.where(i), tokens, self.max_tokens),
+                        request.loc(i), too_long_sentence(request.where(i), tokens, self.system.max_tokens),
                         "prompt_too_long")])
         for j in [j for j in encoded if requests[j].explain and self.explainer is not None]:
             del encoded[j]
             results[j] = (results[j], *self.explainer(results[j], requests[j].explain))
         if encoded:
             rows = [ids for j in encoded for ids in encoded[j]]
-            proba = score(self.model, self.tokenizer, None, self.spec.label.classes, self.batch_size, encoded=rows)
+            proba = score(self.system.model, self.system.tokenizer, None, self.spec.label.classes, self.batch_size,
+                          encoded=rows) if llm else \
+                np.concatenate([self.system.predict_proba(results[j]) for j in encoded])
             starts = np.cumsum([0, *(len(encoded[j]) for j in encoded)])
             for k, j in enumerate(encoded):
                 results[j] = (results[j], proba[starts[k]:starts[k + 1]], None)

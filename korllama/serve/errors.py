@@ -15,10 +15,9 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers
 
-from korllama.schema import ColumnSpec, TableSpec
 from korllama.serve.batching import as_text, problem
+from korllama.spec import ColumnSpec, TableSpec
 
-MAX_APPLICANTS = 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024  # 1,024 applicants with Korean keys and raw values are about 0.7 MiB
 MAX_TEXT = 200  # characters in one value: no real cell is longer, and error messages quote the value
 MAX_ERRORS = 20  # problems listed in one 422 answer

@@ -18,11 +18,11 @@ import h11
 from starlette.datastructures import Headers
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from korllama.defaults import HEADER_TIMEOUT_S
 from korllama.serve.errors import SafeJSONResponse
 
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 ANY_HOST = "*"  # --allow-host '*': every name (only behind a proxy that checks the Host itself)
-HEADER_TIMEOUT_S = 10.0
 
 
 def host_name(host: str) -> str:

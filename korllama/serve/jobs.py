@@ -25,13 +25,13 @@ from pathlib import Path
 
 from fastapi import HTTPException
 
+from korllama.defaults import MAX_DISK_MB, MAX_JOBS
 from korllama.errors import KorllamaError
 from korllama.predict import predict_file
 from korllama.run import Run
 
 JOBS_KEPT = 8  # finished jobs whose graded files are kept for download; older ones are deleted
-MAX_JOBS = 4  # files waiting or being graded (one at a time); one more is a 429
-MAX_DISK_BYTES = 1024 * 2**20  # uploads and graded files on disk together; past it an upload is a 429
+MAX_DISK_BYTES = MAX_DISK_MB * 2**20
 KEEP_S = 3600  # a graded file is deleted this long after it is done
 
 

@@ -32,13 +32,11 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from markdown_it import MarkdownIt
 
-from korllama.data import TableChunks
 from korllama.errors import KorllamaError
-from korllama.layout import RunDir
-from korllama.run import Run
+from korllama.evaluation import read_evaluation
 from korllama.serve.jobs import Jobs, Limits, size_text
 from korllama.serve.schema import example_applicant
-from korllama.synth import synthetic_table
+from korllama.system import System
 
 WEB = Path(__file__).with_name("web")
 UPLOAD = "/page/jobs"
@@ -46,12 +44,12 @@ MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # a 100,000-row loan CSV is about 12 MB
 EXAMPLE_ROWS = 10
 
 
-def add_page(app: FastAPI, run: Run, decision: str, auth: list, batch_size: int,
+def add_page(app: FastAPI, run: System, decision: str, auth: list, batch_size: int,
              max_upload_bytes: int | None = None, limits: Limits | None = None) -> Jobs:
     """Register the page's routes on the service. `run`: the Run it serves (its model already loaded); `auth`: the
     dependencies that check the bearer token (empty without one), put on every route that shows the run or grades.
     Returns the file jobs: the service's lifespan sweeps them (`Jobs.sweeper`) and deletes them (`Jobs.close`)."""
-    config, spec, run_dir = run.config, run.spec, run.root
+    spec = run.spec
     jobs = Jobs(run, decision, batch_size, limits or Limits())
     max_upload_bytes = max_upload_bytes or MAX_UPLOAD_BYTES
     form = json.dumps(form_info(spec, decision, bool(auth), max_upload_bytes), ensure_ascii=False)
@@ -67,7 +65,7 @@ def add_page(app: FastAPI, run: Run, decision: str, auth: list, batch_size: int,
     @app.get("/page/run", include_in_schema=False, dependencies=auth)
     def page_run() -> dict:  # a plain def: FastAPI runs it on a thread (reading the card and the example rows)
         if not run_info:
-            run_info.update(describe_run(run_dir, config, spec, decision))
+            run_info.update(describe_run(run, decision))
         return run_info
 
     @app.post(UPLOAD, include_in_schema=False, dependencies=auth)
@@ -119,8 +117,21 @@ def form_info(spec, decision: str, auth: bool, max_upload_bytes: int) -> dict:
     """What the page builds its form from (JSON in the page itself): one entry per column, in the spec's order."""
     return {"spec": spec.name, "description": spec.description, "id": {"name": spec.id.name, "alias": spec.id.alias},
             "label": {"name": spec.label.name, "alias": spec.label.alias, "classes": list(spec.label.classes)},
-            "columns": [column_info(col) for col in spec.columns], "decision": decision, "auth": auth,
-            "max_upload_bytes": max_upload_bytes}
+            "columns": [column_info(col) for col in spec.columns], "derived": derived_info(spec),
+            "decision": decision, "auth": auth, "max_upload_bytes": max_upload_bytes}
+
+
+def derived_info(spec) -> dict:
+    """Each derived feature (a reason may name one; the form has no field for it) by its alias: its description and
+    the table's headers it is computed from, through the derived features it uses (payments_made: 대출금액, 대출기간,
+    총상환원금, 총상환이자), in the order its arguments name them."""
+    sources = {col.alias: [col.name] for col in spec.columns}
+    out = {}
+    for feature in spec.derived:
+        headers = list(dict.fromkeys(h for arg in feature.args for h in sources[arg]))
+        sources[feature.alias] = headers
+        out[feature.alias] = {"text": feature.text, "from": headers}
+    return out
 
 
 def column_info(col) -> dict:
@@ -140,38 +151,75 @@ def column_info(col) -> dict:
 
 # --- the run -------------------------------------------------------------------------------------------------------
 
-def describe_run(run_dir: Path, config, spec, decision: str) -> dict:
+def describe_run(system: System, decision: str) -> dict:
     """The run panel: what was trained on what, how well it did on validation rows, how grades are decided, the
-    model card as HTML, and example rows (by header, as the form takes them)."""
-    run = RunDir(run_dir)
-    summary = run.read_summary() if run.finished else {}
-    provenance = summary.get("base") or {}
-    if run.base_info.is_file():
-        try:
-            provenance = json.loads(run.base_info.read_text("utf-8"))
-        except ValueError:
-            pass
-    rule = json.loads(run.decision.read_text("utf-8")) if run.decision.is_file() else None
-    lora = config.lora
+    model card as HTML, and example rows (by header, as the form takes them). Everything comes from the system
+    (korllama.run.Run or korllama.trees.Trees), which alone reads its folder. `kind`: "trees" or "llm", which facts
+    the page shows. No path of the server's is in it: a folder or file is named by its name (`public_name`)."""
+    summary, rule, root = system.summary, system.stored_rule, system.root
+    data = system.trained_on or {}
+    source = data.get("source") or ""
+    shown = {"spec": system.spec.name, **{k: v for k, v in data.items() if k != "source"}}
+    if system.template is None:  # the trees
+        settings = ", ".join(f"{k} {v}" for k, v in (summary.get("settings") or {}).items()) or "default settings"
+        rounds = "+".join(str(v) for v in (summary.get("rounds") or {}).values())
+        split_ = summary.get("split") or {}
+        facts = {"kind": "trees", "base": "trees (LightGBM)", "tuning": f"{settings}; {rounds} boosting rounds",
+                 "template": "",
+                 "data": {"source": Path(source).name, **shown},
+                 "split": {"held_out": split_.get("valid_fraction"), "seed": split_.get("seed"),
+                           "train_rows": summary.get("fit_rows"), "validation_rows": None},
+                 "metrics": {"macro_f1": _held_out_f1(root)}, "card_html": None}
+    else:
+        config = system.config
+        lora = config.lora
+        base = config.model.base
+        local_base = [base, Path(base).expanduser().resolve()] if is_local(base) else []
+        facts = {"kind": "llm", "base": public_name(base),  # where it lies is not the page's to say
+                 "tuning": f"LoRA (r {lora.r}, alpha {lora.alpha})" if lora is not None else "all weights",
+                 "template": config.prompt.template,
+                 "data": {"source": Path(config.data.train).name if config.data.train else
+                          f"synthetic loan table ({config.data.synth_rows:,} rows, seed {config.data.synth_seed})",
+                          **shown},
+                 "split": {"held_out": config.data.valid_fraction, "seed": config.data.split_seed,
+                           "train_rows": summary.get("train_rows"), "validation_rows": summary.get("eval_rows")},
+                 "metrics": {"macro_f1": summary.get("best_eval_macro_f1"), "best_step": summary.get("best_step"),
+                             "steps": summary.get("global_step"), "train_loss": summary.get("train_loss"),
+                             "macro_f1_by_decision": summary.get("decision")},
+                 "card_html": unpathed(card_html(system.dir.model_card), root, config.data.train, *local_base)
+                 if system.dir.model_card.is_file() else None}
     return {
-        "run": run_dir.name, "base": config.model.base,  # its name: where it lies is not the page's to say
-        "provenance": {k: v for k, v in provenance.items() if not isinstance(v, dict | list)},
-        "tuning": f"LoRA (r {lora.r}, alpha {lora.alpha})" if lora is not None else "all weights",
-        "template": config.prompt.template,
-        "data": {"source": Path(config.data.train).name if config.data.train else
-                 f"synthetic loan table ({config.data.synth_rows:,} rows, seed {config.data.synth_seed})",
-                 "spec": spec.name, **{k: v for k, v in (summary.get("data") or {}).items() if k != "source"}},
-        "split": {"held_out": config.data.valid_fraction, "seed": config.data.split_seed,
-                  "train_rows": summary.get("train_rows"), "validation_rows": summary.get("eval_rows")},
-        "metrics": {"macro_f1": summary.get("best_eval_macro_f1"), "best_step": summary.get("best_step"),
-                    "steps": summary.get("global_step"), "train_loss": summary.get("train_loss"),
-                    "macro_f1_by_decision": summary.get("decision")},
-        "decision": {"served": decision, "rule": rule and {k: rule.get(k) for k in
-                                                          ("classes", "weights", "fitted_rows", "argmax_kept")}},
-        "card_html": unpathed(card_html(run.model_card), run_dir, config.data.train) if run.model_card.is_file()
-        else None,
-        "examples": example_rows(config, spec),
+        "run": root.name, **facts,
+        "provenance": {k: public_name(v) for k, v in system.provenance.items() if not isinstance(v, dict | list)},
+        "decision": {"served": decision, "rule": rule and {"classes": rule.classes, "weights": rule.weights,
+                                                           "fitted_rows": rule.fitted_rows,
+                                                           "argmax_kept": rule.argmax_kept}},
+        "examples": example_rows(system),
     }
+
+
+def is_local(name) -> bool:
+    """`name` (a base model, a file) is a path on this machine rather than a name (tiny, smollm2-135m, a hub id
+    such as HuggingFaceTB/SmolLM2-135M): absolute, relative to here (./, ../, ~) or an existing folder or file."""
+    if not isinstance(name, str | Path) or not str(name):
+        return False
+    text = str(name)
+    return (Path(text).expanduser().is_absolute() or text.startswith(("./", "../", "~")) or text in (".", "..")
+            or Path(text).exists())
+
+
+def public_name(value):
+    """A value as the page may show it: a path on the server as its last part ("/srv/bases/my-base" -> "my-base"),
+    anything else as it is."""
+    return Path(str(value)).expanduser().resolve().name if is_local(value) else value
+
+
+def _held_out_f1(folder: Path) -> float | None:
+    """The trees' macro-F1 on their held-out rows: the evaluation `korllama baseline` wrote beside them."""
+    try:
+        return read_evaluation(folder).macro_f1
+    except KorllamaError:
+        return None
 
 
 def card_html(path: Path) -> str:
@@ -188,19 +236,13 @@ def unpathed(html: str, *paths) -> str:
     return html
 
 
-def example_rows(config, spec) -> list[dict]:
-    """Up to EXAMPLE_ROWS rows of the run's own data (its file, or its synthetic table), keyed by header with the
-    values the form's inputs take (a category's raw value, a number as a string, "" for missing); the spec's example
-    when the data cannot be read here (the run was trained on another machine)."""
-
-
-    try:
-        if config.data.train is not None:
-            table = next(TableChunks(config.data.train, spec, EXAMPLE_ROWS).chunks())[1]
-        else:
-            table = synthetic_table(config.data.synth_rows, config.data.synth_seed, spec)
-            table = table.subset(table.frame.index[:EXAMPLE_ROWS])
-    except (KorllamaError, OSError, StopIteration):
+def example_rows(system: System) -> list[dict]:
+    """Up to EXAMPLE_ROWS rows of the system's own data (`example_rows` of the Run or the Trees), keyed by header
+    with the values the form's inputs take (a category's raw value, a number as a string, "" for missing); the
+    spec's example when the data cannot be read here (the system was made on another machine)."""
+    spec = system.spec
+    table = system.example_rows(EXAMPLE_ROWS)
+    if table is None or not len(table):
         example = example_applicant(spec)
         return [{k: "" if v is None else str(v) for k, v in example.items()}]
 

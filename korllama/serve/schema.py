@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, create_model
 
-from korllama.schema import ColumnSpec, TableSpec
 from korllama.serve.errors import MAX_TEXT
+from korllama.spec import ColumnSpec, TableSpec
 
 Text = Annotated[str, Field(strict=True, max_length=MAX_TEXT)]  # pydantic refuses "\ud800" (string_unicode)
 # An ID of visible text (korllama.data.clean refuses an empty one, a control or a direction character) and without
@@ -74,7 +74,7 @@ def _not_int(value):
     return value
 
 
-WHOLE = 2**53  # the largest whole number korllama.schema.parse_column accepts (past it a float skips some)
+WHOLE = 2**53  # the largest whole number korllama.spec.parse_column accepts (past it a float skips some)
 SPACE = " *"  # the raw forms are padded with spaces (" 36 months"); the parsers strip any whitespace
 MONTHS, YEARS = "[mM][oO][nN][tT][hH][sS]?", "[yY][eE][aA][rR][sS]?"  # _MONTHS, _YEARS: any case
 

@@ -24,18 +24,18 @@ class VerifyCheckpoint(TrainerCallback):
     The original project's checkpoints held a config but no adapter; this makes that impossible to miss.
     """
 
-    def __init__(self, lora: bool, run: RunDir | None = None):
-        self.lora, self.run = lora, run
+    def __init__(self, run: RunDir | None, lora: bool):
+        self.run, self.lora = run, lora
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            verify_weights(folder, self.lora)
+            check_trained(folder, self.lora)
             if self.run is not None:  # --resume checks these bytes before it continues from them
                 self.run.record_weights(folder)
 
 
-def verify_weights(folder: Path, lora: bool) -> int:
+def check_trained(folder: Path, lora: bool) -> int:
     """Number of tensors in the folder's safetensors weights; raises if absent, empty, untrained or not finite.
 
     Reads only what must be checked (safe_open, tensor by tensor): for LoRA every adapter tensor (small; B starts

@@ -1,8 +1,10 @@
 """Training rows: a prompt + its answer tokenised with the loss on the answer only, and batches padded on the left
-(so every row's answer ends in the batch's last columns, where the loss needs logits)."""
+(so every row's answer ends in the batch's last columns, where the loss needs logits). With train.distinct_prompts,
+rows with the same prompt and label are one example weighted by their count (distinct_examples)."""
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 
 from korllama.errors import ConfigError
@@ -10,9 +12,21 @@ from korllama.prompts import answer
 from korllama.scoring import pad_id_of, pad_left
 
 
-def tokenize(tokenizer, prompts: list[str], labels: list[str], max_length: int) -> dict[str, list]:
+def distinct_examples(prompts: list[str], labels: list[str]) -> tuple[list[str], list[str], list[int]]:
+    """(prompts, labels, counts): each distinct (prompt, label) pair once, in first-seen order, with how many rows
+    it stands for. The loss of a pair weighted by its count is the loss of its rows (the same tokens, the same
+    logits), so the weighted loss over the pairs is the full table's: the loan table's 61,628 training rows are a
+    few thousand pairs (1,303 distinct prompts, each seen with one or a few grades)."""
+    frame = pd.DataFrame({"prompt": prompts, "label": labels})
+    counted = frame.groupby(["prompt", "label"], sort=False).size()
+    return ([p for p, _ in counted.index], [y for _, y in counted.index], counted.astype(int).tolist())
+
+
+def tokenize(tokenizer, prompts: list[str], labels: list[str], max_length: int,
+             weights: list[int] | None = None) -> dict[str, list]:
     """input_ids = <s> prompt + answer + EOS; labels = -100 on the prompt, so only the answer's tokens (all of
-    them, for a label of several tokens) and EOS carry loss. The collator pads and builds the attention mask."""
+    them, for a label of several tokens) and EOS carry loss. The collator pads and builds the attention mask.
+    `weights`: how many rows each example stands for (distinct_examples), kept as the column `weight`."""
     prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     answer_ids = tokenizer([answer(y) for y in labels], add_special_tokens=False)["input_ids"]
     eos = [tokenizer.eos_token_id]
@@ -24,7 +38,10 @@ def tokenize(tokenizer, prompts: list[str], labels: list[str], max_length: int) 
     if longest > max_length:
         raise ConfigError(f"The longest prompt is {longest} tokens, over train.max_length={max_length}; raise it "
                           "or choose a shorter template (prompt.template=compact).")
-    return {"input_ids": input_ids, "labels": label_ids}
+    out = {"input_ids": input_ids, "labels": label_ids}
+    if weights is not None:
+        out["weight"] = [float(w) for w in weights]
+    return out
 
 
 def collator(tokenizer) -> LeftPaddedCollator:
@@ -53,5 +70,8 @@ class LeftPaddedCollator:
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         ids, mask = pad_left([f["input_ids"] for f in features], self.pad_id)
         labels, _ = pad_left([f["labels"] for f in features], -100)
-        return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
-                "labels": labels}
+        batch = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+                 "labels": labels}
+        if "weight" in features[0]:  # rows each example stands for (train.distinct_prompts)
+            batch["weight"] = torch.tensor([f["weight"] for f in features], dtype=torch.float32)
+        return batch

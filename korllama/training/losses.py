@@ -1,5 +1,6 @@
 """The answer's loss: next-token cross-entropy over the last columns of a left-padded batch, optionally weighted
-per label (each label's first token by its softened inverse frequency)."""
+per label (each label's first token by its softened inverse frequency) and per example (the rows a distinct
+(prompt, label) example stands for, train.distinct_prompts)."""
 
 from __future__ import annotations
 
@@ -21,29 +22,42 @@ def loss_window(labels: torch.Tensor) -> int:
 
 
 def shifted_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None,
-                 weight: torch.Tensor | None = None) -> torch.Tensor:
+                 weight: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Next-token cross-entropy of `logits` (batch, columns, vocab) against `labels` of the same columns: column t's
     logits predict label t + 1. Summed and divided by `num_items_in_batch` (the labelled tokens of the whole
-    accumulated batch, as the Trainer counts them) when given, else by this batch's labelled tokens."""
+    accumulated batch, as the Trainer counts them) when given, else by this batch's labelled tokens. `rows`: how many
+    table rows each example stands for (batch,): its tokens' losses, and its labelled tokens, count that often, so
+    a distinct example weighted by its count is its rows' loss."""
     logits = logits[:, :-1, :].float()
     targets = labels[:, 1:].to(logits.device)
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                           weight=None if weight is None else weight.to(logits.device), ignore_index=-100,
-                           reduction="sum")
+    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                             weight=None if weight is None else weight.to(logits.device), ignore_index=-100,
+                             reduction="none").view(targets.shape)
+    counts = (targets != -100).to(losses.dtype)
+    if rows is not None:
+        losses, counts = losses * rows.to(losses)[:, None], counts * rows.to(losses)[:, None]
     if num_items_in_batch is None:
-        num_items_in_batch = (targets != -100).sum().clamp(min=1)
-    return loss / num_items_in_batch
+        num_items_in_batch = counts.sum().clamp(min=1)
+    return losses.sum() / num_items_in_batch
 
 
-def answer_loss(outputs, labels, num_items_in_batch=None) -> torch.Tensor:
+def weighted_items(batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labelled tokens, labelled tokens times the rows each example stands for) of a step's batches, counted as
+    the Trainer counts num_items_in_batch (labels shifted by one)."""
+    plain = sum(b["labels"][..., 1:].ne(-100).sum() for b in batches)
+    weighted = sum((b["labels"][..., 1:].ne(-100) * b["weight"][:, None]).sum() for b in batches)
+    return plain, weighted
+
+
+def answer_loss(outputs, labels, num_items_in_batch=None, rows=None) -> torch.Tensor:
     """The default loss: token cross-entropy where labels are set (answer + EOS)."""
-    return shifted_loss(outputs.logits, labels, num_items_in_batch)
+    return shifted_loss(outputs.logits, labels, num_items_in_batch, rows=rows)
 
 
 def class_weighted_loss(vocab_weights: torch.Tensor):
     """Token cross-entropy where each label's first token's loss is scaled by its class weight (others: 1)."""
-    def loss_fn(outputs, labels, num_items_in_batch=None):
-        return shifted_loss(outputs.logits, labels, num_items_in_batch, weight=vocab_weights)
+    def loss_fn(outputs, labels, num_items_in_batch=None, rows=None):
+        return shifted_loss(outputs.logits, labels, num_items_in_batch, weight=vocab_weights, rows=rows)
     return loss_fn
 
 

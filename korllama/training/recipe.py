@@ -34,10 +34,10 @@ from korllama.io import write_text
 from korllama.layout import RunDir
 from korllama.model import build_tiny, load_base, wrap_lora
 from korllama.run import Run, data_fingerprint
-from korllama.schema import spec_to_yaml
 from korllama.scoring import label_tokens, score
+from korllama.spec import spec_to_yaml
 from korllama.training.callbacks import KeepBest, RichProgress, VerifyCheckpoint
-from korllama.training.collate import collator, tokenize
+from korllama.training.collate import collator, distinct_examples, tokenize
 from korllama.training.hardware import threads_for, training_precision
 from korllama.training.losses import class_weighted_loss, class_weights
 from korllama.training.trainer import GradeTrainer
@@ -105,6 +105,24 @@ def _differences(old: dict, new: dict, prefix: str = ""):
             yield from _differences(a, b, f"{prefix}{key}.")
         elif a != b:
             yield f"{prefix}{key}", a, b
+
+
+def resolve_run(config: str | Path | None, overrides: list[str], out: str | Path | None, resume: bool,
+                overwrite: bool) -> tuple[RunConfig | None, Path]:
+    """What `korllama train` trains, and where: the named config with `overrides` applied; with `resume` and no
+    config, the run's own config.yaml (the overrides, if any, applied to it; None: `train` reads it itself). The run
+    folder is `out`, or runs/<config name>."""
+    if resume and overwrite:
+        raise KorllamaError("--resume continues a run and --overwrite replaces it: choose one.")
+    if resume and out is None and config is None:
+        raise KorllamaError("--resume needs --out: the run directory to continue.")
+    if resume and config is None and RunDir(out).is_run:
+        found = load_config(RunDir(out).config, overrides) if overrides else None
+    else:
+        found = load_config(config, overrides) if config is not None or overrides else None
+    if found is None and not resume:
+        raise KorllamaError("train needs --config: a YAML file or a built-in name (e.g. --config demo).")
+    return found, Path(out) if out is not None else Path("runs") / found.name
 
 
 def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False, table: Table | None = None,
@@ -224,8 +242,10 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
     if config.lora is not None:
         model = wrap_lora(model, config.lora)
 
-    dataset = Dataset.from_dict(tokenize(tokenizer, train_prompts, train_part.labels.tolist(),
-                                         config.train.max_length))
+    examples = (train_prompts, train_part.labels.tolist(), None)
+    if config.train.distinct_prompts:  # each distinct (prompt, label) once, weighted by its rows: the same loss
+        examples = distinct_examples(*examples[:2])
+    dataset = Dataset.from_dict(tokenize(tokenizer, *examples[:2], config.train.max_length, weights=examples[2]))
     eval_dataset = Dataset.from_dict({"input_ids": tokenizer(eval_prompts)["input_ids"],
                                       "label": eval_part.labels.tolist()})
     compute_loss_func = None
@@ -241,7 +261,7 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
         model=model, args=training_arguments(config, folder.root, device, getattr(model.config, "hidden_size", None)),
         train_dataset=dataset,
         eval_dataset=eval_dataset, processing_class=tokenizer, data_collator=collator(tokenizer),
-        compute_loss_func=compute_loss_func, callbacks=[VerifyCheckpoint(config.lora is not None, folder),
+        compute_loss_func=compute_loss_func, callbacks=[VerifyCheckpoint(folder, config.lora is not None),
                                                        KeepBest(folder, config.lora is not None)],
         classes=classes, eval_batch_size=config.train.eval_batch_size, cpu_started=cpu_started,
         cpu_minutes_before=cpu_before)
@@ -264,6 +284,7 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
         best = json.loads(folder.best.read_text())
         decision = fit_run_decision(run, eval_part, eval_prompts, trainer.eval_proba.get(best["step"]))
         summary = {"global_step": trainer.state.global_step, "train_rows": len(train_part),
+                   "train_examples": len(dataset),
                    "eval_rows": len(eval_part), "best_eval_macro_f1": best["eval_macro_f1"], "best_step": best["step"],
                    "train_loss": result.training_loss, "seconds": time.perf_counter() - started,
                    "cpu_seconds": time.process_time() - cpu_started, "cpu_seconds_before_resume": 60 * cpu_before,

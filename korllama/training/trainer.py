@@ -12,7 +12,7 @@ from transformers import Trainer
 
 from korllama.errors import KorllamaError
 from korllama.scoring import predict_labels, score
-from korllama.training.losses import answer_loss, loss_window
+from korllama.training.losses import answer_loss, loss_window, weighted_items
 
 
 class GradeTrainer(Trainer):
@@ -47,13 +47,26 @@ class GradeTrainer(Trainer):
         Trainer counts it, so gradient accumulation and several processes scale it as they would the model's."""
         inputs = dict(inputs)
         labels = inputs.pop("labels")
+        rows = inputs.pop("weight", None)  # train.distinct_prompts: the rows each example stands for
         keep = loss_window(labels)
         outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
         loss_fn = self.compute_loss_func or answer_loss
-        loss = loss_fn(outputs, labels[:, -keep:], num_items_in_batch=num_items_in_batch)
+        extra = {} if rows is None else {"rows": rows}  # a user's compute_loss_func need not take rows
+        loss = loss_fn(outputs, labels[:, -keep:], num_items_in_batch=num_items_in_batch, **extra)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as Trainer.compute_loss does
         return (loss, outputs) if return_outputs else loss
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The Trainer's step batches and labelled-token count; with distinct examples (a `weight` column) each
+        example's tokens count as often as the rows it stands for, so the step's loss is its rows' per-token mean."""
+        batches, items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if items is not None and batches and "weight" in batches[0]:
+            plain, weighted = weighted_items(batches)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:  # items was gathered
+                plain, weighted = (self.accelerator.gather(x.to(device)).sum() for x in (plain, weighted))
+            items = items * (weighted.to(device) / plain.clamp(min=1).to(device))
+        return batches, items
 
     def cpu_minutes(self) -> float:
         """The training's CPU minutes so far (this process, every thread), a resumed run's earlier ones included."""

@@ -4,6 +4,8 @@
 "use strict";
 
 const TOKEN_KEY = "korllama-token";
+const SHOWN_REASONS = 3;
+const ASKED_REASONS = 20;  // the service's most: every field of a spec of up to 20, so the 3 shown all move the grade
 const state = { form: null, run: null, example: 0, fields: new Map() };
 const $ = (id) => document.getElementById(id);
 
@@ -164,7 +166,7 @@ async function grade(event) {
   button.disabled = true;
   button.textContent = "Grading…";
   try {
-    const response = await api("/v1/grade?explain=true&top=3", {
+    const response = await api(`/v1/grade?explain=true&top=${ASKED_REASONS}`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(applicant()),
     });
     if (!response.ok) {
@@ -203,13 +205,48 @@ function showResult(result) {
     : `Decided by the run's ${result.decision} decision rule, which weighs rare labels up` +
       (likeliest !== result.grade ? ` (the most probable label is ${likeliest}).` : " (here it is also the most probable label).");
   bars($("bars"), probs, result.grade);
-  const reasons = $("reasons");
-  reasons.replaceChildren();
-  for (const reason of result.reasons || []) {
-    reasons.append(el("li", { "data-field": reason.field, text: reason.text }));  // the text says the change
-  }
-  if (!reasons.children.length) reasons.append(el("li", { class: "muted", text: "No reasons for this run." }));
+  showReasons(result);
   show($("result"));
+  // the analyst who pressed Grade is taken to the answer, and a screen reader hears it
+  $("result-status").textContent = `${form.label.name} ${result.grade} (${percent(probs[result.grade])})`;
+  $("result-title").focus({ preventScroll: true });
+  $("result").scrollIntoView({ block: "start", behavior: "instant" });
+}
+
+function showReasons(result) {
+  // Only fields that change the grade's probability: those that raise it (largest first, the service's order), then
+  // those that lower it (largest change first). A field at its typical value changes nothing: it takes no slot.
+  const all = result.reasons;
+  const list = $("reasons");
+  const note = $("reasons-note");
+  list.replaceChildren();
+  if (!all) {
+    note.textContent = "No reasons for this run.";
+    return;
+  }
+  const raise = all.filter((r) => r.delta > 0);
+  const lower = all.filter((r) => r.delta < 0).sort((a, b) => a.delta - b.delta);
+  const shown = [...raise, ...lower].slice(0, SHOWN_REASONS);
+  for (const reason of shown) list.append(reasonItem(reason));
+  const others = shown.length ? "No other field" : "No field";
+  note.textContent = shown.length < SHOWN_REASONS
+    ? `${others} changes the probability of ${result.grade} when it is set to its typical value.` : "";
+}
+
+function reasonItem(reason) {
+  // The reason names the field by its English alias; under it, the header the form shows, or for a derived field
+  // (not on the form) what it is and the headers it is computed from.
+  const column = state.form.columns.find((c) => c.alias === reason.field);
+  const derived = (state.form.derived || {})[reason.field];
+  const item = el("li", { "data-field": reason.field, "data-delta": String(reason.delta) },
+    el("span", { class: "reason-text", text: reason.text }));  // the text says the change
+  if (column) {
+    item.append(" ", el("span", { class: "source muted", lang: "ko", text: `(${column.name})` }));
+  } else if (derived) {
+    item.append(el("small", { class: "source muted" }, `${reason.field}: ${derived.text ? derived.text + ", " : ""}` +
+      "computed from ", el("span", { lang: "ko", text: derived.from.join(", ") })));
+  }
+  return item;
 }
 
 async function fillExample() {
@@ -316,59 +353,17 @@ async function finished(job) {
   link.focus();
 }
 
-// --- the run ----------------------------------------------------------------------------------------------------------
-
-function fact(list, name, value) {
-  if (value === null || value === undefined || value === "") return;
-  list.append(el("dt", { text: name }), el("dd", { text: String(value) }));
-}
-
-function figure(x, digits = 4) { return typeof x === "number" ? x.toFixed(digits) : x; }
-
-async function loadRun() {
-  const response = await api("/page/run");
-  if (!response.ok) throw new Error(String(await detail(response)));
-  const run = (state.run = await response.json());
-  const facts = el("dl", { class: "facts" });
-  fact(facts, "Run", run.run);
-  fact(facts, "Base model", run.base);
-  fact(facts, "Provenance", Object.entries(run.provenance).map(([k, v]) => `${k}: ${v}`).join(", "));
-  fact(facts, "Tuning", `${run.tuning}; prompt template ${run.template}`);
-  const data = run.data;
-  fact(facts, "Data", `${data.source} (spec ${data.spec}${data.rows ? `, ${data.rows.toLocaleString("en")} rows` : ""})` +
-    (data.sha256 ? ` sha256 ${data.sha256.slice(0, 12)}…` : ""));
-  const split = run.split;
-  fact(facts, "Split", `${percent(split.held_out)} held out (seed ${split.seed}): ` +
-    `${split.train_rows ?? "?"} training rows; ${split.validation_rows ?? "?"} validation rows scored during training`);
-  const m = run.metrics;
-  fact(facts, "Validation", `macro-F1 ${figure(m.macro_f1)} at step ${m.best_step} of ${m.steps}` +
-    (m.train_loss !== null ? `; final training loss ${figure(m.train_loss)}` : ""));
-  const rule = run.decision.rule;
-  let decision = run.decision.served === "argmax" ? "argmax: the most probable label"
-    : `${run.decision.served}: argmax of P × weights`;
-  if (rule) {
-    decision += rule.argmax_kept ? `. The run's rule kept argmax (${rule.argmax_kept})`
-      : `. The run's rule weights: ${rule.classes.map((c, i) => `${c} ${figure(rule.weights[i], 2)}`).join(", ")} ` +
-        `(fitted on ${rule.fitted_rows} validation rows)`;
-    if (m.macro_f1_by_decision) {
-      decision += `; validation macro-F1 argmax ${figure(m.macro_f1_by_decision.argmax)}, ` +
-        `rule ${figure(m.macro_f1_by_decision.decision)}`;
-    }
-  }
-  fact(facts, "Decision", decision);
-  $("run-info").replaceChildren(facts);
-  // markdown-it on the service, raw HTML off: the card's HTML holds no markup of its own
-  if (run.card_html) $("card-html").innerHTML = run.card_html;
-  else $("card-html").textContent = "This run has no model card (write it with korllama's write_model_card).";
-  return run;
-}
-
 // --- start ------------------------------------------------------------------------------------------------------------
 
 async function start() {
   $("token-form").addEventListener("submit", useToken);
   $("applicant").addEventListener("submit", grade);
-  $("applicant").addEventListener("reset", () => { clearProblems(); show($("result"), false); $("example-note").textContent = ""; });
+  $("applicant").addEventListener("reset", () => {
+    clearProblems();
+    show($("result"), false);
+    $("example-note").textContent = "";
+    $("result-status").textContent = "";
+  });
   $("example-button").addEventListener("click", fillExample);
   $("upload-form").addEventListener("submit", upload);
   state.form = JSON.parse($("form-data").textContent);  // the service writes it into the page

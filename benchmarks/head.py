@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from korllama.evaluation import metrics
@@ -95,12 +94,12 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
     lm, head = results
     print(json.dumps({"head_vs_lm": {
-        "macro_f1": round(head["macro_f1"] - lm["macro_f1"], 4), "accuracy": round(head["accuracy"] - lm["accuracy"], 4),
+        "macro_f1": round(head["macro_f1"] - lm["macro_f1"], 4),
+        "accuracy": round(head["accuracy"] - lm["accuracy"], 4),
         "ece": round(head["ece"] - lm["ece"], 4),
         "train_cpu_min_ratio": round(head["train_cpu_min"] / lm["train_cpu_min"], 2),
         "rows_per_s_ratio": round(head["rows_per_s"] / lm["rows_per_s"], 2),
         "distinct_per_s_ratio": round(head["distinct_per_s"] / lm["distinct_per_s"], 2)}}))
-    np.set_printoptions(precision=4)
 
 
 if __name__ == "__main__":

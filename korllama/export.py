@@ -164,7 +164,8 @@ def full_precision_merge(source: Run):
     LLaMA-Factory export QLoRA, since an adapter added to 4-bit weights would be rounded to their 16 levels."""
     model_cfg = source.config.model.model_copy(update={"load_in_4bit": False})
     unquantised = source.config.model_copy(update={"model": model_cfg})
-    model, _ = load_run_weights(unquantised, source.dir, allow_unrecorded=source.allow_unrecorded)
+    model, _ = load_run_weights(unquantised, source.dir, allow_unrecorded=source.allow_unrecorded,
+                                labels=source.classes)
     return model.merge_and_unload()
 
 

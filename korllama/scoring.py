@@ -215,7 +215,7 @@ def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch
     `shared_prefix`: run the prompts' common token prefix once (see the module's docstring); None: when it is at
     least PREFIX_MIN tokens and there are two prompts or more to score, True: whenever there is one, False: never.
     A model with a classification head gives its head's probabilities instead (see the module's docstring)."""
-    labels = HeadLabels(classes, model, pad_id_of(tokenizer)) if is_classifier(model) else \
+    labels = HeadLabels(classes, model) if is_classifier(model) else \
         label_tokens(tokenizer, classes)
     if encoded is None and once and prompts:  # equal texts are equal tokens: tokenise each distinct text once
         codes, texts = pd.factorize(pd.Series(prompts, dtype=object))
@@ -291,11 +291,10 @@ def _score_batch(model, labels: LabelTokens, ids: torch.Tensor, mask: torch.Tens
 
 @dataclass(frozen=True)
 class HeadLabels:
-    """What a classification head is scored with: its labels (checked against its outputs) and the pad id."""
+    """What a classification head is scored with: its labels, checked against its outputs."""
 
     classes: list[str]
     model: object
-    pad_id: int
 
     def __post_init__(self):
         outputs = unwrapped(self.model).config.num_labels

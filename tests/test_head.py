@@ -202,8 +202,8 @@ def test_serve_grades_with_the_head(lora_head_run, tmp_path):
     with TestClient(create_app(Run.load(lora_head_run)), base_url="http://localhost") as client:
         r = client.post("/v1/grade", json=rows)
         assert r.status_code == 200, r.text
-        page = client.get("/")
-        assert page.status_code == 200
+        assert client.get("/").status_code == 200
+        assert client.get("/page/run").status_code == 200  # the page's description of the run
     predict_file(Run.load(lora_head_run), csv, tmp_path / "sub.csv", with_proba=True)
     expected = pd.read_csv(tmp_path / "sub.csv", dtype={"ID": str})
     served = np.array([[x["probabilities"][c] for c in CLASSES] for x in r.json()])

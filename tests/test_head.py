@@ -141,6 +141,10 @@ def test_full_training_with_a_head(head_run):
     assert check_trained(head_run / "model", lora=False, head=True) > 0
     config = json.loads((head_run / "model" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForSequenceClassification"] and len(config["id2label"]) == 7
+    from korllama.card import document_run
+
+    document_run(Run.load(head_run), on_error="raise")  # as `korllama train` does: the curve and the card
+    assert (head_run / "model_card.md").is_file()
 
 
 def test_lora_training_with_a_head_saves_the_head_in_the_adapter(lora_head_run, tmp_path):

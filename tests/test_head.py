@@ -184,8 +184,10 @@ def test_the_run_scores_as_its_weights_and_commands_read_it(cli, lora_head_run, 
     assert code == 0, err
     code, out, err = cli("evaluate", lora_head_run, "--data", data, "--held-out", "--out", tmp_path / "e")
     assert code == 0, err
-    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
-    assert metrics["rows"] == ROWS // 5
+    from korllama.evaluation import read_evaluation
+
+    evaluation = read_evaluation(tmp_path / "e")
+    assert evaluation.n == ROWS // 5 and evaluation.calibration is not None
     code, _, err = cli("evaluate", lora_head_run, "--data", data, "--out", tmp_path / "g", "--mode", "generate")
     assert code != 0 and "classification head" in err and err.count("\n") == 1
     code, _, err = cli("evaluate", lora_head_run, "--data", data, "--out", tmp_path / "b", "--base",

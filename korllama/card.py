@@ -116,7 +116,7 @@ def _base(config, recorded: dict | None) -> dict:
     train_summary.json, else the cache's) / local folder / hub id; LoRA."""
     base = config.model.base
     facts = {"name": base, "tiny": config.model.tiny if base == "tiny" else None, "record": None, "local": False,
-             "lora": config.lora}
+             "lora": config.lora, "head": config.model.head}
     if base != "tiny":
         record = recorded or (bases.provenance(bases.base_dir(base)) if bases.is_named_base(base) else None)
         if record:  # its plain values; nested ones (file lists) stay in the record

@@ -71,6 +71,12 @@ class ModelConfig(_Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     load_in_4bit: bool = Field(False, description="the base's weights in 4 bits (bitsandbytes NF4, QLoRA): on CUDA, "
                                                   "and on the CPU with bitsandbytes >= 0.50; needs a lora section")
+    # lm: P(label) read from the language model's next-token logits over the labels' tokens (rank scoring);
+    # classifier: a linear head over the prompt's last token with one output per label (transformers'
+    # *ForSequenceClassification), trained with cross-entropy over the labels: one pass, no label tokens.
+    head: Literal["lm", "classifier"] = Field(
+        "lm", description="lm: rank scoring of the labels' tokens (the LM's own output); classifier: a "
+                          "sequence-classification head over the prompt's last token, one output per label")
     trust_remote_code: bool = Field(False, description="always false: korllama never runs code from a model folder, "
                                                        "a hub repo or a run (kept so older configs still read)")
     tiny: TinyModelConfig = TinyModelConfig()

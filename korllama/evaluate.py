@@ -64,6 +64,9 @@ def evaluate_run(run: System, data: str | Path | Table, out_dir: str | Path, mod
     mode = run.kind if mode is None or mode == Mode.SCORE else Mode(mode)
     if mode != run.kind and mode != Mode.GENERATE or mode == Mode.GENERATE and run.template is None:
         raise KorllamaError(f"--mode {mode} does not apply to {run.name} ({run.kind}): leave --mode out.")
+    if mode == Mode.GENERATE and getattr(run, "classifier", False):
+        raise KorllamaError(f"--mode generate reads the answer a language model writes, and {run.name} grades with "
+                            "a classification head, which writes none: leave --mode out.")
     generated = mode == Mode.GENERATE
     rule = run.rule(decision) if not generated else None
     stored = run.stored_rule if not generated else None

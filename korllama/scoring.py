@@ -21,6 +21,12 @@ runs only its rows' suffixes: the cache is repeated once per row, the suffixes a
 keys and values the same whatever follows, so this is exact up to float rounding (tests/test_scoring.py compares
 it with the plain path, one-token and multi-token labels).
 Prompts and answers are tokenised separately, exactly as training joins them (korllama.training.collate.tokenize).
+
+A model with a classification head (model.head: classifier, a transformers *ForSequenceClassification, LoRA-wrapped or
+not) is scored by the same `score`, in the same left-padded batches and with the same shared prefix: its probabilities
+are the softmax of the head's logits, one per label, which transformers reads at the rightmost token that is not the
+pad token. Left padding puts every row's last token in the last column, so that is the prompt's own last token and
+a batch gives each row what the row alone gives (tests/test_head.py); a prompt ending in the pad token is refused.
 """
 
 from __future__ import annotations
@@ -36,6 +42,16 @@ import torch
 from korllama.defaults import BATCH_SIZE
 from korllama.errors import DataError, KorllamaError, quote
 from korllama.prompts import answer
+
+
+def unwrapped(model):
+    """The transformers model under a peft wrapper (its LoRA layers in place), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def is_classifier(model) -> bool:
+    """The model grades with a classification head (its logits are one per label), not with its LM head."""
+    return type(unwrapped(model)).__name__.endswith("ForSequenceClassification")
 
 
 @dataclass(frozen=True)
@@ -162,7 +178,8 @@ class SharedPrefix:
     @classmethod
     def encode(cls, model, ids: list[int], device) -> SharedPrefix:
         tokens = torch.tensor([ids], dtype=torch.long, device=device)
-        out = model(input_ids=tokens, attention_mask=torch.ones_like(tokens), logits_to_keep=1, use_cache=True)
+        keep = {} if is_classifier(model) else {"logits_to_keep": 1}  # a head's logits are a few per token anyway
+        out = model(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=True, **keep)
         return cls(len(ids), out.cache)
 
     def for_rows(self, rows: int):
@@ -196,8 +213,10 @@ def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch
     chunks scores a prompt its earlier chunks had once (up to KNOWN_LIMIT prompts, then it starts again).
     `copies`: how many rows each of `encoded` stands for (the progress bar counts rows), when a caller deduplicated.
     `shared_prefix`: run the prompts' common token prefix once (see the module's docstring); None: when it is at
-    least PREFIX_MIN tokens and there are two prompts or more to score, True: whenever there is one, False: never."""
-    labels = label_tokens(tokenizer, classes)
+    least PREFIX_MIN tokens and there are two prompts or more to score, True: whenever there is one, False: never.
+    A model with a classification head gives its head's probabilities instead (see the module's docstring)."""
+    labels = HeadLabels(classes, model) if is_classifier(model) else \
+        label_tokens(tokenizer, classes)
     if encoded is None and once and prompts:  # equal texts are equal tokens: tokenise each distinct text once
         codes, texts = pd.factorize(pd.Series(prompts, dtype=object))
         return score(model, tokenizer, None, classes, batch_size, progress, encode_prompts(tokenizer, list(texts)),
@@ -254,6 +273,8 @@ def _score_batch(model, labels: LabelTokens, ids: torch.Tensor, mask: torch.Tens
     """Probabilities (batch, labels) for one left-padded batch; with `prefix`, the batch holds the suffixes that
     follow it: they attend to its cached tokens (mask columns of ones before theirs), positions counted after it."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 whatever the padding
+    if isinstance(labels, HeadLabels):
+        return _classify_batch(model, labels, ids, mask, positions, prefix)
     single = labels.single
     cache = None
     if prefix is not None:
@@ -266,6 +287,38 @@ def _score_batch(model, labels: LabelTokens, ids: torch.Tensor, mask: torch.Tens
     if single:
         return torch.softmax(last[:, labels.first_ids], dim=-1)
     return torch.softmax(_completion_logprobs(model, labels, last, result.cache, mask), dim=-1)
+
+
+@dataclass(frozen=True)
+class HeadLabels:
+    """What a classification head is scored with: its labels, checked against its outputs."""
+
+    classes: list[str]
+    model: object
+
+    def __post_init__(self):
+        outputs = unwrapped(self.model).config.num_labels
+        if outputs != len(self.classes):
+            raise KorllamaError(f"The model's classification head has {outputs} outputs but the spec has "
+                                f"{len(self.classes)} labels ({', '.join(self.classes)}): it was trained for "
+                                "another spec.")
+
+
+def _classify_batch(model, labels: HeadLabels, ids, mask, positions, prefix: SharedPrefix | None) -> torch.Tensor:
+    """The head's probabilities (batch, labels) for one left-padded batch (a prefix's suffixes with `prefix`)."""
+    pad = unwrapped(model).config.pad_token_id
+    if pad is not None and bool((ids[:, -1] == pad).any()):
+        # transformers reads the head at the rightmost token that is not the pad token: never the prompt's last one
+        raise KorllamaError("A prompt ends with the tokenizer's padding token, so the classification head cannot "
+                            "tell where it ends; change the template so that it ends with text.")
+    cache = None
+    if prefix is not None:
+        positions = positions + prefix.length
+        mask = torch.cat([torch.ones((len(ids), prefix.length), dtype=mask.dtype, device=mask.device), mask], dim=-1)
+        cache = prefix.for_rows(len(ids))
+    result = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                   use_cache=cache is not None)
+    return torch.softmax(result.logits.float(), dim=-1)
 
 
 def _completion_logprobs(model, labels: LabelTokens, last: torch.Tensor, cache, mask: torch.Tensor) -> torch.Tensor:

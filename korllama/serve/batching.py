@@ -1,6 +1,6 @@
 """Micro-batching for `korllama serve`: the applicants of requests that arrive together are cleaned in one
-`korllama.data.clean` call and scored in one `score()` call on a worker thread, while the event loop goes on
-accepting requests. A bad value fails its own request only.
+`korllama.data.clean` call and scored in one call (the run's `score_encoded`) on a worker thread, while the event
+loop goes on accepting requests. A bad value fails its own request only.
 
 - `Applicants`: one request's applicants (raw strings keyed by alias, as a CSV row holds them) and where they are.
 - `clean_requests`: a clean Table or a 422 per request, in one `clean` call when all are valid.
@@ -21,7 +21,7 @@ from fastapi import HTTPException
 
 from korllama.data import Table, clean
 from korllama.errors import DataError
-from korllama.scoring import encode_prompts, score, too_long, too_long_sentence
+from korllama.scoring import encode_prompts, too_long, too_long_sentence
 from korllama.spec import TableSpec
 
 
@@ -94,7 +94,8 @@ class Grader:
     """A batch of requests -> per request (clean rows, P(label) per row, reasons or None) or a 422; `stats` counts
     the work done. Runs on the worker's thread, the only one that touches the tokenizer and the model. A request
     that asks for reasons is scored by `explainer(table, top) -> (P(label), reasons)` (korllama.explain.explain_rows:
-    its rows and their neutralised variants in one batched pass), the others together in one `score()` call."""
+    its rows and their neutralised variants in one batched pass), the others together in one call of the run's
+    `score_encoded` (rank scoring, or its classification head)."""
 
     def __init__(self, system, batch_size: int, explainer=None):
         self.system, self.spec = system, system.spec
@@ -121,8 +122,7 @@ class Grader:
             results[j] = (results[j], *self.explainer(results[j], requests[j].explain))
         if encoded:
             rows = [ids for j in encoded for ids in encoded[j]]
-            proba = score(self.system.model, self.system.tokenizer, None, self.spec.label.classes, self.batch_size,
-                          encoded=rows) if llm else \
+            proba = self.system.score_encoded(rows, self.batch_size) if llm else \
                 np.concatenate([self.system.predict_proba(results[j]) for j in encoded])
             starts = np.cumsum([0, *(len(encoded[j]) for j in encoded)])
             for k, j in enumerate(encoded):

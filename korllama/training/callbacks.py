@@ -24,23 +24,25 @@ class VerifyCheckpoint(TrainerCallback):
     The original project's checkpoints held a config but no adapter; this makes that impossible to miss.
     """
 
-    def __init__(self, run: RunDir | None, lora: bool):
-        self.run, self.lora = run, lora
+    def __init__(self, run: RunDir | None, lora: bool, head: bool = False):
+        self.run, self.lora, self.head = run, lora, head
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            check_trained(folder, self.lora)
+            check_trained(folder, self.lora, self.head)
             if self.run is not None:  # --resume checks these bytes before it continues from them
                 self.run.record_weights(folder)
 
 
-def check_trained(folder: Path, lora: bool) -> int:
+def check_trained(folder: Path, lora: bool, head: bool = False) -> int:
     """Number of tensors in the folder's safetensors weights; raises if absent, empty, untrained or not finite.
 
     Reads only what must be checked (safe_open, tensor by tensor): for LoRA every adapter tensor (small; B starts
     at zero, so a non-zero B means trained); for full weights the headers of all tensors and the values of the 1-D
-    ones (norms and biases: kilobytes even for a 7B model, and one NaN step turns every weight NaN, them too)."""
+    ones (norms and biases: kilobytes even for a 7B model, and one NaN step turns every weight NaN, them too).
+    `head`: a classification head's weights (`score`, trained in full beside a LoRA adapter) must be there too, and
+    finite: without them the run would grade with a random head."""
 
     name = "adapter_model.safetensors" if lora else "model.safetensors"
     path = Path(folder) / name
@@ -49,15 +51,21 @@ def check_trained(folder: Path, lora: bool) -> int:
     try:
         with safe_open(path, framework="pt") as f:
             keys = list(f.keys())
+            scores = [k for k in keys if ".score." in f".{k}"]  # the head: score.weight, or peft's copy of it
             if lora:
                 keys = [k for k in keys if "lora_" in k]
                 values = {k: f.get_tensor(k) for k in keys}
             else:
                 values = {k: f.get_tensor(k) for k in keys if len(f.get_slice(k).get_shape()) == 1}
+            if head:
+                values |= {k: f.get_tensor(k) for k in scores}
     except SafetensorError as exc:
         raise KorllamaError(f"Checkpoint {path} cannot be read: {exc}.") from None
     if not keys:
         raise KorllamaError(f"Checkpoint {path} holds no {'LoRA ' if lora else ''}tensors.")
+    if head and not scores:
+        raise KorllamaError(f"Checkpoint {path} holds no classification head (`score`): the run would grade with an "
+                            "untrained one.")
     broken = next((k for k, v in values.items() if not bool(torch.isfinite(v).all())), None)
     if broken is not None:
         raise KorllamaError(f"Checkpoint {path} holds non-finite values (NaN or inf) in {broken}.")

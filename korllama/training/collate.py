@@ -44,6 +44,23 @@ def tokenize(tokenizer, prompts: list[str], labels: list[str], max_length: int,
     return out
 
 
+def tokenize_head(tokenizer, prompts: list[str], labels: list[str], classes: list[str], max_length: int,
+                  weights: list[int] | None = None) -> dict[str, list]:
+    """For a classification head (model.head: classifier): input_ids = <s> prompt, no answer; `classes` = the
+    label's index among the spec's labels (named so, not `labels`: the Trainer counts a `labels` column as
+    next-token targets). `weights` as in `tokenize`."""
+    input_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    longest = max(len(x) for x in input_ids)
+    if longest > max_length:
+        raise ConfigError(f"The longest prompt is {longest} tokens, over train.max_length={max_length}; raise it "
+                          "or choose a shorter template (prompt.template=compact).")
+    index = {c: i for i, c in enumerate(classes)}
+    out = {"input_ids": input_ids, "classes": [index[y] for y in labels]}
+    if weights is not None:
+        out["weight"] = [float(w) for w in weights]
+    return out
+
+
 def collator(tokenizer) -> LeftPaddedCollator:
     """Dynamic padding to the longest row of the batch, on the LEFT, with explicit position ids (see
     LeftPaddedCollator): every row's answer ends in the last column, so the loss needs logits there only."""
@@ -69,9 +86,11 @@ class LeftPaddedCollator:
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         ids, mask = pad_left([f["input_ids"] for f in features], self.pad_id)
-        labels, _ = pad_left([f["labels"] for f in features], -100)
-        batch = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
-                 "labels": labels}
+        batch = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        if "classes" in features[0]:  # a classification head's targets: one label index per row (tokenize_head)
+            batch["classes"] = torch.tensor([f["classes"] for f in features], dtype=torch.long)
+        else:
+            batch["labels"] = pad_left([f["labels"] for f in features], -100)[0]
         if "weight" in features[0]:  # rows each example stands for (train.distinct_prompts)
             batch["weight"] = torch.tensor([f["weight"] for f in features], dtype=torch.float32)
         return batch

@@ -71,3 +71,22 @@ def class_weights(tokenizer, train_labels, classes: list[str]) -> torch.Tensor:
     weights = torch.ones(len(tokenizer))
     weights[first] = torch.tensor((counts.sum() / (len(classes) * counts)).to_numpy(dtype=np.float32)) ** 0.5
     return weights
+
+
+def head_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+              rows: torch.Tensor | None = None) -> torch.Tensor:
+    """A classification head's loss: cross-entropy of its logits (batch, labels) against the label indices, each
+    example counted as often as the rows it stands for (`rows`, train.distinct_prompts) and each label weighted by
+    `weight` (head_class_weights): the (weighted) mean over the batch's rows."""
+    losses = F.cross_entropy(logits.float(), targets.to(logits.device), reduction="none",
+                             weight=None if weight is None else weight.to(logits.device))
+    count = torch.ones_like(losses) if weight is None else weight.to(logits.device)[targets.to(logits.device)]
+    if rows is not None:
+        losses, count = losses * rows.to(losses), count * rows.to(losses)
+    return losses.sum() / count.sum().clamp(min=1e-12)
+
+
+def head_class_weights(train_labels, classes: list[str]) -> torch.Tensor:
+    """The same softened inverse class frequency as `class_weights`, one per label of the head."""
+    counts = train_labels.value_counts().reindex(classes, fill_value=0).clip(lower=1)
+    return torch.tensor((counts.sum() / (len(classes) * counts)).to_numpy(dtype=np.float32)) ** 0.5

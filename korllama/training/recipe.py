@@ -37,9 +37,9 @@ from korllama.run import Run, data_fingerprint
 from korllama.scoring import label_tokens, score
 from korllama.spec import spec_to_yaml
 from korllama.training.callbacks import KeepBest, RichProgress, VerifyCheckpoint
-from korllama.training.collate import collator, distinct_examples, tokenize
+from korllama.training.collate import collator, distinct_examples, tokenize, tokenize_head
 from korllama.training.hardware import threads_for, training_precision
-from korllama.training.losses import class_weighted_loss, class_weights
+from korllama.training.losses import class_weighted_loss, class_weights, head_class_weights
 from korllama.training.trainer import GradeTrainer
 
 
@@ -236,20 +236,26 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
             if state.is_main_process and not (folder.base / "config.json").is_file():
                 build_tiny(train_prompts, folder.base, config.model.tiny, seed=config.train.seed, labels=classes)
                 folder.record_weights(folder.base)
-    set_seed(config.train.seed)  # LoRA's initial A matrices draw from torch's RNG, before the Trainer seeds it
-    model, tokenizer = load_base(config.model, base, for_training=True)
-    label_tokens(tokenizer, classes)  # fail now, not after training, if two labels are the same tokens
+    set_seed(config.train.seed)  # LoRA's A matrices and a new head draw from torch's RNG, before the Trainer seeds it
+    model, tokenizer = load_base(config.model, base, for_training=True, labels=classes)
+    head = config.model.head == "classifier"  # one output per label: the labels' tokens play no part
+    if not head:
+        label_tokens(tokenizer, classes)  # fail now, not after training, if two labels are the same tokens
     if config.lora is not None:
         model = wrap_lora(model, config.lora)
 
     examples = (train_prompts, train_part.labels.tolist(), None)
     if config.train.distinct_prompts:  # each distinct (prompt, label) once, weighted by its rows: the same loss
         examples = distinct_examples(*examples[:2])
-    dataset = Dataset.from_dict(tokenize(tokenizer, *examples[:2], config.train.max_length, weights=examples[2]))
+    dataset = Dataset.from_dict(
+        tokenize_head(tokenizer, *examples[:2], classes, config.train.max_length, weights=examples[2]) if head else
+        tokenize(tokenizer, *examples[:2], config.train.max_length, weights=examples[2]))
     eval_dataset = Dataset.from_dict({"input_ids": tokenizer(eval_prompts)["input_ids"],
                                       "label": eval_part.labels.tolist()})
-    compute_loss_func = None
-    if config.train.class_weights:
+    compute_loss_func = head_weight = None
+    if config.train.class_weights and head:
+        head_weight = head_class_weights(train_part.labels, classes)
+    elif config.train.class_weights:
         compute_loss_func = class_weighted_loss(class_weights(tokenizer, train_part.labels, classes))
 
     if state.is_main_process:
@@ -261,10 +267,10 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
         model=model, args=training_arguments(config, folder.root, device, getattr(model.config, "hidden_size", None)),
         train_dataset=dataset,
         eval_dataset=eval_dataset, processing_class=tokenizer, data_collator=collator(tokenizer),
-        compute_loss_func=compute_loss_func, callbacks=[VerifyCheckpoint(folder, config.lora is not None),
+        compute_loss_func=compute_loss_func, callbacks=[VerifyCheckpoint(folder, config.lora is not None, head),
                                                        KeepBest(folder, config.lora is not None)],
         classes=classes, eval_batch_size=config.train.eval_batch_size, cpu_started=cpu_started,
-        cpu_minutes_before=cpu_before)
+        cpu_minutes_before=cpu_before, head_weight=head_weight)
     if state.is_main_process:  # one event file, in this run's logs/ (not the env-var default of the Trainer)
         trainer.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(folder.logs))))
     trainer.remove_callback(ProgressCallback)
@@ -289,6 +295,7 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
                    "train_loss": result.training_loss, "seconds": time.perf_counter() - started,
                    "cpu_seconds": time.process_time() - cpu_started, "cpu_seconds_before_resume": 60 * cpu_before,
                    "weights": "adapter" if config.lora is not None else "model", "template": template.name,
+                   "head": config.model.head,
                    "data": data_fingerprint(config, table), "decision": decision.valid_macro_f1,
                    "base": base_record(config), "threads": threads if device.type == "cpu" else None}
         write_text(folder.summary, json.dumps(summary, indent=2))  # written last: the run is finished

@@ -1,5 +1,6 @@
-"""GradeTrainer: the transformers Trainer with korllama's loss (logits only where the answer is) and evaluation
-(rank scoring of the held-out prompts: macro-F1, the competition's metric), stopping at a non-finite loss."""
+"""GradeTrainer: the transformers Trainer with korllama's loss (logits only where the answer is; a classification
+head's cross-entropy over the labels) and evaluation (the held-out prompts scored as every command scores them: rank
+scoring, or the head; macro-F1, the competition's metric), stopping at a non-finite loss."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from transformers import Trainer
 
 from korllama.errors import KorllamaError
 from korllama.scoring import predict_labels, score
-from korllama.training.losses import answer_loss, loss_window, weighted_items
+from korllama.training.losses import answer_loss, head_loss, loss_window, weighted_items
 
 
 class GradeTrainer(Trainer):
@@ -24,8 +25,9 @@ class GradeTrainer(Trainer):
     resumed run's curve had reached), so trainer_state.json's log_history holds a validation curve against cost."""
 
     def __init__(self, *args, classes: list[str], eval_batch_size: int, cpu_started: float | None = None,
-                 cpu_minutes_before: float = 0.0, **kwargs):
+                 cpu_minutes_before: float = 0.0, head_weight=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.head_weight = head_weight  # a classification head's per-label loss weights (train.class_weights)
         self.classes, self.eval_batch = classes, eval_batch_size
         self.cpu_started = time.process_time() if cpu_started is None else cpu_started
         self.cpu_minutes_before = cpu_minutes_before
@@ -46,8 +48,15 @@ class GradeTrainer(Trainer):
         labels. Equal to the model's own full-logits loss on the batch; normalised by `num_items_in_batch` when the
         Trainer counts it, so gradient accumulation and several processes scale it as they would the model's."""
         inputs = dict(inputs)
-        labels = inputs.pop("labels")
         rows = inputs.pop("weight", None)  # train.distinct_prompts: the rows each example stands for
+        if "classes" in inputs:  # a classification head (model.head): its logits are one per label, at the last token
+            targets = inputs.pop("classes")
+            outputs = model(**inputs, use_cache=False)
+            # a mean over the batch's rows, no num_items_in_batch (there is no `labels` column to count): the
+            # Trainer divides it by the accumulation steps itself
+            loss = head_loss(outputs.logits, targets, self.head_weight, rows)
+            return (loss, outputs) if return_outputs else loss
+        labels = inputs.pop("labels")
         keep = loss_window(labels)
         outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
         loss_fn = self.compute_loss_func or answer_loss

@@ -409,6 +409,27 @@ def test_a_request_larger_than_max_batch_is_scored_in_several_passes(run_dir, cl
     assert small.state.stats["forward_passes"] == 3 and small.state.stats["applicants"] == 10  # 4 + 4 + 2
 
 
+def test_an_applicant_graded_again_costs_no_forward_pass(run_dir):
+    app = create_app(Run.load(run_dir), max_batch=4)
+    body = raw_applicants(3, seed=11)
+    with TestClient(app, base_url="http://localhost") as c:
+        first = c.post("/v1/grade", json=body).json()
+        passes = app.state.stats["forward_passes"]
+        again = c.post("/v1/grade", json=body).json()
+        assert app.state.stats["forward_passes"] == passes == 1  # the second time from the recent prompts
+        assert [x["probabilities"] for x in again] == [x["probabilities"] for x in first]
+        new = raw_applicants(1, seed=12)[0] | {"ID": "NEW_1"}  # its synthetic ID is body[0]'s
+        one_new = c.post("/v1/grade", json=[*body, new]).json()
+    assert app.state.stats["forward_passes"] == 2 and len(one_new) == 4
+    plain = Run.load(run_dir)  # the same rows scored afresh, without the service's memory
+    from korllama.spec import load_spec
+
+    table = clean(pd.DataFrame(body), load_spec())
+    expected = plain.predict_proba(table)
+    got = np.array([[x["probabilities"][c] for c in plain.classes] for x in again])
+    assert np.abs(got - expected).max() <= 1e-6
+
+
 # --- safety and the command ------------------------------------------------------------------------------------------
 
 def test_weights_that_are_not_safetensors_are_refused(run_dir, tmp_path):

@@ -101,6 +101,9 @@ class Grader:
         self.system, self.spec = system, system.spec
         self.batch_size, self.explainer = batch_size, explainer
         self.stats = {"requests": 0, "applicants": 0, "batches": 0, "forward_passes": 0, "largest_batch": 0}
+        # the probabilities of prompts graded before (token ids -> row; korllama.scoring.KNOWN_LIMIT of them, then it
+        # starts again): an applicant sent again, or a row the page graded, costs no forward pass
+        self.recent: dict = {}
 
     def __call__(self, requests: list[Applicants]) -> list[tuple[Table, np.ndarray] | HTTPException]:
         results: list = clean_requests(requests, self.spec)
@@ -122,7 +125,8 @@ class Grader:
             results[j] = (results[j], *self.explainer(results[j], requests[j].explain))
         if encoded:
             rows = [ids for j in encoded for ids in encoded[j]]
-            proba = self.system.score_encoded(rows, self.batch_size) if llm else \
+            fresh = len({tuple(ids) for ids in rows} - self.recent.keys()) if llm else len(rows)
+            proba = self.system.score_encoded(rows, self.batch_size, known=self.recent) if llm else \
                 np.concatenate([self.system.predict_proba(results[j]) for j in encoded])
             starts = np.cumsum([0, *(len(encoded[j]) for j in encoded)])
             for k, j in enumerate(encoded):
@@ -130,7 +134,7 @@ class Grader:
             s = self.stats
             s.update(requests=s["requests"] + len(encoded), applicants=s["applicants"] + len(rows),
                      batches=s["batches"] + 1, largest_batch=max(s["largest_batch"], len(rows)),
-                     forward_passes=s["forward_passes"] - (-len(rows) // self.batch_size))  # ceil(rows / batch)
+                     forward_passes=s["forward_passes"] - (-fresh // self.batch_size))  # ceil(new prompts / batch)
         return results
 
 

@@ -250,7 +250,7 @@ def claim_evaluation(out: str | Path, overwrite: bool = False, keeps: tuple[str,
     if not keeps and TreesDir(out).is_trees:
         raise KorllamaError(f"--out {out} holds a tree baseline (korllama baseline wrote it: its trees and their "
                             "own evaluation); write this evaluation into a new --out.")
-    return claim_dir(out, overwrite, owns=owns, writes=owns, what="an evaluation")
+    return claim_dir(out, overwrite, owns=owns, writes=owns, what="an evaluation", folders=TreesDir.FOLDERS)
 
 
 def claim_explanation(out: str | Path, overwrite: bool, explained: str | Path, trees: bool,

@@ -260,6 +260,7 @@ class TreesDir(RunDir):
     model = property(lambda self: self.root / "trees")
 
     OWN = ("trees.json", "trees", "spec.yaml", DECISION_FILE, "references.json", "weights.json")
+    FOLDERS = ("trees",)  # of OWN, what is a folder
 
     @property
     def is_trees(self) -> bool:

@@ -54,7 +54,7 @@ def claim_file(path: str | Path, overwrite: bool = False, option: str = "--out",
 
 
 def claim_dir(path: str | Path, overwrite: bool = False, *, owns: tuple[str, ...], writes: tuple[str, ...] | None,
-              what: str, option: str = "--out") -> Path:
+              what: str, option: str = "--out", folders: tuple[str, ...] = ()) -> Path:
     """An output folder may be a missing path, an empty folder, or a folder of this command's kind (it holds one of
     `owns`, the names that mark that kind); when the command would replace something there (one of `writes`, the
     names it writes; None: it replaces the whole folder), only with --overwrite. Never a run (only `korllama train`
@@ -71,7 +71,7 @@ def claim_dir(path: str | Path, overwrite: bool = False, *, owns: tuple[str, ...
         raise KorllamaError(f"{option} {path} is a folder of other files, not {what}; choose a new or empty "
                             f"{option} (korllama does not mix its files with others).")
     for name in writes or ():
-        if (path / name).is_dir():
+        if name not in folders and (path / name).is_dir():  # `folders`: names the command writes as folders
             raise KorllamaError(f"{option} {path}: {path / name} is a folder, so {name} cannot be written there; "
                                 f"choose another {option}.")
     replaced = sorted(present if writes is None else present & set(writes))
@@ -81,7 +81,10 @@ def claim_dir(path: str | Path, overwrite: bool = False, *, owns: tuple[str, ...
                             f"choose another {option}.")
     if replaced:
         mine = owned(path)
-        theirs = [f for f in (files_under(path) if writes is None else replaced) if f not in mine]
+        checked = files_under(path) if writes is None else \
+            [f for name in replaced for f in ([f"{name}/{g}" for g in files_under(path / name)] if name in folders
+                                              else [name])]  # a folder of korllama's: each file in it
+        theirs = [f for f in checked if f not in mine]
         if theirs:
             shown = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
             raise KorllamaError(f"{option} {path} holds files korllama did not write ({shown}: not in its "

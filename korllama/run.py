@@ -23,7 +23,7 @@ from korllama.layout import RunDir
 from korllama.model import load_run_weights
 from korllama.prompts import Template, carried_fields, get_template
 from korllama.references import load_references, reference_values
-from korllama.scoring import encode_prompts, prompt_limit, refuse_long_prompts, score
+from korllama.scoring import encode_prompts, prompt_limit, refuse_long_prompts, score, too_long
 from korllama.spec import TableSpec, load_spec
 from korllama.synth import synthetic_table
 
@@ -192,7 +192,8 @@ class Run:
         prompts = self.template.render(table) if len(table) else []
         codes, texts = pd.factorize(pd.Series(prompts, dtype=object))
         distinct = encode_prompts(self.tokenizer, list(texts)) if prompts else []
-        refuse_long_prompts([distinct[c] for c in codes], self.max_tokens, table)
+        if too_long(distinct, self.max_tokens) is not None:  # which row: only then are the rows' prompts spelled out
+            refuse_long_prompts([distinct[c] for c in codes], self.max_tokens, table)
         return codes, distinct
 
     def predict_proba(self, table: Table, batch_size: int = BATCH_SIZE, progress=None, known: dict | None = None

@@ -276,11 +276,7 @@ def _score_batch(model, labels: LabelTokens, ids: torch.Tensor, mask: torch.Tens
     if isinstance(labels, HeadLabels):
         return _classify_batch(model, labels, ids, mask, positions, prefix)
     single = labels.single
-    cache = None
-    if prefix is not None:
-        positions = positions + prefix.length
-        mask = torch.cat([torch.ones((len(ids), prefix.length), dtype=mask.dtype, device=mask.device), mask], dim=-1)
-        cache = prefix.for_rows(len(ids))
+    positions, mask, cache = _after_prefix(prefix, ids, mask, positions)
     result = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, cache=cache,
                    use_cache=cache is not None or not single)
     last = result.logits[:, -1, :].float()
@@ -311,14 +307,19 @@ def _classify_batch(model, labels: HeadLabels, ids, mask, positions, prefix: Sha
         # transformers reads the head at the rightmost token that is not the pad token: never the prompt's last one
         raise KorllamaError("A prompt ends with the tokenizer's padding token, so the classification head cannot "
                             "tell where it ends; change the template so that it ends with text.")
-    cache = None
-    if prefix is not None:
-        positions = positions + prefix.length
-        mask = torch.cat([torch.ones((len(ids), prefix.length), dtype=mask.dtype, device=mask.device), mask], dim=-1)
-        cache = prefix.for_rows(len(ids))
+    positions, mask, cache = _after_prefix(prefix, ids, mask, positions)
     result = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                    use_cache=cache is not None)
     return torch.softmax(result.logits.float(), dim=-1)
+
+
+def _after_prefix(prefix: SharedPrefix | None, ids, mask, positions):
+    """(positions, mask, cache) of a batch of suffixes that follow `prefix`: positions counted after it, its columns
+    attended to, its KV cache repeated per row; the batch as it is without one."""
+    if prefix is None:
+        return positions, mask, None
+    ones = torch.ones((len(ids), prefix.length), dtype=mask.dtype, device=mask.device)
+    return positions + prefix.length, torch.cat([ones, mask], dim=-1), prefix.for_rows(len(ids))
 
 
 def _completion_logprobs(model, labels: LabelTokens, last: torch.Tensor, cache, mask: torch.Tensor) -> torch.Tensor:

@@ -156,3 +156,23 @@ def test_references_are_the_fitting_rows(fitted):
     folder, data = fitted
     fit_on = split(read_table(data), 0.2, 0)[0]
     assert Trees.load(folder).references == json.loads(json.dumps(reference_values(fit_on)))
+
+
+def test_baseline_overwrite_replaces_its_own_trees_but_never_a_users_file(fitted, cli, tmp_path):
+    import shutil
+
+    folder, data = fitted
+    copy = shutil.copytree(folder, tmp_path / "B")
+    (copy / "trees" / "notes.txt").write_text("mine", "utf-8")
+    code, _, err = cli("baseline", "--train", data, "--budget", "0", "--out", copy, "--overwrite")
+    assert code == 2 and "trees/notes.txt" in err and (copy / "trees" / "notes.txt").read_text("utf-8") == "mine"
+    (copy / "trees" / "notes.txt").unlink()
+    (copy / "trees" / "part-9.txt").write_text("stale", "utf-8")  # korllama's own (recorded) file, stale
+    manifest = json.loads((copy / ".korllama-manifest.json").read_text("utf-8"))
+    manifest["files"].append("trees/part-9.txt")
+    (copy / ".korllama-manifest.json").write_text(json.dumps(manifest), "utf-8")
+    code, _, err = cli("baseline", "--train", data, "--budget", "0", "--out", copy, "--overwrite")
+    assert code == 0, err
+    assert not (copy / "trees" / "part-9.txt").exists()  # no old part beside the new ones
+    code, _, err = cli("predict", copy, "--data", data, "--out", tmp_path / "p.csv")
+    assert code == 0, err

@@ -6,6 +6,7 @@ decision rule, neutral references, checksums and what they were fitted on (korll
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def keep_trees(out_dir: str | Path, fitted, fit_on: Table, table: Table, train, 
     decision rule (fitted on inner rows), the neutral references of the fitting rows, the checksums, and trees.json
     last (its presence says the folder is whole)."""
     folder = TreesDir(out_dir)
+    # trees replaced with --overwrite (claim_evaluation checked korllama wrote them): no old part may stay beside
+    # the new ones, whose checksums alone are recorded
+    shutil.rmtree(folder.model, ignore_errors=True)
     save_trees(fitted.model, folder.model)
     folder.record_weights(folder.model)
     write_text(folder.spec, spec_to_yaml(fit_on.spec))
@@ -86,4 +90,4 @@ def keep_trees(out_dir: str | Path, fitted, fit_on: Table, table: Table, train, 
               "rounds": fitted.model.best_iterations_, "fit_seconds": fitted.seconds,
               "fit_cpu_seconds": fitted.cpu_seconds}
     write_text(folder.record, json.dumps(record, indent=1, ensure_ascii=False, default=str))
-    record_written(out_dir, list(TreesDir.OWN))
+    record_written(out_dir, [*TreesDir.OWN, *(f"{folder.model.name}/{p.name}" for p in folder.model.iterdir())])

@@ -14,6 +14,17 @@ key, a body that is not JSON, 1,025 applicants, an unpaired surrogate, a body se
 requests/s, p50/p99 latency, the count of answers by status class, how many forward batches the server ran for them
 (from /health), and the number of 5xx, which must be 0: the exit code is 1 when any request got a 5xx, no answer,
 or a status of the wrong kind (a good request not answered 200, a bad one not answered 4xx).
+
+With `--applicants CSV` (real rows, e.g. test.csv) it measures the service's cost instead (issue 27): first
+`--idle` (200) requests of one applicant each, sent one at a time (p50/p99 latency on an otherwise idle service),
+then `--requests` requests from `--clients` concurrent clients (bounded loop: each client sends its next request
+when its previous one is answered), alternating one applicant and a list of `--batch` (64); the applicants are the
+CSV's rows in file order, each request taking the next ones. It prints applicants/s, p50/p99 latency for the single
+and the batched requests, the errors (anything but a 200, or no answer), the forward passes the server ran (from
+/health), and with `--pid` the server's CPU seconds (user+sys) in each phase. The exit code is 1 on any error.
+
+    korllama serve RUN --port 8765 & python benchmarks/load_serve.py --url http://127.0.0.1:8765 \
+        --applicants ../shared/data/dacon-loan/test.csv --clients 32 --requests 2000 --pid $!
 """
 
 from __future__ import annotations
@@ -26,9 +37,11 @@ import os
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 
 from korllama.defaults import MAX_APPLICANTS
 from korllama.synth import synthesize
@@ -136,6 +149,95 @@ async def run(url: str, token: str | None, total: int, clients: int, timeout: fl
     return 1 if classes.get("5xx", 0) or wrong else 0
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """user + sys CPU seconds a process has used so far (Linux /proc), or None without a pid."""
+    if pid is None:
+        return None
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14 and 15)
+
+
+async def cost(url: str, token: str | None, csv: Path, total: int, clients: int, batch: int, idle: int,
+               timeout: float, pid: int | None) -> int:
+    """The service's cost on real rows: idle single-applicant latency, then throughput under concurrent clients."""
+    rows = pd.read_csv(csv, dtype=str, keep_default_na=False).to_dict("records")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    taken = [0]  # rows sent so far: the next request starts there (wrapping at the file's end)
+
+    def next_rows(n: int) -> list[dict]:
+        start = taken[0] % len(rows)
+        taken[0] += n
+        return (rows[start:start + n] + rows[:max(0, start + n - len(rows))])
+
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout, limits=limits) as client:
+        try:
+            before = (await client.get("/health")).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            print(f"no korllama server answers at {url} ({exc})", file=sys.stderr)
+            return 2
+
+        async def send(body) -> tuple[int | None, float]:
+            started = time.perf_counter()
+            try:
+                status = (await client.post("/v1/grade", json=body)).status_code
+            except httpx.HTTPError:
+                status = None
+            return status, time.perf_counter() - started
+
+        errors = 0
+        cpu0 = cpu_seconds(pid)
+        singles = []
+        for _ in range(idle):  # one at a time: nothing else pending, so this is one applicant's whole trip
+            status, seconds = await send(next_rows(1)[0])
+            errors += status != 200
+            singles.append(seconds)
+        cpu1 = cpu_seconds(pid)
+        mid = (await client.get("/health")).json()
+        if idle:
+            p50, p99 = np.percentile(np.array(singles) * 1000, [50, 99])
+            print(f"idle: {idle} single-applicant requests one at a time: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+                  + (f"; server CPU {cpu1 - cpu0:.2f} s ({(cpu1 - cpu0) / idle * 1000:.1f} ms a request)"
+                     if pid else "")
+                  + f"; {mid.get('forward_passes', 0) - before.get('forward_passes', 0):,} forward passes")
+
+        records: list[tuple[int, int | None, float]] = []  # (applicants, status, seconds)
+        next_index = iter(range(total))
+
+        async def one_client() -> None:
+            for i in next_index:  # shared: every request is sent once, by whichever client is free
+                size = 1 if i % 2 == 0 else batch
+                chosen = next_rows(size)
+                status, seconds = await send(chosen[0] if size == 1 else chosen)
+                records.append((size, status, seconds))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        seconds = time.perf_counter() - started
+        cpu2 = cpu_seconds(pid)
+        after = (await client.get("/health")).json()
+
+    graded = sum(n for n, s, _ in records if s == 200)
+    errors += sum(s != 200 for _, s, _ in records)
+    print(f"load: {len(records):,} requests (half one applicant, half {batch}) from {clients} concurrent clients in "
+          f"{seconds:.2f} s: {graded:,} applicants graded, {graded / seconds:,.0f} applicants/s, "
+          f"{len(records) / seconds:.1f} requests/s" + (f"; server CPU {cpu2 - cpu1:.1f} s" if pid else ""))
+    for size, name in ((1, "one applicant"), (batch, f"{batch} applicants")):
+        latency = np.array([t for n, _, t in records if n == size]) * 1000
+        if len(latency):
+            p50, p99 = np.percentile(latency, [50, 99])
+            print(f"  {name}: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    latency = np.array([t for _, _, t in records]) * 1000
+    p50, p99 = np.percentile(latency, [50, 99])
+    print(f"  every request: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    batches = after.get("batches", 0) - mid.get("batches", 0)
+    passes = after.get("forward_passes", 0) - mid.get("forward_passes", 0)
+    print(f"server: {batches:,} batched calls ({graded / max(batches, 1):.1f} applicants a call), {passes:,} forward "
+          f"passes; applicants sent in all: {taken[0]:,} of the file's {len(rows):,} rows")
+    print(f"errors: {errors}")
+    return 1 if errors else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="a running `korllama serve` (loopback only)")
@@ -144,11 +246,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=60, help="seconds per request")
+    parser.add_argument("--applicants", type=Path, help="a CSV of real rows: measure the service's cost with them "
+                                                        "(idle latency, then half single, half batched requests)")
+    parser.add_argument("--batch", type=int, default=64, help="applicants in each batched request (--applicants)")
+    parser.add_argument("--idle", type=int, default=200, help="single requests sent one at a time first "
+                                                              "(--applicants)")
+    parser.add_argument("--pid", type=int, help="the server's process id: its CPU seconds are reported")
     args = parser.parse_args()
     if not is_loopback(args.url):
         parser.error(f"{args.url} is not a loopback address: this load test only targets 127.0.0.1/localhost/::1")
     if args.requests < 1 or args.clients < 1:
         parser.error("--requests and --clients must be at least 1")
+    if args.applicants is not None:
+        sys.exit(asyncio.run(cost(args.url.rstrip("/"), args.token, args.applicants, args.requests, args.clients,
+                                  args.batch, args.idle, args.timeout, args.pid)))
     sys.exit(asyncio.run(run(args.url.rstrip("/"), args.token, args.requests, args.clients, args.timeout)))
 
 

@@ -9,7 +9,6 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from korllama.choices import Decision, Mode
 from korllama.config import RunConfig, load_config
@@ -23,7 +22,7 @@ from korllama.layout import RunDir
 from korllama.model import load_run_weights
 from korllama.prompts import Template, carried_fields, get_template
 from korllama.references import load_references, reference_values
-from korllama.scoring import encode_prompts, prompt_limit, refuse_long_prompts, score, too_long
+from korllama.scoring import encode_distinct, prompt_limit, refuse_long_prompts, score, too_long
 from korllama.spec import TableSpec, load_spec
 from korllama.synth import synthetic_table
 
@@ -189,9 +188,7 @@ class Run:
         """(each row's index into the distinct prompts, the distinct prompts' token ids): each distinct text is
         tokenised once (the loan prompts repeat: 1,324 distinct in test.csv's 64,197 rows). A prompt longer than
         the model reads is refused, naming its row."""
-        prompts = self.template.render(table) if len(table) else []
-        codes, texts = pd.factorize(pd.Series(prompts, dtype=object))
-        distinct = encode_prompts(self.tokenizer, list(texts)) if prompts else []
+        codes, distinct = encode_distinct(self.tokenizer, self.template.render(table) if len(table) else [])
         if too_long(distinct, self.max_tokens) is not None:  # which row: only then are the rows' prompts spelled out
             refuse_long_prompts([distinct[c] for c in codes], self.max_tokens, table)
         return codes, distinct

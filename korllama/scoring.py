@@ -98,6 +98,15 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     return tokenizer(prompts, add_special_tokens=True)["input_ids"]
 
 
+def encode_distinct(tokenizer, prompts: list[str]) -> tuple[np.ndarray, list[list[int]]]:
+    """(each prompt's index among the distinct texts, the distinct texts' token ids): equal texts are equal tokens,
+    so each distinct text is tokenised once."""
+    if not prompts:
+        return np.zeros(0, dtype=np.int64), []
+    codes, texts = pd.factorize(pd.Series(prompts, dtype=object))
+    return codes, encode_prompts(tokenizer, list(texts))
+
+
 def prompt_limit(model, max_length: int) -> int:
     """The most tokens a prompt may have: train.max_length, and never more positions than the model has."""
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)

@@ -1,6 +1,6 @@
 """korllama.serve.batching without a model: several requests cleaned in one call (a bad value fails its own request
 only, with the message it would get alone; IDs are unique within a request, not across), and the Batcher's queue
-(concurrent requests in one batch, `max_batch` respected, a bug reaches every waiting request, not the worker).
+(concurrent requests in one batch, `max_applicants` respected, a bug reaches every waiting request, not the worker).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_a_bad_value_fails_its_own_request_with_the_message_it_gets_alone():
     assert one.detail[0]["loc"] == ["body", "loan_amount"] and one.detail[0]["msg"].startswith("applicant, column")
 
 
-def test_the_batcher_batches_concurrent_requests_within_max_batch():
+def test_the_batcher_batches_concurrent_requests_within_max_applicants():
     seen: list[list[int]] = []
 
     def grade(requests):
@@ -64,7 +64,7 @@ def test_the_batcher_batches_concurrent_requests_within_max_batch():
         return [len(r) for r in requests]
 
     async def go():
-        batcher = Batcher(grade, max_batch=5, max_wait_s=0.2)
+        batcher = Batcher(grade, max_applicants=5, max_wait_s=0.2)
         try:
             return await asyncio.gather(*(batcher.submit(request(n, seed=n)) for n in (2, 2, 1, 3, 1)))
         finally:
@@ -84,7 +84,7 @@ def test_a_bug_in_grading_reaches_every_waiting_request_and_the_worker_lives_on(
         return ["ok"] * len(requests)
 
     async def go():
-        batcher = Batcher(grade, max_batch=64, max_wait_s=0.05)
+        batcher = Batcher(grade, max_applicants=64, max_wait_s=0.05)
         try:
             failed = await asyncio.gather(*(batcher.submit(request(1, seed=s)) for s in (1, 2)),
                                           return_exceptions=True)

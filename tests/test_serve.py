@@ -28,7 +28,8 @@ from korllama.errors import KorllamaError
 from korllama.predict import predict_file
 from korllama.run import Run
 from korllama.serve import applicant_model, create_app, example_applicant, result_model
-from korllama.serve.batching import as_text
+from korllama.scoring import score
+from korllama.serve.batching import Applicants, Grader, as_text
 from korllama.spec import load_spec
 from korllama.synth import synthesize
 
@@ -430,6 +431,31 @@ def test_an_applicant_graded_again_costs_no_forward_pass(run_dir):
     assert np.abs(got - expected).max() <= 1e-6
 
 
+def test_requests_graded_together_give_the_plain_paths_probabilities(run_dir):
+    """A batch's requests are cleaned, rendered and tokenised once and their distinct prompts scored once (repeats
+    within and across requests): each request gets what scoring its own rows alone, every row, gives."""
+    run = Run.load(run_dir)
+    spec = run.spec
+
+    def request(rows: list[dict]) -> Applicants:  # as the endpoint builds it: alias keys, raw strings
+        out = [{c.alias: r[c.name] for c in spec.columns} | {spec.id.alias: f"\x00{i}"} for i, r in enumerate(rows)]
+        return Applicants(False, out, [None] * len(rows))
+
+    bodies = [raw_applicants(1, seed=40), raw_applicants(7, seed=41), raw_applicants(3, seed=42)]
+    bodies += [bodies[1][2:5], bodies[1][:1] * 2]  # rows sent again, in another request and twice in one
+    grader = Grader(run, batch_size=4)
+    together = grader([request(b) for b in bodies])
+    again = grader([request(b) for b in reversed(bodies)])[::-1]  # every prompt now from the recent ones
+    assert grader.stats["batches"] == 2 and grader.stats["applicants"] == 2 * sum(map(len, bodies))
+    for body, first, second in zip(bodies, together, again):
+        table = clean(pd.DataFrame(body).drop(columns=["ID"]), spec)
+        plain = score(run.model, run.tokenizer, run.template.render(table), run.classes, batch_size=1, once=False,
+                      shared_prefix=False)
+        for got in (first, second):
+            assert got[0] is None and got[2] is None and got[1].shape == plain.shape
+            assert np.abs(got[1] - plain).max() <= 1e-6
+
+
 # --- safety and the command ------------------------------------------------------------------------------------------
 
 def test_weights_that_are_not_safetensors_are_refused(run_dir, tmp_path):
@@ -448,12 +474,12 @@ def test_serve_command_binds_loopback_by_default(cli, run_dir, monkeypatch):
     assert code == 0, err
     assert calls[0][1]["host"] == "127.0.0.1" and calls[0][1]["port"] == 8000
     assert "http://127.0.0.1:8000" in out
-    assert calls[0][0].state.batcher.max_batch == 64
+    assert calls[0][0].state.batcher.grade.batch_size == 64
 
     code, out, err = cli("serve", run_dir, "--host", "0.0.0.0", "--port", 8765, "--max-batch", 8)
     assert code == 0, err
     assert calls[1][1]["host"] == "0.0.0.0" and calls[1][1]["port"] == 8765
-    assert "without a token" in " ".join(err.split()) and calls[1][0].state.batcher.max_batch == 8
+    assert "without a token" in " ".join(err.split()) and calls[1][0].state.batcher.grade.batch_size == 8
 
 
 def test_serve_command_with_a_folder_that_is_not_a_run(cli, tmp_path):

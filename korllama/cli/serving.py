@@ -111,6 +111,7 @@ def serve_cmd(
         raise KorllamaError("KORLLAMA_TOKEN is blank or starts or ends with a space, which no HTTP client can send "
                             "(header values are trimmed); set a token without spaces at its ends, or unset it.")
     _check_port(host, port)  # before the model is loaded: a busy port is one sentence, not uvicorn's exit 3
+    _idle_threads_sleep()
     from korllama.serve import create_app
     from korllama.serve.guard import LOOPBACK, header_timeout_protocol
     from korllama.serve.jobs import Limits
@@ -136,6 +137,18 @@ def serve_cmd(
                           "and [::1] are answered: add --allow-host NAME for the name clients reach this machine by.",
                           soft_wrap=True)
     uvicorn.run(application, host=host, port=port, log_level="info", http=header_timeout_protocol(header_timeout))
+
+
+def _idle_threads_sleep() -> None:
+    """OMP_WAIT_POLICY=PASSIVE unless the user set it, before torch (and LightGBM) load their OpenMP: by default its
+    idle threads spin between forward passes, and in the service they spun a core away from the event loop and the
+    clients: 0.23 CPU s per single-applicant request against 0.02 s (benchmarks/RESULTS.md section 25). libgomp
+    reads it once, when it loads, so it is set only when torch is not loaded yet."""
+    import os
+    import sys
+
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 DEMO_FILES = ("data.csv", "run", "eval", "report.html")  # what marks a demo's folder (korllama.demo writes them)

@@ -87,7 +87,7 @@ def create_app(run: System, token_env: str = "KORLLAMA_TOKEN", max_batch: int = 
         return explain_rows(run, table, references, top, max_batch)
 
     grader = Grader(run, max_batch, explainer)
-    batcher = Batcher(grader, max_batch, max_wait_ms / 1000)
+    batcher = Batcher(grader, max_applicants, max_wait_ms / 1000)  # a call: many requests; a pass: max_batch
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

@@ -201,6 +201,9 @@ async def cost(url: str, token: str | None, csv: Path, total: int, clients: int,
                      if pid else "")
                   + f"; {mid.get('forward_passes', 0) - before.get('forward_passes', 0):,} forward passes")
 
+        if not total:
+            print(f"errors: {errors}")
+            return 1 if errors else 0
         records: list[tuple[int, int | None, float]] = []  # (applicants, status, seconds)
         next_index = iter(range(total))
 
@@ -255,8 +258,8 @@ def main() -> None:
     args = parser.parse_args()
     if not is_loopback(args.url):
         parser.error(f"{args.url} is not a loopback address: this load test only targets 127.0.0.1/localhost/::1")
-    if args.requests < 1 or args.clients < 1:
-        parser.error("--requests and --clients must be at least 1")
+    if args.requests < (0 if args.applicants else 1) or args.clients < 1:
+        parser.error("--requests and --clients must be at least 1 (--requests 0 with --applicants: idle only)")
     if args.applicants is not None:
         sys.exit(asyncio.run(cost(args.url.rstrip("/"), args.token, args.applicants, args.requests, args.clients,
                                   args.batch, args.idle, args.timeout, args.pid)))

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -27,8 +30,8 @@ from korllama.data import DataWarning, clean
 from korllama.errors import KorllamaError
 from korllama.predict import predict_file
 from korllama.run import Run
-from korllama.serve import applicant_model, create_app, example_applicant, result_model
 from korllama.scoring import score
+from korllama.serve import applicant_model, create_app, example_applicant, result_model
 from korllama.serve.batching import Applicants, Grader, as_text
 from korllama.spec import load_spec
 from korllama.synth import synthesize
@@ -480,6 +483,18 @@ def test_serve_command_binds_loopback_by_default(cli, run_dir, monkeypatch):
     assert code == 0, err
     assert calls[1][1]["host"] == "0.0.0.0" and calls[1][1]["port"] == 8765
     assert "without a token" in " ".join(err.split()) and calls[1][0].state.batcher.grade.batch_size == 8
+
+
+def test_serve_lets_idle_openmp_threads_sleep_unless_told_otherwise():
+    """Set before torch loads (libgomp reads it once): in a fresh process, as `korllama serve` runs it."""
+    code = ("import os, sys; from korllama.cli.serving import _idle_threads_sleep; assert 'torch' not in sys.modules; "
+            "_idle_threads_sleep(); import torch; print(os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env | ({"OMP_WAIT_POLICY": given} if given else {}))
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == expected
 
 
 def test_serve_command_with_a_folder_that_is_not_a_run(cli, tmp_path):

@@ -22,6 +22,7 @@ when its previous one is answered), alternating one applicant and a list of `--b
 CSV's rows in file order, each request taking the next ones. It prints applicants/s, p50/p99 latency for the single
 and the batched requests, the errors (anything but a 200, or no answer), the forward passes the server ran (from
 /health), and with `--pid` the server's CPU seconds (user+sys) in each phase. The exit code is 1 on any error.
+`--client raw` sends them on bare keep-alive connections instead of httpx's, which took as much CPU as the server.
 
     korllama serve RUN --port 8765 & python benchmarks/load_serve.py --url http://127.0.0.1:8765 \
         --applicants ../shared/data/dacon-loan/test.csv --clients 32 --requests 2000 --pid $!
@@ -157,10 +158,47 @@ def cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14 and 15)
 
 
+class RawConnection:
+    """A bare HTTP/1.1 keep-alive connection on asyncio streams (`--client raw`): POST a JSON body, read the answer
+    whole by its Content-Length, return the status. A tenth of httpx's CPU per request, so that the client takes less
+    of the cores the server shares."""
+
+    def __init__(self, url: str, token: str | None):
+        parsed = httpx.URL(url)
+        self.host, self.port = parsed.host, parsed.port or 80
+        self.extra = f"Authorization: Bearer {token}\r\n" if token else ""
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n{self.extra}\r\n")
+        self.writer.write(head.encode() + body)
+        status = int((await self.reader.readline()).split()[1])
+        length, close = 0, False
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            length = int(value) if name.strip().lower() == "content-length" else length
+            close = close or (name.strip().lower() == "connection" and "close" in value.lower())
+        await self.reader.readexactly(length)
+        if close:
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
 async def cost(url: str, token: str | None, csv: Path, total: int, clients: int, batch: int, idle: int,
-               timeout: float, pid: int | None) -> int:
+               timeout: float, pid: int | None, raw: bool = False) -> int:
     """The service's cost on real rows: idle single-applicant latency, then throughput under concurrent clients."""
     rows = pd.read_csv(csv, dtype=str, keep_default_na=False).to_dict("records")
+    pool: asyncio.Queue = asyncio.Queue()  # --client raw: one connection per concurrent client
+    for _ in range(clients if raw else 0):
+        pool.put_nowait(RawConnection(url, token))
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     taken = [0]  # rows sent so far: the next request starts there (wrapping at the file's end)
@@ -179,6 +217,16 @@ async def cost(url: str, token: str | None, csv: Path, total: int, clients: int,
 
         async def send(body) -> tuple[int | None, float]:
             started = time.perf_counter()
+            if raw:
+                connection = await pool.get()
+                try:
+                    status = await asyncio.wait_for(connection.post("/v1/grade", json.dumps(
+                        body, ensure_ascii=False).encode()), timeout)
+                except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
+                    connection.close()
+                    status = None
+                pool.put_nowait(connection)
+                return status, time.perf_counter() - started
             try:
                 status = (await client.post("/v1/grade", json=body)).status_code
             except httpx.HTTPError:
@@ -219,6 +267,8 @@ async def cost(url: str, token: str | None, csv: Path, total: int, clients: int,
         seconds = time.perf_counter() - started
         cpu2 = cpu_seconds(pid)
         after = (await client.get("/health")).json()
+        while not pool.empty():
+            pool.get_nowait().close()
 
     graded = sum(n for n, s, _ in records if s == 200)
     errors += sum(s != 200 for _, s, _ in records)
@@ -255,6 +305,8 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=200, help="single requests sent one at a time first "
                                                               "(--applicants)")
     parser.add_argument("--pid", type=int, help="the server's process id: its CPU seconds are reported")
+    parser.add_argument("--client", choices=["httpx", "raw"], default="httpx",
+                        help="(--applicants) raw: bare HTTP/1.1 keep-alive connections, less of the CPU than httpx")
     args = parser.parse_args()
     if not is_loopback(args.url):
         parser.error(f"{args.url} is not a loopback address: this load test only targets 127.0.0.1/localhost/::1")
@@ -262,7 +314,7 @@ def main() -> None:
         parser.error("--requests and --clients must be at least 1 (--requests 0 with --applicants: idle only)")
     if args.applicants is not None:
         sys.exit(asyncio.run(cost(args.url.rstrip("/"), args.token, args.applicants, args.requests, args.clients,
-                                  args.batch, args.idle, args.timeout, args.pid)))
+                                  args.batch, args.idle, args.timeout, args.pid, args.client == "raw")))
     sys.exit(asyncio.run(run(args.url.rstrip("/"), args.token, args.requests, args.clients, args.timeout)))
 
 

@@ -141,9 +141,9 @@ def serve_cmd(
 
 def _idle_threads_sleep() -> None:
     """OMP_WAIT_POLICY=PASSIVE unless the user set it, before torch (and LightGBM) load their OpenMP: by default its
-    idle threads spin between forward passes, and in the service they spun a core away from the event loop and the
-    clients: 0.23 CPU s per single-applicant request against 0.02 s (benchmarks/RESULTS.md section 25). libgomp
-    reads it once, when it loads, so it is set only when torch is not loaded yet."""
+    idle threads spin between forward passes, and on a loaded machine they took the CPU the event loop and the other
+    processes needed: 126 CPU ms per idle single-applicant request against 22 ms (benchmarks/RESULTS.md section 25).
+    libgomp reads it once, when it loads, so it is set only when torch is not loaded yet."""
     import os
     import sys
 

@@ -14,7 +14,6 @@ import pytest
 import torch
 from fixtures import CLASSES, FIELDS, TINY, unlabelled_csv
 
-import korllama.run
 from korllama.errors import KorllamaError
 from korllama.generation import generate, parse_grade, seed_generation_config
 from korllama.prompts import render
@@ -99,13 +98,13 @@ def test_generating_for_a_chunk_tokenises_its_prompts_once(run_dir, monkeypatch)
 
     run = Run.load(run_dir)
     chunk = synthetic_table(5, seed=3)
-    calls = []
+    calls, plain = [], scoring.encode_prompts
 
     def counted(tokenizer, prompts):
         calls.append(len(prompts))
-        return scoring.encode_prompts(tokenizer, prompts)
+        return plain(tokenizer, prompts)
 
-    monkeypatch.setattr(korllama.run, "encode_prompts", counted)
+    monkeypatch.setattr(scoring, "encode_prompts", counted)  # Run.encode's, through scoring.encode_distinct
     scored = streaming.score_chunk(run, chunk, 2, mode="generate")
     assert calls == [5]  # the length check and generation share one tokenisation
     expected = generate(run.model, run.tokenizer, run.template.render(chunk), CLASSES, batch_size=2)

@@ -161,7 +161,7 @@ def cpu_seconds(pid: int | None) -> float | None:
 class RawConnection:
     """A bare HTTP/1.1 keep-alive connection on asyncio streams (`--client raw`): POST a JSON body, read the answer
     whole by its Content-Length, return the status. Half of httpx's CPU (2.5 s against 5.0 s for the same 2,200
-    requests, RESULTS section 25), so that the client takes less of the cores the server shares."""
+    requests, RESULTS section 26), so that the client takes less of the cores the server shares."""
 
     def __init__(self, url: str, token: str | None):
         parsed = httpx.URL(url)

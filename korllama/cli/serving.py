@@ -142,7 +142,7 @@ def serve_cmd(
 def _idle_threads_sleep() -> None:
     """OMP_WAIT_POLICY=PASSIVE unless the user set it, before torch (and LightGBM) load their OpenMP: by default its
     idle threads spin between forward passes, and on a loaded machine they took the CPU the event loop and the other
-    processes needed: 126 CPU ms per idle single-applicant request against 22 ms (benchmarks/RESULTS.md section 25).
+    processes needed: 126 CPU ms per idle single-applicant request against 22 ms (benchmarks/RESULTS.md section 26).
     libgomp reads it once, when it loads, so it is set only when torch is not loaded yet."""
     import os
     import sys

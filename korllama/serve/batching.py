@@ -196,7 +196,7 @@ class Batcher:
     A call is not a forward pass: the Grader scores a call's new prompts `max_batch` at a time. The service lets a
     call hold as many applicants as one request may send (MAX_APPLICANTS), because cleaning and rendering cost mostly
     per call (pandas' work per column, whatever the rows): the requests that wait together are cleaned together
-    (benchmarks/RESULTS.md section 25: 32.5 -> about 550 applicants a call, 5.4-5.9x the applicants/s)."""
+    (benchmarks/RESULTS.md section 26: 32.5 -> about 550 applicants a call, 5.4-5.9x the applicants/s)."""
 
     def __init__(self, grade, max_applicants: int, max_wait_s: float):
         self.grade, self.max_applicants, self.max_wait_s = grade, max_applicants, max_wait_s

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     console = Console(stderr=True)
     table = read_table(args.data)
-    fit_on, score_on = split(table, args.valid_fraction, args.seed)
+    fit_on, score_on, _ = split(table, args.valid_fraction, args.seed)
     classes = list(table.spec.label.classes)
     print(f"korllama tree baseline on {table.source}: fit on {len(fit_on):,} rows, scored on {len(score_on):,} "
           f"(stratified {args.valid_fraction:.0%}, seed {args.seed}); {os.cpu_count()} CPUs, {platform.machine()}, "

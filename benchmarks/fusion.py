@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
 
     config = load_config(args.config, args.overrides)
     table = read_table(args.data)
-    fitting, held = split(table, config.data.valid_fraction, config.data.split_seed)
+    fitting, held, _ = split(table, config.data.valid_fraction, config.data.split_seed)
     classes = list(table.spec.label.classes)
     y_fit = fitting.labels.to_numpy(dtype=object)
     truth = held.labels.to_numpy(dtype=object)

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     warnings.filterwarnings("ignore")
     table = read_table(args.data)
-    fitting, held_out = split(table, 0.2, 0)
+    fitting, held_out, _ = split(table, 0.2, 0)
     train_rows, score_rows = fitting.sample(args.rows, seed=0), held_out.sample(args.score_rows, seed=0)
     print(f"{len(train_rows):,} training rows, {len(score_rows):,} held-out rows, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}", flush=True)

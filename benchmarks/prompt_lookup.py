@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fields", nargs="+", default=None, help="prompt.fields choices to compare, each a,b,c")
     args = parser.parse_args(argv)
 
-    train, held_out = split(read_table(args.data), 0.2, 0)
+    train, held_out, _ = split(read_table(args.data), 0.2, 0)
     y_train, y_held = train.labels.to_numpy(), held_out.labels.to_numpy()
     rated = ~np.isnan(held_out.frame["implied_rate"].to_numpy(float))
     common = pd.Series(y_train).value_counts().index[0]

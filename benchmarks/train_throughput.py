@@ -37,7 +37,7 @@ def benchmark_rows(args):
 
     table = read_table(args.data)
     table = table.sample(args.rows, seed=0)
-    train_part, valid_part = split(table, 0.2, 0)
+    train_part, valid_part, _ = split(table, 0.2, 0)
     return train_part, valid_part.subset(valid_part.frame.index[:1000])
 
 

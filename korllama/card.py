@@ -71,8 +71,11 @@ def _write(run: Run) -> Path:
     config, folder = run.config, run.dir
     summary = folder.read_summary()
     table = run.training_table()
-    train_part, valid_part = run.split()
-    eval_part = run.eval_sample(valid_part)  # the training's own sample
+    parts = run.split()
+    train_part, valid_part = parts.train, parts.valid
+    # the figures: on test rows, where no choice was made (a sample as large as the training's validation sample),
+    # or, for a run split two ways, on the validation sample its best checkpoint was chosen on (optimistic)
+    eval_part = run.eval_sample(valid_part if parts.test is None else parts.test)
     spec, classes = run.spec, run.classes
 
     refs = reference_values(train_part)
@@ -96,7 +99,7 @@ def _write(run: Run) -> Path:
 
     text = render_card(folder, config, summary, table, train_part, valid_part, eval_part, template, figures, groups,
                        group_gaps(groups, classes), importance(reasons.frame()) if reasons is not None else None,
-                       refs, fields, explained_rows=len(explained))
+                       refs, fields, explained_rows=len(explained), test_part=parts.test)
     write_text(folder.model_card, text)
     return folder.model_card
 
@@ -127,7 +130,10 @@ def _base(config, recorded: dict | None) -> dict:
 
 def render_card(run: RunDir, config, summary: dict, table: Table, train_part: Table, valid_part: Table,
                 eval_part: Table, template, figures: Evaluation, groups: pd.DataFrame, gaps: list[str],
-                weights: pd.Series | None, refs: dict, fields: list[str], explained_rows: int | None = None) -> str:
+                weights: pd.Series | None, refs: dict, fields: list[str], explained_rows: int | None = None,
+                test_part: Table | None = None) -> str:
+    """The card's text. `eval_part`: the rows its figures are on, a sample of `test_part` when the run has test
+    rows, else the validation sample."""
     spec, classes = table.spec, table.spec.label.classes
     data = summary.get("data", {})
     counts = train_part.labels.value_counts().reindex(classes, fill_value=0)
@@ -143,6 +149,8 @@ def render_card(run: RunDir, config, summary: dict, table: Table, train_part: Ta
                  if config.data.train is None else None,
                  "sha256": data.get("sha256"), "spec": config.data.spec,
                  "held_out": f"{config.data.valid_fraction:.0%}", "seed": config.data.split_seed,
+                 "test": None if test_part is None else {"share": f"{config.data.test_fraction:.0%}",
+                                                         "rows": f"{len(test_part):,}"},
                  "train_rows": f"{len(train_part):,}",
                  "valid_rows": f"{len(valid_part):,}", "eval_rows": f"{len(eval_part):,}",
                  "labels": [["rows", *[f"{int(n):,}" for n in counts]],

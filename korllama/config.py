@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from korllama.defaults import SPLIT_SEED, VALID_FRACTION
+from korllama.defaults import SPLIT_SEED, TEST_FRACTION, VALID_FRACTION
 from korllama.errors import ConfigError, quote, yaml_problem
 from korllama.spec import describe_validation_error
 
@@ -28,8 +28,18 @@ class DataConfig(_Section):
     spec: str = Field("loan", description="built-in spec name or a YAML spec file")
     synth_rows: int = Field(4000, ge=10, description="rows of the synthetic table when `train` is empty")
     synth_seed: int = Field(0, description="seed of the synthetic table (the same seed, the same rows)")
-    valid_fraction: float = Field(VALID_FRACTION, gt=0, lt=1, description="stratified share held out for evaluation")
+    valid_fraction: float = Field(VALID_FRACTION, gt=0, lt=1, description="stratified share held out as validation "
+                                  "rows: training scores them to keep the best checkpoint and fit the decision rule")
+    test_fraction: float = Field(TEST_FRACTION, ge=0, lt=1, description="stratified share kept aside as test rows, "
+                                 "on which no choice is made: `evaluate --held-out` reports them (0: no test rows)")
     split_seed: int = Field(SPLIT_SEED, description="seed of the stratified split (the same seed, the same rows)")
+
+    @model_validator(mode="after")
+    def _parts_fit(self):
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ValueError(f"valid_fraction {self.valid_fraction:g} + test_fraction {self.test_fraction:g} must be "
+                             "under 1: the rest is what training learns from")
+        return self
 
 
 class PromptConfig(_Section):
@@ -170,9 +180,11 @@ def builtin_configs() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, saved: bool = False
+                ) -> RunConfig:
     """Read a YAML config (a file, a built-in name like "demo", or the defaults), apply `a.b=value` overrides,
-    validate."""
+    validate. `saved`: the file is a run's own config.yaml (every setting written out), so a setting it lacks did
+    not exist when the run was made and takes the value that behaves as korllama did then."""
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -192,6 +204,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must be a mapping of sections (data, prompt, model, lora, train).")
         source = str(path)
+        if saved and isinstance(raw.get("data"), dict):
+            raw["data"].setdefault("test_fraction", 0.0)  # a run made before test rows existed split two ways
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -121,7 +121,7 @@ def _run_demo(out: Path, rows: int, seed: int, console: Console, pretrained: Pre
         f"rows/s); row {escape(reasons.ids[0])} is {reasons.classes[reasons.predicted[0]]}: "
         + "; ".join(escape(r["text"]) for r in reasons.top(0, 2)))
     base = run_baseline(table, None, evals / "baseline", valid_fraction=config.data.valid_fraction,
-                        seed=config.data.split_seed)
+                        test_fraction=config.data.test_fraction, seed=config.data.split_seed)
     say("6. baseline", f"LightGBM on the same split: macro-F1 {base.macro_f1:.3f}")
 
     folders = [evals / "before", evals / "after", evals / "generate", evals / "baseline"]
@@ -171,7 +171,8 @@ def pretrained_stage(stage: PretrainedStage, table: Table, data_path: Path, out:
 
     config = stage_config(stage, data_path)
     spec, classes = table.spec, table.spec.label.classes
-    held_out = split(table, config.data.valid_fraction, config.data.split_seed)[1]  # as Run.split, before a run
+    data = config.data
+    held_out = split(table, data.valid_fraction, data.split_seed, data.test_fraction).held_out  # as Run.split
     # the rows evaluate_run(limit=...) picks from the same held-out split, so before and after see the same rows
     sample = held_out.sample(stage.generate_rows, seed=0)
     evals = out / "eval"

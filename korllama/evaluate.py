@@ -50,8 +50,9 @@ def evaluate_run(run: System, data: str | Path | Table, out_dir: str | Path, mod
     fitted on are left out, so it is never judged on them. When the run has a rule, metrics.json also holds
     `decision`: argmax and the rule side by side on the scored rows the rule never saw.
 
-    `held_out` keeps only the run's validation split (the rows its training never saw), re-drawn from the run's
-    data.valid_fraction and data.split_seed.
+    `held_out` keeps only the system's test rows (never trained on, no choice made on them), re-drawn from its
+    data.valid_fraction, data.test_fraction and data.split_seed; for a run split two ways (test_fraction 0), its
+    validation rows.
 
     A file streams as in `korllama predict` (korllama.data.stream.TableChunks): checked whole first, then read, scored
     and written `chunk_rows` rows at a time; predictions.csv and metrics.json appear together at the end, or not at
@@ -180,4 +181,4 @@ def held_out_rows(run: System, data: str | Path | Table, table: Table) -> Table:
             raise KorllamaError(f"--held-out: {table.source} is not the table {run.root} was trained on "
                                 f"({trained_on}); its held-out rows exist only in that table: pass it as --data, or "
                                 f"leave out --held-out to score every row of {table.source}.")
-    return run.split(table)[1]
+    return run.split(table).held_out

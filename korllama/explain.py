@@ -249,7 +249,7 @@ def select_rows(table: Table, ids: list[str] | None = None, held_out: bool = Fal
                 run: System | None = None) -> Table:
     """The rows to explain: the run's held-out split, a seeded sample (as `evaluate --limit`), or given IDs."""
     if held_out:
-        table = run.split(table)[1]
+        table = run.split(table).held_out
     if ids:
         index = pd.Index(table.ids)
         absent = [i for i in ids if i not in index]

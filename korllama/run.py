@@ -12,7 +12,7 @@ import numpy as np
 
 from korllama.choices import Decision, Mode
 from korllama.config import RunConfig, load_config
-from korllama.data import Table, read_table, split
+from korllama.data import Split, Table, read_table, split
 from korllama.data.stream import TableChunks
 from korllama.decision import DecisionRule, decision_choice
 from korllama.defaults import BATCH_SIZE
@@ -89,7 +89,7 @@ class Run:
         folder.require_data_only()
         if base is None and not allow_unfinished:
             folder.require_finished()
-        return cls(load_config(folder.config), folder.root, base, table, allow_unrecorded)
+        return cls(load_config(folder.config, saved=True), folder.root, base, table, allow_unrecorded)
 
     kind = Mode.SCORE  # an LLM graded by rank scoring or its classification head (korllama.system.System)
 
@@ -157,10 +157,12 @@ class Run:
             self._table = load_training_table(self.config, self.spec)
         return self._table
 
-    def split(self, table: Table | None = None) -> tuple[Table, Table]:
-        """(training rows, validation rows) of `table` (default: the run's own table), as training split them."""
+    def split(self, table: Table | None = None) -> Split:
+        """The training, validation and test rows of `table` (default: the run's own table), as training split
+        them."""
         data = self.config.data
-        return split(table if table is not None else self.training_table(), data.valid_fraction, data.split_seed)
+        return split(table if table is not None else self.training_table(), data.valid_fraction, data.split_seed,
+                     data.test_fraction)
 
     def eval_sample(self, valid: Table) -> Table:
         """The validation rows training scores at each evaluation (and the card reports): one definition."""
@@ -240,7 +242,7 @@ class Run:
         if self.dir is not None and self.dir.references.is_file():
             return load_references(self.dir.references)
         try:
-            train_part = self.split()[0]
+            train_part = self.split().train
         except KorllamaError as exc:
             raise KorllamaError(f"The run's training data cannot be read, so the neutral references cannot be "
                                 f"derived from it: {exc}") from None

@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from korllama.choices import Mode
-from korllama.data import Table
+from korllama.data import Split, Table
 from korllama.decision import DecisionRule
 from korllama.defaults import BATCH_SIZE
 from korllama.errors import KorllamaError
@@ -49,7 +49,7 @@ class System(Protocol):
 
     def rule(self, decision: str = "argmax") -> DecisionRule | None: ...
 
-    def split(self, table: Table | None = None) -> tuple[Table, Table]: ...
+    def split(self, table: Table | None = None) -> Split: ...
 
 
 def is_trees(folder: str | Path | None) -> bool:

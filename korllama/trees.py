@@ -14,7 +14,7 @@ import numpy as np
 
 from korllama.baseline.saved import load_trees
 from korllama.choices import Decision, Mode
-from korllama.data import Table, split
+from korllama.data import Split, Table, split
 from korllama.data.stream import TableChunks
 from korllama.decision import DecisionRule, decision_choice
 from korllama.errors import KorllamaError
@@ -102,15 +102,16 @@ class Trees:
             progress(len(table))
         return proba
 
-    def split(self, table: Table | None = None) -> tuple[Table, Table]:
-        """(fitting rows, held-out rows) of `table`, as `korllama baseline` split its --train."""
+    def split(self, table: Table | None = None) -> Split:
+        """The fitting, validation and test rows of `table`, as `korllama baseline` split its --train (the trees fit
+        on the training rows and report on the test rows, as a run does)."""
         if table is None:
             raise KorllamaError("The trees' table is not kept in their folder: pass the table (--data).")
         how = self.record.get("split") or {}
         if how.get("eval"):
             raise KorllamaError(f"The trees in {self.root} were fitted on all of their --train and scored on "
                                 f"{how['eval']}: they have no held-out split; score other rows without --held-out.")
-        return split(table, how.get("valid_fraction", 0.2), how.get("seed", 0))
+        return split(table, how.get("valid_fraction", 0.2), how.get("seed", 0), how.get("test_fraction", 0.0))
 
     # -- the decision rule and the references --
     @cached_property

@@ -30,6 +30,12 @@ def run_dir(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("tiny") / "run")
 
 
+@pytest.fixture(scope="session")
+def tested_run(tmp_path_factory) -> Path:
+    """The same tiny run with 10% of its rows kept aside as test rows (data.test_fraction 0.1, the default)."""
+    return make_run(tmp_path_factory.mktemp("tiny-tested") / "run", test_fraction=0.1)
+
+
 @pytest.fixture
 def loan_csv(tmp_path) -> Path:
     """The quirky fixture table as a utf-8 CSV with Korean headers."""

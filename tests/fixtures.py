@@ -163,7 +163,9 @@ def run_config(**overrides) -> dict:
     """A tiny, fast run as a YAML-ready dict; `overrides` replace whole sections' keys (train={...})."""
     config = {
         "name": "test",
-        "data": {"synth_rows": 200, "synth_seed": 0},
+        # two-way (no test rows), as before data.test_fraction: the many small runs built on this config keep the
+        # rows and the weights their tests were written for; make_run's shared run has test rows
+        "data": {"synth_rows": 200, "synth_seed": 0, "test_fraction": 0.0},
         "prompt": {"template": "compact", "fields": FIELDS},
         "model": {"base": "tiny", "device": "cpu", "tiny": dict(TINY)},
         "lora": None,
@@ -182,15 +184,16 @@ def run_config(**overrides) -> dict:
 RUN_ROWS = 200  # synthetic rows (seed 0) the tiny run trains on; its validation split is 20% of them
 
 
-def make_run(run_dir: Path) -> Path:
+def make_run(run_dir: Path, test_fraction: float = 0.0) -> Path:
     """Full-weight training of a tiny random Llama on RUN_ROWS synthetic rows: 4 steps, one evaluation. Its split
-    seed is not the default, so a test can tell the run's held-out rows from a default split's."""
+    seed is not the default, so a test can tell the run's held-out rows from a default split's. `test_fraction`: the
+    share kept aside as test rows (0: a two-way split, whose validation rows `--held-out` scores)."""
     from korllama.card import document_run
     from korllama.config import RunConfig
     from korllama.run import Run
     from korllama.training import train
 
-    config = run_config(name="tiny", data={"synth_rows": RUN_ROWS, "split_seed": 3},
+    config = run_config(name="tiny", data={"synth_rows": RUN_ROWS, "split_seed": 3, "test_fraction": test_fraction},
                         train={"max_steps": 4, "eval_steps": 4, "save_steps": 4})
     train(RunConfig.model_validate(config), run_dir)
     document_run(Run.load(run_dir), on_error="raise")  # as `korllama train` does: the curve and the card

@@ -63,7 +63,7 @@ def test_what_the_checks_do_not_ask_missing_values_yes_inf_no():
 
 
 def test_table_features_step_in_a_pipeline_gives_what_fit_on_a_table_gives(loans):
-    fit_on, score_on = split(loans, 0.2, 0)
+    fit_on, score_on, _ = split(loans, 0.2, 0)
     pipe = make_pipeline(TableFeatures(), TreeBaseline(**FAST, classes=CLASSES)).fit(fit_on, fit_on.labels)
     direct = TreeBaseline(**FAST).fit(fit_on)
     np.testing.assert_allclose(pipe.predict_proba(score_on), direct.predict_proba(score_on))
@@ -106,7 +106,7 @@ def test_table_features_are_the_columns_and_derived_features(loans):
 
 
 def test_fit_on_x_and_y_and_on_a_table_agree(loans):
-    fit_on, score_on = split(loans, 0.2, 0)
+    fit_on, score_on, _ = split(loans, 0.2, 0)
     from_table = TreeBaseline(**FAST).fit(fit_on)
     from_xy = TreeBaseline(**FAST, classes=CLASSES).fit(table_features(fit_on), fit_on.labels.to_numpy())
     proba = from_table.predict_proba(score_on)
@@ -123,7 +123,7 @@ def test_fit_on_x_and_y_and_on_a_table_agree(loans):
 
 
 def test_early_stopping_uses_an_inner_part_of_the_fitting_rows_only(loans):
-    fit_on, score_on = split(loans, 0.2, 0)
+    fit_on, score_on, _ = split(loans, 0.2, 0)
     model = TreeBaseline(**{**FAST, "n_estimators": 2000, "learning_rate": 0.3}).fit(fit_on)
     assert model.best_iteration_ < 2000  # it stopped
     n_valid = len(model.valid_index_)
@@ -145,7 +145,7 @@ def test_sklearn_x_with_plain_labels_and_unseen_categories():
 
 
 def test_search_says_and_returns_what_it_tried(loans):
-    fit_on, _ = split(loans, 0.2, 0)
+    fit_on, _, _ = split(loans, 0.2, 0)
     lines = []
     tried = [{}, {"num_leaves": 7}, {"learning_rate": 0.2}]
     result = search(fit_on, base=TreeBaseline(**FAST), candidates=tried, budget_s=600, say=lines.append)
@@ -190,7 +190,7 @@ def test_rows_missing_the_segment_feature_get_their_own_model():
     settings = defaults_for(loans)
     assert settings["segment_on"] == "interest_per_principal"  # the first derived feature missing on >= 1%
     assert settings["fine_bins"]["schedule_rate"] == settings["fine_bins"]["implied_rate"] == 8191
-    fit_on, score_on = split(loans, 0.2, 0)
+    fit_on, score_on, _ = split(loans, 0.2, 0)
     model = TreeBaseline(**FAST, **settings, validation_fraction=0.2).fit(fit_on)
     assert set(model.models_) == {0, 1} and set(model.best_iterations_) == {0, 1}
     assert model.models_[1].get_params()["num_leaves"] == settings["segment_params"]["num_leaves"]
@@ -211,7 +211,7 @@ def test_refit_on_all_rows_keeps_the_rounds_per_row_and_the_inner_probabilities(
     from korllama.baseline import defaults_for
 
     loans = synthetic_table(3000, seed=4)
-    fit_on, score_on = split(loans, 0.2, 0)
+    fit_on, score_on, _ = split(loans, 0.2, 0)
     model = TreeBaseline(**{**FAST, "n_estimators": 2000, "learning_rate": 0.3}, **defaults_for(loans),
                          validation_fraction=0.2).fit(fit_on)
     stopped = dict(model.best_iterations_)
@@ -257,7 +257,7 @@ def test_run_baseline_stores_a_decision_rule_fitted_on_inner_rows_only(fast_sear
 
     data = synthetic_table(1500, seed=5)
     result = run_baseline(data, None, tmp_path / "b", decision="macro-f1")
-    fit_on, score_on = split(data, 0.2, 0)
+    fit_on, _, score_on = split(data, 0.2, 0, 0.1)  # fitted on the training rows, scored on the test rows
     rule = DecisionRule.load(tmp_path / "b")
     assert set(rule.fitted_ids) < set(fit_on.ids) and not set(rule.fitted_ids) & set(score_on.ids)
     assert rule.fitted_rows == len(rule.fitted_ids) == pytest.approx(0.1 * len(fit_on), abs=2)

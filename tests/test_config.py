@@ -128,3 +128,18 @@ def test_smollm2_ships_the_measured_lora_recipe_and_keeps_the_originals_beside_i
         {k: v for k, v in original.train.model_dump().items() if k not in recipe}
     stage = PretrainedStage()  # the demo's SmolLM2 stage trains the shipped recipe at the shipped lr
     assert stage.config == "smollm2-lora" and stage.lr == pytest.approx(shipped.train.lr)
+
+
+def test_a_runs_saved_config_without_a_test_fraction_keeps_its_two_way_split(tmp_path):
+    # runs made before data.test_fraction existed wrote every other setting: they split two ways, and must still
+    saved = yaml.safe_load(config_to_yaml(RunConfig()))
+    del saved["data"]["test_fraction"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(saved), "utf-8")
+    assert load_config(path, saved=True).data.test_fraction == 0
+    assert load_config(path).data.test_fraction == 0.1  # a user's config without the key: the default
+
+
+def test_the_validation_and_test_shares_must_leave_rows_to_train_on():
+    with pytest.raises(ConfigError, match="valid_fraction 0.6 \\+ test_fraction 0.4 must be under 1"):
+        load_config(None, ["data.valid_fraction=0.6", "data.test_fraction=0.4"])

@@ -254,9 +254,9 @@ def test_more_bad_rows_are_counted(tmp_path):
 
 def test_split_is_deterministic_and_falls_back_when_a_grade_is_too_rare(table):
     # the 60-row fixture holds one F and one G: too few to stratify, so the split is a plain random one
-    train, valid = split(table, valid_fraction=0.25, seed=3)
-    again, _ = split(table, valid_fraction=0.25, seed=3)
-    other, _ = split(table, valid_fraction=0.25, seed=4)
+    train, valid, _ = split(table, valid_fraction=0.25, seed=3)
+    again, _, _ = split(table, valid_fraction=0.25, seed=3)
+    other, _, _ = split(table, valid_fraction=0.25, seed=4)
     assert len(train) + len(valid) == len(table) and len(valid) == 15
     assert set(train.ids).isdisjoint(valid.ids)
     assert train.ids.tolist() == again.ids.tolist() != other.ids.tolist()
@@ -264,7 +264,7 @@ def test_split_is_deterministic_and_falls_back_when_a_grade_is_too_rare(table):
 
 def test_split_keeps_each_grades_share():
     table = synthetic_table(2000, seed=0)
-    _, valid = split(table, valid_fraction=0.25, seed=3)
+    _, valid, _ = split(table, valid_fraction=0.25, seed=3)
     whole, held = table.labels.value_counts(), valid.labels.value_counts()
     for grade, count in whole.items():  # stratified: each grade's held-out count is a quarter of it, to a row
         assert abs(held.get(grade, 0) - count / 4) <= 1, grade
@@ -289,11 +289,43 @@ def test_split_takes_the_smallest_table_it_allows():
     table = synthetic_table(200, seed=0)
     three = table.subset(table.frame.index[:11])
     three.frame[three.spec.label.alias] = list("ABCABCABCAB")
-    train, valid = split(three, valid_fraction=0.2, seed=0)  # 11 rows: 8 / 3, a row of each label in both
+    train, valid, _ = split(three, valid_fraction=0.2, seed=0)  # 11 rows: 8 / 3, a row of each label in both
     assert (len(train), len(valid)) == (8, 3)
     assert set(train.labels) == set(valid.labels) == set("ABC")
     with pytest.raises(DataError, match="needs at least 11 rows"):
         split(three.subset(three.frame.index[:10]), valid_fraction=0.2, seed=0)
+
+
+def test_a_test_part_keeps_the_validation_rows_and_takes_its_rows_from_the_rest():
+    table = synthetic_table(2000, seed=0)
+    two = split(table, valid_fraction=0.2, seed=3)
+    three = split(table, valid_fraction=0.2, seed=3, test_fraction=0.1)
+    # the validation rows (where choices were made before a test part existed) are the same rows either way
+    assert three.valid.ids.tolist() == two.valid.ids.tolist() and two.test is None
+    parts = [set(three.train.ids), set(three.valid.ids), set(three.test.ids)]
+    assert sum(map(len, parts)) == len(table) and set.union(*parts) == set(table.ids)
+    assert parts[0].isdisjoint(parts[2]) and parts[1].isdisjoint(parts[2]) and parts[0].isdisjoint(parts[1])
+    assert set(three.test.ids) <= set(two.train.ids)
+    assert (len(three.train), len(three.valid), len(three.test)) == (1400, 400, 200)
+    whole, test = table.labels.value_counts(), three.test.labels.value_counts()
+    for grade, count in whole.items():  # stratified: each grade's test count is a tenth of it, to a row
+        assert abs(test.get(grade, 0) - count / 10) <= 1, grade
+    # the figures are reported on the test rows; a two-way split reports on its validation rows
+    assert three.held_out.ids.tolist() == three.test.ids.tolist()
+    assert two.held_out.ids.tolist() == two.valid.ids.tolist()
+    assert split(table, 0.2, 3, 0.1).test.ids.tolist() == three.test.ids.tolist()  # the same seed, the same rows
+
+
+def test_a_test_part_too_large_or_too_small_is_one_sentence():
+    table = synthetic_table(200, seed=0)
+    with pytest.raises(DataError, match=r"valid fraction 0.5 \+ test fraction 0.5 leave no rows") as info:
+        split(table, valid_fraction=0.5, test_fraction=0.5)
+    assert "\n" not in str(info.value)
+    small = table.subset(table.frame.index[:14])
+    small.frame[small.spec.label.alias] = list("ABCABCABCABCAB")
+    with pytest.raises(DataError, match="no test rows \\(data.test_fraction=0") as info:
+        split(small, valid_fraction=0.25, test_fraction=0.05)
+    assert "validation rows cannot be split" in str(info.value) and "\n" not in str(info.value)
 
 
 # --- encodings and headers -------------------------------------------------------------------------------------

@@ -120,17 +120,20 @@ def test_reliability_bins_and_a_perfectly_calibrated_case():
 
 # --- evaluate_run on a tiny run ---------------------------------------------------------------------------------
 
-def test_evaluate_run_on_the_held_out_split(run_dir, labelled_csv, tmp_path):
+def test_evaluate_run_on_the_held_out_split(tested_run, labelled_csv, tmp_path):
     out = tmp_path / "tuned"
-    result = evaluate_run(Run.load(run_dir), labelled_csv, out, held_out=True, batch_size=8)
-    data = load_config(run_dir / "config.yaml").data
+    result = evaluate_run(Run.load(tested_run), labelled_csv, out, held_out=True, batch_size=8)
+    data = load_config(tested_run / "config.yaml").data
     assert data.split_seed != 0  # the run's own split, not the default one
-    valid = split(read_table(labelled_csv), data.valid_fraction, data.split_seed)[1]
+    held_out = split(read_table(labelled_csv), data.valid_fraction, data.split_seed, data.test_fraction)
+    valid = held_out.test  # the rows no choice was made on, not the validation rows the run chose its weights on
 
     on_disk = json.loads((out / "metrics.json").read_text("utf-8"))
     assert on_disk == json.loads(result.text())
     assert KEYS <= set(on_disk)
-    assert on_disk["n"] == len(valid) == RUN_ROWS // 5
+    assert on_disk["n"] == len(valid) == RUN_ROWS // 10
+    assert set(pd.read_csv(out / "predictions.csv", dtype={"ID": str})["ID"]) == set(valid.ids)
+    assert set(valid.ids).isdisjoint(held_out.valid.ids)
     assert on_disk["held_out"] is True and on_disk["mode"] == "score" and on_disk["system"] == "run"
     assert on_disk["rows_per_s"] > 0
     assert on_disk["invalid_rate"] == 0.0  # rank scoring always answers a grade
@@ -197,7 +200,7 @@ def test_evaluate_command(cli, run_dir, labelled_csv, tmp_path):
 # --- the tree baseline -------------------------------------------------------------------------------------------
 
 def test_tree_baseline_beats_the_majority_class(loans):
-    fit_on, score_on = split(loans, 0.2, 0)
+    fit_on, score_on, _ = split(loans, 0.2, 0)
     model = TreeBaseline(**FAST_TREES).fit(fit_on)
     proba = model.predict_proba(score_on)
     assert proba.shape == (len(score_on), 7)
@@ -247,7 +250,7 @@ def test_run_baseline_writes_the_same_metrics(monkeypatch, tmp_path):
     result = run_baseline(data, None, tmp_path / "baseline")
     on_disk = json.loads((tmp_path / "baseline" / "metrics.json").read_text("utf-8"))
     assert KEYS <= set(on_disk)
-    assert on_disk["n"] == 120 and on_disk["train_rows"] == 480
+    assert on_disk["n"] == 60 and on_disk["train_rows"] == 420  # 70% fit, 20% validation unused, 10% test scored
     assert on_disk["system"] == result.system == "baseline (LightGBM)"
     assert on_disk["run"] == str((tmp_path / "baseline").resolve())  # the trees are kept there, a system
     assert np.asarray(on_disk["confusion"]).shape == (7, 7)
@@ -255,7 +258,7 @@ def test_run_baseline_writes_the_same_metrics(monkeypatch, tmp_path):
     predictions = pd.read_csv(tmp_path / "baseline" / "predictions.csv", dtype={"ID": str})
     scored = ["ID", "truth", "prediction", *[f"P_{c}" for c in CLASSES]]
     assert list(predictions.columns)[:len(scored)] == scored  # then the rows' columns, for group metrics
-    assert predictions["ID"].tolist() == split(read_table(data), 0.2, 0)[1].ids.tolist()
+    assert predictions["ID"].tolist() == split(read_table(data), 0.2, 0, 0.1).test.ids.tolist()
 
     evaluate_on = tmp_path / "eval.csv"
     synthesize(50, seed=3).to_csv(evaluate_on, index=False)
@@ -270,10 +273,10 @@ def test_baseline_command_takes_the_split_from_a_run_config(monkeypatch, tmp_pat
     monkeypatch.setattr(korllama.baseline.tune, "TreeBaseline", functools.partial(TreeBaseline, **FAST_TREES))
     data, config = tmp_path / "train.csv", tmp_path / "config.yaml"
     synthesize(600, seed=2).to_csv(data, index=False)
-    config.write_text("data: {valid_fraction: 0.3, split_seed: 5}\n")
+    config.write_text("data: {valid_fraction: 0.3, test_fraction: 0.15, split_seed: 5}\n")
     assert main(["baseline", "--train", str(data), "--out", str(tmp_path / "b"), "--config", str(config)]) == 0
     predictions = pd.read_csv(tmp_path / "b" / "predictions.csv", dtype={"ID": str})
-    assert predictions["ID"].tolist() == split(read_table(data), 0.3, 5)[1].ids.tolist()
+    assert predictions["ID"].tolist() == split(read_table(data), 0.3, 5, 0.15).test.ids.tolist()
 
 
 # --- metrics.json is valid JSON; --held-out only on the run's own table --------------------------------------------

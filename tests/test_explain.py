@@ -59,7 +59,7 @@ def toy(tmp_path_factory):
                         "color": rng.choice(["red", "green", "blue"], n), "hidden": rng.uniform(1, 2, n).astype(str),
                         "outcome": np.select([signal < -0.8, signal > 0.8], ["low", "high"], "mid")})
     table = clean(raw, spec, source="toy.csv")
-    train, rows = split(table, 0.2, 0)
+    train, rows, _ = split(table, 0.2, 0)
     return train, rows
 
 
@@ -268,6 +268,17 @@ def test_the_run_stores_its_references(run_dir):
     assert stored == json.loads(json.dumps(reference_values(Run.load(run_dir).split()[0])))
 
 
+def test_the_model_card_reports_the_test_rows(tested_run):
+    from korllama.layout import RunDir
+
+    text = RunDir(tested_run).model_card.read_text("utf-8")
+    assert "## Test rows" in text and "## Validation" not in text
+    assert "140 training rows; 40 validation rows (20%)" in text and "20 test rows (10%), kept aside" in text
+    # the figures are on the test rows, not on the validation sample the best checkpoint was chosen on
+    assert "on 20 of the 20 test rows" in text and "no choice was made on these rows" in text
+    assert "over 20 test rows" in text  # the reasons too
+
+
 def test_the_model_card(run_dir, tmp_path):
     from korllama.card import write_model_card
     from korllama.decision import DecisionRule
@@ -280,6 +291,7 @@ def test_the_model_card(run_dir, tmp_path):
         assert heading in text, heading
     summary = json.loads(RunDir(run_dir).summary.read_text())
     assert "`tiny`" in text and "synthetic" in text and "160 training rows, 40 held-out rows" in text
+    assert "no test rows: data.test_fraction 0" in text and "## Test rows" not in text
     assert "Template `compact`" in text and "{implied_rate:.2%}" in text
     assert f"kept weights are from step {summary['best_step']}" in text
     assert "plain argmax" in text  # no decision.json

@@ -456,9 +456,10 @@ def test_browser_trees_panel_reads_as_trees(browser, servers, shots):
                      [e.text for e in browser.find_elements("css selector", "#run-info dd")], strict=True))
     assert by_css(browser, "#run-title").text == "The trees"
     assert list(facts) == ["Folder", "Model", "Tuning", "Data", "Split", "Held out", "Decision"]
-    assert facts["Model"] == "trees (LightGBM)" and facts["Split"].endswith("fitted on 240 rows")
+    assert facts["Model"] == "trees (LightGBM)" and facts["Split"].endswith("fitted on 210 rows")
+    assert facts["Split"].startswith("20.0% validation, 10.0% test rows kept aside")
     held_out = httpx.get(url + "/page/run").json()["metrics"]["macro_f1"]
-    assert facts["Held out"] == f"macro-F1 {held_out:.4f} on the held-out rows"
+    assert facts["Held out"] == f"macro-F1 {held_out:.4f} on the test rows"
     text = by_css(browser, "#run").text
     assert not any(bad in text for bad in ("undefined", "null", "prompt template", "/tmp", "?"))
     shot(browser, shots, "12-trees-graded")

@@ -109,6 +109,10 @@ def test_baseline_on_a_tiny_table_is_one_sentence(tmp_path, cli):
     synthesize(50, 0).to_csv(data, index=False)
     code, _, err = cli("baseline", "--train", data, "--out", tmp_path / "O", "--budget", "1")
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "split 35/5 for training and test" in err and "--test-fraction 0" in err  # the test rows first
+    assert not (tmp_path / "O").exists()
+    code, _, err = cli("baseline", "--train", data, "--out", tmp_path / "O", "--budget", "1", "--test-fraction", "0")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "early stopping" in err and "needs at least" in err
     assert not (tmp_path / "O").exists()
 

@@ -223,15 +223,15 @@ def test_a_report_name_without_a_suffix_is_one_file(two_systems, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("report")) == ["report"]
 
 
-def test_compare_shows_where_the_llm_and_the_trees_disagree(run_dir, tmp_path):
+def test_compare_shows_where_the_llm_and_the_trees_disagree(tested_run, tmp_path):
     from korllama.baseline.command import run_baseline
     from korllama.evaluate import evaluate_run
     from korllama.synth import synthetic_table
 
     table = synthetic_table(RUN_ROWS, seed=0)
-    llm = evaluate_run(Run.load(run_dir), table, tmp_path / "llm", held_out=True)
-    trees = run_baseline(table, None, tmp_path / "trees", valid_fraction=0.2, seed=3)
-    assert llm.n == trees.n
+    llm = evaluate_run(Run.load(tested_run), table, tmp_path / "llm", held_out=True)
+    trees = run_baseline(table, None, tmp_path / "trees", valid_fraction=0.2, seed=3, test_fraction=0.1)
+    assert llm.n == trees.n == RUN_ROWS // 10  # both on the run's test rows
     compare([tmp_path / "llm", tmp_path / "trees"], tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
     assert "disagree" in page and "macro-F1 (rule)" in page
@@ -285,7 +285,7 @@ def test_compare_draws_time_to_quality(run_dir, tmp_path, monkeypatch):
     table = synthetic_table(RUN_ROWS, seed=0)
     tuned = evaluate_run(Run.load(run_dir), table, tmp_path / "tuned", held_out=True)
     base = evaluate_run(Run.load(run_dir, base=str(run_dir / "base")), table, tmp_path / "base", held_out=True)
-    trees = run_baseline(table, None, tmp_path / "trees", valid_fraction=0.2, seed=3)
+    trees = run_baseline(table, None, tmp_path / "trees", valid_fraction=0.2, seed=3, test_fraction=0)  # as run_dir
     drawn = []
     real_plot = plots.plot_time_to_quality
     monkeypatch.setattr(plots, "plot_time_to_quality", lambda *a: drawn.append(a) or real_plot(*a))

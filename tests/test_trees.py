@@ -57,7 +57,7 @@ def test_a_baseline_folder_is_a_system(fitted):
     assert system.kind == "trees" and system.stored_rule is not None and system.references
     assert {"loan_amount", "implied_rate"} <= set(system.fields)  # every column and derived feature
     record = json.loads((folder / "trees.json").read_text("utf-8"))
-    assert record["fit_rows"] == 480 and record["split"] == {"valid_fraction": 0.2, "seed": 0}
+    assert record["fit_rows"] == 420 and record["split"] == {"valid_fraction": 0.2, "test_fraction": 0.1, "seed": 0}
 
 
 def test_predict_with_the_trees_grades_as_the_baseline_scored(fitted, cli, tmp_path):
@@ -68,7 +68,7 @@ def test_predict_with_the_trees_grades_as_the_baseline_scored(fitted, cli, tmp_p
     assert len(graded) == ROWS
     scored = pd.read_csv(folder / "predictions.csv", dtype={"ID": str})  # the held-out rows, at fit time
     both = scored.merge(graded, on="ID")
-    assert len(both) == 120
+    assert len(both) == 60  # the test rows
     assert (both["prediction"] == both["대출등급"]).all()
     assert np.abs(both["P_A_x"] - both["P_A_y"]).max() <= 1e-6
 
@@ -78,15 +78,20 @@ def test_evaluate_held_out_with_the_trees_repeats_their_figures(fitted, cli, tmp
     code, _, err = cli("evaluate", folder, "--data", data, "--held-out", "--out", tmp_path / "again")
     assert code == 0, err
     first, again = read_evaluation(folder), read_evaluation(tmp_path / "again")
-    assert again.trees and again.n == first.n == 120
+    assert again.trees and again.n == first.n == 60
     assert again.macro_f1 == pytest.approx(first.macro_f1) and again.confusion == first.confusion
+    # the report's training cost of the re-evaluated trees is their fit's, as trees.json recorded it
+    from korllama.cost import training_cost
+
+    fit = json.loads((folder / "trees.json").read_text("utf-8"))["fit_cpu_seconds"]
+    assert fit > 0 and again.fit_cpu_seconds is None and training_cost(again).minutes == pytest.approx(fit / 60)
     code, _, err = cli("evaluate", folder, "--data", data, "--mode", "generate", "--out", tmp_path / "gen")
     assert code == 2 and "--mode generate does not apply" in err
 
 
 def test_explain_explains_the_tuned_trees(fitted, cli):
     folder, data = fitted
-    ids = split(read_table(data), 0.2, 0)[1].ids.iloc[:3].tolist()
+    ids = split(read_table(data), 0.2, 0, 0.1).test.ids.iloc[:3].tolist()
     args = ["explain", folder, "--data", data]
     code, out, err = cli(*args, *sum((["--id", i] for i in ids), []), "--out", folder)  # beside its evaluation
     assert code == 0, err
@@ -99,7 +104,7 @@ def test_explain_explains_the_tuned_trees(fitted, cli):
     trees = Trees.load(folder)
     table = read_table(data)
     rows = table.subset(np.flatnonzero(table.ids.isin(ids).to_numpy()))
-    untuned = TreeBaseline().fit(split(table, 0.2, 0)[0]).predict_proba(rows)
+    untuned = TreeBaseline().fit(split(table, 0.2, 0, 0.1).train).predict_proba(rows)
     assert np.abs(untuned - trees.predict_proba(rows)).max() > 1e-3
     assert explain(trees.predict_proba, rows, trees.fields, trees.references, trees.classes).proba == \
         pytest.approx(trees.predict_proba(rows))
@@ -154,7 +159,7 @@ def test_damaged_trees_are_refused(fitted, cli, tmp_path):
 
 def test_references_are_the_fitting_rows(fitted):
     folder, data = fitted
-    fit_on = split(read_table(data), 0.2, 0)[0]
+    fit_on = split(read_table(data), 0.2, 0, 0.1).train
     assert Trees.load(folder).references == json.loads(json.dumps(reference_values(fit_on)))
 
 

@@ -18,6 +18,7 @@ from korllama.choices import Mode
 from korllama.data import Table, as_table, split
 from korllama.data.table import require_splittable
 from korllama.decision import decision_choice
+from korllama.defaults import SPLIT_SEED, TEST_FRACTION, VALID_FRACTION
 from korllama.evaluation import Evaluation, metrics, side_by_side, write_evaluation
 from korllama.groups import group_columns  # the rows' columns, for group metrics in `korllama compare`
 from korllama.io import sha256_file, write_text
@@ -29,9 +30,14 @@ from korllama.spec import spec_to_yaml
 
 
 def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None, out_dir: str | Path, spec=None,
-                 valid_fraction: float = 0.2, seed: int = 0, system: str = "baseline (LightGBM)",
-                 decision: str = "argmax", budget_s: float | None = None, console=None) -> Evaluation:
+                 valid_fraction: float = VALID_FRACTION, seed: int = SPLIT_SEED, system: str = "baseline (LightGBM)",
+                 decision: str = "argmax", budget_s: float | None = None, console=None,
+                 test_fraction: float = TEST_FRACTION) -> Evaluation:
     """Fit the tree baseline (bounded search, korllama.baseline.fit_baseline) and score it like any other system.
+
+    Without `eval_data` the table is split as a run splits it (`valid_fraction`, `test_fraction`, `seed`): the trees
+    fit on the training rows and are scored on the held-out rows (the test rows, or the validation rows of a split
+    without test rows), the rows a run's `evaluate --held-out` scores.
 
     The macro-F1 decision rule is fitted on the trees' inner validation rows (a part of the fitting rows, never a
     scored row) and written as DIR/decision.json; `decision` ("argmax" or "macro-f1") chooses the predictions (the
@@ -41,7 +47,8 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
 
     table = as_table(train, spec)
     if eval_data is None:
-        fit_on, score_on = split(table, valid_fraction, seed)
+        parts = split(table, valid_fraction, seed, test_fraction)
+        fit_on, score_on = parts.train, parts.held_out
     else:
         fit_on, score_on = table, as_table(eval_data, table.spec)
     inner = TreeBaseline().validation_fraction  # the trees stop early on this share of the fitting rows
@@ -64,7 +71,7 @@ def run_baseline(train: str | Path | Table, eval_data: str | Path | Table | None
     groups, result.group_columns = group_columns(score_on)
     write_evaluation(out_dir, result, score_on.ids, score_on.labels, pred, proba, classes, groups)
     keep_trees(out_dir, fitted, fit_on, table, train, system, {"eval": score_on.source} if eval_data is not None else
-               {"valid_fraction": valid_fraction, "seed": seed})
+               {"valid_fraction": valid_fraction, "test_fraction": test_fraction, "seed": seed})
     return result
 
 

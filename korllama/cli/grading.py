@@ -23,7 +23,7 @@ from korllama.cli.app import (
     err_console,
     figures,
 )
-from korllama.defaults import BATCH_SIZE, SPLIT_SEED, VALID_FRACTION
+from korllama.defaults import BATCH_SIZE, SPLIT_SEED, TEST_FRACTION, VALID_FRACTION
 
 
 @app.command("predict")
@@ -78,8 +78,10 @@ def evaluate_cmd(
                                                       "trees' probabilities for a baseline; default), or generate "
                                                       "(a run: the original's sampling + parsing).")] = Mode.SCORE,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Score a seeded sample of N rows.")] = None,
-    held_out: Annotated[bool, typer.Option("--held-out", help="Only the run's validation split of --data (the rows "
-                                                              "its training never saw).")] = False,
+    held_out: Annotated[bool, typer.Option("--held-out", help="Only the system's test rows of --data: never trained "
+                                                              "on, and no choice (checkpoint, decision rule) was made "
+                                                              "on them (a run split without test rows: its "
+                                                              "validation rows).")] = False,
     base: BaseOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = BATCH_SIZE,
     name: Annotated[str | None, typer.Option("--name", help="System name in reports (default: the run's).")] = None,
@@ -130,11 +132,17 @@ def baseline_cmd(
                                                     "new or empty (an evaluation: --overwrite).")] = ...,
     spec: SpecOption = None,
     config_file: Annotated[str | None, typer.Option(
-        "--config", help="A run's config.yaml (or a built-in config name): its data.valid_fraction, data.split_seed "
+        "--config", help="A run's config.yaml (or a built-in config name): its data.valid_fraction, "
+                         "data.test_fraction, data.split_seed "
                          "and data.spec give the split, so the trees see that run's held-out rows.")] = None,
     valid_fraction: Annotated[float | None, typer.Option(
         "--valid-fraction", min=0.01, max=0.99,
-        help=f"Share held out without --eval. [default: {VALID_FRACTION}]")] = None,
+        help=f"Share of validation rows without --eval (the trees make no choice on them). "
+             f"[default: {VALID_FRACTION}]")] = None,
+    test_fraction: Annotated[float | None, typer.Option(
+        "--test-fraction", min=0, max=0.99,
+        help=f"Share of test rows without --eval: the trees are scored on them (0: on the validation rows). "
+             f"[default: {TEST_FRACTION}]")] = None,
     seed: Annotated[int | None, typer.Option(
         "--seed", help=f"Split seed without --eval. [default: {SPLIT_SEED}]")] = None,
     decision: Annotated[Decision, typer.Option(
@@ -149,8 +157,10 @@ def baseline_cmd(
 ):
     """Gradient-boosted trees (LightGBM) on the cleaned columns plus the derived features, same metrics.
 
-    Without --eval it fits on a stratified 80% of --train and scores the other 20%: the split `korllama train`
-    makes with the default config (pass --config RUN/config.yaml for a run's own split).
+    Without --eval it splits --train as `korllama train` does with the default config (pass --config
+    RUN/config.yaml for a run's own split): it fits on the training rows (70%) and scores the test rows (10%), which
+    no system makes a choice on; the validation rows (20%) are where a run chooses its checkpoint and decision rule,
+    and the trees do not use them.
 
     The trees stop early on an inner 10% of the fitting rows. A few settings are tried (all, or those that fit
     --budget), each printed, and the best on those inner rows is kept, then refitted on all the fitting rows with
@@ -163,17 +173,20 @@ def baseline_cmd(
       korllama baseline --train ../shared/data/dacon-loan/train.csv --out runs/eval/baseline
     """
     from korllama.evaluation import claim_evaluation
-    from korllama.layout import TreesDir
+    from korllama.layout import RunDir, TreesDir
 
     claim_evaluation(out, overwrite, keeps=TreesDir.OWN)
     from korllama.baseline.command import run_baseline
     from korllama.config import load_config
 
-    data = load_config(config_file).data  # the defaults when no config is named: one source for the split
+    # the defaults when no config is named: one source for the split; a run's own config.yaml as the run reads it
+    saved = config_file is not None and Path(config_file).name == "config.yaml" and \
+        RunDir(Path(config_file).parent).trained_into
+    data = load_config(config_file, saved=saved).data
     r = run_baseline(train_file, eval_file, out, spec or data.spec,
                      data.valid_fraction if valid_fraction is None else valid_fraction,
                      data.split_seed if seed is None else seed, decision=decision, budget_s=budget,
-                     console=err_console)
+                     console=err_console, test_fraction=data.test_fraction if test_fraction is None else test_fraction)
     a, d = r.decision.argmax, r.decision.rule
     console.print(f"baseline: {figures(r)} (fit {r.fit_seconds:.0f}s) -> {escape(str(out))}")
     console.print(f"  argmax: macro-F1 {a.macro_f1:.4f}, accuracy {a.accuracy:.4f}; with the decision rule: "
@@ -191,7 +204,7 @@ def explain_cmd(
     ids: Annotated[list[str] | None, typer.Option("--id", help="Explain this row (repeat for more); default: "
                                                                "every row.")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Reasons printed per row.")] = 3,
-    held_out: Annotated[bool, typer.Option("--held-out", help="Only the run's validation split of --data (as "
+    held_out: Annotated[bool, typer.Option("--held-out", help="Only the system's held-out rows of --data (as "
                                                               "`evaluate --held-out`).")] = False,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="A seeded sample of N rows (the rows "
                                                                      "`evaluate --limit N` scores).")] = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -70,13 +71,51 @@ def derive(frame: pd.DataFrame, d) -> np.ndarray:
     return OPS[d.op](*args, weights=d.weights) if d.weights else OPS[d.op](*args)
 
 
-def split(table: Table, valid_fraction: float = 0.2, seed: int = 0) -> tuple[Table, Table]:
-    """Stratified train/validation split by label (rows keep their order within each part)."""
+class Split(NamedTuple):
+    """A table's rows cut three ways: `train` (what training fits), `valid` (what choices are made on: the best
+    checkpoint, the decision rule, a prompt's fields), `test` (kept aside, no choice made on them: the figures a
+    run reports), or None for a two-way split (data.test_fraction 0, as every run before it existed)."""
+
+    train: Table
+    valid: Table
+    test: Table | None
+
+    @property
+    def held_out(self) -> Table:
+        """The rows a system's figures are reported on (`--held-out`): the test rows, or the validation rows of a
+        split without a test part."""
+        return self.valid if self.test is None else self.test
+
+
+def split(table: Table, valid_fraction: float = 0.2, seed: int = 0, test_fraction: float = 0.0) -> Split:
+    """Stratified split by label (rows keep their order within each part). The validation rows are drawn first,
+    exactly as a two-way split draws them, so they are the same rows for any `test_fraction` (a choice made on them
+    before a test part existed stays on them); the test rows (`test_fraction` of the table) come from the rest."""
+    if valid_fraction + test_fraction >= 1:
+        raise DataError(f"valid fraction {valid_fraction:g} + test fraction {test_fraction:g} leave no rows of "
+                        f"{table.source} to train on: their sum must be under 1.")
     require_splittable(table, valid_fraction)
+    rest, valid = _stratified(table, valid_fraction, seed)
+    if not test_fraction:
+        return Split(rest, valid, None)
+    share = test_fraction / (1 - valid_fraction)  # of the rows left after the validation rows
+    labels = rest.labels.nunique()
+    if len(rest) < smallest_split(labels, share):
+        n_test = math.ceil(share * len(rest))
+        raise DataError(f"{table.source}: the {len(rest):,} rows left after its {len(valid):,} validation rows cannot "
+                        f"be split {len(rest) - n_test}/{n_test} for training and test (test fraction "
+                        f"{test_fraction:g}) with a row of each of its {labels} labels on both sides: use a larger "
+                        "table, or no test rows (data.test_fraction=0; `korllama baseline --test-fraction 0`).")
+    train, test = _stratified(rest, share, seed)
+    return Split(train, valid, test)
+
+
+def _stratified(table: Table, fraction: float, seed: int) -> tuple[Table, Table]:
+    """(the rest, a stratified `fraction` of `table`), scikit-learn's split: ceil for the drawn part."""
     stratify = table.labels if table.labels.value_counts().min() >= 2 else None
-    train_idx, valid_idx = train_test_split(
-        np.arange(len(table)), test_size=valid_fraction, random_state=seed, stratify=stratify)
-    return table.subset(np.sort(train_idx)), table.subset(np.sort(valid_idx))
+    keep_idx, drawn_idx = train_test_split(
+        np.arange(len(table)), test_size=fraction, random_state=seed, stratify=stratify)
+    return table.subset(np.sort(keep_idx)), table.subset(np.sort(drawn_idx))
 
 
 def require_splittable(table: Table, valid_fraction: float, what: str = "split",

@@ -88,7 +88,7 @@ def resumed_config(run: RunDir, asked: RunConfig | None) -> RunConfig:
     """The run's own config.yaml; a command line that would change what is trained is refused, naming the key."""
     if not run.is_run:
         raise KorllamaError(f"--resume: {run} is not a korllama run (no config.yaml); start it without --resume.")
-    saved = load_config(run.config)
+    saved = load_config(run.config, saved=True)
     if asked is not None:
         for key, old, new in _differences(saved.model_dump(mode="json"), asked.model_dump(mode="json")):
             if key not in RESUMABLE_CHANGES:
@@ -117,7 +117,7 @@ def resolve_run(config: str | Path | None, overrides: list[str], out: str | Path
     if resume and out is None and config is None:
         raise KorllamaError("--resume needs --out: the run directory to continue.")
     if resume and config is None and RunDir(out).is_run:
-        found = load_config(RunDir(out).config, overrides) if overrides else None
+        found = load_config(RunDir(out).config, overrides, saved=True) if overrides else None
     else:
         found = load_config(config, overrides) if config is not None or overrides else None
     if found is None and not resume:
@@ -224,7 +224,8 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
     table = run.training_table()
     if not table.has_labels:
         raise KorllamaError(f"{table.source} has no {table.spec.label.name} column: training needs graded rows.")
-    train_part, valid_part = run.split()
+    parts = run.split()
+    train_part, valid_part = parts.train, parts.valid
     eval_part = run.eval_sample(valid_part)
     template, classes = run.template, run.classes
     train_prompts, eval_prompts = template.render(train_part), template.render(eval_part)

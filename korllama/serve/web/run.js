@@ -26,12 +26,15 @@ async function loadRun() {
   fact(facts, "Data", `${data.source} (spec ${data.spec}${data.rows ? `, ${data.rows.toLocaleString("en")} rows` : ""})` +
     (data.sha256 ? ` sha256 ${data.sha256.slice(0, 12)}…` : ""));
   const split = run.split;
-  fact(facts, "Split", `${percent(split.held_out)} held out (seed ${split.seed}): ` + (trees
+  const parts = split.test ? `${percent(split.held_out)} validation, ${percent(split.test)} test rows kept aside`
+    : `${percent(split.held_out)} held out`;
+  fact(facts, "Split", `${parts} (seed ${split.seed}): ` + (trees
     ? `fitted on ${split.train_rows ?? "?"} rows`
     : `${split.train_rows ?? "?"} training rows; ${split.validation_rows ?? "?"} validation rows scored during training`));
   const m = run.metrics;
   if (trees) {
-    fact(facts, "Held out", m.macro_f1 === null ? "not scored" : `macro-F1 ${figure(m.macro_f1)} on the held-out rows`);
+    fact(facts, "Held out", m.macro_f1 === null ? "not scored"
+      : `macro-F1 ${figure(m.macro_f1)} on the ${split.test ? "test" : "held-out"} rows`);
   } else {
     fact(facts, "Validation", `macro-F1 ${figure(m.macro_f1)} at step ${m.best_step} of ${m.steps}` +
       (m.train_loss !== null && m.train_loss !== undefined ? `; final training loss ${figure(m.train_loss)}` : ""));

@@ -22,7 +22,7 @@ A run trained on a 4-bit base (model.load_in_4bit, QLoRA) has its adapter merged
 (`merge_into`); adding it to the 4-bit weights themselves would round it away (peft's 4-bit merge re-quantises):
 - dequantized (the default): the base quantised to NF4 as in training and read back to the configured dtype, then the
   adapter merged: the weights the adapter was trained against, so the folder scores as the run does (float32: within
-  TOLERANCE, checked before anything is written; measured 3e-8 on the tests' tiny run);
+  DEQUANTIZED_TOLERANCE, checked before anything is written);
 - original: the base reloaded unquantised, the adapter applied, merge_and_unload, as peft and LLaMA-Factory merge a
   QLoRA adapter: the full-precision weights plus an adapter trained to correct the 4-bit ones, so its scores differ
   from the run's by the quantisation error, and grades near a tie can flip.
@@ -54,6 +54,10 @@ EXPORT_FILE = "korllama.json"  # marks a folder as a korllama export (so --overw
 README = "README.md"
 FORMAT = 1
 TOLERANCE = 1e-5  # max |P(label) exported - P(label) run| for float32 weights (measured ~1e-7 on the tiny model)
+# the same for a 4-bit run merged into its dequantized weights: bitsandbytes' 4-bit matmul sums in another order than
+# a float Linear (measured 3e-8 on the tests' tiny run, 3.5e-6 on SmolLM2's 200 held-out rows, RESULTS section 21);
+# merged into the original weights instead, the quantisation error is 1e-3 to 0.2
+DEQUANTIZED_TOLERANCE = 1e-4
 EXAMPLES = 3
 AGREEMENT_ROWS = 200  # held-out rows a 4-bit run's scores are compared with its export's on
 
@@ -93,9 +97,10 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
     agree = float((after.argmax(1) == before.argmax(1)).mean()) if checked else None
     shown = score(model, tokenizer, prompts, classes) if quantised and prompts else after[:len(prompts)]
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    if faithful and difference is not None and dtype == "float32" and difference > TOLERANCE:
+    tolerance = (DEQUANTIZED_TOLERANCE if quantised else TOLERANCE) if faithful and dtype == "float32" else None
+    if tolerance is not None and difference is not None and difference > tolerance:
         raise KorllamaError(f"The exported model's probabilities differ from the run's by {difference:.2e} on the "
-                            f"{'held-out' if quantised else 'example'} rows (allowed: {TOLERANCE:g}); nothing was "
+                            f"{'held-out' if quantised else 'example'} rows (allowed: {tolerance:g}); nothing was "
                             "written.")
 
     if not head:
@@ -133,7 +138,7 @@ def export_run(source: Run, out: str | Path, overwrite: bool = False, examples: 
         "spec": spec.model_dump(mode="json"),
         "decision": json.loads(run.decision.read_text("utf-8")) if run.decision.is_file() else None,
         "check": {"max_abs_difference": difference, "labels_equal": agree, "rows": len(checked),
-                  "tolerance": TOLERANCE if dtype == "float32" and faithful else None,
+                  "tolerance": tolerance,
                   "against": ("the run as trained and served: its adapter on the 4-bit base" if quantised else
                               "the run's own weights (a LoRA adapter unmerged)"),
                   "rows_from": "held-out" if quantised and checked is not prompts else "examples"},

@@ -25,7 +25,7 @@ A run trained on a 4-bit base (model.load_in_4bit, QLoRA) has its adapter merged
   DEQUANTIZED_TOLERANCE, checked before anything is written);
 - original: the base reloaded unquantised, the adapter applied, merge_and_unload, as peft and LLaMA-Factory merge a
   QLoRA adapter: the full-precision weights plus an adapter trained to correct the 4-bit ones, so its scores differ
-  from the run's by the quantisation error, and grades near a tie can flip.
+  from the run's by the quantisation error, which can change grades (SmolLM2, RESULTS section 21: all of them).
 Either way the agreement (labels equal on what share, max |dP|) is measured on AGREEMENT_ROWS held-out rows and
 recorded in korllama.json and the README, never hidden.
 """
@@ -285,8 +285,8 @@ def quantisation_section(record: dict) -> str:
                  f"probabilities apart by at most {check['max_abs_difference']:.2g} (max |dP|).")
     if quantisation["merged_into"] == MergeInto.ORIGINAL:
         merged = (f"This folder is {quantisation['exported']}: the base's full-precision weights, not the 4-bit ones "
-                  "the adapter was trained against, so its scores differ from the run's by the quantisation error "
-                  f"and a grade near a tie can change. {agreement} `korllama export --merge-into dequantized` (the "
+                  "the adapter was trained against, so its scores differ from the run's by the quantisation error, "
+                  f"which can change grades. {agreement} `korllama export --merge-into dequantized` (the "
                   "default) merges the adapter into the weights it was trained against and scores as the run does.")
     else:
         merged = (f"This folder is {quantisation['exported']}, so it scores as the run does. {agreement} Its weights "

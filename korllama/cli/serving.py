@@ -35,7 +35,7 @@ def export_cmd(
                              "read back to float (dequantized: the weights it was trained against, so the folder "
                              "scores as the run did), or into the base's original full-precision weights (original: "
                              "the peft / LLaMA-Factory way; the scores differ from the run's by the quantisation "
-                             "error and grades near a tie can change). A run on a full-precision base merges into "
+                             "error, which can change grades). A run on a full-precision base merges into "
                              "that base either way.")] = MergeInto.DEQUANTIZED,
     allow_unrecorded: AllowUnrecordedOption = False,
 ):

@@ -3,6 +3,7 @@ original ran it) against the same run on the full-precision base; then the 4-bit
 
     PYTHONPATH=. python benchmarks/qlora_cpu.py --data ../shared/data/dacon-loan/train.csv
     PYTHONPATH=. python benchmarks/qlora_cpu.py --data ... --steps 2 --eval-rows 20     # a quick look
+    PYTHONPATH=. python benchmarks/qlora_cpu.py --data ... --exports-of RUN --keep DIR   # export a 4-bit RUN only
 
 Each variant is one `korllama train --config seed` command in its own process (so its peak RSS is its own), with the
 same overrides: model.base=smollm2-135m (the converted GGUF, korllama.bases), train.max_steps=--steps, and the
@@ -15,7 +16,9 @@ The variants differ in model.load_in_4bit only.
 Printed per variant (one JSON line): the training's CPU seconds and wall seconds (train_summary.json: the steps and
 the evaluation), the whole command's CPU seconds and peak RSS (wait4 of the child: loading, training, the model
 card), the held-out macro-F1 and accuracy at the last step, the first and last logged losses. Then the 4-bit run is
-exported (`korllama export`) and the agreement of its scores with the export's printed (korllama.json's check).
+exported both ways (`korllama export --merge-into dequantized`, the default, and `original`), each in its own process,
+and per export its CPU seconds, peak RSS and the agreement of its scores with the run's printed (korllama.json's
+check: the labels equal on what share of 200 held-out rows, max |dP|).
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=200)
     parser.add_argument("--variants", default="4-bit,full")
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs and the export in this folder")
+    parser.add_argument("--exports-of", type=Path, default=None,
+                        help="train nothing: export this finished 4-bit run both ways")
     args = parser.parse_args()
     warmup = args.warmup if args.warmup is not None else max(1, args.steps // 10)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="qlora-cpu-"))
@@ -62,8 +67,8 @@ def main() -> None:
     common = [f"model.base={args.base}", f"train.max_steps={args.steps}", f"train.warmup_steps={warmup}",
               f"train.eval_steps={args.steps}", f"train.save_steps={args.steps}", f"train.eval_rows={args.eval_rows}",
               "train.eval_batch_size=16", f"train.logging_steps={min(10, args.steps)}"]
-    runs = {}
-    for name in args.variants.split(","):
+    runs = {} if args.exports_of is None else {"4-bit": args.exports_of}
+    for name in [] if args.exports_of else args.variants.split(","):
         out = folder / f"run-{name}"
         argv = ["train", "--config", "seed", "--data", str(args.data), "--out", str(out), "--overwrite",
                 *common, *VARIANTS[name]]
@@ -81,13 +86,15 @@ def main() -> None:
                           "eval_accuracy": round(final["eval_accuracy"], 4),
                           "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4),
                           "threads": summary["threads"], "load": os.getloadavg()[0]}), flush=True)
-    if "4-bit" in runs:
-        export = folder / "export-4bit"
-        measured = run(["export", str(runs["4-bit"]), "--out", str(export), "--overwrite"])
+    for merge_into in ("dequantized", "original") if "4-bit" in runs else ():
+        export = folder / f"export-4bit-{merge_into}"
+        argv = ["export", str(runs["4-bit"]), "--out", str(export), "--overwrite", "--merge-into", merge_into]
+        measured = run(argv)
         record = json.loads((export / "korllama.json").read_text())
-        print(json.dumps({"export": str(export), "weights": record["weights"], "dtype": record["dtype"],
-                          "check": record["check"], "command_cpu_s": measured["cpu_s"],
-                          "peak_rss_mb": measured["peak_rss_mb"]}), flush=True)
+        print(json.dumps({"command": "korllama " + " ".join(argv), "weights": record["weights"],
+                          "dtype": record["dtype"], "check": record["check"], "command_cpu_s": measured["cpu_s"],
+                          "command_wall_s": measured["wall_s"], "peak_rss_mb": measured["peak_rss_mb"],
+                          "load": os.getloadavg()[0]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The choices of options that several commands share, as enums: typer shows and checks them, and each value
+"""The choices of options (most shared by several commands), as enums: typer shows and checks them, and each value
 is also the string the code and the output files use (StrEnum)."""
 
 from enum import StrEnum
@@ -19,3 +19,10 @@ class Mode(StrEnum):
     SCORE = "score"
     GENERATE = "generate"
     TREES = "trees"
+
+
+class MergeInto(StrEnum):
+    """What `korllama export --merge-into` merges a 4-bit run's LoRA adapter into (korllama.export)."""
+
+    DEQUANTIZED = "dequantized"  # the base's NF4 weights read back to float: the weights the adapter trained against
+    ORIGINAL = "original"  # the base's full-precision weights: how peft and LLaMA-Factory merge a QLoRA adapter

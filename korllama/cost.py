@@ -1,9 +1,9 @@
 """Time to quality: what each compared system's training cost in CPU minutes, beside the macro-F1 it reached, for
 `korllama compare`'s figure. A run's cost is its train_summary.json's `cpu_seconds` (a resumed run's earlier CPU
 time added) and its curve the `eval_cpu_minutes` of trainer_state.json's evaluations; the tree baseline's is the
-`fit_cpu_seconds` its metrics.json records (or, for an `evaluate` of the trees' folder, its trees.json). CPU time
-is process time (time.process_time(): every thread of the main process). A system with no such record (a bare base
-model, a run trained before korllama recorded CPU time) is named with the reason, not drawn."""
+`fit_cpu_seconds` its metrics.json records. CPU time is process time (time.process_time(): every thread of the
+main process). A system with no such record (a bare base model, a run trained before korllama recorded CPU time)
+is named with the reason, not drawn."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from korllama import plots
 from korllama.evaluation import Evaluation
-from korllama.layout import RunDir, TreesDir
+from korllama.layout import RunDir
 
 
 @dataclass
@@ -27,11 +27,8 @@ class Cost:
 def training_cost(evaluation: Evaluation) -> Cost:
     """The training CPU minutes of the system an evaluation (metrics.json) belongs to, and its run's curve."""
     if evaluation.trees:
-        cpu = evaluation.fit_cpu_seconds
-        if cpu is None and evaluation.run:  # `evaluate` of the trees' folder: their fit is recorded in trees.json
-            cpu = _json(TreesDir(evaluation.run).record).get("fit_cpu_seconds")
-        if isinstance(cpu, int | float):
-            return Cost(cpu / 60)
+        if evaluation.fit_cpu_seconds is not None:
+            return Cost(evaluation.fit_cpu_seconds / 60)
         return Cost(None, missing="fitted before korllama recorded CPU time")
     if evaluation.own_run is None:  # a bare base model, or one scored with a run's prompts
         return Cost(None, missing="a base model, not trained here")

@@ -145,6 +145,8 @@ def evaluate_run(run: System, data: str | Path | Table, out_dir: str | Path, mod
             stream.source, held_out
         result.run, result.base = (str(run.root.resolve()) if run.root else None), run.base
         result.processes, result.group_columns, result.decision_rule = state.num_processes, kinds, decision
+        if mode == Mode.TREES:  # what the trees cost to fit, for the report's training cost
+            result.fit_seconds, result.fit_cpu_seconds = run.fit_cost
         if generated:
             result.off_format_rate = off_format_rate(texts, classes)
         if stored is not None and len(truth):

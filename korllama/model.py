@@ -360,5 +360,11 @@ def skeleton(architecture: str | dict, num_labels: int | None = None):
                           f"architecture korllama can build without remote code.")
     config = CONFIG_MAPPING[model_type].from_dict(raw | ({"num_labels": num_labels} if num_labels else {}))
     loader = AutoModelForSequenceClassification if num_labels else AutoModelForCausalLM
-    with torch.device("meta"):  # every tensor created here is shape-only
-        return loader.from_config(config)
+    try:
+        with torch.device("meta"):  # every tensor created here is shape-only
+            return loader.from_config(config)
+    except ValueError:  # transformers has no class of that kind for this model type
+        if num_labels:
+            raise ConfigError(f"transformers has no sequence-classification model for model_type {model_type!r}, so "
+                              "model.head=classifier cannot be used with it; set model.head=lm.") from None
+        raise ConfigError(f"transformers has no causal LM for model_type {model_type!r}.") from None

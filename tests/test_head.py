@@ -303,6 +303,9 @@ def test_lora_info_counts_the_head(cli, tmp_path):
     assert code == 0, err  # no lora section: every weight trains, the head's included
     trainable, total = [int(x.split(":")[1]) for x in out.split("|")[:2]]
     assert trainable == total == counts["lm"][1] - lora - 500 * 64 + len(CLASSES) * 64
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "hidden_size": 64, "vocab_size": 500}))
+    code, _, err = cli("lora-info", "--config", "demo", f"model.base={tmp_path}", "model.head=classifier")
+    assert code == 2 and "no sequence-classification model for model_type 'mamba'" in " ".join(err.split())
 
 
 def test_a_4bit_base_trains_and_grades_with_a_head(tmp_path):

@@ -342,9 +342,10 @@ def format_parameter_report(trainable: int, total: int) -> str:
     return f"Trainable: {trainable} | total: {total} | Percentage: {trainable / total * 100:.4f}%"
 
 
-def skeleton(architecture: str | dict):
+def skeleton(architecture: str | dict, num_labels: int | None = None):
     """A model with the architecture's shapes on the meta device: no weights, no memory, no download.
-    `architecture`: a built-in name, a config.json (or its folder), or the config's keys."""
+    `architecture`: a built-in name, a config.json (or its folder), or the config's keys. `num_labels`: the model
+    with a classification head of that many outputs (model.head: classifier), as load_base builds it."""
     if isinstance(architecture, dict):
         raw = dict(architecture)
     elif architecture in BUILTIN_ARCHITECTURES:
@@ -364,6 +365,13 @@ def skeleton(architecture: str | dict):
     if model_type not in CONFIG_MAPPING:
         raise ConfigError(f"model.architecture {architecture!r}: model_type {model_type!r} is not a transformers "
                           f"architecture korllama can build without remote code.")
-    config = CONFIG_MAPPING[model_type].from_dict(raw)
-    with torch.device("meta"):  # every tensor created here is shape-only
-        return AutoModelForCausalLM.from_config(config)
+    config = CONFIG_MAPPING[model_type].from_dict(raw | ({"num_labels": num_labels} if num_labels else {}))
+    loader = AutoModelForSequenceClassification if num_labels else AutoModelForCausalLM
+    try:
+        with torch.device("meta"):  # every tensor created here is shape-only
+            return loader.from_config(config)
+    except ValueError:  # transformers has no class of that kind for this model type
+        if num_labels:
+            raise ConfigError(f"transformers has no sequence-classification model for model_type {model_type!r}, so "
+                              "model.head=classifier cannot be used with it; set model.head=lm.") from None
+        raise ConfigError(f"transformers has no causal LM for model_type {model_type!r}.") from None

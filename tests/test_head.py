@@ -3,7 +3,8 @@
 The head's probabilities in left-padded batches (with and without the shared prefix) equal each row scored alone
 by transformers itself; a few training steps lower the loss, and the head is saved, verified and loaded by every
 command (predict, evaluate, explain, serve); `--mode generate` and `--base` are refused; the export loads with
-AutoModelForSequenceClassification and scores as the run. The runs are tiny: a full-weight one on a random base it
+AutoModelForSequenceClassification and scores as the run; a killed head run resumes to the same head as one never
+killed; lora-info counts the head; a 4-bit base trains, grades and exports with a head. The runs are tiny: a full-weight one on a random base it
 builds, and a LoRA one on that base (peft SEQ_CLS: the head trained in full, in the adapter).
 """
 
@@ -237,3 +238,107 @@ def test_export_loads_as_a_sequence_classifier_and_scores_as_the_run(cli, head_r
     example = meta["examples"][0]
     got = alone(model, tokenizer, [example["prompt"]])[0]
     assert np.abs(got - [example["probabilities"][c] for c in CLASSES]).max() <= TOLERANCE
+
+
+# --- resume, lora-info, a 4-bit base ------------------------------------------------------------------------------
+
+def head_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The classification head's tensors in a checkpoint or adapter folder (peft's copy of `score`)."""
+    return {k: v for k, v in load_file(folder / "adapter_model.safetensors").items() if ".score." in k}
+
+
+def test_resume_of_a_head_run_restores_the_head(cli, head_run, lora_head_run, tmp_path, monkeypatch):
+    from korllama.layout import RunDir
+    from korllama.training import callbacks
+
+    run_dir = tmp_path / "run"  # the lora_head_run's config, killed right after its first checkpoint (step 3)
+    config = run_config(model={"head": "classifier", "base": str(head_run / "base")}, data={"synth_rows": ROWS},
+                        lora={"r": 4, "alpha": 8, "dropout": 0.0}, train={"eval_rows": 40, "lr": 5e-2})
+    verify = callbacks.VerifyCheckpoint.on_save
+
+    def killed_after_saving(self, args, state, control, **kwargs):
+        verify(self, args, state, control, **kwargs)
+        raise KeyboardInterrupt  # as a kill: the checkpoint is whole, nothing after it is written
+
+    monkeypatch.setattr(callbacks.VerifyCheckpoint, "on_save", killed_after_saving)
+    with pytest.raises(KeyboardInterrupt):
+        train(RunConfig.model_validate(config), run_dir)
+    monkeypatch.undo()
+    assert not RunDir(run_dir).finished and head_weights(run_dir / "checkpoints" / "checkpoint-3")
+    code, out, err = cli("train", "--out", run_dir, "--resume")
+    assert code == 0, err
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert summary["global_step"] == 6 and summary["head"] == "classifier"
+    RunDir(run_dir).verify_weights()
+    assert check_trained(run_dir / "checkpoints" / "checkpoint-6", lora=True, head=True) > 0
+    # steps 4-6 went on from the checkpoint's head (and adapter, optimiser, RNG): the same head as the run never killed
+    resumed, whole = head_weights(run_dir / "checkpoints" / "checkpoint-6"), head_weights(
+        lora_head_run / "checkpoints" / "checkpoint-6")
+    assert resumed.keys() == whole.keys()
+    started = untrained(head_run / "base")[0].score.weight
+    for name, tensor in resumed.items():
+        assert not torch.allclose(tensor, started)  # trained, not a new head made at resume
+        torch.testing.assert_close(tensor, whole[name], atol=1e-5, rtol=1e-4)
+    code, _, err = cli("predict", run_dir, "--data", unlabelled_csv(tmp_path / "t.csv", rows=6), "--out",
+                       tmp_path / "p.csv")
+    assert code == 0, err
+
+
+def test_lora_info_counts_the_head(cli, tmp_path):
+    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "vocab_size": 500, "tie_word_embeddings": False}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    counts = {}
+    for head in ("lm", "classifier"):
+        code, out, err = cli("lora-info", "--config", "demo", f"model.base={tmp_path}", "lora.r=4",
+                             f"model.head={head}")
+        assert code == 0, err
+        counts[head] = [int(x.split(":")[1]) for x in out.split("|")[:2]]
+    lora = 2 * 2 * 4 * (64 + 64)  # 2 layers x (q, v) x r 4 x (in + out)
+    assert counts["lm"][0] == lora
+    assert counts["classifier"][0] == lora + len(CLASSES) * 64  # the head, labels x hidden, trained in full
+    # the classifier has no 500 x 64 lm_head; peft counts the head twice in the total (score and its trained copy)
+    assert counts["classifier"][1] == counts["lm"][1] - 500 * 64 + 2 * len(CLASSES) * 64
+    code, out, err = cli("lora-info", "--config", "demo", f"model.base={tmp_path}", "model.head=classifier")
+    assert code == 0, err  # no lora section: every weight trains, the head's included
+    trainable, total = [int(x.split(":")[1]) for x in out.split("|")[:2]]
+    assert trainable == total == counts["lm"][1] - lora - 500 * 64 + len(CLASSES) * 64
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "hidden_size": 64, "vocab_size": 500}))
+    code, _, err = cli("lora-info", "--config", "demo", f"model.base={tmp_path}", "model.head=classifier")
+    assert code == 2 and "no sequence-classification model for model_type 'mamba'" in " ".join(err.split())
+
+
+def test_a_4bit_base_trains_and_grades_with_a_head(tmp_path):
+    from fixtures import TINY
+
+    from korllama.cli import main
+    from korllama.layout import RunDir
+    from korllama.quantize import is_4bit
+
+    run_dir = tmp_path / "run"  # the seed recipe (4-bit NF4 base, LoRA q+v) with a head on the tests' tiny base
+    sizes = ["model.base=tiny", "model.device=cpu", *(f"model.tiny.{k}={v}" for k, v in TINY.items()),
+             "model.head=classifier", "data.synth_rows=200", "train.max_steps=6", "train.warmup_steps=2",
+             "train.eval_rows=20", "train.eval_batch_size=32", "train.eval_steps=6", "train.save_steps=6"]
+    assert main(["train", "--config", "seed", "--out", str(run_dir), *sizes]) == 0
+    RunDir(run_dir).verify_weights()
+    assert check_trained(run_dir / "adapter", lora=True, head=True) > 0
+    run = Run.load(run_dir)
+    assert run.config.model.load_in_4bit and is_4bit(run.model) and is_classifier(run.model)
+    head = [m for n, m in run.model.named_modules() if n.endswith("score.modules_to_save.default")]
+    assert len(head) == 1 and type(head[0]) is torch.nn.Linear  # the head stays full precision: it trains in full
+    assert not torch.allclose(head[0].weight, untrained(run_dir / "base")[0].score.weight)
+    csv = unlabelled_csv(tmp_path / "test.csv", rows=12)
+    assert main(["predict", str(run_dir), "--data", str(csv), "--out", str(tmp_path / "p.csv"), "--proba"]) == 0
+    import pandas as pd
+
+    graded = pd.read_csv(tmp_path / "p.csv")
+    assert len(graded) == 12 and np.allclose(graded[[f"P_{c}" for c in CLASSES]].sum(axis=1), 1, atol=1e-4)
+    from transformers import AutoModelForSequenceClassification
+
+    from korllama.export import export_run
+
+    export_run(run, tmp_path / "export")  # merged into the base reloaded unquantised, the head beside it
+    check = json.loads((tmp_path / "export" / EXPORT_FILE).read_text())["check"]
+    assert check["labels_equal"] >= 0.9 and check["max_abs_difference"] < 0.05  # measured: 100% of 40, 0.0011
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export")
+    assert not is_4bit(merged) and merged.config.id2label[0] == "A"

@@ -64,15 +64,18 @@ def lora_info(
     """Count trainable and total parameters of the configured model with LoRA, without weights or download.
 
     Builds the architecture on the meta device from model.architecture (a config.json, or a built-in name such as
-    llama-2-ko-7b) and prints the original project's line, e.g.:
+    llama-2-ko-7b), with model.head: classifier its classification head (labels x hidden, trained in full), and
+    prints the original project's line, e.g.:
 
       Trainable: 4194304 | total: 6860050432 | Percentage: 0.0611%
     """
     from korllama.config import load_config
     from korllama.model import format_parameter_report, parameter_report, skeleton, wrap_lora
+    from korllama.spec import load_spec
 
     cfg = load_config(config, overrides)
-    model = skeleton(_architecture(cfg.model))
+    labels = len(load_spec(cfg.data.spec).label.classes) if cfg.model.head == "classifier" else None
+    model = skeleton(_architecture(cfg.model), num_labels=labels)
     if cfg.lora is not None:
         model = wrap_lora(model, cfg.lora)
     sys.stdout.write(format_parameter_report(*parameter_report(model)) + "\n")

@@ -73,7 +73,7 @@ def merge_repeats(features: list[dict]) -> list[dict]:
     (their weights summed, 1 each without one), in first-seen order. Rows with the same tokens have the same logits,
     so weighted by their count they give the batch the same loss and gradient (losses.shifted_loss, head_loss: each
     token's loss and count times the weight) in fewer sequences. Exact without dropout only: the rows would have
-    drawn their own dropout masks (recipe.merges_repeats). On the loan table a batch of 64 random rows holds about
+    drawn their own dropout masks (recipe.has_dropout). On the loan table a batch of 64 random rows holds about
     42 distinct ones (1,500 distinct (prompt, label) pairs in 61,628 rows)."""
     merged: dict[tuple, dict] = {}
     for f in features:

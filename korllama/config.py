@@ -140,6 +140,11 @@ class TrainConfig(_Section):
     # distinct examples, in far fewer steps: epochs, warmup and evaluation steps count those steps.
     distinct_prompts: bool = Field(False, description="train on each distinct (prompt, label) once, its loss "
                                                       "weighted by its rows: the full table's loss, fewer passes")
+    # Identical rows of one batch (the same prompt and label) give identical logits: one weighted sequence gives the
+    # batch the same loss and gradient, up to float rounding (collate.merge_repeats). Applied only to a model without
+    # dropout, where the rows would have drawn their own masks.
+    merge_repeats: bool = Field(True, description="run a batch's identical rows as one sequence weighted by their "
+                                                  "count: the same loss, fewer sequences (models without dropout)")
     # Off by default, measured: in the loan prompts a row's length follows the digits of its numbers (a rate of
     # 9.xx% is a token shorter than 12.xx%), so length-grouped batches hold one grade each and learning stalls.
     group_by_length: bool = Field(False, description="batch rows of similar length (less padding)")

@@ -66,6 +66,16 @@ def training_arguments(config: RunConfig, run_dir: Path, device: torch.device,
 RESUMABLE_CHANGES = ("name", "train.eval_batch_size", "train.logging_steps")
 
 
+def has_dropout(model) -> bool:
+    """The model drops activations in training (a Dropout module, LoRA's lora_dropout, or the attention's own
+    config.attention_dropout): each row then draws its own mask, so a batch's identical rows are not one row."""
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    config = getattr(model, "config", None)
+    return any(float(getattr(config, name, 0) or 0) > 0 for name in ("attention_dropout", "hidden_dropout",
+                                                                          "dropout"))
+
+
 def base_record(config: RunConfig) -> dict:
     """Where the base model came from: a named PyPI base's package, version and GGUF sha256 (korllama.bases), else
     the folder or hub id as configured ("tiny": built in the run's base/)."""
@@ -267,7 +277,8 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
     trainer = GradeTrainer(
         model=model, args=training_arguments(config, folder.root, device, getattr(model.config, "hidden_size", None)),
         train_dataset=dataset,
-        eval_dataset=eval_dataset, processing_class=tokenizer, data_collator=collator(tokenizer),
+        eval_dataset=eval_dataset, processing_class=tokenizer,
+        data_collator=collator(tokenizer, merge_repeats=config.train.merge_repeats and not has_dropout(model)),
         compute_loss_func=compute_loss_func, callbacks=[VerifyCheckpoint(folder, config.lora is not None, head),
                                                        KeepBest(folder, config.lora is not None)],
         classes=classes, eval_batch_size=config.train.eval_batch_size, cpu_started=cpu_started,

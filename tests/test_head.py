@@ -4,8 +4,9 @@ The head's probabilities in left-padded batches (with and without the shared pre
 by transformers itself; a few training steps lower the loss, and the head is saved, verified and loaded by every
 command (predict, evaluate, explain, serve); `--mode generate` and `--base` are refused; the export loads with
 AutoModelForSequenceClassification and scores as the run; a killed head run resumes to the same head as one never
-killed; lora-info counts the head; a 4-bit base trains, grades and exports with a head. The runs are tiny: a full-weight one on a random base it
-builds, and a LoRA one on that base (peft SEQ_CLS: the head trained in full, in the adapter).
+killed; lora-info counts the head; a 4-bit base trains, grades and exports with a head. The runs are tiny: a
+full-weight one on a random base it builds, and a LoRA one on that base (peft SEQ_CLS: the head trained in full, in
+the adapter).
 """
 
 from __future__ import annotations

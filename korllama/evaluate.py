@@ -157,8 +157,9 @@ def evaluate_run(run: System, data: str | Path | Table, out_dir: str | Path, mod
 
 
 def held_out_rows(run: System, data: str | Path | Table, table: Table) -> Table:
-    """The run's validation split of `table`, once `table` is known to be the table the run was trained on: the
-    same split of any other table holds rows the training saw. The run's train_summary.json records its data
+    """The run's held-out rows of `table` (its test rows, or the validation rows of a run split two ways), once
+    `table` is known to be the table the run was trained on: the same split of any other table holds rows the
+    training saw. The run's train_summary.json records its data
     (korllama.run.data_fingerprint): a file's sha256 and rows, or "synthetic" (then the rows are drawn again
     from data.synth_rows and data.synth_seed and compared by ID and label)."""
     record = run.trained_on

@@ -196,12 +196,13 @@ def merge_4bit_adapter(source: Run, merge_into: MergeInto):
 
 
 def _held_out_prompts(source: Run, n: int) -> list[str]:
-    """`n` of the run's held-out rows, rendered (none when its training table cannot be read any more)."""
+    """`n` of the run's held-out rows (its test rows, or the validation rows of a run split two ways), rendered (none
+    when its training table cannot be read any more)."""
     try:
-        valid = source.split()[1]
+        held_out = source.split().held_out
     except KorllamaError:
         return []
-    return source.template.render(valid.sample(n, seed=source.config.data.split_seed)) if n > 0 else []
+    return source.template.render(held_out.sample(n, seed=source.config.data.split_seed)) if n > 0 else []
 
 
 def model_card(record: dict, name: str) -> str:

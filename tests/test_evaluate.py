@@ -405,3 +405,23 @@ def test_decision_rule_errors_are_one_sentence(cli, run_dir, tmp_path):
     (old / "decision.json").unlink()
     code, _, err = cli("predict", old, "--data", data, "--out", tmp_path / "p.csv", "--decision", "macro-f1")
     assert code == 2 and "has no decision rule" in err and not (tmp_path / "p.csv").exists()
+
+
+def test_a_run_made_before_test_rows_keeps_its_two_way_split(tested_run, labelled_csv, tmp_path):
+    import shutil
+
+    import yaml
+
+    from korllama.evaluate import held_out_rows
+
+    old = tmp_path / "old-run"  # the same run as an older korllama wrote it: no data.test_fraction in config.yaml
+    shutil.copytree(tested_run, old, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    saved = yaml.safe_load((old / "config.yaml").read_text("utf-8"))
+    del saved["data"]["test_fraction"]
+    (old / "config.yaml").write_text(yaml.safe_dump(saved), "utf-8")
+    run = Run.load(old)
+    assert run.config.data.test_fraction == 0 and run.split().test is None
+    table = read_table(labelled_csv)
+    rows = held_out_rows(run, labelled_csv, table)  # its validation rows, as before, not the new run's test rows
+    assert len(rows) == RUN_ROWS // 5
+    assert rows.ids.tolist() == Run.load(tested_run).split(table).valid.ids.tolist()

@@ -95,7 +95,7 @@ def held_out_scores(run: Run, folder: Path | None = None) -> np.ndarray:
     from transformers import AutoModelForCausalLM
 
     model = run.model if folder is None else AutoModelForCausalLM.from_pretrained(folder).eval()
-    return score(model, run.tokenizer, run.template.render(run.split()[1]), run.classes)
+    return score(model, run.tokenizer, run.template.render(run.split().held_out), run.classes)
 
 
 def test_export_merges_into_the_dequantized_4bit_weights_by_default_and_scores_as_the_run(qlora_run, exports):
@@ -114,11 +114,11 @@ def test_export_merges_into_the_dequantized_4bit_weights_by_default_and_scores_a
     assert torch.equal(exported, bnb.dequantize_4bit(layer.weight.data, layer.weight.quant_state))
     ran, by_export = held_out_scores(run), held_out_scores(run, out)
     difference = float(np.abs(ran - by_export).max())
-    assert difference <= 1e-5 and (ran.argmax(1) == by_export.argmax(1)).all()  # measured 3e-8 on 40 rows
+    assert difference <= 1e-5 and (ran.argmax(1) == by_export.argmax(1)).all()  # measured 3e-8 on 40 validation rows
     by_original = held_out_scores(run, exports["original"])  # the peft way: off by the quantisation error
     assert difference < float(np.abs(ran - by_original).max()) / 100  # measured 3e-8 vs 1.4e-3
     check = saved["check"]
-    assert check["rows_from"] == "held-out" and check["rows"] == len(ran) == 40 and check["labels_equal"] == 1.0
+    assert check["rows_from"] == "held-out" and check["rows"] == len(ran) == 20 and check["labels_equal"] == 1.0
     assert check["max_abs_difference"] <= 1e-5 and check["tolerance"] == DEQUANTIZED_TOLERANCE
     readme = (out / "README.md").read_text()
     assert "so it scores as the run does" in readme and "--merge-into original" in readme
@@ -135,7 +135,7 @@ def test_export_merge_into_original_is_peft_s_merge_into_the_full_precision_base
     assert saved["weights"] == "lora trained on the 4-bit base, merged into the full-precision base"
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     check = saved["check"]
-    assert check["rows_from"] == "held-out" and check["rows"] == 40 and check["tolerance"] is None  # 20% of 200
+    assert check["rows_from"] == "held-out" and check["rows"] == 20 and check["tolerance"] is None  # test rows
     # the same rows, scored again: the run as trained (4-bit + adapter) and the exported folder by transformers alone
     ran, exported = held_out_scores(run), held_out_scores(run, out)
     assert check["labels_equal"] == pytest.approx(float((ran.argmax(1) == exported.argmax(1)).mean()))
@@ -145,7 +145,7 @@ def test_export_merge_into_original_is_peft_s_merge_into_the_full_precision_base
     base, _ = load_base(run.config.model.model_copy(update={"load_in_4bit": False}), RunDir(qlora_run).base,
                         for_training=False)
     merged = PeftModel.from_pretrained(base, RunDir(qlora_run).adapter).merge_and_unload()
-    by_peft = score(merged, run.tokenizer, run.template.render(run.split()[1]), run.classes)
+    by_peft = score(merged, run.tokenizer, run.template.render(run.split().held_out), run.classes)
     assert np.abs(by_peft - exported).max() < 1e-5
     readme = (out / "README.md").read_text()
     assert "## Trained on a 4-bit base" in readme and f"{check['labels_equal']:.1%}" in readme

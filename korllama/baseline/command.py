@@ -19,6 +19,7 @@ from korllama.data import Table, as_table, split
 from korllama.data.table import require_splittable
 from korllama.decision import decision_choice
 from korllama.defaults import SPLIT_SEED, TEST_FRACTION, VALID_FRACTION
+from korllama.errors import KorllamaError
 from korllama.evaluation import Evaluation, metrics, side_by_side, write_evaluation
 from korllama.groups import group_columns  # the rows' columns, for group metrics in `korllama compare`
 from korllama.io import sha256_file, write_text
@@ -80,9 +81,14 @@ def keep_trees(out_dir: str | Path, fitted, fit_on: Table, table: Table, train, 
     decision rule (fitted on inner rows), the neutral references of the fitting rows, the checksums, and trees.json
     last (its presence says the folder is whole)."""
     folder = TreesDir(out_dir)
-    # trees replaced with --overwrite (claim_evaluation checked korllama wrote them): no old part may stay beside
-    # the new ones, whose checksums alone are recorded
-    shutil.rmtree(folder.model, ignore_errors=True)
+    if folder.model.is_symlink():  # writing through it would put the trees in someone else's folder
+        raise KorllamaError(f"{folder.model} is a link, not korllama's folder of trees: choose another --out.")
+    # trees replaced with --overwrite (claim_evaluation checked korllama wrote them): the folder stops being whole
+    # first (trees.json, written last, says it is), and no old part may stay beside the new ones, whose checksums
+    # alone are recorded
+    folder.record.unlink(missing_ok=True)
+    if folder.model.is_dir():
+        shutil.rmtree(folder.model)
     save_trees(fitted.model, folder.model)
     folder.record_weights(folder.model)
     write_text(folder.spec, spec_to_yaml(fit_on.spec))

@@ -167,7 +167,7 @@ def describe_run(system: System, decision: str) -> dict:
         facts = {"kind": "trees", "base": "trees (LightGBM)", "tuning": f"{settings}; {rounds} boosting rounds",
                  "template": "",
                  "data": {"source": Path(source).name, **shown},
-                 "split": {"held_out": split_.get("valid_fraction"), "test": split_.get("test_fraction") or None,
+                 "split": {"validation": split_.get("valid_fraction"), "test": split_.get("test_fraction") or None,
                            "seed": split_.get("seed"),
                            "train_rows": summary.get("fit_rows"), "validation_rows": None},
                  "metrics": {"macro_f1": _held_out_f1(root)}, "card_html": None}
@@ -182,7 +182,7 @@ def describe_run(system: System, decision: str) -> dict:
                  "data": {"source": Path(config.data.train).name if config.data.train else
                           f"synthetic loan table ({config.data.synth_rows:,} rows, seed {config.data.synth_seed})",
                           **shown},
-                 "split": {"held_out": config.data.valid_fraction, "test": config.data.test_fraction or None,
+                 "split": {"validation": config.data.valid_fraction, "test": config.data.test_fraction or None,
                            "seed": config.data.split_seed,
                            "train_rows": summary.get("train_rows"), "validation_rows": summary.get("eval_rows")},
                  "metrics": {"macro_f1": summary.get("best_eval_macro_f1"), "best_step": summary.get("best_step"),

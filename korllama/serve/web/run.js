@@ -26,11 +26,12 @@ async function loadRun() {
   fact(facts, "Data", `${data.source} (spec ${data.spec}${data.rows ? `, ${data.rows.toLocaleString("en")} rows` : ""})` +
     (data.sha256 ? ` sha256 ${data.sha256.slice(0, 12)}…` : ""));
   const split = run.split;
-  const parts = split.test ? `${percent(split.held_out)} validation, ${percent(split.test)} test rows kept aside`
-    : `${percent(split.held_out)} held out`;
+  const rows = (n) => (n === null || n === undefined ? "?" : n.toLocaleString("en"));
+  const parts = split.test ? `${percent(split.validation)} validation, ${percent(split.test)} test rows kept aside`
+    : `${percent(split.validation)} held out`;
   fact(facts, "Split", `${parts} (seed ${split.seed}): ` + (trees
-    ? `fitted on ${split.train_rows ?? "?"} rows`
-    : `${split.train_rows ?? "?"} training rows; ${split.validation_rows ?? "?"} validation rows scored during training`));
+    ? `fitted on ${rows(split.train_rows)} rows`
+    : `${rows(split.train_rows)} training rows; ${rows(split.validation_rows)} validation rows scored during training`));
   const m = run.metrics;
   if (trees) {
     fact(facts, "Held out", m.macro_f1 === null ? "not scored"

@@ -172,6 +172,16 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")
+    def _distinct_head_in_one_batch(self):
+        # a head's loss is each micro-batch's weighted mean, and the Trainer averages those over accumulation steps:
+        # with distinct examples the batches stand for different numbers of rows, so that is not the table's loss
+        if self.train.distinct_prompts and self.model.head == "classifier" and self.train.grad_accum > 1:
+            raise ValueError(f"train.distinct_prompts with model.head classifier needs train.grad_accum 1 (it is "
+                             f"{self.train.grad_accum}): the head's weighted loss is not yet normalised across "
+                             "accumulated batches; use a larger train.batch_size instead")
+        return self
+
+    @model_validator(mode="after")
     def _4bit_trains_an_adapter(self):
         if self.model.load_in_4bit and self.lora is None:  # 4-bit weights have no gradient: only an adapter trains
             raise ValueError("model.load_in_4bit needs a lora section: 4-bit base weights are frozen, and only a "

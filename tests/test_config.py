@@ -143,3 +143,11 @@ def test_a_runs_saved_config_without_a_test_fraction_keeps_its_two_way_split(tmp
 def test_the_validation_and_test_shares_must_leave_rows_to_train_on():
     with pytest.raises(ConfigError, match="valid_fraction 0.6 \\+ test_fraction 0.4 must be under 1"):
         load_config(None, ["data.valid_fraction=0.6", "data.test_fraction=0.4"])
+
+
+def test_distinct_prompts_with_a_head_need_one_batch_a_step():
+    # the head's weighted per-batch mean is averaged over accumulated batches: not the table's loss, so refused
+    with pytest.raises(ConfigError, match="needs train.grad_accum 1 \\(it is 4\\)"):
+        load_config(None, ["train.distinct_prompts=true", "model.head=classifier", "train.grad_accum=4"])
+    assert load_config(None, ["train.distinct_prompts=true", "model.head=classifier", "train.grad_accum=1"])
+    assert load_config(None, ["train.distinct_prompts=true", "train.grad_accum=4"])  # rank scoring's loss is exact

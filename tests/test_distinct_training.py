@@ -158,7 +158,8 @@ def test_training_with_merged_repeats_follows_the_plain_curve(tmp_path):
         config = run_config(prompt={"template": "compact", "fields": REPEATING},
                             train={"merge_repeats": merge, "batch_size": 64, "max_steps": 6, "eval_steps": 3,
                                    "save_steps": 6})
-        train(RunConfig.model_validate(config), tmp_path / name)
+        summary = train(RunConfig.model_validate(config), tmp_path / name)
+        assert summary["merged_repeats"] is merge  # the run says whether its batches were merged
         state = json.loads((tmp_path / name / "trainer_state.json").read_text())
         weights = load_file(str(tmp_path / name / "model" / "model.safetensors"))
         return state["log_history"], weights, state["total_flos"]  # total_flos: 6 x parameters x tokens run

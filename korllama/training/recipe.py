@@ -256,6 +256,10 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
         model = wrap_lora(model, config.lora)
 
     examples = (train_prompts, train_part.labels.tolist(), None)
+    if config.train.distinct_prompts and head and state.num_processes > 1:  # as config's grad_accum check
+        raise KorllamaError("train.distinct_prompts with model.head classifier trains in one process only: the "
+                            "head's weighted loss is not yet normalised across processes; train it without "
+                            "accelerate launch, or without train.distinct_prompts.")
     if config.train.distinct_prompts:  # each distinct (prompt, label) once, weighted by its rows: the same loss
         examples = distinct_examples(*examples[:2])
     dataset = Dataset.from_dict(
@@ -274,11 +278,12 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
         write_text(folder.config, config_to_yaml(config))
         write_text(folder.spec, spec_to_yaml(run.spec))  # the run scores the same from any folder
     device = next(model.parameters()).device
+    merged = config.train.merge_repeats and not has_dropout(model)  # exact only without dropout: said in the summary
     trainer = GradeTrainer(
         model=model, args=training_arguments(config, folder.root, device, getattr(model.config, "hidden_size", None)),
         train_dataset=dataset,
         eval_dataset=eval_dataset, processing_class=tokenizer,
-        data_collator=collator(tokenizer, merge_repeats=config.train.merge_repeats and not has_dropout(model)),
+        data_collator=collator(tokenizer, merge_repeats=merged),
         compute_loss_func=compute_loss_func, callbacks=[VerifyCheckpoint(folder, config.lora is not None, head),
                                                        KeepBest(folder, config.lora is not None)],
         classes=classes, eval_batch_size=config.train.eval_batch_size, cpu_started=cpu_started,
@@ -307,7 +312,7 @@ def _train(config: RunConfig, folder: RunDir, resume_from: Path | None, table: T
                    "train_loss": result.training_loss, "seconds": time.perf_counter() - started,
                    "cpu_seconds": time.process_time() - cpu_started, "cpu_seconds_before_resume": 60 * cpu_before,
                    "weights": "adapter" if config.lora is not None else "model", "template": template.name,
-                   "head": config.model.head,
+                   "head": config.model.head, "merged_repeats": merged,
                    "data": data_fingerprint(config, table), "decision": decision.valid_macro_f1,
                    "base": base_record(config), "threads": threads if device.type == "cpu" else None}
         write_text(folder.summary, json.dumps(summary, indent=2))  # written last: the run is finished

@@ -413,7 +413,11 @@ def test_a_request_larger_than_max_batch_is_scored_in_several_passes(run_dir, cl
     assert small.state.stats["forward_passes"] == 3 and small.state.stats["applicants"] == 10  # 4 + 4 + 2
 
 
-def test_an_applicant_graded_again_costs_no_forward_pass(run_dir):
+def test_an_applicant_graded_again_costs_no_forward_pass(run_dir, monkeypatch):
+    import korllama.scoring as scoring
+
+    real, ran = scoring._score_batch, []  # the model's batches as they really run, not the service's own count
+    monkeypatch.setattr(scoring, "_score_batch", lambda *a, **k: ran.append(len(a[2])) or real(*a, **k))
     app = create_app(Run.load(run_dir), max_batch=4)
     body = raw_applicants(3, seed=11)
     with TestClient(app, base_url="http://localhost") as c:
@@ -421,10 +425,11 @@ def test_an_applicant_graded_again_costs_no_forward_pass(run_dir):
         passes = app.state.stats["forward_passes"]
         again = c.post("/v1/grade", json=body).json()
         assert app.state.stats["forward_passes"] == passes == 1  # the second time from the recent prompts
+        assert ran == [3]  # one batch of the 3 prompts, the first time only
         assert [x["probabilities"] for x in again] == [x["probabilities"] for x in first]
         new = raw_applicants(1, seed=12)[0] | {"ID": "NEW_1"}  # its synthetic ID is body[0]'s
         one_new = c.post("/v1/grade", json=[*body, new]).json()
-    assert app.state.stats["forward_passes"] == 2 and len(one_new) == 4
+    assert app.state.stats["forward_passes"] == 2 and len(one_new) == 4 and ran == [3, 1]  # only the new prompt
     plain = Run.load(run_dir)  # the same rows scored afresh, without the service's memory
     from korllama.spec import load_spec
 

@@ -227,9 +227,9 @@ def score(model, tokenizer, prompts: list[str] | None, classes: list[str], batch
     labels = HeadLabels(classes, model) if is_classifier(model) else \
         label_tokens(tokenizer, classes)
     if encoded is None and once and prompts:  # equal texts are equal tokens: tokenise each distinct text once
-        codes, texts = pd.factorize(pd.Series(prompts, dtype=object))
-        return score(model, tokenizer, None, classes, batch_size, progress, encode_prompts(tokenizer, list(texts)),
-                     once, known, copies=np.bincount(codes, minlength=len(texts)), shared_prefix=shared_prefix)[codes]
+        codes, distinct = encode_distinct(tokenizer, prompts)
+        return score(model, tokenizer, None, classes, batch_size, progress, distinct, once, known,
+                     copies=np.bincount(codes, minlength=len(distinct)), shared_prefix=shared_prefix)[codes]
     encoded = encode_prompts(tokenizer, prompts) if encoded is None else encoded
     # Each distinct prompt once: a rendered prompt is deterministic text, so equal token ids give equal
     # probabilities (up to the float rounding of another batch), and the loan table's prompts repeat (1,303
